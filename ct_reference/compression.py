@@ -1,0 +1,108 @@
+"""Compression functions f_c: L evicted memories [B, L, d] -> floor(L/c) slots [B, L/c, d].
+
+What is implemented, and why (Rae et al. 2019, section 3.1 and Table 5; DeepMind's Sonnet v1
+`ConvCompressor` / `PoolCompressor`):
+
+- ``max_pool`` / ``mean_pool``: window = stride = c over time, no parameters, no auxiliary loss.
+- ``conv``: Conv1d d -> d with kernel = stride = c, no bias and VALID padding, as the official
+  code. Its decoder g for the auto-encoding loss is the transposed convolution with the same
+  weights (``conv_transpose1d``), so g maps L/c slots back to L.
+- ``dilated_conv``: for each r in ``dilation_rates`` a Conv1d(kernel 2, dilation r) + ReLU,
+  then the strided convolution above. The dilated layers keep the length with SAME padding as
+  Sonnet's Conv1D default (r // 2 zeros before, r - r // 2 after); no biases. Its decoder g is
+  the transposed strided convolution (it reconstructs old_mem from the compressed slots, so the
+  auto-encoding loss trains the whole stack end to end).
+- ``most_used``: the paper keeps the most used memories; no public code exists, so this is the
+  precise definition used here. Usage of a memory slot = the attention probability it received
+  from every query of every head while it sat in the FIFO memory (not while it was part of the
+  current segment), summed. The paper speaks of the average; all L slots evicted together
+  entered memory together and were read by the same queries, so dividing by that count does
+  not change which slots win, and the sum is what is stored. The top floor(L/c) evicted slots by
+  usage are kept, in time order. Ties go to the older slot, decided by a rank count
+  (slot j is kept when fewer than L/c slots beat it), which is deterministic and exports
+  without TopK or data-dependent shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ct_reference.config import ModelConfig
+
+
+class PoolCompressor(nn.Module):
+    def __init__(self, compress_rate: int, kind: str) -> None:
+        super().__init__()
+        self.compress_rate = compress_rate
+        self.kind = kind
+
+    def forward(self, old_mem: torch.Tensor, usage: torch.Tensor | None = None) -> torch.Tensor:
+        batch, length, d_model = old_mem.shape
+        windows = old_mem.reshape(batch, length // self.compress_rate, self.compress_rate, d_model)
+        return windows.amax(dim=2) if self.kind == "max_pool" else windows.mean(dim=2)
+
+
+class ConvCompressor(nn.Module):
+    def __init__(self, d_model: int, compress_rate: int, dilation_rates: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.compress_rate = compress_rate
+        self.dilation_rates = dilation_rates
+        self.dilated = nn.ModuleList(
+            nn.Conv1d(d_model, d_model, kernel_size=2, dilation=r, bias=False)
+            for r in dilation_rates)
+        self.strided = nn.Conv1d(d_model, d_model, kernel_size=compress_rate,
+                                 stride=compress_rate, bias=False)
+
+    def forward(self, old_mem: torch.Tensor, usage: torch.Tensor | None = None) -> torch.Tensor:
+        x = old_mem.transpose(1, 2)  # [B, d, L]
+        for rate, conv in zip(self.dilation_rates, self.dilated):
+            x = torch.relu(conv(F.pad(x, (rate // 2, rate - rate // 2))))  # [B, d, L]
+        return self.strided(x).transpose(1, 2)  # [B, L/c, d]
+
+    def decode(self, new_cm: torch.Tensor) -> torch.Tensor:
+        """g: the transposed strided convolution, sharing its weights. [B, L/c, d] -> [B, L, d]."""
+        weight = self.strided.weight
+        return F.conv_transpose1d(new_cm.transpose(1, 2), weight,
+                                  stride=self.compress_rate).transpose(1, 2)
+
+
+class MostUsedCompressor(nn.Module):
+    def __init__(self, compress_rate: int) -> None:
+        super().__init__()
+        self.compress_rate = compress_rate
+
+    def forward(self, old_mem: torch.Tensor, usage: torch.Tensor | None = None) -> torch.Tensor:
+        if usage is None:
+            raise ValueError("most_used compression needs the usage of the evicted slots")
+        return select_most_used(old_mem, usage, old_mem.shape[1] // self.compress_rate)
+
+
+def select_most_used(old_mem: torch.Tensor, usage: torch.Tensor, keep: int) -> torch.Tensor:
+    """Keep the `keep` most used slots of old_mem [B, L, d] by usage [B, L], in time order."""
+    length = old_mem.shape[1]
+    slot = torch.arange(length, device=old_mem.device)
+    older = slot[None, :] < slot[:, None]  # [L(j), L(j')]: j' is older than j
+    # beats[b, j, j']: slot j' outranks slot j (more used, or as used and older)
+    beats = (usage[:, None, :] > usage[:, :, None]) | (
+        (usage[:, None, :] == usage[:, :, None]) & older[None])
+    kept = beats.sum(dim=2) < keep  # [B, L]
+    # Output position of each kept slot = number of kept slots before it.
+    out_pos = torch.cumsum(kept.to(torch.int32), dim=1) - 1  # [B, L]
+    target = torch.arange(keep, device=old_mem.device)
+    select = (kept[:, None, :] & (out_pos[:, None, :] == target[None, :, None])).to(old_mem.dtype)
+    return select @ old_mem  # [B, keep, L] @ [B, L, d] -> [B, keep, d]
+
+
+def build_compressor(config: ModelConfig) -> nn.Module | None:
+    kind = config.compress_fn
+    if kind in ("max_pool", "mean_pool"):
+        return PoolCompressor(config.compress_rate, kind)
+    if kind == "conv":
+        return ConvCompressor(config.d_model, config.compress_rate)
+    if kind == "dilated_conv":
+        return ConvCompressor(config.d_model, config.compress_rate, config.dilation_rates)
+    if kind == "most_used":
+        return MostUsedCompressor(config.compress_rate)
+    return None

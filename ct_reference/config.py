@@ -1,0 +1,128 @@
+"""Model configuration: one frozen dataclass, validated at construction.
+
+Pure Python on purpose: the runtime reads the same fields from a manifest without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+COMPRESS_FNS = ("max_pool", "mean_pool", "conv", "dilated_conv", "most_used", "none")
+PARAMETRIC_COMPRESS_FNS = ("conv", "dilated_conv")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot describe a valid model; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Compressive Transformer.
+
+    Defaults are the project's default small model (N=8, d=512, H=8, d_ff=2048, L=128, M=128,
+    C=64, c=4, byte vocabulary). `compress_fn="none"` with `cmem_len=0` is a plain
+    Transformer-XL with the same memory (used as the comparison in benchmarks).
+    """
+
+    vocab_size: int = 256
+    n_layers: int = 8
+    d_model: int = 512
+    n_heads: int = 8
+    d_ff: int = 2048
+    seg_len: int = 128  # L (n_s): tokens per segment
+    mem_len: int = 128  # M (n_m): FIFO memory slots per layer
+    cmem_len: int = 64  # C (n_cm): compressed memory slots per layer
+    compress_rate: int = 4  # c
+    compress_fn: str = "conv"
+    dilation_rates: tuple[int, ...] = (1, 2, 4)  # only for compress_fn="dilated_conv"
+    dropout: float = 0.0
+    pre_norm: bool = True  # pre-LN block (official code); False is the paper's post-LN
+    tie_embeddings: bool = True
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dilation_rates", tuple(int(r) for r in self.dilation_rates))
+        for name in ("vocab_size", "n_layers", "d_model", "n_heads", "d_ff", "seg_len",
+                     "mem_len", "compress_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}); "
+                f"change one of them, e.g. n_heads={_divisor_near(self.d_model, self.n_heads)}")
+        if self.mem_len % self.seg_len:
+            raise ConfigError(
+                f"mem_len ({self.mem_len}) must be a multiple of seg_len ({self.seg_len}) so each "
+                f"segment evicts 0 or seg_len memories; e.g. mem_len="
+                f"{max(1, round(self.mem_len / self.seg_len)) * self.seg_len}")
+        if self.seg_len % self.compress_rate:
+            raise ConfigError(
+                f"seg_len ({self.seg_len}) must be a multiple of compress_rate "
+                f"({self.compress_rate}) so seg_len evicted memories compress to whole slots")
+        if self.compress_fn not in COMPRESS_FNS:
+            raise ConfigError(
+                f"unknown compress_fn {self.compress_fn!r}; choose one of {', '.join(COMPRESS_FNS)}")
+        if self.compress_fn == "none":
+            if self.cmem_len != 0:
+                raise ConfigError(
+                    f"compress_fn='none' keeps no compressed memory: set cmem_len=0 "
+                    f"(got {self.cmem_len})")
+        elif not isinstance(self.cmem_len, int) or self.cmem_len < 1:
+            raise ConfigError(
+                f"cmem_len must be >= 1 when compression is on (compress_fn="
+                f"{self.compress_fn!r}), got {self.cmem_len!r}; use compress_fn='none' for none")
+        if self.compress_fn == "dilated_conv" and (
+                not self.dilation_rates or min(self.dilation_rates) < 1):
+            raise ConfigError(
+                f"dilation_rates must be positive integers, got {self.dilation_rates!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def cmem_per_segment(self) -> int:
+        """Compressed slots produced from one evicted segment: floor(L / c)."""
+        return self.seg_len // self.compress_rate
+
+    @property
+    def context_len(self) -> int:
+        """Keys a segment query can see: C + M + L (the relative-position table length)."""
+        return self.cmem_len + self.mem_len + self.seg_len
+
+    @property
+    def temporal_range(self) -> int:
+        """The paper's temporal range (M + c*C) * N in tokens."""
+        return (self.mem_len + self.compress_rate * self.cmem_len) * self.n_layers
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["dilation_rates"] = list(self.dilation_rates)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _divisor_near(n: int, k: int) -> int:
+    return min((h for h in range(1, n + 1) if n % h == 0), key=lambda h: abs(h - k))
+
+
+PRESETS = {
+    "default": ModelConfig(),
+    # Small enough to train visibly in the demo's few minutes on 2 CPU cores.
+    "tiny": ModelConfig(n_layers=4, d_model=256, n_heads=4, d_ff=1024, seg_len=64, mem_len=64,
+                        cmem_len=32),
+}

@@ -1,0 +1,296 @@
+"""The Compressive Transformer (Rae et al. 2019) on Transformer-XL relative attention.
+
+Readable reference: every segment recomputes keys and values of the whole memory. The cached
+step functions that the engine runs live in `export/step.py` and are proven equal to this.
+
+Memory layout per layer i (the engine contract, ../shared/DESIGN.md):
+  cmem[i] [B, C, d] compressed slots, mem[i] [B, M, d] the last M inputs h^(i) to layer i.
+  Valid slots are right-aligned (newest last); mem_len / cmem_len [B] count them, the rest is
+  padding masked out of attention. With right alignment the distance from query i of the
+  segment to padded key slot j over [cmem, mem, segment] is (C + M + i) - j whatever the
+  counts, because cmem only fills once mem is full.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ct_reference.compression import build_compressor
+from ct_reference.config import ModelConfig
+
+
+@dataclass
+class Memory:
+    mem: torch.Tensor  # [N, B, M, d] layer inputs, oldest first, right-aligned
+    cmem: torch.Tensor  # [N, B, C, d] compressed slots, oldest first, right-aligned
+    mem_len: torch.Tensor  # [B] int64 valid mem slots
+    cmem_len: torch.Tensor  # [B] int64 valid cmem slots
+    usage: torch.Tensor  # [N, B, M] attention mass each mem slot received (most_used)
+
+    def detach(self) -> "Memory":
+        return Memory(*(t.detach() for t in (self.mem, self.cmem, self.mem_len, self.cmem_len,
+                                             self.usage)))
+
+    def select(self, rows: torch.Tensor | slice) -> "Memory":
+        """The memory of some streams (batch rows)."""
+        return Memory(self.mem[:, rows], self.cmem[:, rows], self.mem_len[rows],
+                      self.cmem_len[rows], self.usage[:, rows])
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor  # [B, T, V]
+    memory: Memory  # rotated and compressed when T == L, else unchanged
+    hiddens: torch.Tensor  # [N, B, T, d] input h^(i) of each layer
+    aux_losses: dict[str, torch.Tensor]
+
+
+def sinusoid_table(length: int, d_model: int) -> torch.Tensor:
+    """Sinusoidal encodings of relative distances 0..length-1 (Transformer-XL). [length, d]"""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, d_model, 2, dtype=torch.float32) / d_model))
+    angles = torch.arange(length, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def rel_shift(x: torch.Tensor) -> torch.Tensor:
+    """Transformer-XL relative shift.
+
+    x [B, H, T, K] holds at column k the score for distance K - 1 - k; the result holds at
+    [i, j] the score for distance (K - T + i) - j (valid where that is >= 0).
+    """
+    batch, heads, q_len, k_len = x.shape
+    padded = F.pad(x, (1, 0)).view(batch, heads, k_len + 1, q_len)
+    return padded[:, :, 1:].reshape(batch, heads, q_len, k_len)
+
+
+class RelMultiHeadAttention(nn.Module):
+    """score_ij = (q_i + u) . k_j + (q_i + v) . W_r R_{dist(i,j)}, scaled by 1/sqrt(d_head)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d, heads, d_head = config.d_model, config.n_heads, config.d_head
+        self.n_heads, self.d_head = heads, d_head
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.pos_proj = nn.Linear(d, d, bias=False)
+        self.out_proj = nn.Linear(d, d, bias=False)
+        self.u = nn.Parameter(torch.zeros(heads, d_head))
+        self.v = nn.Parameter(torch.zeros(heads, d_head))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, d] -> [B, H, T, d_head]"""
+        return x.view(x.shape[0], x.shape[1], self.n_heads, self.d_head).transpose(1, 2)
+
+    def forward(self, query_in: torch.Tensor, kv_in: torch.Tensor, pos_table: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """query_in [B, T, d], kv_in [B, K, d], pos_table [K, d] (distance K-1 first),
+        mask [B, 1, T, K] True where attended -> out [B, T, d], probs [B, H, T, K]."""
+        q = self.split_heads(self.q_proj(query_in))  # [B, H, T, dh]
+        k = self.split_heads(self.k_proj(kv_in))  # [B, H, K, dh]
+        v = self.split_heads(self.v_proj(kv_in))  # [B, H, K, dh]
+        r = self.pos_proj(pos_table).view(-1, self.n_heads, self.d_head).transpose(0, 1)  # [H,K,dh]
+        content = (q + self.u[:, None]) @ k.transpose(-1, -2)  # [B, H, T, K]
+        position = rel_shift((q + self.v[:, None]) @ r.transpose(-1, -2))  # [B, H, T, K]
+        scores = (content + position) / math.sqrt(self.d_head)
+        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        read = self.dropout(probs) @ v  # [B, H, T, dh]
+        out = self.out_proj(read.transpose(1, 2).reshape(query_in.shape))
+        return out, probs
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.d_model, config.d_ff)
+        self.down = nn.Linear(config.d_ff, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.dropout(torch.relu(self.up(x))))
+
+
+class Layer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.pre_norm = config.pre_norm
+        self.attn = RelMultiHeadAttention(config)
+        self.ff = FeedForward(config)
+        self.norm1 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.norm2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def kv_input(self, states: torch.Tensor) -> torch.Tensor:
+        """What keys and values are projected from, per position: LN(h) pre-LN, h post-LN."""
+        return self.norm1(states) if self.pre_norm else states
+
+    def forward(self, h: torch.Tensor, memories: torch.Tensor, pos_table: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h [B, T, d], memories [B, C+M, d] -> next h [B, T, d], probs [B, H, T, C+M+T]"""
+        kv_in = self.kv_input(torch.cat([memories, h], dim=1))  # [B, C+M+T, d]
+        query_in = kv_in[:, memories.shape[1]:]
+        attn_out, probs = self.attn(query_in, kv_in, pos_table, mask)
+        if self.pre_norm:
+            h = h + self.dropout(attn_out)
+            return h + self.dropout(self.ff(self.norm2(h))), probs
+        h = self.norm1(h + self.dropout(attn_out))
+        return self.norm2(h + self.dropout(self.ff(h))), probs
+
+
+def attention_mask(mem_len: torch.Tensor, cmem_len: torch.Tensor, n_cmem: int, n_mem: int,
+                   seg_len: int) -> torch.Tensor:
+    """[B, 1, T, C+M+T]: valid cmem and mem slots (right-aligned), causal over the segment."""
+    slot_c = torch.arange(n_cmem, device=mem_len.device)
+    slot_m = torch.arange(n_mem, device=mem_len.device)
+    valid_c = slot_c[None, :] >= (n_cmem - cmem_len)[:, None]  # [B, C]
+    valid_m = slot_m[None, :] >= (n_mem - mem_len)[:, None]  # [B, M]
+    memory_ok = torch.cat([valid_c, valid_m], dim=1)[:, None, None, :]  # [B, 1, 1, C+M]
+    pos = torch.arange(seg_len, device=mem_len.device)
+    causal = (pos[None, :] <= pos[:, None])[None, None]  # [1, 1, T, T]
+    batch = mem_len.shape[0]
+    return torch.cat([memory_ok.expand(batch, 1, seg_len, n_cmem + n_mem),
+                      causal.expand(batch, 1, seg_len, seg_len)], dim=-1)
+
+
+class CompressiveTransformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) \
+            if config.pre_norm else nn.Identity()
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model,
+                                                                    config.vocab_size, bias=False)
+        self.compressors = nn.ModuleList(
+            build_compressor(config) for _ in range(config.n_layers)) \
+            if config.compress_fn != "none" else None
+        self.register_buffer("pos_table", sinusoid_table(config.context_len, config.d_model)
+                             .flip(0), persistent=False)  # [C+M+L, d], distance C+M+L-1 first
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for name, param in self.named_parameters():
+            if "norm" in name:
+                continue
+            if name.endswith(".bias"):
+                nn.init.zeros_(param)
+            else:
+                nn.init.normal_(param, std=0.02)
+
+    def init_memory(self, batch: int) -> Memory:
+        """Empty memory: zero tensors with counts 0 (nothing is attended)."""
+        cfg, device = self.config, self.embed.weight.device
+        return Memory(
+            mem=torch.zeros(cfg.n_layers, batch, cfg.mem_len, cfg.d_model, device=device),
+            cmem=torch.zeros(cfg.n_layers, batch, cfg.cmem_len, cfg.d_model, device=device),
+            mem_len=torch.zeros(batch, dtype=torch.long, device=device),
+            cmem_len=torch.zeros(batch, dtype=torch.long, device=device),
+            usage=torch.zeros(cfg.n_layers, batch, cfg.mem_len, device=device))
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embed(tokens) * math.sqrt(self.config.d_model)
+
+    def project_logits(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.final_norm(h)
+        return h @ self.embed.weight.T if self.lm_head is None else self.lm_head(h)
+
+    def forward(self, tokens: torch.Tensor, memory: Memory, compute_aux: bool = False) -> StepOutput:
+        """Score one segment tokens [B, T] (T <= L) with the memory; a full segment (T == L) also
+        rotates the memory and compresses what it evicts. Memory carries no gradient."""
+        cfg = self.config
+        batch, seg_len = tokens.shape
+        if seg_len > cfg.seg_len:
+            raise ValueError(f"segment of {seg_len} tokens is longer than seg_len={cfg.seg_len}")
+        memory = memory.detach()
+        mask = attention_mask(memory.mem_len, memory.cmem_len, cfg.cmem_len, cfg.mem_len, seg_len)
+        pos_table = self.pos_table[cfg.seg_len - seg_len:]  # [C+M+T, d]
+        h = self.embed_tokens(tokens)  # [B, T, d]
+        hiddens, usage = [], []
+        for i, layer in enumerate(self.layers):
+            hiddens.append(h)
+            h, probs = layer(h, torch.cat([memory.cmem[i], memory.mem[i]], dim=1), pos_table, mask)
+            mem_probs = probs[..., cfg.cmem_len:cfg.cmem_len + cfg.mem_len]  # [B, H, T, M]
+            usage.append(memory.usage[i] + mem_probs.detach().sum(dim=(1, 2)))
+        logits = self.project_logits(h)
+        hiddens_t = torch.stack(hiddens)  # [N, B, T, d]
+        memory = replace(memory, usage=torch.stack(usage))
+        aux: dict[str, torch.Tensor] = {}
+        if seg_len == cfg.seg_len:
+            memory, aux = self.update_memory(memory, hiddens_t, compute_aux)
+        return StepOutput(logits=logits, memory=memory, hiddens=hiddens_t, aux_losses=aux)
+
+    def update_memory(self, memory: Memory, hiddens: torch.Tensor,
+                      compute_aux: bool = False) -> tuple[Memory, dict[str, torch.Tensor]]:
+        """Algorithm 1 of the paper, per layer and stream, for a full segment hiddens [N,B,L,d].
+
+        old_mem = the oldest L slots of mem (evicted only when mem is full);
+        new_cm = f_c(old_mem); mem <- (mem ++ h)[-M:]; cmem <- (cmem ++ new_cm)[-C:].
+        """
+        cfg = self.config
+        hiddens = hiddens.detach()
+        seg_len, n_new = cfg.seg_len, cfg.cmem_per_segment
+        evicts = memory.mem_len == cfg.mem_len  # [B]
+        mem = torch.cat([memory.mem, hiddens], dim=2)[:, :, -cfg.mem_len:]  # [N, B, M, d]
+        usage = F.pad(memory.usage, (0, seg_len))[:, :, -cfg.mem_len:]  # [N, B, M]
+        mem_len = torch.clamp(memory.mem_len + seg_len, max=cfg.mem_len)
+        cmem, cmem_len, aux = memory.cmem, memory.cmem_len, {}
+        if self.compressors is not None:
+            old_mem = memory.mem[:, :, :seg_len]  # [N, B, L, d]
+            old_usage = memory.usage[:, :, :seg_len]  # [N, B, L]
+            new_cm = torch.stack([f_c(old_mem[i], old_usage[i])
+                                  for i, f_c in enumerate(self.compressors)])  # [N, B, L/c, d]
+            shifted = torch.cat([cmem, new_cm.detach()], dim=2)[:, :, -cfg.cmem_len:]
+            cmem = torch.where(evicts[None, :, None, None], shifted, cmem)
+            cmem_len = torch.where(evicts, torch.clamp(cmem_len + n_new, max=cfg.cmem_len),
+                                   cmem_len)
+            if compute_aux and bool(evicts.any()):
+                aux = self.aux_losses(hiddens[:, evicts], old_mem[:, evicts], new_cm[:, evicts])
+        return Memory(mem, cmem, mem_len, cmem_len, usage), aux
+
+    def aux_losses(self, h: torch.Tensor, old_mem: torch.Tensor,
+                   new_cm: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The paper's compression losses for streams that evicted; they train f_c only.
+
+        h [N,B,L,d] segment inputs, old_mem [N,B,L,d] evicted, new_cm [N,B,L/c,d] = f_c(old_mem).
+        - attention reconstruction (Algorithm 2): content-only attention of the layer's queries
+          over old_mem vs over new_cm, no position terms, no mask, with h, old_mem and the
+          layer's weights detached; mean squared error of the per-head read vectors before the
+          output projection, summed over layers and divided by the layer count.
+        - auto-encoding (parametric f_c only): MSE between old_mem and g(new_cm).
+        """
+        attn_terms, ae_terms = [], []
+        for i, layer in enumerate(self.layers):
+            read_old = _content_read(layer, h[i], old_mem[i])
+            read_new = _content_read(layer, h[i], new_cm[i])
+            attn_terms.append(F.mse_loss(read_new, read_old))
+            decode = getattr(self.compressors[i], "decode", None)
+            if decode is not None:
+                ae_terms.append(F.mse_loss(decode(new_cm[i]), old_mem[i]))
+        losses = {"attention_reconstruction": torch.stack(attn_terms).mean()}
+        if ae_terms:
+            losses["autoencoding"] = torch.stack(ae_terms).mean()
+        return losses
+
+
+def _content_read(layer: Layer, h: torch.Tensor, memories: torch.Tensor) -> torch.Tensor:
+    """Per-head read vectors of content-only attention with detached weights. -> [B,H,L,dh]"""
+    attn = layer.attn
+
+    def project(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+        if layer.pre_norm:
+            x = F.layer_norm(x, x.shape[-1:], layer.norm1.weight.detach(),
+                             layer.norm1.bias.detach(), layer.norm1.eps)
+        return attn.split_heads(x @ linear.weight.detach().T)
+
+    q = project(h, attn.q_proj)  # [B, H, L, dh]
+    k = project(memories, attn.k_proj)  # [B, H, S, dh]
+    v = project(memories, attn.v_proj)  # [B, H, S, dh]
+    probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(attn.d_head), dim=-1)
+    return probs @ v

@@ -1,0 +1,50 @@
+"""`ctrt export`, `ctrt inspect`, `ctrt build-engine`: thin shells over the export library."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    exp = subparsers.add_parser(
+        "export", help="checkpoint -> verified ONNX engine directory",
+        description="Write one ONNX graph per entry point (segment, extend, commit) and "
+                    "manifest.json to OUT_DIR, after checking the graphs in ONNX Runtime "
+                    "against the eager model (refuses, writing nothing, when they differ).")
+    exp.add_argument("checkpoint", help="checkpoint directory (from `ctrt train`)")
+    exp.add_argument("out_dir", help="engine directory to write (replaced if it holds one)")
+    exp.add_argument("--verify-segments", type=int, default=20,
+                     help="segments compared with the eager model (default 20, minimum 20)")
+    exp.set_defaults(handler=run_export)
+
+    ins = subparsers.add_parser(
+        "inspect", help="manifest, op histogram, parameters and TensorRT lint of an engine dir")
+    ins.add_argument("engine_dir")
+    ins.set_defaults(handler=run_inspect)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ct_reference.checkpoint import checkpoint_sha256, load_model
+    from export.pipeline import ExportError, export_model
+
+    if args.verify_segments < 20:
+        raise ExportError(f"--verify-segments must be >= 20, got {args.verify_segments}")
+    model, _ = load_model(args.checkpoint)
+    checkpoint = {"path": str(Path(args.checkpoint).resolve()),
+                  "sha256": checkpoint_sha256(args.checkpoint)}
+    manifest = export_model(model, args.out_dir, checkpoint=checkpoint,
+                            verify_segments=args.verify_segments)
+    check = manifest["verification"]
+    print(f"wrote {args.out_dir}: max |logit error| segment {check['segment_max_abs_error']:.2e}"
+          f", extend {check['extend_max_abs_error']:.2e} (tolerance {check['tolerance']:.2e}, "
+          f"logit scale {check['logit_scale']:.2f})")
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from export.inspect import inspect_engine_dir
+
+    print(inspect_engine_dir(args.engine_dir))
+    return 0

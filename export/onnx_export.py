@@ -1,0 +1,63 @@
+"""Trace the entry points of `export.step` into ONNX graphs that follow runtime.contract."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from ct_reference.model import CompressiveTransformer
+from export.step import build_steps
+from runtime.contract import BATCH, TOKENS, EntryPoint, TensorSpec, entry_points
+
+OPSET = 17  # LayerNormalization is a single op from 17 on; TensorRT >= 8.6 parses it
+EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's limit: larger weights go to external data
+TORCH_DTYPES = {"float32": torch.float32, "int32": torch.int32, "bool": torch.bool}
+
+
+def example_tensor(spec: TensorSpec, batch: int, tokens: int) -> torch.Tensor:
+    """A tracing input: zeros (empty memory) with the spec's shape and dtype."""
+    shape = spec.concrete_shape(batch, tokens)
+    if spec.dtype == "bool":
+        return torch.ones(shape, dtype=torch.bool)
+    return torch.zeros(shape, dtype=TORCH_DTYPES[spec.dtype])
+
+
+def dynamic_axes(entry: EntryPoint) -> dict[str, dict[int, str]]:
+    axes = {}
+    for spec in (*entry.inputs, *entry.outputs):
+        named = {i: dim for i, dim in enumerate(spec.shape) if dim in (BATCH, TOKENS)}
+        if named:
+            axes[spec.name] = named
+    return axes
+
+
+def export_entry(step: torch.nn.Module, entry: EntryPoint, path: Path, batch: int = 2,
+                 tokens: int = 2, opset: int = OPSET) -> None:
+    """Write one entry point's graph to path (weights inline, or external data if > 2 GB)."""
+    args = tuple(example_tensor(spec, batch, tokens) for spec in entry.inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about constants and shapes
+        torch.onnx.export(step, args, str(path), input_names=entry.input_names,
+                          output_names=entry.output_names, dynamic_axes=dynamic_axes(entry),
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+    weight_bytes = sum(p.numel() * p.element_size() for p in step.parameters())
+    if weight_bytes > EXTERNAL_DATA_BYTES:
+        graph = onnx.load(str(path))
+        onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data")
+
+
+def export_graphs(model: CompressiveTransformer, out_dir: Path, opset: int = OPSET) -> dict[str, Path]:
+    """One ONNX graph per entry point in out_dir; returns their paths by entry name."""
+    steps = build_steps(model)
+    contract = entry_points(model.config)
+    paths = {}
+    with torch.no_grad():
+        for name, entry in contract.items():
+            path = out_dir / f"{name}.onnx"
+            export_entry(steps[name], entry, path, opset=opset)
+            paths[name] = path
+    return paths

@@ -1,0 +1,97 @@
+"""`ctrt export`: checkpoint -> verified engine directory (graphs + manifest.json), atomically."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+from ct_reference.model import CompressiveTransformer
+from export.onnx_export import OPSET, export_graphs
+from export.verify import verify_engine
+from runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, EngineError, describe_entry,
+                              sha256_file, write_json_atomic)
+from runtime.contract import entry_points
+
+
+class ExportError(EngineError):
+    """Export refused: the message says why; nothing was left in the output directory."""
+
+
+def _prepare_output(out_dir: Path) -> Path:
+    """Check out_dir can be (re)written and return a fresh temp dir beside it."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
+        raise ExportError(f"{out_dir} is not empty and holds no engine: choose another "
+                          f"directory (an existing engine directory is replaced)")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    except OSError as exc:
+        raise ExportError(f"cannot write to {out_dir.parent}: {exc.strerror}") from None
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("compressive-rt")
+    except PackageNotFoundError:
+        own = "source"
+    return {"compressive_rt": own, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def export_model(model: CompressiveTransformer, out_dir: Path | str, checkpoint: dict | None = None,
+                 verify_segments: int = 20, log=print) -> dict:
+    """Export, verify against the eager model, then move into place; returns the manifest."""
+    out_dir = Path(out_dir)
+    tmp = _prepare_output(out_dir)
+    try:
+        started = time.perf_counter()
+        model.eval()
+        paths = export_graphs(model, tmp)
+        export_seconds = time.perf_counter() - started
+        contract = entry_points(model.config)
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "config": model.config.to_dict(),
+            "opset": OPSET, "precision": "fp32", "exporter": "torch.onnx (TorchScript)",
+            "versions": _versions(),
+            "checkpoint": checkpoint or {},
+            "entry_points": {
+                name: {"file": path.name, "sha256": sha256_file(path),
+                       "bytes": path.stat().st_size, **describe_entry(contract[name])}
+                for name, path in paths.items()},
+        }
+        write_json_atomic(tmp / MANIFEST_NAME, manifest)
+        log(f"exported {', '.join(paths)} in {export_seconds:.1f}s; verifying against the "
+            f"eager model over {verify_segments} segments ...")
+        started = time.perf_counter()
+        check = verify_engine(model, tmp, segments=verify_segments)
+        figures = {**check.to_dict(), "seconds": round(time.perf_counter() - started, 2)}
+        if not check.passed:
+            raise ExportError(
+                f"exported graphs differ from the eager model beyond tolerance "
+                f"{check.tolerance:.2e}: segment {check.segment_max_abs_error:.2e}, extend "
+                f"{check.extend_max_abs_error:.2e}, memory {check.memory_max_abs_error:.2e}, "
+                f"counts equal: {check.counts_equal}; nothing was written")
+        manifest["verification"] = figures
+        manifest["export_seconds"] = round(export_seconds, 2)
+        write_json_atomic(tmp / MANIFEST_NAME, manifest)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+        return manifest
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,63 @@
+"""The small interface every backend implements.
+
+A backend owns the device: it allocates buffers, runs an entry point on buffers bound by
+name, and moves data between host and device. The Session (runtime/session.py) decides what
+runs when and which buffers are bound; it never touches device memory itself.
+
+Host backends (ONNX Runtime CPU) use numpy arrays as buffers; device backends use their own
+handles and implement the same methods.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from runtime.contract import TensorSpec
+from runtime.manifest import Manifest
+
+NUMPY_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot run here; the message says what to install or which device is missing."""
+
+
+class Backend(ABC):
+    name: str = "abstract"
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+
+    @abstractmethod
+    def allocate(self, spec: TensorSpec, batch: int, tokens: int | None = None) -> Any:
+        """A zero-filled buffer with the spec's dtype and shape for this batch (and token count)."""
+
+    @abstractmethod
+    def run(self, entry: str, feeds: dict[str, Any], fetches: dict[str, Any],
+            tokens: int | None = None) -> None:
+        """Run one entry point reading `feeds` and writing into the preallocated `fetches`.
+
+        `tokens` is the new-token count of `extend` (the second dynamic axis)."""
+
+    @abstractmethod
+    def to_host(self, buffer: Any) -> np.ndarray:
+        """The buffer's contents as a host array (a view for host backends)."""
+
+    @abstractmethod
+    def from_host(self, buffer: Any, array: np.ndarray) -> None:
+        """Overwrite the whole buffer with a host array of the same shape."""
+
+    @abstractmethod
+    def write_rows(self, dst: Any, src: Any, row: int, offset: int, count: int) -> None:
+        """dst[:, row, offset:offset+count] = src[:, row, :count] for [N, B, ., d] buffers."""
+
+    @abstractmethod
+    def get_row(self, buffer: Any, row: int, batch_axis: int) -> np.ndarray:
+        """One stream's row of a state buffer, as a host copy (snapshots)."""
+
+    @abstractmethod
+    def set_row(self, buffer: Any, row: int, batch_axis: int, values: np.ndarray) -> None:
+        """Overwrite one stream's row of a state buffer from the host (reset, restore)."""

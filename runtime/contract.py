@@ -1,0 +1,158 @@
+"""The engine contract: names, shapes and dtypes of every graph input and output.
+
+Defined once here and imported by export, runtime and tests (pure Python: the runtime never
+imports torch). Shapes use ints for static sizes and two symbolic names: BATCH (every graph)
+and TOKENS (the new-token count of `extend`, 1..L).
+
+State tensors (per layer N, per stream B):
+  mem [N,B,M,d]     last M layer inputs h^(i), right-aligned, oldest first
+  cmem [N,B,C,d]    compressed slots, right-aligned, oldest first
+  mem_k, mem_v [N,B,C+M,d]  key / value projections of [cmem, mem] (cached so decoding never
+                    re-projects the memory)
+  mem_len, cmem_len [B] int32  valid slot counts
+  usage [N,B,M]     attention mass each mem slot received (most_used compression only)
+  seg_h, seg_k, seg_v [N,B,L,d]  layer inputs / keys / values of the partial segment
+  seg_len [B] int32  tokens in the partial segment
+A graph's next value of state tensor X is the output named X + "_out" with the shape of X, so
+an output buffer can be bound as the next call's input (ping-pong).
+
+Entry points:
+  segment  tokens [B,L] + memory state + commit [B] bool -> logits [B,L,V] + next memory
+           state (for streams with an empty partial segment; rows with commit False pass
+           through unchanged, their logits are meaningless)
+  extend   tokens [B,T] + seg_len + cached projections -> logits [B,T,V] and the T new rows
+           new_h/new_k/new_v [N,B,T,d] that the runtime writes at offset seg_len of
+           seg_h/seg_k/seg_v; with most_used also active [B] bool -> usage_out (rows with
+           active False keep their usage)
+  commit   a full partial segment + memory state + commit [B] bool -> next memory state; rows
+           with commit False pass through unchanged
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+BATCH = "batch"
+TOKENS = "tokens"
+ENTRY_POINTS = ("segment", "extend", "commit")
+OUT_SUFFIX = "_out"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # "float32", "int32" or "bool"
+    shape: tuple[int | str, ...]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    def concrete_shape(self, batch: int, tokens: int | None = None) -> tuple[int, ...]:
+        sizes = {BATCH: batch, TOKENS: tokens}
+        shape = tuple(sizes[dim] if isinstance(dim, str) else dim for dim in self.shape)
+        if any(dim is None for dim in shape):
+            raise ValueError(f"tensor {self.name!r} needs a token count for its shape {self.shape}")
+        return shape
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The sizes the contract needs, read from a model config (object or dict)."""
+
+    n_layers: int
+    d_model: int
+    vocab_size: int
+    seg_len: int
+    mem_len: int
+    cmem_len: int
+    most_used: bool
+
+    @classmethod
+    def from_config(cls, config: object) -> "Dims":
+        get = config.get if isinstance(config, Mapping) else lambda k: getattr(config, k)
+        return cls(n_layers=get("n_layers"), d_model=get("d_model"), vocab_size=get("vocab_size"),
+                   seg_len=get("seg_len"), mem_len=get("mem_len"), cmem_len=get("cmem_len"),
+                   most_used=get("compress_fn") == "most_used")
+
+    @property
+    def has_cmem(self) -> bool:
+        return self.cmem_len > 0
+
+
+def state_specs(dims: Dims) -> dict[str, TensorSpec]:
+    """Every state tensor a stream has, by name."""
+    n, b, d = dims.n_layers, BATCH, dims.d_model
+    f32, i32 = "float32", "int32"
+    specs = [
+        TensorSpec("mem", f32, (n, b, dims.mem_len, d)),
+        TensorSpec("cmem", f32, (n, b, dims.cmem_len, d)),
+        TensorSpec("mem_k", f32, (n, b, dims.cmem_len + dims.mem_len, d)),
+        TensorSpec("mem_v", f32, (n, b, dims.cmem_len + dims.mem_len, d)),
+        TensorSpec("mem_len", i32, (b,)),
+        TensorSpec("cmem_len", i32, (b,)),
+        TensorSpec("usage", f32, (n, b, dims.mem_len)),
+        TensorSpec("seg_h", f32, (n, b, dims.seg_len, d)),
+        TensorSpec("seg_k", f32, (n, b, dims.seg_len, d)),
+        TensorSpec("seg_v", f32, (n, b, dims.seg_len, d)),
+        TensorSpec("seg_len", i32, (b,)),
+    ]
+    skip = set()
+    if not dims.has_cmem:
+        skip |= {"cmem", "cmem_len"}  # no zero-length tensor ever reaches an engine
+    if not dims.most_used:
+        skip.add("usage")
+    return {s.name: s for s in specs if s.name not in skip}
+
+
+MEMORY_STATE = ("mem", "cmem", "mem_k", "mem_v", "mem_len", "cmem_len", "usage")
+
+
+def out_spec(spec: TensorSpec) -> TensorSpec:
+    return TensorSpec(spec.name + OUT_SUFFIX, spec.dtype, spec.shape)
+
+
+def entry_points(config: object) -> dict[str, EntryPoint]:
+    dims = Dims.from_config(config)
+    state = state_specs(dims)
+    memory = [state[name] for name in MEMORY_STATE if name in state]
+    n, b, d = dims.n_layers, BATCH, dims.d_model
+    usage = [state["usage"]] if dims.most_used else []
+
+    commit_mask = TensorSpec("commit", "bool", (b,))
+    segment = EntryPoint(
+        "segment",
+        inputs=(TensorSpec("tokens", "int32", (b, dims.seg_len)), *memory, commit_mask),
+        outputs=(TensorSpec("logits", "float32", (b, dims.seg_len, dims.vocab_size)),
+                 *(out_spec(s) for s in memory)))
+    readonly = [state[name] for name in ("mem_k", "mem_v", "mem_len", "cmem_len") if name in state]
+    extend = EntryPoint(
+        "extend",
+        inputs=(TensorSpec("tokens", "int32", (b, TOKENS)), state["seg_len"], *readonly,
+                state["seg_k"], state["seg_v"],
+                *(usage + [TensorSpec("active", "bool", (b,))] if usage else [])),
+        outputs=(TensorSpec("logits", "float32", (b, TOKENS, dims.vocab_size)),
+                 TensorSpec("new_h", "float32", (n, b, TOKENS, d)),
+                 TensorSpec("new_k", "float32", (n, b, TOKENS, d)),
+                 TensorSpec("new_v", "float32", (n, b, TOKENS, d)),
+                 *(out_spec(s) for s in usage)))
+    commit = EntryPoint(
+        "commit",
+        inputs=(state["seg_h"], state["seg_k"], state["seg_v"], *memory, commit_mask),
+        outputs=tuple(out_spec(s) for s in memory))
+    return {"segment": segment, "extend": extend, "commit": commit}

@@ -1,0 +1,97 @@
+"""manifest.json: what an engine directory holds, written by export, checked before any load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.contract import EntryPoint, entry_points
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "compressive-rt-engine"
+FORMAT_VERSION = 1
+
+
+class EngineError(Exception):
+    """An engine directory that cannot be used; the message says which file and why."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temp file in the same folder, then rename: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class Manifest:
+    engine_dir: Path
+    data: dict
+    contract: dict[str, EntryPoint]
+
+    @property
+    def config(self) -> dict:
+        return self.data["config"]
+
+    def graph_path(self, entry: str) -> Path:
+        return self.engine_dir / self.data["entry_points"][entry]["file"]
+
+
+def describe_entry(entry: EntryPoint) -> dict:
+    return {"inputs": [t.to_dict() for t in entry.inputs],
+            "outputs": [t.to_dict() for t in entry.outputs]}
+
+
+def load_manifest(engine_dir: Path | str, verify_hashes: bool = True) -> Manifest:
+    """Read and check manifest.json against the contract and the graph files beside it."""
+    engine_dir = Path(engine_dir)
+    path = engine_dir / MANIFEST_NAME
+    if not engine_dir.is_dir():
+        raise EngineError(f"engine directory {engine_dir} does not exist")
+    if not path.is_file():
+        raise EngineError(f"{path} is missing: export a checkpoint there with `ctrt export`")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EngineError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise EngineError(f"{path} is not a compressive-rt manifest (format != {FORMAT!r})")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise EngineError(f"{path} has format_version {data.get('format_version')!r}; this "
+                          f"runtime reads version {FORMAT_VERSION}: re-export the checkpoint")
+    try:
+        contract = entry_points(data["config"])
+    except (KeyError, TypeError) as exc:
+        raise EngineError(f"{path}: config is incomplete ({exc})") from None
+    listed = data.get("entry_points", {})
+    for name, entry in contract.items():
+        if name not in listed:
+            raise EngineError(f"{path} lists no {name!r} graph")
+        if {k: listed[name].get(k) for k in ("inputs", "outputs")} != describe_entry(entry):
+            raise EngineError(f"{path}: the {name!r} tensors do not match this runtime's engine "
+                              f"contract for the config: re-export the checkpoint")
+        graph = engine_dir / listed[name]["file"]
+        if not graph.is_file():
+            raise EngineError(f"{graph} is missing (listed in {path})")
+        if verify_hashes and sha256_file(graph) != listed[name]["sha256"]:
+            raise EngineError(f"{graph} does not match the sha256 in {path}: the graph was "
+                              f"changed or truncated after export")
+    return Manifest(engine_dir=engine_dir, data=data, contract=contract)

@@ -1,0 +1,37 @@
+"""Shared helpers for the export and runtime tests: tiny random models and their engines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ct_reference.config import ModelConfig
+from ct_reference.model import CompressiveTransformer
+
+COMPRESS_FNS = ("conv", "dilated_conv", "max_pool", "mean_pool", "most_used", "none")
+
+
+def tiny_config(compress_fn: str = "conv", **changes) -> ModelConfig:
+    fields = dict(n_layers=2, d_model=32, n_heads=4, d_ff=64, seg_len=8, mem_len=16,
+                  cmem_len=0 if compress_fn == "none" else 4, compress_rate=2,
+                  compress_fn=compress_fn, dilation_rates=(1, 2))
+    return ModelConfig(**{**fields, **changes})
+
+
+def random_model(config: ModelConfig, seed: int = 0, std: float = 0.3) -> CompressiveTransformer:
+    """Random weights large enough that attention is far from uniform (so masks matter)."""
+    torch.manual_seed(seed)
+    model = CompressiveTransformer(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, std)
+    return model.eval()
+
+
+def export_tiny(compress_fn: str, out_dir: Path, **changes) -> tuple[CompressiveTransformer, Path]:
+    from export.pipeline import export_model
+
+    model = random_model(tiny_config(compress_fn, **changes))
+    export_model(model, out_dir, verify_segments=20, log=lambda *_: None)
+    return model, out_dir
