@@ -1,0 +1,51 @@
+"""`ctrt`: one console command, a thin shell over the subcommand modules.
+
+Each module in COMMAND_MODULES imports only argparse at top level and exposes
+`register(subparsers)`, which adds its subcommands with a `handler(args) -> int`. Heavy
+imports (torch, onnxruntime) happen inside handlers, so `ctrt --help` is fast and runtime
+commands never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = ["ct_reference.commands", "export.commands", "runtime.commands"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctrt", description="Compressive Transformer: train, export, run, benchmark.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is for people: printed as `error: ...`, exit 2."""
+    from ct_reference.config import ConfigError
+    from ct_reference.errors import CtrtError
+    from runtime.backends.base import BackendUnavailable
+    from runtime.manifest import EngineError
+    from runtime.session import RuntimeInputError
+
+    return (CtrtError, ConfigError, EngineError, RuntimeInputError, BackendUnavailable)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
