@@ -17,6 +17,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="segments compared with the eager model (default 20, minimum 20)")
     exp.set_defaults(handler=run_export)
 
+    build = subparsers.add_parser(
+        "build-engine", help="build TensorRT plans from an exported engine directory (GPU)",
+        description="Build one serialized TensorRT engine per entry point with a batch "
+                    "profile (min 1, opt, max) and record it in manifest.json. Needs an NVIDIA "
+                    "GPU and pip install 'compressive-rt[gpu]'.")
+    build.add_argument("engine_dir")
+    build.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16")
+    build.add_argument("--max-batch", type=int, default=8, help="largest batch (default 8)")
+    build.add_argument("--opt-batch", type=int, default=1, help="batch tuned for (default 1)")
+    build.add_argument("--workspace", type=int, default=4096, help="workspace MiB (4096)")
+    build.add_argument("--timing-cache", default=None, help="timing cache file to reuse/update")
+    build.set_defaults(handler=run_build_engine)
+
     ins = subparsers.add_parser(
         "inspect", help="manifest, op histogram, parameters and TensorRT lint of an engine dir")
     ins.add_argument("engine_dir")
@@ -47,4 +60,13 @@ def run_inspect(args: argparse.Namespace) -> int:
     from export.inspect import inspect_engine_dir
 
     print(inspect_engine_dir(args.engine_dir))
+    return 0
+
+
+def run_build_engine(args: argparse.Namespace) -> int:
+    from export.tensorrt_build import build_engines
+
+    build_engines(args.engine_dir, precision=args.precision, max_batch=args.max_batch,
+                  opt_batch=args.opt_batch, workspace_mib=args.workspace,
+                  timing_cache=args.timing_cache)
     return 0

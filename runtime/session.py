@@ -16,8 +16,9 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -33,13 +34,36 @@ class RuntimeInputError(ValueError):
     """Bad input from the caller (tokens, stream ids, snapshots); no stream was changed."""
 
 
-def open_backend(name: str, manifest: Manifest, threads: int | None = None) -> Backend:
-    """A backend by name, or "auto": the best one that can run here."""
-    from runtime.backends.ort import OrtCpuBackend
+BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 
-    if name in ("auto", "onnxruntime-cpu", "cpu"):
+
+def open_backend(name: str, manifest: Manifest, threads: int | None = None,
+                 max_streams: int = 1) -> Backend:
+    """A backend by name, or "auto": native TensorRT when the engine directory holds plans
+    and a GPU with TensorRT is here, else ONNX Runtime CPU."""
+    if name == "auto":
+        from runtime.backends.tensorrt import tensorrt_available
+
+        name = "tensorrt" if "tensorrt" in manifest.data and tensorrt_available() \
+            else "onnxruntime-cpu"
+    if name == "onnxruntime-cpu":
+        from runtime.backends.ort import OrtCpuBackend
+
         return OrtCpuBackend(manifest, threads=threads)
-    raise RuntimeInputError(f"unknown backend {name!r}; available here: onnxruntime-cpu")
+    if name == "onnxruntime-cuda":
+        from runtime.backends.ort_gpu import OrtCudaBackend
+
+        return OrtCudaBackend(manifest, max_batch=max_streams)
+    if name == "onnxruntime-tensorrt":
+        from runtime.backends.ort_gpu import OrtTensorrtBackend
+
+        return OrtTensorrtBackend(manifest, max_batch=max_streams)
+    if name == "tensorrt":
+        from runtime.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(manifest)
+    raise RuntimeInputError(f"unknown backend {name!r}; choose auto or one of "
+                            f"{', '.join(BACKENDS)}")
 
 
 class Session:
@@ -49,7 +73,7 @@ class Session:
             raise RuntimeInputError(f"max_streams must be >= 1, got {max_streams}")
         self.manifest = load_manifest(engine_dir)
         self.backend = backend if isinstance(backend, Backend) else open_backend(
-            backend, self.manifest, threads)
+            backend, self.manifest, threads, max_streams)
         self.dims = Dims.from_config(self.manifest.config)
         self.max_streams = batch = max_streams
         contract = self.manifest.contract

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from engines import COMPRESS_FNS, random_model, tiny_config
+
 from export.pipeline import ExportError, export_model
 from export.verify import eager_logits
 from runtime.manifest import EngineError, load_manifest

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from engines import COMPRESS_FNS
 
 from ct_reference.generate import greedy_generate
-from engines import COMPRESS_FNS
 from export.verify import eager_logits
 from runtime.generate import Sampling, generate, sample_token
 from runtime.score import score_documents, target_bits, total_bits_per_byte

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.contract import TensorSpec
+from runtime.contract import TOKENS, TensorSpec
 from runtime.manifest import Manifest
 
 NUMPY_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
@@ -30,10 +30,30 @@ class Backend(ABC):
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
+        self._arenas: dict[tuple[str, int], Any] = {}
+
+    def allocate(self, spec: TensorSpec, batch: int, tokens: int | None = None) -> Any:
+        """A zero-filled buffer with the spec's dtype and shape for this batch (and token count).
+
+        Tensors with a token axis (extend's tokens and outputs) are views of one buffer per
+        name sized for T = L: every token count shares it instead of holding its own."""
+        shape = spec.concrete_shape(batch, tokens)
+        dtype = np.dtype(NUMPY_DTYPES[spec.dtype])
+        if TOKENS not in spec.shape:
+            return self.new_buffer(shape, dtype)
+        key = (spec.name, batch)
+        if key not in self._arenas:
+            largest = spec.concrete_shape(batch, self.manifest.config["seg_len"])
+            self._arenas[key] = self.new_buffer(largest, dtype)
+        return self.view(self._arenas[key], shape)
 
     @abstractmethod
-    def allocate(self, spec: TensorSpec, batch: int, tokens: int | None = None) -> Any:
-        """A zero-filled buffer with the spec's dtype and shape for this batch (and token count)."""
+    def new_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        """A zero-filled buffer of its own."""
+
+    @abstractmethod
+    def view(self, buffer: Any, shape: tuple[int, ...]) -> Any:
+        """The first prod(shape) elements of a buffer, as a C-contiguous tensor of `shape`."""
 
     @abstractmethod
     def run(self, entry: str, feeds: dict[str, Any], fetches: dict[str, Any],

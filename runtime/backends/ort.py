@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import NUMPY_DTYPES, Backend, BackendUnavailable
-from runtime.contract import TensorSpec
+from runtime.backends.base import Backend, BackendUnavailable
 from runtime.manifest import EngineError, Manifest
 
 
@@ -32,7 +31,8 @@ class OrtCpuBackend(Backend):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from None
+            raise BackendUnavailable(
+                "onnxruntime is not installed: pip install onnxruntime") from None
         self.threads = threads
         self.sessions = {}
         for entry in manifest.contract:
@@ -52,8 +52,11 @@ class OrtCpuBackend(Backend):
             self.sessions[entry] = session
         self._bindings: dict[tuple, Any] = {}
 
-    def allocate(self, spec: TensorSpec, batch: int, tokens: int | None = None) -> np.ndarray:
-        return np.zeros(spec.concrete_shape(batch, tokens), dtype=NUMPY_DTYPES[spec.dtype])
+    def new_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.zeros(shape, dtype=dtype)
+
+    def view(self, buffer: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return buffer.reshape(-1)[:int(np.prod(shape))].reshape(shape)
 
     def run(self, entry: str, feeds: dict[str, np.ndarray], fetches: dict[str, np.ndarray],
             tokens: int | None = None) -> None:

@@ -1,0 +1,177 @@
+"""CUDA device memory through cuda-python, shared by the GPU backends (never torch).
+
+Everything here imports its GPU modules inside functions: the module imports on any machine,
+and the first use without a GPU stack raises GpuUnavailable naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from math import prod
+from typing import Any
+
+import numpy as np
+
+from runtime.backends.base import BackendUnavailable
+from runtime.manifest import EngineError
+
+GPU_EXTRA = "pip install 'compressive-rt[gpu]'"
+
+
+class GpuUnavailable(BackendUnavailable):
+    """No NVIDIA GPU, CUDA runtime bindings or TensorRT here; the message says what to install."""
+
+
+def import_cudart() -> Any:
+    """cuda-python's runtime module (`cuda.bindings.runtime` from 12.6, `cuda.cudart` before)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            raise GpuUnavailable(f"cuda-python is not installed: {GPU_EXTRA}") from None
+    return cudart
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise GpuUnavailable(f"TensorRT is not installed: {GPU_EXTRA}") from None
+    if int(trt.__version__.split(".")[0]) < 10:
+        raise GpuUnavailable(f"TensorRT {trt.__version__} is too old, this runtime needs "
+                             f"TensorRT 10: {GPU_EXTRA}")
+    return trt
+
+
+def check(result: Any) -> Any:
+    """Unwrap a cuda-python (error, *values) result, raising RuntimeError on a CUDA error."""
+    cudart = import_cudart()
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != cudart.cudaError_t.cudaSuccess:
+        _, text = cudart.cudaGetErrorString(err)
+        raise RuntimeError(f"CUDA error {err}: "
+                           f"{text.decode() if isinstance(text, bytes) else text}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def gpu_available() -> bool:
+    """True when cuda-python sees at least one NVIDIA GPU."""
+    try:
+        cudart = import_cudart()
+        err, count = cudart.cudaGetDeviceCount()
+    except Exception:  # noqa: BLE001 - any failure means "no usable GPU"
+        return False
+    return err == cudart.cudaError_t.cudaSuccess and count > 0
+
+
+def gpu_info(device: int = 0) -> dict:
+    """{"name", "compute_capability"} of one CUDA device."""
+    if not gpu_available():
+        raise GpuUnavailable(f"no NVIDIA GPU is visible to the CUDA runtime ({GPU_EXTRA} on a "
+                             f"machine with a GPU and its driver)")
+    props = check(import_cudart().cudaGetDeviceProperties(device))
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else props.name
+    return {"name": name.rstrip("\x00").strip(),
+            "compute_capability": f"{props.major}.{props.minor}"}
+
+
+def check_engine_compatibility(section: Mapping, trt_version: str, gpu_name: str,
+                               compute_capability: str) -> None:
+    """Raise EngineError unless plans described by a manifest `tensorrt` section run here."""
+    built = section.get("tensorrt_version")
+    gpu = section.get("gpu", {})
+    rebuild = "rebuild them on this machine with `ctrt build-engine`"
+    if built != trt_version:
+        raise EngineError(f"the TensorRT plans were built with TensorRT {built}, this machine "
+                          f"has TensorRT {trt_version}; plans are not portable across "
+                          f"versions: {rebuild}")
+    if gpu.get("compute_capability") != compute_capability:
+        raise EngineError(f"the TensorRT plans were built for a {gpu.get('name')} (compute "
+                          f"capability {gpu.get('compute_capability')}), this GPU is a "
+                          f"{gpu_name} (compute capability {compute_capability}): {rebuild}")
+    if gpu.get("name") != gpu_name:
+        raise EngineError(f"the TensorRT plans were built on a {gpu.get('name')}, this GPU is a "
+                          f"{gpu_name}; plans are tuned to one GPU model: {rebuild}")
+
+
+@dataclass
+class DeviceBuffer:
+    """A view of device memory: [ptr, ptr + nbytes) holding a C-contiguous array."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    owner: DeviceMemory
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * self.dtype.itemsize
+
+
+class DeviceMemory:
+    """One cudaMalloc'd block, freed when the owner is collected or closed."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.cudart = import_cudart()
+        self.nbytes = max(nbytes, 1)
+        self.ptr = int(check(self.cudart.cudaMalloc(self.nbytes)))
+        check(self.cudart.cudaMemset(self.ptr, 0, self.nbytes))
+
+    def close(self) -> None:
+        if self.ptr:
+            self.cudart.cudaFree(self.ptr)
+            self.ptr = 0
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: CUDA may be gone
+            self.close()
+
+
+class CudaStream:
+    """A stream plus the copies the backends need (all asynchronous on this stream)."""
+
+    def __init__(self) -> None:
+        self.cudart = import_cudart()
+        self.handle = check(self.cudart.cudaStreamCreate())
+
+    def __int__(self) -> int:
+        return int(self.handle)
+
+    def synchronize(self) -> None:
+        check(self.cudart.cudaStreamSynchronize(self.handle))
+
+    def to_host(self, buffer: DeviceBuffer) -> np.ndarray:
+        out = np.empty(buffer.shape, dtype=buffer.dtype)
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        check(self.cudart.cudaMemcpyAsync(out.ctypes.data, buffer.ptr, buffer.nbytes, kind,
+                                          self.handle))
+        self.synchronize()
+        return out
+
+    def from_host(self, buffer: DeviceBuffer, array: np.ndarray) -> None:
+        src = np.ascontiguousarray(np.broadcast_to(np.asarray(array, dtype=buffer.dtype),
+                                                   buffer.shape))
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        check(self.cudart.cudaMemcpyAsync(buffer.ptr, src.ctypes.data, buffer.nbytes, kind,
+                                          self.handle))
+        self.synchronize()  # pageable source: it must outlive the copy
+
+    def write_rows(self, dst: DeviceBuffer, src: DeviceBuffer, row: int, offset: int,
+                   count: int) -> None:
+        """dst[:, row, offset:offset+count] = src[:, row, :count] for [N, B, ., d] buffers:
+        one 2D copy, N blocks of count*d contiguous elements."""
+        layers, batch, dst_len, width = dst.shape
+        src_len = src.shape[2]
+        item = dst.dtype.itemsize
+        dst_ptr = dst.ptr + ((row * dst_len) + offset) * width * item
+        src_ptr = src.ptr + (row * src_len) * width * item
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        check(self.cudart.cudaMemcpy2DAsync(dst_ptr, batch * dst_len * width * item,
+                                            src_ptr, src.shape[1] * src_len * width * item,
+                                            count * width * item, layers, kind, self.handle))

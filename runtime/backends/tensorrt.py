@@ -1,0 +1,188 @@
+"""Native TensorRT 10 backend: the plans of `ctrt build-engine`, device buffers via cuda-python.
+
+Buffers follow runtime.backends.plan: state tensors get their own allocations (the Session
+holds the two ping-pong sets and swaps them), and scratch tensors (tokens, logits, new_h/k/v)
+are views of one allocation per name sized for T = L, shared by `segment` and every token
+count of `extend` (a [B, T, ...] call uses the first B*T rows). A call binds addresses and,
+for `extend`, the token count with `set_input_shape`; bindings are cached per call signature,
+so a steady-state decode step only enqueues `execute_async_v3`. With use_cuda_graph, the
+second call of a signature is captured into a CUDA graph and replayed from then on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from runtime.backends.base import Backend
+from runtime.backends.cuda import (
+    CudaStream,
+    DeviceBuffer,
+    DeviceMemory,
+    GpuUnavailable,
+    check,
+    check_engine_compatibility,
+    gpu_info,
+    import_cudart,
+    import_tensorrt,
+)
+from runtime.contract import TensorSpec
+from runtime.manifest import EngineError, Manifest, sha256_file
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, manifest: Manifest, precision: str | None = None, device: int = 0,
+                 use_cuda_graph: bool = False) -> None:
+        super().__init__(manifest)
+        trt = import_tensorrt()
+        cudart = import_cudart()
+        gpu = gpu_info(device)  # raises GpuUnavailable without a GPU
+        section = manifest.data.get("tensorrt")
+        if not section or not section.get("engines"):
+            raise EngineError(f"{manifest.engine_dir} holds no TensorRT plans: build them with "
+                              f"`ctrt build-engine {manifest.engine_dir}`")
+        check_engine_compatibility(section, trt.__version__, gpu["name"],
+                                   gpu["compute_capability"])
+        engines = section["engines"]
+        precision = precision or ("fp32" if "fp32" in engines else next(iter(engines)))
+        if precision not in engines:
+            raise EngineError(f"{manifest.engine_dir} has TensorRT plans for "
+                              f"{', '.join(engines)}, not {precision}: build them with "
+                              f"`ctrt build-engine --precision {precision}`")
+        built = engines[precision]
+        self.precision = precision
+        self.max_batch = int(built["max_batch"])
+        self.use_cuda_graph = use_cuda_graph
+        self.trt = trt
+        self.cudart = cudart
+        check(cudart.cudaSetDevice(device))
+        self.stream = CudaStream()
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engines: dict[str, Any] = {}
+        self.contexts: dict[str, Any] = {}
+        for entry, spec in manifest.contract.items():
+            plan = built["plans"][entry]
+            path = manifest.engine_dir / plan["file"]
+            if not path.is_file():
+                raise EngineError(f"{path} is missing (listed in the manifest's tensorrt section)")
+            if sha256_file(path) != plan["sha256"]:
+                raise EngineError(f"{path} does not match its sha256 in the manifest: rebuild "
+                                  f"with `ctrt build-engine`")
+            engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+            if engine is None:
+                raise EngineError(f"TensorRT could not deserialize {path}: rebuild it here with "
+                                  f"`ctrt build-engine`")
+            self._check_io(engine, spec, path)
+            self.engines[entry] = engine
+            self.contexts[entry] = engine.create_execution_context()
+        self._bound: dict[str, tuple] = {}
+        self._seen: set[tuple] = set()
+        self._graphs: dict[tuple, Any] = {}
+
+    def _check_io(self, engine: Any, entry: Any, path: Any) -> None:
+        trt = self.trt
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if sorted(inputs) != sorted(entry.input_names) or \
+                sorted(outputs) != sorted(entry.output_names):
+            raise EngineError(f"{path}: engine tensors {inputs} / {outputs} do not match the "
+                              f"contract's {entry.input_names} / {entry.output_names}")
+        types = {"float32": trt.float32, "int32": trt.int32, "bool": trt.bool}
+        for spec in (*entry.inputs, *entry.outputs):
+            if engine.get_tensor_dtype(spec.name) != types[spec.dtype]:
+                raise EngineError(f"{path}: tensor {spec.name} is "
+                                  f"{engine.get_tensor_dtype(spec.name)} in the engine, "
+                                  f"{spec.dtype} in the contract")
+
+    # ---- buffers ---------------------------------------------------------------------------
+    def allocate(self, spec: TensorSpec, batch: int, tokens: int | None = None) -> DeviceBuffer:
+        if batch > self.max_batch:
+            raise EngineError(f"the TensorRT plans were built for batch <= {self.max_batch}, "
+                              f"asked for {batch}: rebuild with `ctrt build-engine "
+                              f"--max-batch {batch}`")
+        return super().allocate(spec, batch, tokens)
+
+    def new_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> DeviceBuffer:
+        memory = DeviceMemory(int(np.prod(shape)) * dtype.itemsize)
+        return DeviceBuffer(memory.ptr, shape, dtype, memory)
+
+    def view(self, buffer: DeviceBuffer, shape: tuple[int, ...]) -> DeviceBuffer:
+        return DeviceBuffer(buffer.ptr, shape, buffer.dtype, buffer.owner)
+
+    def to_host(self, buffer: DeviceBuffer) -> np.ndarray:
+        return self.stream.to_host(buffer)
+
+    def from_host(self, buffer: DeviceBuffer, array: np.ndarray) -> None:
+        self.stream.from_host(buffer, array)
+
+    def write_rows(self, dst: DeviceBuffer, src: DeviceBuffer, row: int, offset: int,
+                   count: int) -> None:
+        self.stream.write_rows(dst, src, row, offset, count)
+
+    def get_row(self, buffer: DeviceBuffer, row: int, batch_axis: int) -> np.ndarray:
+        return np.take(self.to_host(buffer), row, axis=batch_axis)
+
+    def set_row(self, buffer: DeviceBuffer, row: int, batch_axis: int, values: Any) -> None:
+        host = self.to_host(buffer)
+        host[(slice(None),) * batch_axis + (row,)] = values
+        self.from_host(buffer, host)
+
+    # ---- calls -----------------------------------------------------------------------------
+    def run(self, entry: str, feeds: dict[str, DeviceBuffer], fetches: dict[str, DeviceBuffer],
+            tokens: int | None = None) -> None:
+        context = self.contexts[entry]
+        key = (entry, *((n, b.ptr, b.shape) for n, b in feeds.items()),
+               *((n, b.ptr) for n, b in fetches.items()))
+        if self._bound.get(entry) != key:
+            for name, buffer in feeds.items():
+                if not context.set_input_shape(name, buffer.shape):
+                    raise EngineError(f"{entry}: input {name} shape {buffer.shape} is outside "
+                                      f"the plan's optimization profile")
+                context.set_tensor_address(name, buffer.ptr)
+            for name, buffer in fetches.items():
+                got = tuple(context.get_tensor_shape(name))
+                if got != buffer.shape:
+                    raise EngineError(f"{entry}: output {name} has shape {got}, the bound "
+                                      f"buffer {buffer.shape}")
+                context.set_tensor_address(name, buffer.ptr)
+            self._bound[entry] = key
+        graph = self._graphs.get(key)
+        if graph is not None:
+            check(self.cudart.cudaGraphLaunch(graph, self.stream.handle))
+            return
+        if self.use_cuda_graph and key in self._seen:
+            self._graphs[key] = graph = self._capture(context)
+            check(self.cudart.cudaGraphLaunch(graph, self.stream.handle))
+            return
+        if not context.execute_async_v3(int(self.stream)):
+            raise RuntimeError(f"TensorRT failed to enqueue {entry}")
+        self._seen.add(key)
+
+    def _capture(self, context: Any) -> Any:
+        """One enqueue captured into an instantiated CUDA graph (after a normal warm-up run)."""
+        cudart = self.cudart
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        check(cudart.cudaStreamBeginCapture(self.stream.handle, mode))
+        ok = context.execute_async_v3(int(self.stream))
+        graph = check(cudart.cudaStreamEndCapture(self.stream.handle))
+        if not ok:
+            raise RuntimeError("TensorRT failed to enqueue during CUDA graph capture")
+        return check(cudart.cudaGraphInstantiate(graph, 0))
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+
+def tensorrt_available() -> bool:
+    """True when TensorRT 10, cuda-python and a GPU are all present."""
+    try:
+        import_tensorrt()
+        gpu_info()
+    except GpuUnavailable:
+        return False
+    return True
