@@ -107,8 +107,10 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> TrainResult
     memory = model.init_memory(opts.batch)  # a resumed run restarts with empty memory
     deadline = time.monotonic() + opts.minutes * 60 if opts.minutes is not None else math.inf
     start_step, start_time = step, time.monotonic()
-    bar = tqdm(total=opts.steps, initial=step, disable=not opts.progress, unit="step",
-               dynamic_ncols=True)
+    # With a time budget the step total is only a cap: show a count and a rate, not a false ETA.
+    bar = tqdm(total=opts.steps if opts.minutes is None else None, initial=step,
+               disable=not opts.progress, unit="step", dynamic_ncols=True,
+               desc=f"training ({opts.minutes:g} min)" if opts.minutes is not None else "training")
     model.train()
     while step < opts.steps and time.monotonic() < deadline:
         if streams.position >= streams.segments_per_stream:

@@ -12,7 +12,8 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ["ct_reference.commands", "export.commands", "runtime.commands"]
+COMMAND_MODULES = [
+    "ct_reference.commands", "export.commands", "runtime.commands", "benchmarks.commands"]
 
 
 def build_parser() -> argparse.ArgumentParser:

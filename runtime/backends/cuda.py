@@ -175,3 +175,35 @@ class CudaStream:
         check(self.cudart.cudaMemcpy2DAsync(dst_ptr, batch * dst_len * width * item,
                                             src_ptr, src.shape[1] * src_len * width * item,
                                             count * width * item, layers, kind, self.handle))
+
+
+class DeviceBuffers:
+    """Buffer handling shared by the device backends: cudaMalloc'd buffers, views of them, and
+    host transfers on the backend's CUDA stream (`self.stream`, a CudaStream)."""
+
+    stream: CudaStream
+
+    def new_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> DeviceBuffer:
+        memory = DeviceMemory(int(np.prod(shape)) * dtype.itemsize)
+        return DeviceBuffer(memory.ptr, shape, dtype, memory)
+
+    def view(self, buffer: DeviceBuffer, shape: tuple[int, ...]) -> DeviceBuffer:
+        return DeviceBuffer(buffer.ptr, shape, buffer.dtype, buffer.owner)
+
+    def to_host(self, buffer: DeviceBuffer) -> np.ndarray:
+        return self.stream.to_host(buffer)
+
+    def from_host(self, buffer: DeviceBuffer, array: np.ndarray) -> None:
+        self.stream.from_host(buffer, array)
+
+    def write_rows(self, dst: DeviceBuffer, src: DeviceBuffer, row: int, offset: int,
+                   count: int) -> None:
+        self.stream.write_rows(dst, src, row, offset, count)
+
+    def get_row(self, buffer: DeviceBuffer, row: int, batch_axis: int) -> np.ndarray:
+        return np.take(self.to_host(buffer), row, axis=batch_axis)
+
+    def set_row(self, buffer: DeviceBuffer, row: int, batch_axis: int, values: Any) -> None:
+        host = self.to_host(buffer)
+        host[(slice(None),) * batch_axis + (row,)] = values
+        self.from_host(buffer, host)

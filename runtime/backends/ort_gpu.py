@@ -12,14 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from runtime.backends.base import Backend
 from runtime.backends.cuda import (
     GPU_EXTRA,
     CudaStream,
     DeviceBuffer,
-    DeviceMemory,
+    DeviceBuffers,
     GpuUnavailable,
     check,
     gpu_info,
@@ -37,7 +35,7 @@ def _shapes(profile: dict, which: int) -> str:
                     for name, shapes in profile.items())
 
 
-class OrtGpuBackend(Backend):
+class OrtGpuBackend(DeviceBuffers, Backend):
     """ONNX Runtime with a GPU provider list; subclasses choose the providers."""
 
     name = "onnxruntime-gpu"
@@ -91,31 +89,6 @@ class OrtGpuBackend(Backend):
     def providers(self, entry: str, profile: dict) -> list:
         return [(CUDA_EP, self.cuda_options())]
 
-    # ---- buffers (same layout as the native TensorRT backend) ------------------------------
-    def new_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> DeviceBuffer:
-        memory = DeviceMemory(int(np.prod(shape)) * dtype.itemsize)
-        return DeviceBuffer(memory.ptr, shape, dtype, memory)
-
-    def view(self, buffer: DeviceBuffer, shape: tuple[int, ...]) -> DeviceBuffer:
-        return DeviceBuffer(buffer.ptr, shape, buffer.dtype, buffer.owner)
-
-    def to_host(self, buffer: DeviceBuffer) -> np.ndarray:
-        return self.stream.to_host(buffer)
-
-    def from_host(self, buffer: DeviceBuffer, array: np.ndarray) -> None:
-        self.stream.from_host(buffer, array)
-
-    def write_rows(self, dst: DeviceBuffer, src: DeviceBuffer, row: int, offset: int,
-                   count: int) -> None:
-        self.stream.write_rows(dst, src, row, offset, count)
-
-    def get_row(self, buffer: DeviceBuffer, row: int, batch_axis: int) -> np.ndarray:
-        return np.take(self.to_host(buffer), row, axis=batch_axis)
-
-    def set_row(self, buffer: DeviceBuffer, row: int, batch_axis: int, values: Any) -> None:
-        host = self.to_host(buffer)
-        host[(slice(None),) * batch_axis + (row,)] = values
-        self.from_host(buffer, host)
 
     def run(self, entry: str, feeds: dict[str, DeviceBuffer], fetches: dict[str, DeviceBuffer],
             tokens: int | None = None) -> None:

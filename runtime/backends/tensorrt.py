@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from runtime.backends.base import Backend
 from runtime.backends.cuda import (
     CudaStream,
     DeviceBuffer,
-    DeviceMemory,
+    DeviceBuffers,
     GpuUnavailable,
     check,
     check_engine_compatibility,
@@ -31,7 +29,7 @@ from runtime.contract import TensorSpec
 from runtime.manifest import EngineError, Manifest, sha256_file
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(DeviceBuffers, Backend):
     name = "tensorrt"
 
     def __init__(self, manifest: Manifest, precision: str | None = None, device: int = 0,
@@ -107,30 +105,6 @@ class TensorRTBackend(Backend):
                               f"--max-batch {batch}`")
         return super().allocate(spec, batch, tokens)
 
-    def new_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> DeviceBuffer:
-        memory = DeviceMemory(int(np.prod(shape)) * dtype.itemsize)
-        return DeviceBuffer(memory.ptr, shape, dtype, memory)
-
-    def view(self, buffer: DeviceBuffer, shape: tuple[int, ...]) -> DeviceBuffer:
-        return DeviceBuffer(buffer.ptr, shape, buffer.dtype, buffer.owner)
-
-    def to_host(self, buffer: DeviceBuffer) -> np.ndarray:
-        return self.stream.to_host(buffer)
-
-    def from_host(self, buffer: DeviceBuffer, array: np.ndarray) -> None:
-        self.stream.from_host(buffer, array)
-
-    def write_rows(self, dst: DeviceBuffer, src: DeviceBuffer, row: int, offset: int,
-                   count: int) -> None:
-        self.stream.write_rows(dst, src, row, offset, count)
-
-    def get_row(self, buffer: DeviceBuffer, row: int, batch_axis: int) -> np.ndarray:
-        return np.take(self.to_host(buffer), row, axis=batch_axis)
-
-    def set_row(self, buffer: DeviceBuffer, row: int, batch_axis: int, values: Any) -> None:
-        host = self.to_host(buffer)
-        host[(slice(None),) * batch_axis + (row,)] = values
-        self.from_host(buffer, host)
 
     # ---- calls -----------------------------------------------------------------------------
     def run(self, entry: str, feeds: dict[str, DeviceBuffer], fetches: dict[str, DeviceBuffer],

@@ -1,0 +1,158 @@
+"""Engine directories for the benchmark: a fast export, derived variants, tunable ORT sessions.
+
+`export_engine` writes the same graphs and manifest as `export.pipeline.export_model` but skips
+the 20-segment verification (minutes at the default size); the benchmark checks the engine
+against the eager model on its own inputs instead. `derive_engine` rewrites graphs (int8
+quantization, offline fusions) into a new directory with a consistent manifest, and
+`TunedOrtBackend` opens an engine with any `onnxruntime.SessionOptions`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from runtime.backends.ort import OrtCpuBackend
+from runtime.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    Manifest,
+    describe_entry,
+    sha256_file,
+    write_json_atomic,
+)
+
+
+def export_engine(model, out_dir: Path) -> Path:
+    """Export `model`'s three entry points and a manifest into out_dir (no verification)."""
+    from export.onnx_export import OPSET, export_graphs
+    from runtime.contract import entry_points
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    paths = export_graphs(model, out_dir)
+    contract = entry_points(model.config)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
+        "opset": OPSET, "precision": "fp32", "exporter": "torch.onnx (TorchScript)",
+        "checkpoint": {}, "verification": {"skipped": "benchmark engine"},
+        "entry_points": {
+            name: {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                   **describe_entry(contract[name])}
+            for name, path in paths.items()},
+    }
+    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    return out_dir
+
+
+def derive_engine(src_dir: Path, out_dir: Path, transform: Callable[[Path, Path], None],
+                  precision: str | None = None) -> Path:
+    """Copy an engine dir, passing every graph through transform(src_graph, dst_graph)."""
+    import json
+
+    manifest = json.loads((src_dir / MANIFEST_NAME).read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for entry in manifest["entry_points"].values():
+        src, dst = src_dir / entry["file"], out_dir / entry["file"]
+        transform(src, dst)
+        entry["sha256"], entry["bytes"] = sha256_file(dst), dst.stat().st_size
+    if precision:
+        manifest["precision"] = precision
+    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    return out_dir
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantization of the MatMul weights (activations quantized per call)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+
+
+def ort_offline(level: str) -> Callable[[Path, Path], None]:
+    """Save ONNX Runtime's own optimized graph at `level` ("basic" keeps standard ONNX ops)."""
+    def transform(src: Path, dst: Path) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = {
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[level]
+        options.optimized_model_filepath = str(dst)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    return transform
+
+
+def transformer_optimizer(num_heads: int, hidden_size: int) -> Callable[[Path, Path], None]:
+    """onnxruntime.transformers' offline fusions (model_type="bert": LayerNorm/Gelu/Attention
+    patterns, Add+LayerNorm -> SkipLayerNormalization), without ORT's own graph pass."""
+    def transform(src: Path, dst: Path) -> None:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        optimized = optimize_model(str(src), model_type="bert", num_heads=num_heads,
+                                   hidden_size=hidden_size, opt_level=0)
+        optimized.save_model_to_file(str(dst))
+    return transform
+
+
+def non_standard_ops(engine_dir: Path) -> list[str]:
+    """Ops outside the default ONNX domain (contrib ops): TensorRT's parser rejects them."""
+    import onnx
+
+    found = set()
+    for graph in engine_dir.glob("*.onnx"):
+        for node in onnx.load(str(graph), load_external_data=False).graph.node:
+            if node.domain not in ("", "ai.onnx"):
+                found.add(f"{node.domain}.{node.op_type}")
+    return sorted(found)
+
+
+def remove_engine(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class TunedOrtBackend(OrtCpuBackend):
+    """OrtCpuBackend whose sessions use the options `tune(options)` returns."""
+
+    def __init__(self, manifest: Manifest, threads: int, tune: Callable[[Any], Any]) -> None:
+        import runtime.backends.ort as ort_backend
+
+        original = ort_backend.cpu_session_options
+        ort_backend.cpu_session_options = lambda t=None: tune(original(t))
+        try:
+            super().__init__(manifest, threads=threads)
+        finally:
+            ort_backend.cpu_session_options = original
+
+
+def ort_option_variants(threads: int) -> dict[str, Callable[[Any], Any]]:
+    """Session-option variants tried against the runtime's default (`cpu_session_options`)."""
+    import onnxruntime as ort
+
+    def setter(**changes):
+        def tune(options):
+            for key, value in changes.items():
+                if key.startswith("config:"):
+                    options.add_session_config_entry(key[len("config:"):], value)
+                else:
+                    setattr(options, key, value)
+            return options
+        return tune
+
+    level = ort.GraphOptimizationLevel
+    variants = {
+        "default (ENABLE_ALL)": setter(),
+        "opt level DISABLE_ALL": setter(graph_optimization_level=level.ORT_DISABLE_ALL),
+        "opt level BASIC": setter(graph_optimization_level=level.ORT_ENABLE_BASIC),
+        "opt level EXTENDED": setter(graph_optimization_level=level.ORT_ENABLE_EXTENDED),
+        "no mem pattern": setter(enable_mem_pattern=False),
+        "no cpu mem arena": setter(enable_cpu_mem_arena=False),
+        "no spinning": setter(**{"config:session.intra_op.allow_spinning": "0"}),
+    }
+    if threads > 1:
+        variants["intra_op threads 1"] = setter(intra_op_num_threads=1)
+    variants[f"intra_op threads {threads * 2}"] = setter(intra_op_num_threads=threads * 2)
+    return variants

@@ -1,0 +1,202 @@
+"""The benchmark's outputs: a terminal table, bench.json and bench.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+JSON_NAME = "bench.json"
+PLOT_NAME = "bench.png"
+COLORS = {"eager": "tab:blue", "eager+compile": "tab:orange", "eager cached": "tab:green",
+          "runtime (ORT)": "tab:red"}
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(results: dict) -> str:
+    gemm = results["machine"]["gemm"]
+    lines = [
+        f"compressive-rt bench ({results['profile']}), {results['thread_note']}",
+        f"model: {results['model']}; N={results['config']['n_layers']} "
+        f"d={results['config']['d_model']} L={results['config']['seg_len']} "
+        f"M={results['config']['mem_len']} C={results['config']['cmem_len']} "
+        f"c={results['config']['compress_rate']} ({results['config']['compress_fn']})",
+        f"machine: fp32 GEMM {gemm['gflops']:.1f} GFLOP/s (torch {gemm['torch_gflops']:.1f}, "
+        f"numpy {gemm['numpy_gflops']:.1f}); copy bandwidth "
+        f"{results['machine']['memory']['copy_gbps']:.1f} GB/s",
+        f"engine check: max |logit error| runtime vs eager "
+        f"{results['check']['max_abs_logit_error']:.2e} (logit scale "
+        f"{results['check']['logit_scale']:.2f})",
+        "",
+        f"{'workload':<22}{'contender':<16}{'median ms':>11}{'p10':>9}{'p90':>9}"
+        f"{'tok/s':>10}{'GFLOP/s':>9}{'%GEMM':>7}",
+    ]
+    for workload in ("segment", "decode"):
+        batches = sorted({b for res in results["contenders"].values()
+                          for b in res.get(workload, {})}, key=int)
+        for batch in batches:
+            for res in results["contenders"].values():
+                row = res.get(workload, {}).get(batch)
+                if not row:
+                    continue
+                label = f"{workload} b{batch}" + (" (amort.)" if workload == "decode" else "")
+                main = row["amortized_ms"] if workload == "decode" else row["median_ms"]
+                lines.append(
+                    f"{label:<22}{res['name']:<16}{main:>11.1f}{row['p10_ms']:>9.1f}"
+                    f"{row['p90_ms']:>9.1f}{row['tokens_per_s']:>10.1f}{row['gflops']:>9.1f}"
+                    f"{100 * row['gemm_fraction']:>6.0f}%")
+    for res in results["contenders"].values():
+        if "first_segment" in res:
+            row = res["first_segment"]
+            lines.append(f"{'first segment b1':<22}{res['name']:<16}{row['median_ms']:>11.1f}"
+                         f"{row['p10_ms']:>9.1f}{row['p90_ms']:>9.1f}")
+        if "error" in res:
+            lines.append(f"{res['name']}: {res['error'][:300]}")
+        if res.get("compile_seconds"):
+            lines.append(f"{res['name']}: compile seconds "
+                         + ", ".join(f"b{b} {s:.0f}s" for b, s in res["compile_seconds"].items()))
+    if "decode_bytes_b1" in results and "runtime_gbps" in results["decode_bytes_b1"]:
+        db = results["decode_bytes_b1"]
+        lines.append(f"decode b1 reads {db['total'] / 1e6:.1f} MB/token (weights "
+                     f"{db['weights'] / 1e6:.1f}, K/V state {db['kv_state'] / 1e6:.1f}, position "
+                     f"table {db['pos_table'] / 1e6:.1f}): runtime {db['runtime_gbps']:.1f} GB/s ="
+                     f" {100 * db['fraction_of_copy_bandwidth']:.0f}% of copy bandwidth")
+    if results.get("loop_overhead"):
+        lines.append("")
+        lines.append("runtime loop overhead (time outside engine calls per step):")
+        for name, row in results["loop_overhead"].items():
+            lines.append(f"  {name:<12} step {row['step_ms']:.2f} ms, outside "
+                         f"{row['outside_engine_ms']:.3f} ms ({100 * row['fraction']:.2f}%)")
+    if results.get("scaling"):
+        lines.append("")
+        lines.append("scaling (N={} layers; batch 1 unless noted; ms):".format(
+            results["scaling"][0]["n_layers"]))
+        for row in results["scaling"]:
+            parts = []
+            for key, costs in row["costs"].items():
+                seg = " ".join(f"b{b}:{costs[f'segment_b{b}_ms']:.1f}" for b in row["batches"])
+                dec = f" dec {costs['decode_b1_ms']:.2f}" if "decode_b1_ms" in costs else ""
+                parts.append(f"{key} seg {seg}{dec}")
+            lines.append(f"  {row['point']:<7} M={row['mem_len']:<4} C={row['cmem_len']:<4} "
+                         f"L={row['seg_len']:<4} " + " | ".join(parts))
+    if results.get("xl_comparison"):
+        lines.append("")
+        lines.append("compression vs Transformer-XL (runtime, batch 1):")
+        for row in results["xl_comparison"]:
+            lines.append(
+                f"  {row['model']:<15} M={row['mem_len']:<4} C={row['cmem_len']:<3} span "
+                f"{row['attention_span']:<4} range {row['temporal_range_per_layer']:<4}/layer: "
+                f"segment {1e3 * row['segment_ms_per_token']:.0f} us/token, decode "
+                f"{row['decode_ms_per_token']:.2f} ms/token, "
+                f"{row['segment_us_per_token_per_range_token']:.3f} us/token per range token")
+    if results.get("ort"):
+        lines.append("")
+        lines.append("ONNX Runtime variants (runtime, batch 1; ms):")
+        for group in ("session_options", "graphs"):
+            for name, row in results["ort"][group].items():
+                if "error" in row:
+                    lines.append(f"  {name:<34} error: {row['error'][:120]}")
+                    continue
+                extra = ""
+                if "non_standard_ops" in row:
+                    extra = (f"  ops TRT-ok: {row['tensorrt_compatible_ops']}"
+                             f" {','.join(row['non_standard_ops'])[:60]}"
+                             f"  max|dlogit| {row['check']['max_abs_logit_diff']:.1e}")
+                lines.append(f"  {name:<34} segment {row['segment_b1_ms']:8.1f}  decode "
+                             f"{row['decode_b1_ms']:7.2f}{extra}")
+    q = results.get("quantization")
+    if q:
+        if "error" in q:
+            lines.append(f"int8 dynamic quantization: error {q['error'][:200]}")
+        else:
+            bpb = q["bits_per_byte"]
+            lines.append(f"  int8 dynamic quantization          segment {q['segment_b1_ms']:8.1f}"
+                         f"  decode {q['decode_b1_ms']:7.2f}  bits/byte fp32 {bpb['fp32']:.4f} "
+                         f"int8 {bpb['int8']:.4f} (delta {q['bpb_delta']:+.4f}) on {q['text']}")
+    lines.append("")
+    lines.append("targets:")
+    for t in results["targets"]:
+        measured = t["measured"]
+        shown = f"{measured:.2f}" if isinstance(measured, float) else _fmt(measured)
+        lines.append(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {shown} "
+                     f"(want {t['want'] if isinstance(t['want'], str) else '>= ' + str(t['want'])})")
+    lines.append(f"total {results['total_seconds']:.0f}s")
+    return "\n".join(lines)
+
+
+def write(results: dict, out_dir: Path) -> None:
+    (out_dir / JSON_NAME).write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, out_dir / PLOT_NAME)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    ax = axes[0]
+    for res in results["contenders"].values():
+        rows = res.get("segment", {})
+        if rows:
+            batches = sorted(rows, key=int)
+            ax.plot([int(b) for b in batches], [rows[b]["median_ms"] / int(b) for b in batches],
+                    marker="o", label=res["name"], color=COLORS.get(res["name"]))
+    ax.set(title="segment step, full memory", xlabel="batch (streams)",
+           ylabel="ms per segment per stream (lower is better)", xscale="log", yscale="log")
+    ax.set_xticks([int(b) for b in results["settings"]["segment_batches"]],
+                  [str(b) for b in results["settings"]["segment_batches"]])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+
+    ax = axes[1]
+    for res in results["contenders"].values():
+        rows = res.get("decode", {})
+        if rows:
+            batches = sorted(rows, key=int)
+            ax.plot([int(b) for b in batches], [rows[b]["amortized_ms"] for b in batches],
+                    marker="o", label=res["name"], color=COLORS.get(res["name"]))
+    ax.set(title="decoding one token per stream, full memory", xlabel="batch (streams)",
+           ylabel="ms per step, amortised over a segment", xscale="log", yscale="log")
+    ax.set_xticks([int(b) for b in results["settings"]["decode_batches"]],
+                  [str(b) for b in results["settings"]["decode_batches"]])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+
+    ax = axes[2]
+    scaling = results.get("scaling") or []
+    base = next((r for r in scaling if r["point"] == "base"), None)
+    if base:
+        points = [r for r in scaling if r["point"] == "base" or r["point"].startswith("M=")]
+        points.sort(key=lambda r: r["mem_len"] + r["cmem_len"])
+        names = {"eager": "eager", "cached": "eager cached", "runtime": "runtime (ORT)"}
+        for key, label in names.items():
+            xs = [r["mem_len"] + r["cmem_len"] for r in points if key in r["costs"]]
+            ys = [r["costs"][key]["segment_b1_ms"] for r in points if key in r["costs"]]
+            if xs:
+                ax.plot(xs, ys, marker="o", label=f"{label}: segment", color=COLORS[label])
+            dec = [r["costs"][key].get("decode_b1_ms") for r in points if key in r["costs"]]
+            if xs and all(d is not None for d in dec):
+                ax.plot(xs, dec, marker="s", linestyle="--", label=f"{label}: decode token",
+                        color=COLORS[label])
+        ax.set(title=f"vs memory size (N={base['n_layers']}, L={base['seg_len']}, batch 1)",
+               xlabel="memory slots per layer (C + M)", ylabel="ms per step", yscale="log")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    else:
+        ax.set_axis_off()
+    fig.suptitle(f"compressive-rt bench ({results['profile']}): {results['thread_note']}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
