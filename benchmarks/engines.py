@@ -15,11 +15,8 @@ from typing import Any, Callable
 
 from runtime.backends.ort import OrtCpuBackend
 from runtime.manifest import (
-    FORMAT,
-    FORMAT_VERSION,
     MANIFEST_NAME,
     Manifest,
-    describe_entry,
     sha256_file,
     write_json_atomic,
 )
@@ -27,22 +24,11 @@ from runtime.manifest import (
 
 def export_engine(model, out_dir: Path) -> Path:
     """Export `model`'s three entry points and a manifest into out_dir (no verification)."""
-    from export.onnx_export import OPSET, export_graphs
-    from runtime.contract import entry_points
+    from export.pipeline import write_engine
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    paths = export_graphs(model, out_dir)
-    contract = entry_points(model.config)
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
-        "opset": OPSET, "precision": "fp32", "exporter": "torch.onnx (TorchScript)",
-        "checkpoint": {}, "verification": {"skipped": "benchmark engine"},
-        "entry_points": {
-            name: {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-                   **describe_entry(contract[name])}
-            for name, path in paths.items()},
-    }
+    manifest = write_engine(model, out_dir)
+    manifest["verification"] = {"skipped": "benchmark engine"}
     write_json_atomic(out_dir / MANIFEST_NAME, manifest)
     return out_dir
 

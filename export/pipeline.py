@@ -16,9 +16,16 @@ import torch
 from ct_reference.model import CompressiveTransformer
 from export.onnx_export import OPSET, export_graphs
 from export.verify import verify_engine
-from runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, EngineError, describe_entry,
-                              sha256_file, write_json_atomic)
 from runtime.contract import entry_points
+from runtime.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    EngineError,
+    describe_entry,
+    sha256_file,
+    write_json_atomic,
+)
 
 
 class ExportError(EngineError):
@@ -51,31 +58,38 @@ def _versions() -> dict:
             "python": platform.python_version()}
 
 
+def write_engine(model: CompressiveTransformer, out_dir: Path, checkpoint: dict | None = None,
+                 opset: int = OPSET) -> dict:
+    """The graphs and manifest.json in out_dir, not yet verified; returns the manifest."""
+    started = time.perf_counter()
+    model.eval()
+    paths = export_graphs(model, out_dir, opset=opset)
+    contract = entry_points(model.config)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "opset": opset, "precision": "fp32", "exporter": "torch.onnx (TorchScript)",
+        "versions": _versions(),
+        "checkpoint": checkpoint or {},
+        "entry_points": {
+            name: {"file": path.name, "sha256": sha256_file(path),
+                   "bytes": path.stat().st_size, **describe_entry(contract[name])}
+            for name, path in paths.items()},
+        "export_seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    return manifest
+
+
 def export_model(model: CompressiveTransformer, out_dir: Path | str, checkpoint: dict | None = None,
                  verify_segments: int = 20, log=print) -> dict:
     """Export, verify against the eager model, then move into place; returns the manifest."""
     out_dir = Path(out_dir)
     tmp = _prepare_output(out_dir)
     try:
-        started = time.perf_counter()
-        model.eval()
-        paths = export_graphs(model, tmp)
-        export_seconds = time.perf_counter() - started
-        contract = entry_points(model.config)
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "config": model.config.to_dict(),
-            "opset": OPSET, "precision": "fp32", "exporter": "torch.onnx (TorchScript)",
-            "versions": _versions(),
-            "checkpoint": checkpoint or {},
-            "entry_points": {
-                name: {"file": path.name, "sha256": sha256_file(path),
-                       "bytes": path.stat().st_size, **describe_entry(contract[name])}
-                for name, path in paths.items()},
-        }
-        write_json_atomic(tmp / MANIFEST_NAME, manifest)
-        log(f"exported {', '.join(paths)} in {export_seconds:.1f}s; verifying against the "
-            f"eager model over {verify_segments} segments ...")
+        manifest = write_engine(model, tmp, checkpoint)
+        log(f"exported {', '.join(manifest['entry_points'])} in {manifest['export_seconds']:.1f}s;"
+            f" verifying against the eager model over {verify_segments} segments ...")
         started = time.perf_counter()
         check = verify_engine(model, tmp, segments=verify_segments)
         figures = {**check.to_dict(), "seconds": round(time.perf_counter() - started, 2)}
@@ -86,7 +100,6 @@ def export_model(model: CompressiveTransformer, out_dir: Path | str, checkpoint:
                 f"{check.extend_max_abs_error:.2e}, memory {check.memory_max_abs_error:.2e}, "
                 f"counts equal: {check.counts_equal}; nothing was written")
         manifest["verification"] = figures
-        manifest["export_seconds"] = round(export_seconds, 2)
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
         if out_dir.exists():
             shutil.rmtree(out_dir)

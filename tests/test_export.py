@@ -137,7 +137,8 @@ def test_export_refuses_graphs_that_differ_from_the_model(tmp_path, monkeypatch)
     other = random_model(tiny_config("conv"), seed=1)
     real_export = pipeline.export_graphs
     # A faulty exporter: writes another model's graphs; verification must catch it.
-    monkeypatch.setattr(pipeline, "export_graphs", lambda _, out: real_export(other, out))
+    monkeypatch.setattr(pipeline, "export_graphs",
+                        lambda _, out, **options: real_export(other, out, **options))
     out = tmp_path / "engine"
     with pytest.raises(ExportError, match="differ from the eager model"):
         export_model(model, out, log=lambda *_: None)
