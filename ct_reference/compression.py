@@ -5,7 +5,8 @@ What is implemented, and why (Rae et al. 2019, section 3.1 and Table 5; DeepMind
 
 - ``max_pool`` / ``mean_pool``: window = stride = c over time, no parameters, no auxiliary loss.
 - ``conv``: Conv1d d -> d with kernel = stride = c, no bias and VALID padding, as the official
-  code. Its decoder g for the auto-encoding loss is the transposed convolution with the same
+  code (``compress_bias`` adds one, as compressive-transformer-pytorch has). Its decoder g
+  for the auto-encoding loss is the transposed convolution with the same
   weights (``conv_transpose1d``), so g maps L/c slots back to L.
 - ``dilated_conv``: for each r in ``dilation_rates`` a Conv1d(kernel 2, dilation r) + ReLU,
   then the strided convolution above. The dilated layers keep the length with SAME padding as
@@ -45,7 +46,8 @@ class PoolCompressor(nn.Module):
 
 
 class ConvCompressor(nn.Module):
-    def __init__(self, d_model: int, compress_rate: int, dilation_rates: tuple[int, ...] = ()) -> None:
+    def __init__(self, d_model: int, compress_rate: int, dilation_rates: tuple[int, ...] = (),
+                 bias: bool = False) -> None:
         super().__init__()
         self.compress_rate = compress_rate
         self.dilation_rates = dilation_rates
@@ -53,7 +55,7 @@ class ConvCompressor(nn.Module):
             nn.Conv1d(d_model, d_model, kernel_size=2, dilation=r, bias=False)
             for r in dilation_rates)
         self.strided = nn.Conv1d(d_model, d_model, kernel_size=compress_rate,
-                                 stride=compress_rate, bias=False)
+                                 stride=compress_rate, bias=bias)
 
     def forward(self, old_mem: torch.Tensor, usage: torch.Tensor | None = None) -> torch.Tensor:
         x = old_mem.transpose(1, 2)  # [B, d, L]
@@ -88,9 +90,10 @@ def select_most_used(old_mem: torch.Tensor, usage: torch.Tensor, keep: int) -> t
     beats = (usage[:, None, :] > usage[:, :, None]) | (
         (usage[:, None, :] == usage[:, :, None]) & older[None])
     kept = beats.sum(dim=2) < keep  # [B, L]
-    # Output position of each kept slot = number of kept slots before it.
-    out_pos = torch.cumsum(kept.to(torch.int32), dim=1) - 1  # [B, L]
-    target = torch.arange(keep, device=old_mem.device)
+    # Output position of each kept slot = number of kept slots before it (counted in floats,
+    # exact for these small integers, because TensorRT's CumSum is documented for floats).
+    out_pos = torch.cumsum(kept.to(old_mem.dtype), dim=1) - 1  # [B, L]
+    target = torch.arange(keep, device=old_mem.device, dtype=old_mem.dtype)
     select = (kept[:, None, :] & (out_pos[:, None, :] == target[None, :, None])).to(old_mem.dtype)
     return select @ old_mem  # [B, keep, L] @ [B, L, d] -> [B, keep, d]
 
@@ -100,9 +103,10 @@ def build_compressor(config: ModelConfig) -> nn.Module | None:
     if kind in ("max_pool", "mean_pool"):
         return PoolCompressor(config.compress_rate, kind)
     if kind == "conv":
-        return ConvCompressor(config.d_model, config.compress_rate)
+        return ConvCompressor(config.d_model, config.compress_rate, bias=config.compress_bias)
     if kind == "dilated_conv":
-        return ConvCompressor(config.d_model, config.compress_rate, config.dilation_rates)
+        return ConvCompressor(config.d_model, config.compress_rate, config.dilation_rates,
+                              bias=config.compress_bias)
     if kind == "most_used":
         return MostUsedCompressor(config.compress_rate)
     return None

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 COMPRESS_FNS = ("max_pool", "mean_pool", "conv", "dilated_conv", "most_used", "none")
 PARAMETRIC_COMPRESS_FNS = ("conv", "dilated_conv")
+POSITION_ENCODINGS = ("sinusoid", "learned")
+FF_ACTIVATIONS = ("relu", "gelu")
+RESIDUALS = ("add", "gru", "mogrifier_gru")
 
 
 class ConfigError(ValueError):
@@ -40,9 +43,29 @@ class ModelConfig:
     pre_norm: bool = True  # pre-LN block (official code); False is the paper's post-LN
     tie_embeddings: bool = True
     layer_norm_eps: float = 1e-5
+    # Architecture options of other implementations (ct_reference/importers.py maps
+    # compressive-transformer-pytorch onto them); the defaults are this project's model.
+    position_encoding: str = "sinusoid"  # Transformer-XL W_r R + u, v; "learned": a shared
+    # per-head table [H, C+M+L, d_head] indexed from its end by distance and memory fill
+    embed_dim: int | None = None  # token embedding width if not d_model (linear maps in/out)
+    scale_embeddings: bool = True  # multiply token embeddings by sqrt(d_model)
+    final_norm: bool = True  # pre-LN only: LayerNorm before the output head
+    lm_head_bias: bool = False  # untied output head with a bias
+    attn_out_bias: bool = False  # bias on the attention output projection
+    ff_activation: str = "relu"  # "gelu" is the exact (erf) GELU
+    ff_glu: bool = False  # feed-forward act(x W_a) * (x W_b) with both halves of width d_ff
+    residual: str = "add"  # pre-LN only: "gru" gates each sublayer with a GRU cell;
+    # "mogrifier_gru" first runs a mogrifier (5 rounds, rank d_model // 4) over both inputs
+    store_normed_memory: bool = False  # pre-LN only: memories hold LN(h), not h
+    memory_layers: tuple[int, ...] | None = None  # 0-based layers that read memory; None: all
+    enhanced_recurrence: bool = False  # memory-layer k reads what memory-layer k+1 stored
+    compress_bias: bool = False  # a bias on the strided compression convolution
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dilation_rates", tuple(int(r) for r in self.dilation_rates))
+        if self.memory_layers is not None:
+            object.__setattr__(self, "memory_layers",
+                               tuple(sorted({int(i) for i in self.memory_layers})))
         for name in ("vocab_size", "n_layers", "d_model", "n_heads", "d_ff", "seg_len",
                      "mem_len", "compress_rate"):
             value = getattr(self, name)
@@ -79,6 +102,55 @@ class ModelConfig:
                 f"dilation_rates must be positive integers, got {self.dilation_rates!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        self._validate_options()
+
+    def _validate_options(self) -> None:
+        for name, choices in (("position_encoding", POSITION_ENCODINGS),
+                              ("ff_activation", FF_ACTIVATIONS), ("residual", RESIDUALS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of "
+                                  f"{', '.join(choices)}")
+        if self.embed_dim is not None and (not isinstance(self.embed_dim, int)
+                                           or isinstance(self.embed_dim, bool)
+                                           or self.embed_dim < 1):
+            raise ConfigError(f"embed_dim must be a positive integer or null (= d_model), got "
+                              f"{self.embed_dim!r}")
+        if not self.pre_norm:
+            for name, default in (("residual", "add"), ("store_normed_memory", False)):
+                if getattr(self, name) != default:
+                    raise ConfigError(f"{name}={getattr(self, name)!r} needs the pre-LN block: "
+                                      f"set pre_norm=true or {name}={default!r}")
+        if self.residual == "mogrifier_gru" and self.d_model < 4:
+            raise ConfigError(f"residual='mogrifier_gru' factorises its gates at rank "
+                              f"d_model // 4, which needs d_model >= 4 (got {self.d_model})")
+        if self.memory_layers is not None:
+            bad = [i for i in self.memory_layers if not 0 <= i < self.n_layers]
+            if bad or not self.memory_layers:
+                raise ConfigError(f"memory_layers must be a non-empty list of 0-based layer "
+                                  f"indices below n_layers={self.n_layers}, got "
+                                  f"{list(self.memory_layers)}; use null for every layer")
+        if self.enhanced_recurrence and self.compress_fn == "most_used":
+            raise ConfigError("enhanced_recurrence moves memories between layers, so usage "
+                              "statistics of one layer's attention would rank another layer's "
+                              "slots: use another compress_fn or enhanced_recurrence=false")
+        if self.compress_bias and self.compress_fn not in PARAMETRIC_COMPRESS_FNS:
+            raise ConfigError(f"compress_bias needs a convolutional compress_fn "
+                              f"({', '.join(PARAMETRIC_COMPRESS_FNS)}), got {self.compress_fn!r}")
+
+    def has_memory(self, layer: int) -> bool:
+        """Whether layer (0-based) reads its memory."""
+        return self.memory_layers is None or layer in self.memory_layers
+
+    @property
+    def memory_read_order(self) -> tuple[int, ...]:
+        """Which layer's stored memory each layer reads: itself, or with enhanced recurrence
+        the next memory layer (the last memory layer reads the first)."""
+        order = list(range(self.n_layers))
+        if self.enhanced_recurrence:
+            layers = [i for i in order if self.has_memory(i)]
+            for k, layer in enumerate(layers):
+                order[layer] = layers[(k + 1) % len(layers)]
+        return tuple(order)
 
     @property
     def d_head(self) -> int:
@@ -102,6 +174,8 @@ class ModelConfig:
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["dilation_rates"] = list(self.dilation_rates)
+        if self.memory_layers is not None:
+            data["memory_layers"] = list(self.memory_layers)
         return data
 
     @classmethod

@@ -43,14 +43,51 @@ def export_entry(step: torch.nn.Module, entry: EntryPoint, path: Path, batch: in
         torch.onnx.export(step, args, str(path), input_names=entry.input_names,
                           output_names=entry.output_names, dynamic_axes=dynamic_axes(entry),
                           opset_version=opset, dynamo=False, do_constant_folding=True)
+    graph = onnx.load(str(path))
+    keep_contract_inputs(graph, entry)
+    stamp_shapes(graph, entry)
     weight_bytes = sum(p.numel() * p.element_size() for p in step.parameters())
     if weight_bytes > EXTERNAL_DATA_BYTES:
-        graph = onnx.load(str(path))
         onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data")
+    else:
+        onnx.save_model(graph, str(path))
 
 
-def export_graphs(model: CompressiveTransformer, out_dir: Path, opset: int = OPSET) -> dict[str, Path]:
+ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "int32": onnx.TensorProto.INT32,
+               "bool": onnx.TensorProto.BOOL}
+
+
+def keep_contract_inputs(graph: onnx.ModelProto, entry: EntryPoint) -> None:
+    """Give the graph every contract input, in contract order, even one the function does not
+    read (the tracer drops those: e.g. `commit` with enhanced recurrence reprojects the memory
+    and never reads seg_k/seg_v), so the runtime binds the same names for every config."""
+    present = {value.name: value for value in graph.graph.input}
+    if list(present) == entry.input_names:
+        return
+    inputs = [present.get(spec.name) or onnx.helper.make_tensor_value_info(
+        spec.name, ONNX_DTYPES[spec.dtype], list(spec.shape)) for spec in entry.inputs]
+    del graph.graph.input[:]
+    graph.graph.input.extend(inputs)
+
+
+def stamp_shapes(graph: onnx.ModelProto, entry: EntryPoint) -> None:
+    """Write the contract's shapes on the graph's inputs and outputs: static sizes as numbers,
+    only `batch`/`tokens` symbolic (the tracer leaves some sizes it could not infer named)."""
+    specs = {spec.name: spec for spec in (*entry.inputs, *entry.outputs)}
+    for value in (*graph.graph.input, *graph.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        for size in specs[value.name].shape:
+            dim = dims.add()
+            if isinstance(size, str):
+                dim.dim_param = size
+            else:
+                dim.dim_value = size
+
+
+def export_graphs(model: CompressiveTransformer, out_dir: Path,
+                  opset: int = OPSET) -> dict[str, Path]:
     """One ONNX graph per entry point in out_dir; returns their paths by entry name."""
     steps = build_steps(model)
     contract = entry_points(model.config)

@@ -9,6 +9,11 @@ also "eager PyTorch with the same caching" for the benchmarks.
 Relative positions: r[delta] = W_r R_delta for delta = 0 .. C+M+L-1, gathered per (query, key)
 by the distance over the padded concatenation [cmem, mem, partial segment, new tokens]; with
 right-aligned memories that equals the distance over the valid slots (see ct_reference.model).
+Learned positions (position_encoding="learned") gather rows of one shared table instead, by
+distance and the stream's memory fill (`learned_position_rows`).
+
+With enhanced recurrence each layer reads another layer's memory, so `mem_k`/`mem_v` hold the
+keys of what each layer reads and `commit` projects them whole (it never reads seg_k/seg_v).
 """
 
 from __future__ import annotations
@@ -19,7 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ct_reference.model import CompressiveTransformer, Layer, sinusoid_table
+from ct_reference.model import (
+    CompressiveTransformer,
+    Layer,
+    learned_position_rows,
+    sinusoid_table,
+)
+from runtime.contract import MEMORY_STATE, Dims, entry_points, state_specs
 
 
 class StepCore(nn.Module):
@@ -32,13 +43,39 @@ class StepCore(nn.Module):
         self.cfg = cfg
         self.n_mem = cfg.cmem_len + cfg.mem_len  # memory keys per layer: C + M
         self.most_used = cfg.compress_fn == "most_used"
-        table = sinusoid_table(cfg.context_len, cfg.d_model)  # [C+M+L, d], distance 0 first
-        self.register_buffer("rel_table", table, persistent=False)
+        self.learned_positions = cfg.position_encoding == "learned"
+        if not self.learned_positions:
+            # W_r R depends on weights only: project it once when the steps are built (what
+            # ONNX constant folding would do), not on every call.
+            table = sinusoid_table(cfg.context_len, cfg.d_model)  # [C+M+L, d], distance 0 first
+            with torch.no_grad():
+                projected = torch.stack([
+                    layer.attn.pos_proj(table).view(-1, cfg.n_heads, cfg.d_head).transpose(0, 1)
+                    for layer in model.layers])  # [N, H, C+M+L, dh]
+            self.register_buffer("rel_positions", projected, persistent=False)
 
-    def positions(self, layer: Layer) -> torch.Tensor:
-        """r [H, C+M+L, dh]: projected encodings indexed by distance."""
-        attn = layer.attn
-        return attn.pos_proj(self.rel_table).view(-1, attn.n_heads, attn.d_head).transpose(0, 1)
+    def positions(self, layer_index: int) -> torch.Tensor:
+        """[H, C+M+L, dh]: projected encodings indexed by distance, or the learned table
+        indexed by `position_index`."""
+        if self.learned_positions:
+            return self.model.pos_emb
+        return self.rel_positions[layer_index]
+
+    def position_index(self, distance: torch.Tensor, mem_len: torch.Tensor,
+                       cmem_len: torch.Tensor | None) -> torch.Tensor:
+        """distance [B or 1, 1, T, K] int64 (unclamped) -> index into `positions`, in range."""
+        cfg = self.cfg
+        if not self.learned_positions:
+            return distance.clamp(0, cfg.context_len - 1)
+        filled_c = cmem_len if cmem_len is not None else torch.zeros_like(mem_len)
+        return learned_position_rows(mem_len, filled_c, cfg.seg_len, distance, cfg.context_len)
+
+    def layer_mask(self, layer_index: int, mask: torch.Tensor) -> torch.Tensor:
+        """mask [B,1,T,K] with the memory keys masked for layers that read no memory."""
+        if self.cfg.has_memory(layer_index):
+            return mask
+        keep = torch.arange(mask.shape[-1], device=mask.device) >= self.n_mem  # [K]
+        return mask & keep
 
     def project_kv(self, layer: Layer, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """states [B, S, d] -> keys, values [B, S, d]"""
@@ -56,33 +93,60 @@ class StepCore(nn.Module):
             valid = torch.cat([valid_c, valid], dim=1)
         return valid
 
-    def layer_step(self, layer: Layer, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    def layer_step(self, index: int, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    q_in: torch.Tensor, distance: torch.Tensor,
                    mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One layer over cached keys.
+        """Layer `index` over cached keys.
 
         h [B,T,d] layer input, q_in [B,T,d] what queries project from, k/v [B,K,d] every key
         the queries may read, distance [B,1,T,K] int64 clamped to the table, mask [B,1,T,K].
         -> next h [B,T,d], probs [B,H,T,K]
         """
+        layer = self.model.layers[index]
         attn = layer.attn
         batch, n_new, _ = h.shape
         heads, d_head = attn.n_heads, attn.d_head
         q = attn.split_heads(attn.q_proj(q_in))  # [B, H, T, dh]
         keys = k.view(batch, -1, heads, d_head).transpose(1, 2)  # [B, H, K, dh]
         values = v.view(batch, -1, heads, d_head).transpose(1, 2)  # [B, H, K, dh]
-        content = (q + attn.u[:, None]) @ keys.transpose(-1, -2)  # [B, H, T, K]
-        by_distance = (q + attn.v[:, None]) @ self.positions(layer).transpose(-1, -2)  # [B,H,T,D]
+        q_content = q if self.learned_positions else q + attn.u[:, None]
+        q_position = q if self.learned_positions else q + attn.v[:, None]
+        content = q_content @ keys.transpose(-1, -2)  # [B, H, T, K]
+        by_distance = q_position @ self.positions(index).transpose(-1, -2)  # [B, H, T, D]
         position = torch.gather(by_distance, 3, distance.expand(-1, heads, -1, -1))  # [B,H,T,K]
         scores = (content + position) / math.sqrt(d_head)
         probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
         read = (probs @ values).transpose(1, 2).reshape(batch, n_new, heads * d_head)
-        attn_out = attn.out_proj(read)
-        if layer.pre_norm:
-            h = h + attn_out
-            return h + layer.ff(layer.norm2(h)), probs
-        h = layer.norm1(h + attn_out)
-        return layer.norm2(h + layer.ff(h)), probs
+        return layer.finish(h, attn.out_proj(read)), probs
+
+    def run_layers(self, tokens: torch.Tensor, cached_k: list[torch.Tensor],
+                   cached_v: list[torch.Tensor], distance: torch.Tensor, mask: torch.Tensor,
+                   usage: torch.Tensor | None, reading: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Embed tokens [B, T] and run every layer over its cached keys/values (the [N,B,S,d]
+        tensors of cached_k / cached_v, concatenated in order) plus the new tokens' own.
+
+        distance, mask [B,1,T,K]; usage [N,B,M] (most_used) gains the attention of the rows
+        where reading [B] is True. -> logits [B,T,V], stored states, keys, values [N,B,T,d]
+        of the new tokens, next usage (or None)."""
+        cfg, model = self.cfg, self.model
+        h = model.embed_tokens(tokens)  # [B, T, d]
+        new_h, new_k, new_v, next_usage = [], [], [], []
+        for i, layer in enumerate(model.layers):
+            stored = layer.memory_state(h)
+            kv_in = layer.kv_input(stored)
+            k_new, v_new = layer.attn.k_proj(kv_in), layer.attn.v_proj(kv_in)
+            new_h.append(stored)
+            new_k.append(k_new)
+            new_v.append(v_new)
+            k = torch.cat([*(cached[i] for cached in cached_k), k_new], dim=1)  # [B, K, d]
+            v = torch.cat([*(cached[i] for cached in cached_v), v_new], dim=1)
+            h, probs = self.layer_step(i, h, k, v, kv_in, distance, self.layer_mask(i, mask))
+            if usage is not None:
+                mem_probs = probs[..., cfg.cmem_len:self.n_mem]  # [B, H, T, M]
+                read = torch.where(reading[:, None], mem_probs.sum(dim=(1, 2)), 0.0)
+                next_usage.append(usage[i] + read)
+        return (model.project_logits(h), torch.stack(new_h), torch.stack(new_k),
+                torch.stack(new_v), torch.stack(next_usage) if next_usage else None)
 
     def rotate(self, seg_h: torch.Tensor, seg_k: torch.Tensor, seg_v: torch.Tensor,
                mem: torch.Tensor, cmem: torch.Tensor | None, mem_k: torch.Tensor,
@@ -97,11 +161,17 @@ class StepCore(nn.Module):
         cfg = self.cfg
         seg_len, n_mem, n_cmem = cfg.seg_len, cfg.mem_len, cfg.cmem_len
         row = commit[None, :, None, None]  # [1, B, 1, 1]
+        kept_mem, kept_cmem = mem, cmem  # rows that do not commit keep their state
+        if cfg.enhanced_recurrence:  # each layer rotates the memory it read (another layer's)
+            order = list(self.model.read_order)
+            mem = mem[order]
+            cmem = cmem[order] if cmem is not None else None
+            kept_cmem = torch.where(row, cmem, kept_cmem) if cmem is not None else None
         mem_next = torch.cat([mem, seg_h], dim=2)[:, :, -n_mem:]  # [N, B, M, d]
         k_mem = torch.cat([mem_k[:, :, n_cmem:], seg_k], dim=2)[:, :, -n_mem:]  # [N, B, M, d]
         v_mem = torch.cat([mem_v[:, :, n_cmem:], seg_v], dim=2)[:, :, -n_mem:]
         mem_len_next = torch.where(commit, torch.clamp(mem_len + seg_len, max=n_mem), mem_len)
-        outputs = {"mem": torch.where(row, mem_next, mem), "mem_len": mem_len_next}
+        outputs = {"mem": torch.where(row, mem_next, kept_mem), "mem_len": mem_len_next}
         if cmem is not None:
             evicts = commit & (mem_len == n_mem)  # [B]
             new_cm, k_new, v_new = [], [], []
@@ -118,28 +188,33 @@ class StepCore(nn.Module):
             v_cmem = torch.cat([mem_v[:, :, :n_cmem], torch.stack(v_new)], dim=2)[:, :, -n_cmem:]
             k_mem = torch.cat([torch.where(shift, k_cmem, mem_k[:, :, :n_cmem]), k_mem], dim=2)
             v_mem = torch.cat([torch.where(shift, v_cmem, mem_v[:, :, :n_cmem]), v_mem], dim=2)
-            outputs["cmem"] = torch.where(shift, cmem_next, cmem)
+            outputs["cmem"] = torch.where(shift, cmem_next, kept_cmem)
             outputs["cmem_len"] = torch.where(
                 evicts, torch.clamp(cmem_len + cfg.cmem_per_segment, max=n_cmem), cmem_len)
+        if cfg.enhanced_recurrence:
+            # The cache holds keys of what each layer reads next: another layer's new memory,
+            # so it is projected whole (commit rewrites the memory anyway).
+            reads = outputs["mem"][order]
+            if cmem is not None:
+                reads = torch.cat([outputs["cmem"][order], reads], dim=2)  # [N, B, C+M, d]
+            projected = [self.project_kv(layer, reads[i])
+                         for i, layer in enumerate(self.model.layers)]
+            k_mem = torch.stack([k for k, _ in projected])
+            v_mem = torch.stack([v for _, v in projected])
         outputs["mem_k"] = torch.where(row, k_mem, mem_k)
         outputs["mem_v"] = torch.where(row, v_mem, mem_v)
         if usage is not None:
             rolled = F.pad(usage, (0, seg_len))[:, :, -n_mem:]  # [N, B, M]
             outputs["usage"] = torch.where(commit[None, :, None], rolled, usage)
-        return [outputs[name] for name in ("mem", "cmem", "mem_k", "mem_v", "mem_len",
-                                           "cmem_len", "usage") if name in outputs]
+        return [outputs[name] for name in MEMORY_STATE if name in outputs]
 
 
-def _split_memory(core: StepCore, state: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor | None]:
+def _split_memory(core: StepCore,
+                  state: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor | None]:
     """Name the memory-state tensors given in contract order (cmem/cmem_len/usage optional)."""
-    names = ["mem", "cmem", "mem_k", "mem_v", "mem_len", "cmem_len", "usage"]
-    if core.cfg.cmem_len == 0:
-        names = [n for n in names if n not in ("cmem", "cmem_len")]
-    if not core.most_used:
-        names.remove("usage")
-    named: dict[str, torch.Tensor | None] = dict.fromkeys(
-        ("mem", "cmem", "mem_k", "mem_v", "mem_len", "cmem_len", "usage"))
-    named.update(zip(names, state))
+    present = state_specs(Dims.from_config(core.cfg))
+    named: dict[str, torch.Tensor | None] = dict.fromkeys(MEMORY_STATE)
+    named.update(zip([n for n in MEMORY_STATE if n in present], state, strict=True))
     return named
 
 
@@ -147,7 +222,7 @@ class SegmentStep(StepCore):
     """tokens [B, L] + memory state + commit [B] -> logits [B, L, V] + next memory state."""
 
     def forward(self, tokens: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        cfg, model = self.cfg, self.model
+        cfg = self.cfg
         *memory, commit = state
         m = _split_memory(self, tuple(memory))
         seg_len = cfg.seg_len
@@ -157,27 +232,13 @@ class SegmentStep(StepCore):
         mask = torch.cat([valid[:, None, None, :].expand(-1, 1, seg_len, -1),
                           causal[None, None].expand(valid.shape[0], 1, -1, -1)], dim=-1)
         keys = torch.arange(self.n_mem + seg_len, device=tokens.device)
-        distance = (self.n_mem + pos[:, None] - keys[None, :]).clamp(min=0)  # [L, C+M+L]
-        distance = distance[None, None].expand(valid.shape[0], 1, -1, -1)
-        h = model.embed_tokens(tokens)  # [B, L, d]
-        seg_h, seg_k, seg_v, usage = [], [], [], []
-        for i, layer in enumerate(model.layers):
-            seg_h.append(h)
-            kv_in = layer.kv_input(h)
-            k_new, v_new = layer.attn.k_proj(kv_in), layer.attn.v_proj(kv_in)
-            seg_k.append(k_new)
-            seg_v.append(v_new)
-            k = torch.cat([m["mem_k"][i], k_new], dim=1)  # [B, C+M+L, d]
-            v = torch.cat([m["mem_v"][i], v_new], dim=1)
-            h, probs = self.layer_step(layer, h, k, v, kv_in, distance, mask)
-            if self.most_used:
-                mem_probs = probs[..., cfg.cmem_len:self.n_mem]  # [B, H, L, M]
-                read = torch.where(commit[:, None], mem_probs.sum(dim=(1, 2)), 0.0)
-                usage.append(m["usage"][i] + read)
-        logits = model.project_logits(h)
-        next_state = self.rotate(torch.stack(seg_h), torch.stack(seg_k), torch.stack(seg_v),
-                                 m["mem"], m["cmem"], m["mem_k"], m["mem_v"], m["mem_len"],
-                                 m["cmem_len"], torch.stack(usage) if usage else None, commit)
+        distance = (self.n_mem + pos[:, None] - keys[None, :])[None, None]  # [1, 1, L, C+M+L]
+        distance = self.position_index(distance, m["mem_len"], m["cmem_len"]).expand(
+            valid.shape[0], 1, -1, -1)  # [B, 1, L, C+M+L]
+        logits, seg_h, seg_k, seg_v, usage = self.run_layers(
+            tokens, [m["mem_k"]], [m["mem_v"]], distance, mask, m["usage"], commit)
+        next_state = self.rotate(seg_h, seg_k, seg_v, m["mem"], m["cmem"], m["mem_k"],
+                                 m["mem_v"], m["mem_len"], m["cmem_len"], usage, commit)
         return (logits, *next_state)
 
 
@@ -186,11 +247,9 @@ class ExtendStep(StepCore):
 
     def forward(self, tokens: torch.Tensor, seg_len: torch.Tensor,
                 *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        cfg, model = self.cfg, self.model
-        has_cmem = cfg.cmem_len > 0
-        names = ["mem_k", "mem_v", "mem_len"] + (["cmem_len"] if has_cmem else []) + \
-            ["seg_k", "seg_v"] + (["usage", "active"] if self.most_used else [])
-        s = dict(zip(names, state))
+        cfg = self.cfg
+        names = entry_points(cfg)["extend"].input_names[2:]  # after tokens, seg_len
+        s = dict(zip(names, state, strict=True))
         batch, n_new = tokens.shape
         valid = self.memory_valid(s["mem_len"], s.get("cmem_len"))  # [B, C+M]
         slot = torch.arange(cfg.seg_len, device=tokens.device)
@@ -204,28 +263,12 @@ class ExtendStep(StepCore):
         mem_keys = torch.arange(self.n_mem, device=tokens.device) - self.n_mem  # [C+M]
         key_pos = torch.cat([mem_keys.expand(batch, -1), slot.expand(batch, -1),
                              query_pos], dim=1)  # [B, C+M+L+T]
-        distance = (query_pos[:, :, None] - key_pos[:, None, :]).clamp(
-            0, cfg.context_len - 1)[:, None]  # [B, 1, T, K]
-        h = model.embed_tokens(tokens)  # [B, T, d]
-        new_h, new_k, new_v, usage = [], [], [], []
-        for i, layer in enumerate(model.layers):
-            new_h.append(h)
-            kv_in = layer.kv_input(h)
-            k_new, v_new = layer.attn.k_proj(kv_in), layer.attn.v_proj(kv_in)
-            new_k.append(k_new)
-            new_v.append(v_new)
-            k = torch.cat([s["mem_k"][i], s["seg_k"][i], k_new], dim=1)  # [B, C+M+L+T, d]
-            v = torch.cat([s["mem_v"][i], s["seg_v"][i], v_new], dim=1)
-            h, probs = self.layer_step(layer, h, k, v, kv_in, distance, mask)
-            if self.most_used:
-                mem_probs = probs[..., cfg.cmem_len:self.n_mem]  # [B, H, T, M]
-                read = torch.where(s["active"][:, None], mem_probs.sum(dim=(1, 2)), 0.0)
-                usage.append(s["usage"][i] + read)
-        outputs = [model.project_logits(h), torch.stack(new_h), torch.stack(new_k),
-                   torch.stack(new_v)]
-        if self.most_used:
-            outputs.append(torch.stack(usage))
-        return tuple(outputs)
+        distance = self.position_index((query_pos[:, :, None] - key_pos[:, None, :])[:, None],
+                                       s["mem_len"], s.get("cmem_len"))  # [B, 1, T, K]
+        logits, new_h, new_k, new_v, usage = self.run_layers(
+            tokens, [s["mem_k"], s["seg_k"]], [s["mem_v"], s["seg_v"]], distance, mask,
+            s.get("usage"), s.get("active"))
+        return (logits, new_h, new_k, new_v) + ((usage,) if usage is not None else ())
 
 
 class CommitStep(StepCore):

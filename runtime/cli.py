@@ -13,7 +13,8 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
-    "ct_reference.commands", "export.commands", "runtime.commands", "benchmarks.commands"]
+    "ct_reference.commands", "ct_reference.import_command", "export.commands",
+    "runtime.commands", "benchmarks.commands"]
 
 
 def build_parser() -> argparse.ArgumentParser:

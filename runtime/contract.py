@@ -7,8 +7,9 @@ and TOKENS (the new-token count of `extend`, 1..L).
 State tensors (per layer N, per stream B):
   mem [N,B,M,d]     last M layer inputs h^(i), right-aligned, oldest first
   cmem [N,B,C,d]    compressed slots, right-aligned, oldest first
-  mem_k, mem_v [N,B,C+M,d]  key / value projections of [cmem, mem] (cached so decoding never
-                    re-projects the memory)
+  mem_k, mem_v [N,B,C+M,d]  key / value projections of the [cmem, mem] each layer reads (its
+                    own, or another layer's with enhanced recurrence), cached so decoding never
+                    re-projects the memory
   mem_len, cmem_len [B] int32  valid slot counts
   usage [N,B,M]     attention mass each mem slot received (most_used compression only)
   seg_h, seg_k, seg_v [N,B,L,d]  layer inputs / keys / values of the partial segment
@@ -30,8 +31,8 @@ Entry points:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 BATCH = "batch"
 TOKENS = "tokens"
@@ -84,7 +85,7 @@ class Dims:
     most_used: bool
 
     @classmethod
-    def from_config(cls, config: object) -> "Dims":
+    def from_config(cls, config: object) -> Dims:
         get = config.get if isinstance(config, Mapping) else lambda k: getattr(config, k)
         return cls(n_layers=get("n_layers"), d_model=get("d_model"), vocab_size=get("vocab_size"),
                    seg_len=get("seg_len"), mem_len=get("mem_len"), cmem_len=get("cmem_len"),
