@@ -186,8 +186,7 @@ def run_contender(key: str, model, engine_dir: Path, threads: int, settings: Set
     elif key == "cached":
         contender = ct.EagerCached(model)
     else:
-        contender = ct.Runtime(engine_dir, threads, max_streams=max(
-            settings.segment_batches + settings.decode_batches))
+        contender = ct.Runtime(engine_dir, threads)
         result["session_open_ms"] = contender.open_seconds * 1e3
     result["name"] = contender.name
     if key == "compile":
@@ -294,8 +293,7 @@ def _step_costs(cfg, threads: int, work: Path, batches: tuple[int, ...], setting
         for key in keys:
             contender = {"eager": lambda: ct.EagerReference(model),
                          "cached": lambda: ct.EagerCached(model),
-                         "runtime": lambda: ct.Runtime(engine, threads,
-                                                       max_streams=max(batches))}[key]()
+                         "runtime": lambda: ct.Runtime(engine, threads)}[key]()
             row = {}
             for batch in batches:
                 seg = _segment_workload(contender, cfg, batch, 3, rng)

@@ -160,31 +160,43 @@ class EagerCached:
 
 
 class Runtime:
-    """runtime.Session on an engine dir; `engine_seconds` accumulates time inside engine calls."""
+    """runtime.Session on an engine dir; `engine_seconds` accumulates time inside engine calls.
+
+    A Session always runs the engine at its full capacity (max_streams rows, idle ones masked),
+    so each batch size gets its own Session sized to it, as a user would size it."""
 
     name = "runtime (ORT)"
     caches_kv = True
 
-    def __init__(self, engine_dir: Path, threads: int, backend=None, max_streams: int = 8) -> None:
+    def __init__(self, engine_dir: Path, threads: int, backend=None, max_streams: int = 1) -> None:
+        self.engine_dir, self.threads, self.backend = engine_dir, threads, backend
+        self.sessions: dict[int, Session] = {}
+        self.engine_seconds = 0.0
         started = time.perf_counter()
-        self.session = Session(engine_dir, backend=backend or "auto", max_streams=max_streams,
-                               threads=threads)
+        self.session = self._session(max_streams)
         self.open_seconds = time.perf_counter() - started
         self.dims = self.session.dims
-        self.engine_seconds = 0.0
-        run = self.session.backend.run
-
-        def timed_run(*args, **kwargs):
-            started = time.perf_counter()
-            run(*args, **kwargs)
-            self.engine_seconds += time.perf_counter() - started
-
-        self.session.backend.run = timed_run
         self.streams: list[int] = []
+
+    def _session(self, batch: int) -> Session:
+        if batch not in self.sessions:
+            session = Session(self.engine_dir, backend=self.backend or "auto",
+                              max_streams=batch, threads=self.threads)
+            run = session.backend.run
+
+            def timed_run(*args, **kwargs):
+                started = time.perf_counter()
+                run(*args, **kwargs)
+                self.engine_seconds += time.perf_counter() - started
+
+            session.backend.run = timed_run
+            self.sessions[batch] = session
+        return self.sessions[batch]
 
     def _open(self, batch: int) -> None:
         for stream in self.session.streams:
             self.session.remove_stream(stream)
+        self.session = self._session(batch)
         self.streams = [self.session.add_stream() for _ in range(batch)]
 
     def fill(self, batch: int, tokens: np.ndarray) -> None:
