@@ -192,3 +192,50 @@ def test_graphs_keep_no_zero_length_dimension_for_a_plain_transformer_xl(engine)
         for spec in (*entry.inputs, *entry.outputs):
             assert 0 not in spec.shape, spec
             assert not spec.name.startswith("cmem")
+
+
+def run_ctrt(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def saved_checkpoint(path, compress_fn: str = "conv"):
+    from ct_reference.checkpoint import save_checkpoint
+
+    save_checkpoint(path, random_model(tiny_config(compress_fn)))
+    return path
+
+
+def test_ctrt_export_writes_a_verified_engine(tmp_path):
+    checkpoint = saved_checkpoint(tmp_path / "ckpt")
+    result = run_ctrt("export", str(checkpoint), str(tmp_path / "engine"))
+    assert result.returncode == 0, result.stderr
+    assert "max |logit error| segment" in result.stdout
+    manifest = load_manifest(tmp_path / "engine")
+    assert manifest.data["checkpoint"]["sha256"]
+    assert manifest.data["verification"]["passed"]
+
+
+def test_ctrt_export_of_a_corrupt_checkpoint_is_a_clear_error_and_writes_nothing(tmp_path):
+    checkpoint = saved_checkpoint(tmp_path / "ckpt")
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    result = run_ctrt("export", str(checkpoint), str(tmp_path / "engine"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:") and "model.safetensors" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "engine").exists()
+
+
+def test_ctrt_export_of_an_unknown_compression_function_is_a_clear_error(tmp_path):
+    checkpoint = saved_checkpoint(tmp_path / "ckpt")
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["compress_fn"] = "zip"
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    result = run_ctrt("export", str(checkpoint), str(tmp_path / "engine"))
+    assert result.returncode == 2
+    assert "unknown compress_fn 'zip'" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "engine").exists()
