@@ -135,43 +135,36 @@ def write(results: dict, out_dir: Path) -> None:
     plot(results, out_dir / PLOT_NAME)
 
 
+
+def _batch_panel(ax, results: dict, workload: str, value, title: str, ylabel: str) -> None:
+    """One line per contender of value(row, batch) against batch, log-log."""
+    from matplotlib.ticker import NullFormatter
+
+    for res in results["contenders"].values():
+        rows = res.get(workload, {})
+        if rows:
+            batches = sorted(rows, key=int)
+            ax.plot([int(b) for b in batches], [value(rows[b], int(b)) for b in batches],
+                    marker="o", label=res["name"], color=COLORS.get(res["name"]))
+    ax.set(title=title, xlabel="batch (streams)", ylabel=ylabel, xscale="log", yscale="log")
+    ticks = results["settings"][f"{workload}_batches"]
+    ax.set_xticks([int(b) for b in ticks], [str(b) for b in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    ax = axes[0]
-    for res in results["contenders"].values():
-        rows = res.get("segment", {})
-        if rows:
-            batches = sorted(rows, key=int)
-            ax.plot([int(b) for b in batches], [rows[b]["median_ms"] / int(b) for b in batches],
-                    marker="o", label=res["name"], color=COLORS.get(res["name"]))
-    ax.set(title="segment step, full memory", xlabel="batch (streams)",
-           ylabel="ms per segment per stream (lower is better)", xscale="log", yscale="log")
-    ax.set_xticks([int(b) for b in results["settings"]["segment_batches"]],
-                  [str(b) for b in results["settings"]["segment_batches"]])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.legend()
-    ax.grid(alpha=0.3, which="both")
-
-    ax = axes[1]
-    for res in results["contenders"].values():
-        rows = res.get("decode", {})
-        if rows:
-            batches = sorted(rows, key=int)
-            ax.plot([int(b) for b in batches], [rows[b]["amortized_ms"] for b in batches],
-                    marker="o", label=res["name"], color=COLORS.get(res["name"]))
-    ax.set(title="decoding one token per stream, full memory", xlabel="batch (streams)",
-           ylabel="ms per step, amortised over a segment", xscale="log", yscale="log")
-    ax.set_xticks([int(b) for b in results["settings"]["decode_batches"]],
-                  [str(b) for b in results["settings"]["decode_batches"]])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.legend()
-    ax.grid(alpha=0.3, which="both")
+    _batch_panel(axes[0], results, "segment", lambda row, batch: row["median_ms"] / batch,
+                 "segment step, full memory", "ms per segment per stream (lower is better)")
+    _batch_panel(axes[1], results, "decode", lambda row, batch: row["amortized_ms"],
+                 "decoding one token per stream, full memory",
+                 "ms per step, amortised over a segment")
 
     ax = axes[2]
     scaling = results.get("scaling") or []
