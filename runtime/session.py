@@ -92,7 +92,8 @@ class Session:
         seg_len = self.dims.seg_len
         self.segment_tokens = allocate(contract["segment"].inputs[0], batch)
         self.segment_logits = allocate(contract["segment"].outputs[0], batch)
-        # extend scratch: one buffer per token count, made on first use and kept
+        # extend scratch per token count, made on first use: views of one buffer per tensor
+        # sized for T = L (Backend.allocate)
         self._extend_io: dict[int, dict[str, Any]] = {}
         self.host_tokens = np.zeros((batch, seg_len), dtype=np.int32)
         self.host_mask = np.zeros(batch, dtype=np.bool_)
