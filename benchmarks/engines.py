@@ -107,7 +107,7 @@ class TunedOrtBackend(OrtCpuBackend):
         import runtime.backends.ort as ort_backend
 
         original = ort_backend.cpu_session_options
-        ort_backend.cpu_session_options = lambda t=None: tune(original(t))
+        ort_backend.cpu_session_options = lambda *args: tune(original(*args))
         try:
             super().__init__(manifest, threads=threads)
         finally:

@@ -15,6 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp.add_argument("out_dir", help="engine directory to write (replaced if it holds one)")
     exp.add_argument("--verify-segments", type=int, default=20,
                      help="segments compared with the eager model (default 20, minimum 20)")
+    exp.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                     help="fp32 (default; max |logit error| <= 1e-4 of the logit scale), or "
+                          "fp16 weights and activations for GPU targets (fp32 inputs/outputs, "
+                          "LayerNorm and Softmax in fp32; verified to 3e-2 of the logit scale)")
     exp.set_defaults(handler=run_export)
 
     build = subparsers.add_parser(
@@ -48,9 +52,9 @@ def run_export(args: argparse.Namespace) -> int:
     checkpoint = {"path": str(Path(args.checkpoint).resolve()),
                   "sha256": checkpoint_sha256(args.checkpoint)}
     manifest = export_model(model, args.out_dir, checkpoint=checkpoint,
-                            verify_segments=args.verify_segments)
+                            verify_segments=args.verify_segments, precision=args.precision)
     check = manifest["verification"]
-    print(f"wrote {args.out_dir}: max |logit error| segment {check['segment_max_abs_error']:.2e}"
+    print(f"wrote {args.out_dir} ({manifest['precision']}): max |logit error| segment {check['segment_max_abs_error']:.2e}"
           f", extend {check['extend_max_abs_error']:.2e} (tolerance {check['tolerance']:.2e}, "
           f"logit scale {check['logit_scale']:.2f})")
     return 0

@@ -14,6 +14,9 @@ from runtime.contract import BATCH, TOKENS, EntryPoint, TensorSpec, entry_points
 
 OPSET = 17  # LayerNormalization is a single op from 17 on; TensorRT >= 8.6 parses it
 EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's limit: larger weights go to external data
+# Kept fp32 in fp16 graphs: the numerically sensitive ops, and Cast/CumSum whose fp16 rewrite
+# by the converter gives ill-typed graphs (most_used's slot selection).
+FP32_OPS = ["LayerNormalization", "Softmax", "CumSum"]
 TORCH_DTYPES = {"float32": torch.float32, "int32": torch.int32, "bool": torch.bool}
 
 
@@ -98,3 +101,15 @@ def export_graphs(model: CompressiveTransformer, out_dir: Path,
             export_entry(steps[name], entry, path, opset=opset)
             paths[name] = path
     return paths
+
+
+def convert_to_fp16(path: Path) -> None:
+    """Rewrite a graph with fp16 weights and activations, keeping the contract's fp32 inputs
+    and outputs (casts at the edges) and LayerNormalization / Softmax in fp32."""
+    from onnxconverter_common.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "-inf truncated to -10000" for the attention mask
+        graph = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True,
+                                         op_block_list=FP32_OPS)
+    onnx.save_model(graph, str(path))

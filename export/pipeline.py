@@ -14,8 +14,8 @@ import onnxruntime
 import torch
 
 from ct_reference.model import CompressiveTransformer
-from export.onnx_export import OPSET, export_graphs
-from export.verify import verify_engine
+from export.onnx_export import OPSET, convert_to_fp16, export_graphs
+from export.verify import RELATIVE_TOLERANCE, verify_engine
 from runtime.contract import entry_points
 from runtime.manifest import (
     FORMAT,
@@ -82,24 +82,35 @@ def write_engine(model: CompressiveTransformer, out_dir: Path, checkpoint: dict 
 
 
 def export_model(model: CompressiveTransformer, out_dir: Path | str, checkpoint: dict | None = None,
-                 verify_segments: int = 20, log=print) -> dict:
-    """Export, verify against the eager model, then move into place; returns the manifest."""
+                 verify_segments: int = 20, precision: str = "fp32", log=print) -> dict:
+    """Export, verify against the eager model, then move into place; returns the manifest.
+
+    precision "fp16" converts the verified fp32 graphs to fp16 weights and activations (fp32
+    inputs and outputs) and verifies them again with the looser fp16 tolerance."""
+    if precision not in RELATIVE_TOLERANCE:
+        raise ExportError(f"precision must be one of {', '.join(RELATIVE_TOLERANCE)}, "
+                          f"got {precision!r}")
+    if precision == "fp16" and model.config.compress_fn == "most_used":
+        raise ExportError("fp16 export does not support compress_fn='most_used': the fp16 graph "
+                          "converter mistypes its slot selection; export fp32 (TensorRT can "
+                          "still build fp16 engines from it with `ctrt build-engine`)")
     out_dir = Path(out_dir)
     tmp = _prepare_output(out_dir)
     try:
         manifest = write_engine(model, tmp, checkpoint)
         log(f"exported {', '.join(manifest['entry_points'])} in {manifest['export_seconds']:.1f}s;"
             f" verifying against the eager model over {verify_segments} segments ...")
-        started = time.perf_counter()
-        check = verify_engine(model, tmp, segments=verify_segments)
-        figures = {**check.to_dict(), "seconds": round(time.perf_counter() - started, 2)}
-        if not check.passed:
-            raise ExportError(
-                f"exported graphs differ from the eager model beyond tolerance "
-                f"{check.tolerance:.2e}: segment {check.segment_max_abs_error:.2e}, extend "
-                f"{check.extend_max_abs_error:.2e}, memory {check.memory_max_abs_error:.2e}, "
-                f"counts equal: {check.counts_equal}; nothing was written")
-        manifest["verification"] = figures
+        manifest["verification"] = _verify(model, tmp, verify_segments, "fp32")
+        if precision == "fp16":
+            for entry in manifest["entry_points"].values():
+                graph = tmp / entry["file"]
+                convert_to_fp16(graph)
+                entry["sha256"], entry["bytes"] = sha256_file(graph), graph.stat().st_size
+            manifest["precision"] = "fp16"
+            manifest["verification_fp32"] = manifest.pop("verification")
+            write_json_atomic(tmp / MANIFEST_NAME, manifest)
+            log("converted to fp16; verifying again ...")
+            manifest["verification"] = _verify(model, tmp, verify_segments, "fp16")
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -108,3 +119,18 @@ def export_model(model: CompressiveTransformer, out_dir: Path | str, checkpoint:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _verify(model: CompressiveTransformer, engine_dir: Path, segments: int,
+            precision: str) -> dict:
+    """Verification figures of the graphs in engine_dir; raises ExportError beyond tolerance."""
+    started = time.perf_counter()
+    check = verify_engine(model, engine_dir, segments=segments, precision=precision)
+    if not check.passed:
+        raise ExportError(
+            f"exported {precision} graphs differ from the eager model beyond tolerance "
+            f"{check.tolerance:.2e}: segment {check.segment_max_abs_error:.2e}, extend "
+            f"{check.extend_max_abs_error:.2e}, memory {check.memory_max_abs_error:.2e}, "
+            f"counts equal: {check.counts_equal}; nothing was written")
+    return {**check.to_dict(), "precision": precision,
+            "seconds": round(time.perf_counter() - started, 2)}

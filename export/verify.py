@@ -12,7 +12,8 @@ import torch
 from ct_reference.model import CompressiveTransformer
 from runtime.session import Session
 
-FP32_RELATIVE_TOLERANCE = 1e-4  # max |logit error| / max(1, max |logit|)
+# max |logit error| / max(1, max |logit|) allowed by precision
+RELATIVE_TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2}
 # Irregular chunk sizes exercise extend with many token counts and segment boundaries.
 EXTEND_CHUNKS = (1, 3, 17, 1, 64, 7, 2, 31)
 
@@ -60,7 +61,7 @@ def eager_logits(model: CompressiveTransformer, tokens: np.ndarray) -> tuple[np.
 
 
 def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int = 20,
-                  threads: int | None = None) -> Verification:
+                  threads: int | None = None, precision: str = "fp32") -> Verification:
     """Score >= `segments` segments of real and random tokens two ways through the runtime
     (whole segments; irregular extend chunks + commit) and compare with the eager model."""
     cfg = model.config
@@ -103,4 +104,4 @@ def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int
     return Verification(segments=segments, streams=2, logit_scale=scale,
                         segment_max_abs_error=segment_err, extend_max_abs_error=extend_err,
                         memory_max_abs_error=mem_err, counts_equal=bool(counts_equal),
-                        tolerance=FP32_RELATIVE_TOLERANCE * max(1.0, scale))
+                        tolerance=RELATIVE_TOLERANCE[precision] * max(1.0, scale))

@@ -239,3 +239,27 @@ def test_ctrt_export_of_an_unknown_compression_function_is_a_clear_error(tmp_pat
     assert result.returncode == 2
     assert "unknown compress_fn 'zip'" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "engine").exists()
+
+
+def test_fp16_export_is_verified_with_the_looser_stated_tolerance(tmp_path):
+    model = random_model(tiny_config("conv"))
+    manifest = export_model(model, tmp_path / "engine", precision="fp16", log=lambda *_: None)
+    assert manifest["precision"] == "fp16"
+    assert manifest["verification_fp32"]["passed"]
+    check = manifest["verification"]
+    assert check["precision"] == "fp16" and check["passed"]
+    assert check["tolerance"] == pytest.approx(3e-2 * max(1.0, check["logit_scale"]))
+    assert check["segment_max_abs_error"] > manifest["verification_fp32"]["segment_max_abs_error"]
+    tokens = random_tokens(1, 21 * model.config.seg_len, seed=5)
+    expected, _ = eager_logits(model, tokens)
+    session = Session(tmp_path / "engine")
+    stream = session.add_stream()
+    got = session.feed({stream: tokens[0]})[stream]
+    assert np.abs(got - expected[0]).max() <= check["tolerance"]
+
+
+def test_fp16_export_of_most_used_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(ExportError, match="does not support compress_fn='most_used'"):
+        export_model(random_model(tiny_config("most_used")), tmp_path / "engine",
+                     precision="fp16", log=lambda *_: None)
+    assert not (tmp_path / "engine").exists()

@@ -11,11 +11,14 @@ from runtime.backends.base import Backend, BackendUnavailable
 from runtime.manifest import EngineError, Manifest
 
 
-def cpu_session_options(threads: int | None = None) -> Any:
+def cpu_session_options(threads: int | None = None, precision: str = "fp32") -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ONNX Runtime's CPU graph optimizer crashes (segfault in constant folding, 1.32) on fp16
+    # graphs it has no CPU kernels to fold for; they run unoptimized (fp16 targets GPUs).
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL \
+        if precision == "fp32" else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
@@ -38,7 +41,8 @@ class OrtCpuBackend(Backend):
         for entry in manifest.contract:
             path = manifest.graph_path(entry)
             try:
-                session = ort.InferenceSession(str(path), cpu_session_options(threads),
+                options = cpu_session_options(threads, manifest.data.get("precision", "fp32"))
+                session = ort.InferenceSession(str(path), options,
                                                providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
                 raise EngineError(f"{path} cannot be loaded by ONNX Runtime: {exc}") from None
