@@ -42,13 +42,7 @@ class EagerReference:
 
     def fill(self, batch: int, tokens: np.ndarray) -> None:
         """tokens [B, k*L]: score them segment by segment; the result is the steady memory."""
-        seg_len = self.model.config.seg_len
-        with torch.inference_mode():
-            memory = self.model.init_memory(batch)
-            for start in range(0, tokens.shape[1], seg_len):
-                memory = self.model(torch.from_numpy(tokens[:, start:start + seg_len]),
-                                    memory).memory
-        self.memory = memory
+        self.memory = self.model.score(torch.from_numpy(tokens))[1]
         self.batch = batch
 
     def segment(self, tokens: np.ndarray) -> None:

@@ -60,16 +60,7 @@ def test_tokens(vocab: int, seg_len: int, streams: int = 2) -> np.ndarray:
 
 
 def eager_cuda_logits(model: CompressiveTransformer, tokens: np.ndarray) -> np.ndarray:
-    seg_len = model.config.seg_len
-    memory = model.init_memory(tokens.shape[0])
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, tokens.shape[1], seg_len):
-            chunk = torch.from_numpy(tokens[:, start:start + seg_len]).cuda()
-            out = model(chunk, memory)
-            memory = out.memory
-            chunks.append(out.logits.float().cpu().numpy())
-    return np.concatenate(chunks, axis=1)
+    return model.score(torch.from_numpy(tokens).cuda())[0].float().cpu().numpy()
 
 
 def session_logits(engine_dir: Path, backend, tokens: np.ndarray) -> np.ndarray:

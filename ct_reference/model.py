@@ -302,6 +302,19 @@ class CompressiveTransformer(nn.Module):
             cmem_len=torch.zeros(batch, dtype=torch.long, device=device),
             usage=torch.zeros(cfg.n_layers, batch, cfg.mem_len, device=device))
 
+    @torch.no_grad()
+    def score(self, tokens: torch.Tensor) -> tuple[torch.Tensor, Memory]:
+        """Stream tokens [B, n] (any n) segment by segment from empty memory ->
+        logits [B, n, V] and the final memory (a trailing partial segment leaves it as is)."""
+        seg_len = self.config.seg_len
+        memory = self.init_memory(tokens.shape[0])
+        chunks = []
+        for start in range(0, tokens.shape[1], seg_len):
+            out = self(tokens[:, start:start + seg_len], memory)
+            memory = out.memory
+            chunks.append(out.logits)
+        return torch.cat(chunks, dim=1), memory
+
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)
         if self.config.scale_embeddings:

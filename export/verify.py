@@ -49,15 +49,8 @@ def verification_tokens(vocab_size: int, length: int, seed: int = 0) -> np.ndarr
 
 def eager_logits(model: CompressiveTransformer, tokens: np.ndarray) -> tuple[np.ndarray, object]:
     """Score tokens [B, n] segment by segment with memory -> logits [B, n, V], final memory."""
-    seg_len = model.config.seg_len
-    memory = model.init_memory(tokens.shape[0])
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, tokens.shape[1], seg_len):
-            out = model(torch.from_numpy(tokens[:, start:start + seg_len]), memory)
-            memory = out.memory
-            chunks.append(out.logits.numpy())
-    return np.concatenate(chunks, axis=1), memory
+    logits, memory = model.score(torch.from_numpy(tokens))
+    return logits.numpy(), memory
 
 
 def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int = 20,

@@ -9,13 +9,9 @@ from ct_reference.model import CompressiveTransformer
 N_SEGMENTS = 12  # 96 tokens; TINY: (M + c*C)*N = 48, N*(M + c*C + L) = 64
 
 
-@torch.no_grad()
 def last_segment_logits(model: CompressiveTransformer, stream: torch.Tensor) -> torch.Tensor:
-    memory = model.init_memory(1)
-    for start in range(0, stream.shape[1], TINY.seg_len):
-        out = model(stream[:, start:start + TINY.seg_len], memory)
-        memory = out.memory
-    return out.logits
+    """Logits of the last (full) segment after streaming the whole stream with memory."""
+    return model.score(stream)[0][:, -TINY.seg_len:]
 
 
 def perturbed_at_distance(stream: torch.Tensor, distance: int) -> torch.Tensor:
