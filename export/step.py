@@ -44,6 +44,9 @@ class StepCore(nn.Module):
         self.n_mem = cfg.cmem_len + cfg.mem_len  # memory keys per layer: C + M
         self.most_used = cfg.compress_fn == "most_used"
         self.learned_positions = cfg.position_encoding == "learned"
+        present = state_specs(Dims.from_config(cfg))
+        self.memory_names = [n for n in MEMORY_STATE if n in present]  # contract order
+        self.extend_names = entry_points(cfg)["extend"].input_names[2:]  # after tokens, seg_len
         if not self.learned_positions:
             # W_r R depends on weights only: project it once when the steps are built (what
             # ONNX constant folding would do), not on every call.
@@ -212,9 +215,8 @@ class StepCore(nn.Module):
 def _split_memory(core: StepCore,
                   state: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor | None]:
     """Name the memory-state tensors given in contract order (cmem/cmem_len/usage optional)."""
-    present = state_specs(Dims.from_config(core.cfg))
     named: dict[str, torch.Tensor | None] = dict.fromkeys(MEMORY_STATE)
-    named.update(zip([n for n in MEMORY_STATE if n in present], state, strict=True))
+    named.update(zip(core.memory_names, state, strict=True))
     return named
 
 
@@ -248,8 +250,7 @@ class ExtendStep(StepCore):
     def forward(self, tokens: torch.Tensor, seg_len: torch.Tensor,
                 *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         cfg = self.cfg
-        names = entry_points(cfg)["extend"].input_names[2:]  # after tokens, seg_len
-        s = dict(zip(names, state, strict=True))
+        s = dict(zip(self.extend_names, state, strict=True))
         batch, n_new = tokens.shape
         valid = self.memory_valid(s["mem_len"], s.get("cmem_len"))  # [B, C+M]
         slot = torch.arange(cfg.seg_len, device=tokens.device)
