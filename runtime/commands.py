@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score = subparsers.add_parser(
         "score", help="bits per byte of documents through the compiled engine",
         description="Stream each document (any length) through the engine with memory and "
-                    "print bits per byte per document and in total.")
+                    "print bits per byte per document and in total. The first byte of a "
+                    "document has no prediction (there is no start token), so an empty or "
+                    "one-byte document's bits per byte is undefined: n/a (JSON null).")
     _add_engine_args(score)
     score.add_argument("files", nargs="+", help="documents to score (read as bytes)")
     score.add_argument("--streams", type=int, default=4,
