@@ -97,7 +97,8 @@ class Session:
         self._extend_io: dict[int, dict[str, Any]] = {}
         self.host_tokens = np.zeros((batch, seg_len), dtype=np.int32)
         self.host_mask = np.zeros(batch, dtype=np.bool_)
-        self._last_logits: dict[int, tuple[np.ndarray, int]] = {}  # row -> (host logits, index)
+        self.host_last_logits = np.zeros((batch, self.dims.vocab_size), dtype=np.float32)  # [B, V]
+        self._last_logits: dict[int, np.ndarray] = {}  # row -> its row of host_last_logits
         self.rows: dict[int, int] = {}  # stream id -> batch row
         self.positions: dict[int, int] = {}  # stream id -> tokens consumed
         self._next_id = 0
@@ -211,19 +212,19 @@ class Session:
             for row in rows:
                 if want_logits:
                     logits[row][done[row]:done[row] + count] = out[row, :count]
-                self._last_logits[row] = (out, count - 1)
+                self.host_last_logits[row] = out[row, count - 1]  # copied: `out` is scratch
+                self._last_logits[row] = self.host_last_logits[row]
                 done[row] += count
         for row, t in pending.items():
             self.positions[ids[row]] += len(t)
         return {ids[row]: value for row, value in logits.items()}
 
     def last_logits(self, stream_id: int) -> np.ndarray:
-        """Logits [V] after the stream's last token: a view, valid until the next call."""
+        """Logits [V] after the stream's last token: a view, valid until its next feed."""
         row = self._row(stream_id)
         if row not in self._last_logits:
             raise RuntimeInputError(f"stream {stream_id} has not been fed any tokens yet")
-        out, index = self._last_logits[row]
-        return out[row, index]
+        return self._last_logits[row]
 
     def _set_mask(self, rows: list[int]) -> None:
         self.host_mask[:] = False
