@@ -170,7 +170,8 @@ def table(results: dict) -> str:
         shown = f"{measured:.2f}" if isinstance(measured, float) else _fmt(measured)
         spread = t.get("spread")
         shown += f" [{spread['min']:.2f}, {spread['max']:.2f}]" if spread else ""
-        lines.append(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {shown} "
+        status = "met" if t["met"] else "MISSED" if measured is not None else "not run"
+        lines.append(f"  [{status}] {t['target']}: {shown} "
                      f"(want {t['want']})")
     lines.append(f"total {results['total_seconds']:.0f}s")
     return "\n".join(lines)
