@@ -187,6 +187,9 @@ def _batch_panel(ax, results: dict, workload: str, value, title: str, ylabel: st
     """One line per contender of value(row, batch) against batch, log-log."""
     from matplotlib.ticker import NullFormatter
 
+    if not results.get("contenders"):
+        ax.set_axis_off()
+        return
     for res in results["contenders"].values():
         rows = res.get(workload, {})
         if rows:
@@ -200,8 +203,11 @@ def _batch_panel(ax, results: dict, workload: str, value, title: str, ylabel: st
     ax.legend()
     ax.grid(alpha=0.3, which="both")
 
+
 def _serving_panel(ax, serving: dict | None) -> None:
     """Generated tokens/s against concurrent requests, median with min..max over repeats."""
+    from matplotlib.ticker import NullFormatter
+
     if not serving:
         ax.set_axis_off()
         return
@@ -218,6 +224,7 @@ def _serving_panel(ax, serving: dict | None) -> None:
            xlabel="concurrent requests", ylabel="generated tokens/s (higher is better)",
            xscale="log", yscale="log")
     ax.set_xticks(levels, [str(n) for n in levels])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.legend()
     ax.grid(alpha=0.3, which="both")
 
