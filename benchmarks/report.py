@@ -1,4 +1,24 @@
-"""The benchmark's outputs: a terminal table, bench.json and bench.png."""
+"""The benchmark's outputs: a terminal table, bench.json and bench.png.
+
+bench.json (times in ms; "row" = median_ms, p10_ms, p90_ms, min_ms, max_ms, mean_ms, n over
+interleaved repeats, plus tokens_per_s, gflops, gemm_fraction; session contenders add
+outside_engine_ms; decode rows add amortized_ms (= median_ms), step_ms, commit_token_ms;
+"ratio" = median, min, max, p10, p90, n of a per-repeat ratio):
+  profile, threads, experiments, thread_note, model, config, settings, platform,
+  load_average_start/end, machine {gemm {torch_gflops, numpy_gflops, gflops}, memory
+  {copy_gbps}}, flops, decode_bytes_b1 {..., runtime_gbps, fraction_of_copy_bandwidth},
+  export_seconds, check {max_abs_logit_error, logit_scale},
+  contenders {key: {name, first_segment: row, segment {batch: row}, decode {batch: row},
+             compile_seconds?, error?}},
+  ratios {"<workload> b<batch>: <fast> vs <other>": ratio}  (speed-up: other's time / fast's),
+  loop_overhead {"<workload> b<batch>": {step_ms, outside_engine_ms, fraction}},
+  lucidrains {arguments, config, check, contenders, ratios}  (the same shapes as above),
+  serving {prompt_bytes, new_tokens, sampling, keys, rows [{concurrency, generated_tokens,
+           <key>: row + tokens_per_s, tokens_per_s_min, tokens_per_s_max, runtime_vs_cached}]},
+  capacity {contender, max_streams [1, S], decode_step {"1": row, "S": row}, ratio},
+  scaling, xl_comparison, ort, quantization (extras),
+  targets [{target, want ">= x", measured, spread (ratio or null), met, note}], total_seconds.
+"""
 
 from __future__ import annotations
 
