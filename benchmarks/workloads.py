@@ -144,6 +144,9 @@ def compare(contenders: dict[str, Any], cfg, settings: Settings, rng: np.random.
     A torch.compile contender is compiled per batch before its rounds; if that fails within
     its budget it is reported with its error and dropped."""
     out = {key: {"name": c.name, "segment": {}, "decode": {}} for key, c in contenders.items()}
+    for key, contender in contenders.items():
+        if hasattr(contender, "open_seconds"):
+            out[key]["session_open_ms"] = contender.open_seconds * 1e3
     ratios: dict = {}
     live = dict(contenders)
     first = random_tokens(rng, cfg.vocab_size, 1, cfg.seg_len)
