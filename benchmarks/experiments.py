@@ -119,6 +119,8 @@ def serving_curve(bench: Bench, settings: Settings,
                 pass
             return {"seconds": time.perf_counter() - started}
 
+        for session in sessions.values():
+            serve(session)  # warm-up: first calls of each batch and token count
         runs = interleave({key: (lambda s=sessions[key]: serve(s)) for key in keys},
                           settings.serving_repeats)
         generated = concurrency * new_tokens
