@@ -11,7 +11,8 @@
 
 Every contender keeps memory full (`fill`), so a step does the steady-state amount of work.
 `decode_kind` says how it decodes: "cached" (consecutive one-token steps), "rescore" (no cache:
-timed at chosen partial-segment positions with `decode_at`) or "generate" (the package's loop).
+timed at chosen partial-segment positions with `decode_at`), "generate" (the package's loop) or
+"none" (not timed decoding).
 Session contenders count the seconds inside engine calls in `engine_seconds` (TimedBackend).
 """
 
@@ -61,6 +62,7 @@ class Bench:
 class EagerReference:
     name = "eager"
     decode_kind = "rescore"
+    compiles = False  # compiled per batch (within a time budget) before it is timed
 
     def __init__(self, model: CompressiveTransformer) -> None:
         self.model = model
@@ -90,7 +92,12 @@ class EagerReference:
 
 
 class CompiledReference(EagerReference):
+    """Timed on segments only: an empty memory or a partial segment is a new graph to
+    compile (first segment, decoding)."""
+
     name = "eager+compile"
+    decode_kind = "none"
+    compiles = True
 
     def __init__(self, model: CompressiveTransformer) -> None:
         super().__init__(model)
@@ -103,6 +110,7 @@ class SessionContender:
     Each batch size gets its own Session sized to it, as a user would size it."""
 
     decode_kind = "cached"
+    compiles = False
 
     def __init__(self, name: str, engine_dir: Path,
                  new_backend: Callable[[], TimedBackend]) -> None:
@@ -153,6 +161,7 @@ class PackageModel:
 
     name = "compressive-transformer-pytorch"
     decode_kind = "generate"
+    compiles = False
 
     def __init__(self, net: Any) -> None:
         from compressive_transformer_pytorch import AutoregressiveWrapper

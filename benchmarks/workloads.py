@@ -150,7 +150,7 @@ def compare(contenders: dict[str, Any], cfg, settings: Settings, rng: np.random.
     ratios: dict = {}
     live = dict(contenders)
     first = random_tokens(rng, cfg.vocab_size, 1, cfg.seg_len)
-    starters = {k: c for k, c in live.items() if k != "compile"}  # compile: a new graph
+    starters = {k: c for k, c in live.items() if not c.compiles}
     for contender in starters.values():
         contender.fill(1, fill_tokens(rng, cfg, 1))
         contender.first_segment(first)  # warm-up
@@ -163,12 +163,12 @@ def compare(contenders: dict[str, Any], cfg, settings: Settings, rng: np.random.
         tokens = random_tokens(rng, cfg.vocab_size, batch, cfg.seg_len)
         units = {}
         for key, contender in list(live.items()):
-            if key == "compile" and batch not in settings.compile_batches:
+            if contender.compiles and batch not in settings.compile_batches:
                 continue
             contender.fill(batch, fill_tokens(rng, cfg, batch))
             started = time.perf_counter()
             try:
-                if key == "compile":
+                if contender.compiles:
                     with_compile_budget(settings.compile_budget_s,
                                         lambda c=contender: c.segment(tokens))
                     out[key].setdefault("compile_seconds", {})[str(batch)] = \
@@ -191,8 +191,9 @@ def compare(contenders: dict[str, Any], cfg, settings: Settings, rng: np.random.
     for batch in decode_batches:
         units = {}
         for key, contender in live.items():
-            if key == "compile" or (contender.decode_kind == "generate" and batch != 1):
-                continue  # compiled decoding recompiles per partial length; generate: b1 only
+            if contender.decode_kind == "none" or (contender.decode_kind == "generate" and
+                                                   batch != 1):
+                continue  # the package's generate: batch 1 only
             contender.fill(batch, fill_tokens(rng, cfg, batch))
             units[key] = decode_unit(contender, cfg, batch, settings, rng)
         runs = interleave(units, settings.decode_cycles)
