@@ -167,19 +167,19 @@ def compare(contenders: dict[str, Any], cfg, settings: Settings, rng: np.random.
                 continue
             contender.fill(batch, fill_tokens(rng, cfg, batch))
             started = time.perf_counter()
-            try:
-                if contender.compiles:
+            if not contender.compiles:
+                contender.segment(tokens)  # warm-up
+            else:
+                try:
                     with_compile_budget(settings.compile_budget_s,
                                         lambda c=contender: c.segment(tokens))
-                    out[key].setdefault("compile_seconds", {})[str(batch)] = \
-                        time.perf_counter() - started
-                else:
-                    contender.segment(tokens)  # warm-up
-            except Exception as exc:  # report any compile failure as text, keep benchmarking
-                out[key]["error"] = f"{type(exc).__name__}: {str(exc).strip()[:600]}"
-                log(f"{contender.name} failed at batch {batch}: {out[key]['error'][:200]}")
-                del live[key]
-                continue
+                except Exception as exc:  # report any compile failure as text, keep benchmarking
+                    out[key]["error"] = f"{type(exc).__name__}: {str(exc).strip()[:600]}"
+                    log(f"{contender.name} failed at batch {batch}: {out[key]['error'][:200]}")
+                    del live[key]
+                    continue
+                out[key].setdefault("compile_seconds", {})[str(batch)] = \
+                    time.perf_counter() - started
             units[key] = lambda c=contender: timed(c, lambda: c.segment(tokens))
         repeats = settings.segment_repeats if batch <= 2 else max(3, settings.segment_repeats - 2)
         runs = interleave(units, repeats)
