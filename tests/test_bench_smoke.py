@@ -146,6 +146,25 @@ def test_torch_backend_under_the_session_equals_the_onnx_engine(small_engine):
         np.testing.assert_allclose(torch_value, onnx_value, atol=1e-4, rtol=0)
 
 
+def test_timed_backend_counts_engine_calls_and_their_seconds(small_engine):
+    """One full segment is one `segment` call; 3 more tokens one `extend` call."""
+    from benchmarks.timed_backend import TimedBackend
+    from runtime.backends.ort import OrtCpuBackend
+    from runtime.manifest import load_manifest
+    from runtime.session import Session
+
+    _, engine_dir = small_engine
+    timed = TimedBackend(OrtCpuBackend(load_manifest(engine_dir), threads=1))
+    session = Session(engine_dir, backend=timed, max_streams=1)
+    stream = session.add_stream()
+    seg_len = session.dims.seg_len
+    session.feed({stream: np.arange(seg_len) % 256})
+    assert timed.calls == 1 and timed.engine_seconds > 0
+    before = timed.engine_seconds
+    session.feed({stream: [1, 2, 3]})
+    assert timed.calls == 2 and timed.engine_seconds > before
+
+
 def test_torch_backend_refuses_another_models_engine(small_engine):
     from benchmarks.contenders import random_model
     from export.torch_backend import TorchBackend
