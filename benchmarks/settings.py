@@ -26,7 +26,6 @@ class Settings:
     nocache_positions: int = 8  # partial-segment positions timed for eager without cache
     compile_budget_s: float = 240.0  # per torch.compile call; beyond it the contender is skipped
     lucidrains_batches: tuple[int, ...] = (1, 8)  # segment batches of the imported-model run
-    lucidrains_generate_tokens: int = 16  # tokens per timed `AutoregressiveWrapper.generate`
     serving_concurrency: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     serving_new_tokens: int = 32  # generated tokens per request
     serving_prompt_bytes: int = 16
@@ -50,7 +49,7 @@ QUICK = Settings(
                 cmem_len=32),
     segment_batches=(1, 4, 8), segment_repeats=5, decode_tokens=12, decode_cycles=3,
     nocache_positions=4, compile_budget_s=60.0, lucidrains_batches=(1, 8),
-    lucidrains_generate_tokens=8, serving_new_tokens=16, serving_repeats=2, capacity_repeats=12,
+    serving_new_tokens=16, serving_repeats=2, capacity_repeats=12,
     scaling_layers=1, scaling_mem=(64, 128), scaling_cmem=(16, 32), scaling_seg=(32, 64),
     scaling_batches=(1, 8), xl_seg_len=32, variant_repeats=3, quant_text_bytes=2048,
     quant_streams=4)
@@ -59,7 +58,7 @@ SMOKE = Settings(
                 cmem_len=8, compress_rate=2),
     segment_batches=(1, 2), decode_batches=(1, 2), compile_batches=(1,), segment_repeats=3,
     decode_tokens=4, decode_cycles=2, nocache_positions=2, compile_budget_s=45.0,
-    lucidrains_batches=(1,), lucidrains_generate_tokens=4, serving_concurrency=(1, 2, 4),
+    lucidrains_batches=(1,), serving_concurrency=(1, 2, 4),
     serving_new_tokens=4, serving_prompt_bytes=8, serving_repeats=1, capacity_streams=8,
     capacity_repeats=4, scaling_layers=1, scaling_mem=(16, 32), scaling_cmem=(8,),
     scaling_seg=(16,), scaling_batches=(1, 2), xl_seg_len=8, variant_repeats=2,

@@ -84,8 +84,9 @@ def decode_unit(contender: Any, cfg, batch: int, settings: Settings,
                                                   for p in positions]))}
     if contender.decode_kind == "generate":
         # the package's loop from a prompt of full-memory segments + 1 token: the generate
-        # call's time minus the same call with 0 new tokens (its prompt), per new token
-        count = settings.lucidrains_generate_tokens
+        # call's time minus the same call with 0 new tokens (its prompt), per new token, over
+        # L new tokens (a whole cycle with one rotation, like the cached decode's amortised cost)
+        count = seg_len
         prompt = np.concatenate([fill_tokens(rng, cfg, batch),
                                  random_tokens(rng, cfg.vocab_size, batch, 1)], axis=1)
         contender.generate(prompt, 1)  # warm-up
