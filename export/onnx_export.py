@@ -14,9 +14,9 @@ from runtime.contract import BATCH, TOKENS, EntryPoint, TensorSpec, entry_points
 
 OPSET = 17  # LayerNormalization is a single op from 17 on; TensorRT >= 8.6 parses it
 EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's limit: larger weights go to external data
-# Kept fp32 in fp16 graphs: the numerically sensitive ops, and Cast/CumSum whose fp16 rewrite
-# by the converter gives ill-typed graphs (most_used's slot selection).
-FP32_OPS = ["LayerNormalization", "Softmax", "CumSum"]
+# Kept fp32 in fp16 graphs: the numerically sensitive ops, and CumSum/Range whose fp16 rewrite
+# by the converter gives ill-typed graphs (most_used's slot selection counts slots in floats).
+FP32_OPS = ["LayerNormalization", "Softmax", "CumSum", "Range"]
 TORCH_DTYPES = {"float32": torch.float32, "int32": torch.int32, "bool": torch.bool}
 
 
@@ -105,11 +105,19 @@ def export_graphs(model: CompressiveTransformer, out_dir: Path,
 
 def convert_to_fp16(path: Path) -> None:
     """Rewrite a graph with fp16 weights and activations, keeping the contract's fp32 inputs
-    and outputs (casts at the edges) and LayerNormalization / Softmax in fp32."""
+    and outputs (casts at the edges) and LayerNormalization / Softmax in fp32.
+
+    Casts from integers or booleans to float stay fp32 (the converter would retype them to
+    fp16 but leave their recorded output type fp32: an ill-typed graph that ONNX Runtime and
+    a strongly typed TensorRT build refuse); the converter casts their outputs down where fp16
+    ops read them."""
     from onnxconverter_common.float16 import convert_float_to_float16
 
+    graph = onnx.load(str(path))
+    to_float = [node.name for node in graph.graph.node if node.op_type == "Cast" and
+                any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "-inf truncated to -10000" for the attention mask
-        graph = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True,
-                                         op_block_list=FP32_OPS)
+        graph = convert_float_to_float16(graph, keep_io_types=True, op_block_list=FP32_OPS,
+                                         node_block_list=to_float)
     onnx.save_model(graph, str(path))

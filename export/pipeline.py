@@ -90,10 +90,6 @@ def export_model(model: CompressiveTransformer, out_dir: Path | str, checkpoint:
     if precision not in RELATIVE_TOLERANCE:
         raise ExportError(f"precision must be one of {', '.join(RELATIVE_TOLERANCE)}, "
                           f"got {precision!r}")
-    if precision == "fp16" and model.config.compress_fn == "most_used":
-        raise ExportError("fp16 export does not support compress_fn='most_used': the fp16 graph "
-                          "converter mistypes its slot selection; export fp32 (TensorRT can "
-                          "still build fp16 engines from it with `ctrt build-engine`)")
     out_dir = Path(out_dir)
     tmp = _prepare_output(out_dir)
     try:
