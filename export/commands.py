@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                      help="fp32 (default; max |logit error| <= 1e-4 of the logit scale), or "
                           "fp16 weights and activations for GPU targets (fp32 inputs/outputs, "
-                          "LayerNorm and Softmax in fp32; verified to 3e-2 of the logit scale)")
+                          "LayerNorm and Softmax in fp32; verified to 3e-2 of the logit scale and "
+                          "1e-2 bits per byte)")
     exp.set_defaults(handler=run_export)
 
     build = subparsers.add_parser(

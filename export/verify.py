@@ -10,10 +10,9 @@ import numpy as np
 import torch
 
 from ct_reference.model import CompressiveTransformer
+from export.tolerances import BITS_PER_BYTE_TOLERANCE, RELATIVE_TOLERANCE
 from runtime.session import Session
 
-# max |logit error| / max(1, max |logit|) allowed by precision
-RELATIVE_TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2}
 # Irregular chunk sizes exercise extend with many token counts and segment boundaries.
 EXTEND_CHUNKS = (1, 3, 17, 1, 64, 7, 2, 31)
 
@@ -28,12 +27,16 @@ class Verification:
     memory_max_abs_error: float
     counts_equal: bool
     tolerance: float
+    bits_per_byte: float  # the eager model's, on the text stream
+    bits_per_byte_error: float  # |engine - eager|
+    bits_per_byte_tolerance: float
 
     @property
     def passed(self) -> bool:
         worst = max(self.segment_max_abs_error, self.extend_max_abs_error)
         return self.counts_equal and worst <= self.tolerance and \
-            self.memory_max_abs_error <= self.tolerance
+            self.memory_max_abs_error <= self.tolerance and \
+            self.bits_per_byte_error <= self.bits_per_byte_tolerance
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -53,6 +56,14 @@ def eager_logits(model: CompressiveTransformer, tokens: np.ndarray) -> tuple[np.
     return logits.numpy(), memory
 
 
+def bits_per_byte(logits: np.ndarray, tokens: np.ndarray) -> float:
+    """Mean -log2 p(next token) of logits [n, V] over tokens [n] (n - 1 predictions)."""
+    shifted = logits[:-1] - logits[:-1].max(axis=-1, keepdims=True)
+    log_norm = np.log(np.exp(shifted.astype(np.float64)).sum(axis=-1))
+    picked = shifted[np.arange(len(tokens) - 1), tokens[1:]]
+    return float((log_norm - picked).mean() / np.log(2.0))
+
+
 def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int = 20,
                   threads: int | None = None, precision: str = "fp32") -> Verification:
     """Score >= `segments` segments of real and random tokens two ways through the runtime
@@ -68,6 +79,8 @@ def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int
     streams = [session.add_stream(), session.add_stream()]
     got = session.feed({s: tokens[i] for i, s in enumerate(streams)})
     segment_err = max(float(np.abs(got[s] - expected[i]).max()) for i, s in enumerate(streams))
+    eager_bpb = bits_per_byte(expected[0], tokens[0])
+    bpb_err = abs(bits_per_byte(got[streams[0]], tokens[0]) - eager_bpb)
     mem_err, counts_equal = 0.0, True
     for i, s in enumerate(streams):
         state = session.stream_state(s)
@@ -97,4 +110,6 @@ def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int
     return Verification(segments=segments, streams=2, logit_scale=scale,
                         segment_max_abs_error=segment_err, extend_max_abs_error=extend_err,
                         memory_max_abs_error=mem_err, counts_equal=bool(counts_equal),
-                        tolerance=RELATIVE_TOLERANCE[precision] * max(1.0, scale))
+                        tolerance=RELATIVE_TOLERANCE[precision] * max(1.0, scale),
+                        bits_per_byte=eager_bpb, bits_per_byte_error=bpb_err,
+                        bits_per_byte_tolerance=BITS_PER_BYTE_TOLERANCE[precision])
