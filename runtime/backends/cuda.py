@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import BackendUnavailable
+from runtime.contract import EntryPoint
 from runtime.manifest import EngineError
 
 GPU_EXTRA = "pip install 'compressive-rt[gpu]'"
@@ -36,14 +37,23 @@ def import_cudart() -> Any:
     return cudart
 
 
+SUPPORTED_TENSORRT_MAJORS = (10, 11)
+
+
+def tensorrt_major(version: str) -> int:
+    """The major version of a TensorRT version string ("11.4.0.106" -> 11)."""
+    return int(version.split(".")[0])
+
+
 def import_tensorrt() -> Any:
+    """The tensorrt module, refused unless its major version is one this project supports."""
     try:
         import tensorrt as trt
     except ImportError:
         raise GpuUnavailable(f"TensorRT is not installed: {GPU_EXTRA}") from None
-    if int(trt.__version__.split(".")[0]) < 10:
-        raise GpuUnavailable(f"TensorRT {trt.__version__} is too old, this runtime needs "
-                             f"TensorRT 10: {GPU_EXTRA}")
+    if tensorrt_major(trt.__version__) not in SUPPORTED_TENSORRT_MAJORS:
+        raise GpuUnavailable(f"TensorRT {trt.__version__} is installed; this project supports "
+                             f"TensorRT 10.x and 11.x: pip install 'tensorrt>=10,<12'")
     return trt
 
 
@@ -98,6 +108,31 @@ def check_engine_compatibility(section: Mapping, trt_version: str, gpu_name: str
     if gpu.get("name") != gpu_name:
         raise EngineError(f"the TensorRT plans were built on a {gpu.get('name')}, this GPU is a "
                           f"{gpu_name}; plans are tuned to one GPU model: {rebuild}")
+
+
+Shape = tuple[int, ...]
+
+
+def optimization_profiles(contract: Mapping[str, EntryPoint], max_batch: int, opt_batch: int,
+                          opt_tokens: int = 1) -> dict[str, dict[str, tuple[Shape, Shape, Shape]]]:
+    """(min, opt, max) shape of every input of every entry point, for TensorRT plans and the
+    ONNX Runtime TensorRT provider.
+
+    batch runs 1..max_batch (opt: opt_batch); extend's tokens run 1..L (opt: opt_tokens, the
+    decode step), where L is the segment length. The batch axis sits wherever the contract's
+    spec puts it."""
+    if not 1 <= opt_batch <= max_batch:
+        raise EngineError(f"need 1 <= opt_batch <= max_batch, got opt_batch={opt_batch}, "
+                          f"max_batch={max_batch}")
+    seg_len = contract["segment"].inputs[0].concrete_shape(1)[-1]  # tokens [B, L]
+    if not 1 <= opt_tokens <= seg_len:
+        raise EngineError(f"opt_tokens must be in 1..{seg_len} (the segment length), "
+                          f"got {opt_tokens}")
+    return {name: {spec.name: (spec.concrete_shape(1, 1),
+                               spec.concrete_shape(opt_batch, opt_tokens),
+                               spec.concrete_shape(max_batch, seg_len))
+                   for spec in entry.inputs}
+            for name, entry in contract.items()}
 
 
 @dataclass
