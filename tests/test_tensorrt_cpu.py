@@ -486,3 +486,169 @@ def test_plans_of_another_tensorrt_version_are_dropped_on_rebuild(fake_tensorrt,
     assert set(section["engines"]) == {"fp32"}
     assert sorted(p.name for p in own_engine.glob("*.plan")) == [
         "commit.fp32.plan", "extend.fp32.plan", "segment.fp32.plan"]
+
+
+# ---- TensorRT backend calls, CUDA graphs and close (fake context and CUDA runtime) ----------
+class GraphCudart(HostCudart):
+    """HostCudart plus the stream-capture and graph calls, recording them in `events`."""
+
+    class cudaStreamCaptureMode:  # noqa: N801
+        cudaStreamCaptureModeThreadLocal = 1
+
+    def __init__(self, events: list) -> None:
+        super().__init__()
+        self.events, self.capturing, self.graphs = events, False, 0
+
+    def cudaStreamBeginCapture(self, stream, mode):  # noqa: N802
+        self.capturing = True
+        return (0,)
+
+    def cudaStreamEndCapture(self, stream):  # noqa: N802
+        self.capturing, self.graphs = False, self.graphs + 1
+        return 0, f"graph{self.graphs}"
+
+    def cudaGraphInstantiate(self, graph, flags):  # noqa: N802
+        return 0, f"exec of {graph}"
+
+    def cudaGraphLaunch(self, executable, stream):  # noqa: N802
+        self.events.append(("launch", executable))
+        return (0,)
+
+    def cudaGraphExecDestroy(self, executable):  # noqa: N802
+        self.events.append(("destroy", executable))
+        return (0,)
+
+    def cudaGraphDestroy(self, graph):  # noqa: N802
+        self.events.append(("destroy", graph))
+        return (0,)
+
+    def cudaStreamDestroy(self, stream):  # noqa: N802
+        self.events.append(("destroy", "stream"))
+        return (0,)
+
+
+class FakeContext:
+    """An execution context that records shape changes and enqueues (captured or not)."""
+
+    def __init__(self, events: list, cudart: GraphCudart) -> None:
+        self.events, self.cudart, self.shapes = events, cudart, {}
+
+    def set_input_shape(self, name, shape):
+        if self.shapes.get(name) != shape:
+            self.events.append(("shape", name, shape))
+        self.shapes[name] = shape
+        return True
+
+    def set_tensor_address(self, name, ptr):
+        pass
+
+    def get_tensor_shape(self, name):
+        return (2, self.shapes["tokens"][1], 256)
+
+    def execute_async_v3(self, stream):
+        self.events.append(("capture" if self.cudart.capturing else "enqueue",))
+        return True
+
+
+@pytest.fixture
+def graph_backend(monkeypatch):
+    """A TensorRTBackend with use_cuda_graph on a fake context and CUDA runtime (its __init__
+    needs a GPU and plans: the attributes it sets are set here instead)."""
+    from runtime.backends import cuda
+    from runtime.backends.tensorrt import TensorRTBackend
+
+    events = []
+    fake = GraphCudart(events)
+    monkeypatch.setattr(cuda, "import_cudart", lambda: fake)
+    backend = object.__new__(TensorRTBackend)
+    backend.cudart, backend.use_cuda_graph = fake, True
+    backend.stream, backend._allocations = cuda.CudaStream(), []
+    backend.contexts, backend.engines = {"extend": FakeContext(events, fake)}, {"extend": None}
+    backend._bound, backend._seen, backend._graphs = {}, set(), {}
+    return backend, events
+
+
+def device_buffer(shape, ptr):
+    import numpy as np
+
+    from runtime.backends.cuda import DeviceBuffer
+
+    return DeviceBuffer(ptr, shape, np.dtype(np.int32), None)
+
+
+def test_cuda_graph_is_captured_only_after_an_ordinary_enqueue_at_the_same_shapes(graph_backend):
+    backend, events = graph_backend
+    one, three = device_buffer((2, 1), 1000), device_buffer((2, 3), 1000)
+    logits = {"logits": device_buffer((2, 1, 256), 2000)}
+    logits3 = {"logits": device_buffer((2, 3, 256), 2000)}
+    for tokens, out in ((one, logits), (three, logits3), (one, logits), (one, logits),
+                        (three, logits3), (three, logits3), (one, logits), (three, logits3)):
+        backend.run("extend", {"tokens": tokens}, out, tokens=tokens.shape[1])
+    assert events == [
+        ("shape", "tokens", (2, 1)), ("enqueue",),
+        ("shape", "tokens", (2, 3)), ("enqueue",),
+        ("shape", "tokens", (2, 1)), ("enqueue",),  # seen before, but shapes just changed
+        ("capture",), ("launch", "exec of graph1"),
+        ("shape", "tokens", (2, 3)), ("enqueue",),
+        ("capture",), ("launch", "exec of graph2"),
+        ("shape", "tokens", (2, 1)), ("launch", "exec of graph1"),
+        ("shape", "tokens", (2, 3)), ("launch", "exec of graph2"),
+    ]
+
+
+def test_close_destroys_graphs_executables_stream_and_frees_buffers(graph_backend):
+    import numpy as np
+
+    backend, events = graph_backend
+    tokens = backend.new_buffer((2, 1), np.dtype(np.int32))
+    logits = {"logits": device_buffer((2, 1, 256), 2000)}
+    for _ in range(2):
+        backend.run("extend", {"tokens": tokens}, logits, tokens=1)
+    events.clear()
+    backend.close()
+    backend.close()  # idempotent
+    assert events == [("destroy", "exec of graph1"), ("destroy", "graph1"),
+                      ("destroy", "stream")]
+    assert backend.cudart.blocks == {} and backend._graphs == {}
+
+
+def test_copy_last_logits_copies_only_the_asked_rows_at_the_index(monkeypatch, engine_dir):
+    import numpy as np
+
+    from runtime.backends import cuda
+    from runtime.backends.ort import OrtCpuBackend
+
+    fake = HostCudart()
+    monkeypatch.setattr(cuda, "import_cudart", lambda: fake)
+    stream = cuda.CudaStream()
+    host = np.arange(4 * 3 * 5, dtype=np.float32).reshape(4, 3, 5)  # [B, T, V]
+    memory = cuda.DeviceMemory(host.nbytes)
+    buffer = cuda.DeviceBuffer(memory.ptr, host.shape, host.dtype, memory)
+    stream.from_host(buffer, host)
+    cpu = OrtCpuBackend(load_manifest(engine_dir))
+    for rows in ([1, 2], [3, 0], [2]):  # packed rows (one 2D copy) and scattered rows
+        want = host[rows, 1]
+        got, got_cpu = np.zeros((len(rows), 5), np.float32), np.zeros((len(rows), 5), np.float32)
+        stream.copy_rows_to_host(buffer, rows, 1, got)
+        cpu.copy_last_logits(host, rows, 1, got_cpu)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_cpu, want)
+    with pytest.raises(ValueError, match=r"host_out must be a C-contiguous float32 array of "
+                                         r"shape \(2, 5\)"):
+        stream.copy_rows_to_host(buffer, [0, 1], 2, np.zeros((2, 4), np.float32))
+
+
+def test_session_closes_its_backend_at_the_end_of_a_with_block(engine_dir):
+    from runtime.backends.ort import OrtCpuBackend
+    from runtime.session import Session
+
+    closed = []
+
+    class ClosingBackend(OrtCpuBackend):
+        def close(self):
+            closed.append(True)
+
+    with Session(engine_dir, backend=ClosingBackend(load_manifest(engine_dir))) as session:
+        session.feed({session.add_stream(): [1, 2, 3]})
+        assert closed == []
+    assert closed == [True]

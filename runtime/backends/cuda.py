@@ -7,7 +7,7 @@ and the first use without a GPU stack raises GpuUnavailable naming the extra to 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
 from typing import Any
@@ -181,6 +181,36 @@ class CudaStream:
     def synchronize(self) -> None:
         check(self.cudart.cudaStreamSynchronize(self.handle))
 
+    def close(self) -> None:
+        if self.handle is not None:
+            self.cudart.cudaStreamDestroy(self.handle)
+            self.handle = None
+
+    def copy_rows_to_host(self, buffer: DeviceBuffer, rows: Sequence[int], index: int,
+                          host_out: np.ndarray) -> None:
+        """host_out[i] = buffer[rows[i], index] for a [B, T, V] buffer: one 2D copy when the
+        rows are consecutive (the slot pool keeps active rows packed), else one per row."""
+        batch, tokens, vocab = buffer.shape
+        if host_out.shape != (len(rows), vocab) or host_out.dtype != buffer.dtype or \
+                not host_out.flags.c_contiguous:
+            raise ValueError(f"host_out must be a C-contiguous {buffer.dtype} array of shape "
+                             f"{(len(rows), vocab)}, got {host_out.dtype} {host_out.shape}")
+        if not rows:
+            return
+        item = buffer.dtype.itemsize
+        row_pitch, width = tokens * vocab * item, vocab * item
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        first = buffer.ptr + (rows[0] * tokens + index) * vocab * item
+        if list(rows) == list(range(rows[0], rows[0] + len(rows))):
+            check(self.cudart.cudaMemcpy2DAsync(host_out.ctypes.data, width, first, row_pitch,
+                                                width, len(rows), kind, self.handle))
+        else:
+            for i, row in enumerate(rows):
+                src = buffer.ptr + (row * tokens + index) * vocab * item
+                check(self.cudart.cudaMemcpyAsync(host_out.ctypes.data + i * width, src, width,
+                                                  kind, self.handle))
+        self.synchronize()
+
     def to_host(self, buffer: DeviceBuffer) -> np.ndarray:
         out = np.empty(buffer.shape, dtype=buffer.dtype)
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
@@ -216,11 +246,29 @@ class DeviceBuffers:
     """Buffer handling shared by the device backends: cudaMalloc'd buffers, views of them, and
     host transfers on the backend's CUDA stream (`self.stream`, a CudaStream)."""
 
-    stream: CudaStream
+    stream: CudaStream | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._allocations: list[DeviceMemory] = []
 
     def new_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> DeviceBuffer:
         memory = DeviceMemory(int(np.prod(shape)) * dtype.itemsize)
+        self._allocations.append(memory)
         return DeviceBuffer(memory.ptr, shape, dtype, memory)
+
+    def copy_last_logits(self, logits: DeviceBuffer, rows: Sequence[int], index: int,
+                         host_out: np.ndarray) -> None:
+        self.stream.copy_rows_to_host(logits, rows, index, host_out)
+
+    def release_device(self) -> None:
+        """Free every buffer this backend allocated and destroy its stream (idempotent)."""
+        if self.stream is not None and self.stream.handle is not None:
+            self.stream.synchronize()  # no copy or call may still use the memory
+            self.stream.close()
+        for memory in self._allocations:
+            memory.close()
+        self._allocations.clear()
 
     def view(self, buffer: DeviceBuffer, shape: tuple[int, ...]) -> DeviceBuffer:
         return DeviceBuffer(buffer.ptr, shape, buffer.dtype, buffer.owner)

@@ -89,6 +89,12 @@ class OrtGpuBackend(DeviceBuffers, Backend):
     def providers(self, entry: str, profile: dict) -> list:
         return [(CUDA_EP, self.cuda_options())]
 
+    def close(self) -> None:
+        """Drop the ONNX Runtime sessions and bindings, then free the buffers and the stream."""
+        self._bindings.clear()
+        self.sessions.clear()
+        self.release_device()
+
 
     def run(self, entry: str, feeds: dict[str, DeviceBuffer], fetches: dict[str, DeviceBuffer],
             tokens: int | None = None) -> None:
