@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 
 from ct_reference.model import CompressiveTransformer
 from export.tolerances import BITS_PER_BYTE_TOLERANCE, RELATIVE_TOLERANCE
+from runtime.backends.base import Backend
 from runtime.session import Session
 
 # Irregular chunk sizes exercise extend with many token counts and segment boundaries.
@@ -65,9 +67,12 @@ def bits_per_byte(logits: np.ndarray, tokens: np.ndarray) -> float:
 
 
 def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int = 20,
-                  threads: int | None = None, precision: str = "fp32") -> Verification:
+                  threads: int | None = None, precision: str = "fp32",
+                  make_backend: Callable[[], Backend] | None = None) -> Verification:
     """Score >= `segments` segments of real and random tokens two ways through the runtime
-    (whole segments; irregular extend chunks + commit) and compare with the eager model."""
+    (whole segments; irregular extend chunks + commit) and compare with the eager model.
+
+    make_backend gives each of the two sessions its backend (default: the Session's "auto")."""
     cfg = model.config
     model.eval()
     length = segments * cfg.seg_len
@@ -75,7 +80,8 @@ def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int
     expected, memory = eager_logits(model, tokens)
     scale = float(np.abs(expected).max())
 
-    session = Session(engine_dir, max_streams=2, threads=threads)
+    session = Session(engine_dir, backend=make_backend() if make_backend else "auto",
+                      max_streams=2, threads=threads)
     streams = [session.add_stream(), session.add_stream()]
     got = session.feed({s: tokens[i] for i, s in enumerate(streams)})
     segment_err = max(float(np.abs(got[s] - expected[i]).max()) for i, s in enumerate(streams))
@@ -91,7 +97,9 @@ def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int
         counts_equal &= int(state["mem_len"]) == int(memory.mem_len[i])
 
     # Irregular chunks, the two streams offset by one token (different positions in a batch).
-    chunked = Session(engine_dir, max_streams=2, threads=threads)
+    session.close()
+    chunked = Session(engine_dir, backend=make_backend() if make_backend else "auto",
+                      max_streams=2, threads=threads)
     ids = [chunked.add_stream(), chunked.add_stream()]
     extend_err, done, k = 0.0, [0, 0], 0
     while min(done) < length:
@@ -107,6 +115,7 @@ def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int
                 extend_err = max(extend_err, float(np.abs(out[s] - want).max()))
             done[i] += n
         k += 1
+    chunked.close()
     return Verification(segments=segments, streams=2, logit_scale=scale,
                         segment_max_abs_error=segment_err, extend_max_abs_error=extend_err,
                         memory_max_abs_error=mem_err, counts_equal=bool(counts_equal),
