@@ -220,18 +220,20 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def build_engines(engine_dir: Path | str, precision: str = "fp16", max_batch: int = 8,
+def build_engines(engine_dir: Path | str, precision: str | None = None, max_batch: int = 8,
                   opt_batch: int = 1, workspace_mib: int = 4096,
                   timing_cache: Path | str | None = None, optimization_level: int | None = None,
                   log: Callable[[str], Any] = print) -> dict:
     """Build one plan per entry point into engine_dir; returns the manifest's tensorrt section.
 
-    Atomic: a failure leaves engine_dir (plans and manifest) as it was."""
-    if precision not in PRECISIONS:
+    precision None builds the graphs' own precision (fp32 or fp16). Atomic: a failure leaves
+    engine_dir (plans and manifest) as it was."""
+    if precision is not None and precision not in PRECISIONS:
         raise BuildError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     manifest = load_manifest(engine_dir)
     engine_dir = manifest.engine_dir
     graph_precision = manifest.data.get("precision", "fp32")
+    precision = precision or graph_precision
     profiles = optimization_profiles(manifest.contract, max_batch, opt_batch)
     for entry, spec in manifest.contract.items():
         found = errors(lint_graph(manifest.graph_path(entry), spec))

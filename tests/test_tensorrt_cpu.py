@@ -652,3 +652,12 @@ def test_session_closes_its_backend_at_the_end_of_a_with_block(engine_dir):
         session.feed({session.add_stream(): [1, 2, 3]})
         assert closed == []
     assert closed == [True]
+
+
+def test_build_without_a_precision_builds_the_graphs_own(fake_tensorrt, fp16_engine_dir,
+                                                         tmp_path):
+    engine = tmp_path / "engine16"
+    shutil.copytree(fp16_engine_dir, engine)
+    fake_tensorrt("11.4.0.106")
+    section = build_engines(engine, max_batch=2, log=lambda *_: None)
+    assert set(section["engines"]) == {"fp16"}
