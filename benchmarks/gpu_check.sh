@@ -74,7 +74,7 @@ timeout 330 python -m benchmarks.gpu_check "$WORK" --json "$RESULTS/gpu_check.js
 check_status=$?
 
 step "tests/test_gpu.py"
-timeout 100 python -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py
+timeout 130 python -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py
 test_status=$?
 
 step "done in $((SECONDS - started))s: gpu_check exit $check_status, test_gpu exit $test_status"
