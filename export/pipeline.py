@@ -128,7 +128,7 @@ def _verify(model: CompressiveTransformer, engine_dir: Path, segments: int,
             f"{check.tolerance:.2e}: segment {check.segment_max_abs_error:.2e}, extend "
             f"{check.extend_max_abs_error:.2e}, memory {check.memory_max_abs_error:.2e}, "
             f"bits per byte {check.bits_per_byte_error:.2e} (tolerance "
-            f"{check.bits_per_byte_tolerance:.0e}), counts equal: {check.counts_equal}; "
+            f"{check.bits_per_byte_tolerance}), counts equal: {check.counts_equal}; "
             f"nothing was written")
     return {**check.to_dict(), "precision": precision,
             "seconds": round(time.perf_counter() - started, 2)}
