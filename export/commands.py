@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                      help="fp32 (default; max |logit error| <= 1e-4 of the logit scale), or "
                           "fp16 weights and activations for GPU targets (fp32 inputs/outputs, "
-                          "LayerNorm and Softmax in fp32; verified to 3e-2 of the logit scale)")
+                          "LayerNorm and Softmax in fp32; verified to 3e-2 of the logit scale and "
+                          "1e-2 bits per byte)")
     exp.set_defaults(handler=run_export)
 
     build = subparsers.add_parser(
@@ -27,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "profile (min 1, opt, max) and record it in manifest.json. Needs an NVIDIA "
                     "GPU and pip install 'compressive-rt[gpu]'.")
     build.add_argument("engine_dir")
-    build.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16")
+    build.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
+                       help="plan precision (default: the graphs' own, fp32 or fp16; TensorRT "
+                            "11 builds only that, TensorRT 10 also fp16/bf16 from fp32 graphs)")
     build.add_argument("--max-batch", type=int, default=8, help="largest batch (default 8)")
     build.add_argument("--opt-batch", type=int, default=1, help="batch tuned for (default 1)")
     build.add_argument("--workspace", type=int, default=4096, help="workspace MiB (4096)")

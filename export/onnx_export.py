@@ -14,9 +14,9 @@ from runtime.contract import BATCH, TOKENS, EntryPoint, TensorSpec, entry_points
 
 OPSET = 17  # LayerNormalization is a single op from 17 on; TensorRT >= 8.6 parses it
 EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's limit: larger weights go to external data
-# Kept fp32 in fp16 graphs: the numerically sensitive ops, and Cast/CumSum whose fp16 rewrite
-# by the converter gives ill-typed graphs (most_used's slot selection).
-FP32_OPS = ["LayerNormalization", "Softmax", "CumSum"]
+# Kept fp32 in fp16 graphs: the numerically sensitive ops, and CumSum/Range whose fp16 rewrite
+# by the converter gives ill-typed graphs (most_used's slot selection counts slots in floats).
+FP32_OPS = ["LayerNormalization", "Softmax", "CumSum", "Range"]
 TORCH_DTYPES = {"float32": torch.float32, "int32": torch.int32, "bool": torch.bool}
 
 
@@ -103,13 +103,66 @@ def export_graphs(model: CompressiveTransformer, out_dir: Path,
     return paths
 
 
+def inline_weight_identities(graph: onnx.ModelProto) -> None:
+    """Drop Identity nodes that only rename a weight: the tracer emits them when two weights
+    are equal (e.g. the LayerNorm scales of an untrained model, all ones), and the fp16
+    converter retypes such an Identity without its recorded output type."""
+    weights = {t.name for t in graph.graph.initializer}
+    renamed = {node.output[0]: node.input[0] for node in graph.graph.node
+               if node.op_type == "Identity" and node.input[0] in weights}
+    graph_outputs = {value.name for value in graph.graph.output}
+    renamed = {out: src for out, src in renamed.items() if out not in graph_outputs}
+    if not renamed:
+        return
+    kept = [node for node in graph.graph.node
+            if not (node.op_type == "Identity" and node.output[0] in renamed)]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    del graph.graph.node[:]
+    graph.graph.node.extend(kept)
+    info = [value for value in graph.graph.value_info if value.name not in renamed]
+    del graph.graph.value_info[:]
+    graph.graph.value_info.extend(info)
+
+
+def own_fp32_weights(graph: onnx.ModelProto, fp32_nodes: list) -> None:
+    """Give each node kept fp32 its own copy of any weight it shares with other nodes (equal
+    weights are deduplicated by the tracer: an untrained model's LayerNorm shift and a linear
+    bias are both zeros), so the converter can make the other readers' copy fp16."""
+    readers: dict[str, int] = {}
+    for node in graph.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    weights = {t.name: t for t in graph.graph.initializer}
+    for node in fp32_nodes:
+        for i, name in enumerate(node.input):
+            if name in weights and readers[name] > 1:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(weights[name])
+                copy.name = f"{name}.fp32.{node.name}"
+                graph.graph.initializer.append(copy)
+                node.input[i] = copy.name
+
+
 def convert_to_fp16(path: Path) -> None:
     """Rewrite a graph with fp16 weights and activations, keeping the contract's fp32 inputs
-    and outputs (casts at the edges) and LayerNormalization / Softmax in fp32."""
+    and outputs (casts at the edges) and LayerNormalization / Softmax in fp32.
+
+    Casts from integers or booleans to float stay fp32 (the converter would retype them to
+    fp16 but leave their recorded output type fp32: an ill-typed graph that ONNX Runtime and
+    a strongly typed TensorRT build refuse); the converter casts their outputs down where fp16
+    ops read them."""
     from onnxconverter_common.float16 import convert_float_to_float16
 
+    graph = onnx.load(str(path))
+    inline_weight_identities(graph)
+    to_float = [node.name for node in graph.graph.node if node.op_type == "Cast" and
+                any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)]
+    own_fp32_weights(graph, [node for node in graph.graph.node if node.op_type in FP32_OPS])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "-inf truncated to -10000" for the attention mask
-        graph = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True,
-                                         op_block_list=FP32_OPS)
+        graph = convert_float_to_float16(graph, keep_io_types=True, op_block_list=FP32_OPS,
+                                         node_block_list=to_float)
     onnx.save_model(graph, str(path))

@@ -90,10 +90,6 @@ def export_model(model: CompressiveTransformer, out_dir: Path | str, checkpoint:
     if precision not in RELATIVE_TOLERANCE:
         raise ExportError(f"precision must be one of {', '.join(RELATIVE_TOLERANCE)}, "
                           f"got {precision!r}")
-    if precision == "fp16" and model.config.compress_fn == "most_used":
-        raise ExportError("fp16 export does not support compress_fn='most_used': the fp16 graph "
-                          "converter mistypes its slot selection; export fp32 (TensorRT can "
-                          "still build fp16 engines from it with `ctrt build-engine`)")
     out_dir = Path(out_dir)
     tmp = _prepare_output(out_dir)
     try:
@@ -131,6 +127,8 @@ def _verify(model: CompressiveTransformer, engine_dir: Path, segments: int,
             f"exported {precision} graphs differ from the eager model beyond tolerance "
             f"{check.tolerance:.2e}: segment {check.segment_max_abs_error:.2e}, extend "
             f"{check.extend_max_abs_error:.2e}, memory {check.memory_max_abs_error:.2e}, "
-            f"counts equal: {check.counts_equal}; nothing was written")
+            f"bits per byte {check.bits_per_byte_error:.2e} (tolerance "
+            f"{check.bits_per_byte_tolerance}), counts equal: {check.counts_equal}; "
+            f"nothing was written")
     return {**check.to_dict(), "precision": precision,
             "seconds": round(time.perf_counter() - started, 2)}

@@ -1,31 +1,57 @@
 """`ctrt build-engine`: an engine directory's ONNX graphs -> TensorRT plans + manifest section.
 
-One `.plan` per entry point and precision (`segment.fp16.plan`, ...), built with the TensorRT
-10 Python API: explicit-batch network (the default in 10), ONNX parser, one optimization
-profile per entry (batch 1..max_batch, opt at opt_batch; extend's tokens 1..L, opt 1: the
-decode step), a workspace limit, an optional timing cache shared by all builds. The manifest
-gains a `tensorrt` section: TensorRT version, GPU name and compute capability, and per
-precision the profiles and plan files with their sha256. A plan only runs on the TensorRT
-version and GPU it was built for; `check_engine_compatibility` refuses any other clearly.
+One `.plan` per entry point and precision (`segment.fp16.plan`, ...): ONNX parser, one
+optimization profile per entry (batch 1..max_batch, opt at opt_batch; extend's tokens 1..L,
+opt 1: the decode step), a workspace limit, an optional timing cache shared by all builds.
+
+TensorRT 10.x and 11.x are supported; `build_recipe` says how each builds:
+  - TensorRT 11 removed weak typing (BuilderFlag.FP16/BF16, the precision-constraint flags,
+    platform_has_fast_fp16): every network is strongly typed and the ONNX graph's types are
+    the engine's precision. fp32 plans come from fp32 graphs, fp16 plans from the fp16 graphs
+    of `ctrt export --precision fp16` (fp16 weights and activations; LayerNorm, Softmax and
+    most_used's slot counting fp32; the contract's inputs and outputs, state included, stay
+    fp32 with Casts at the edges, so the runtime binds the same buffers for every precision).
+    This project exports no bf16 graph, so TensorRT 11 builds no bf16 plan.
+  - TensorRT 10 builds fp16 graphs the same way (strongly typed) and fp32 graphs as before:
+    fp32, or weakly typed fp16/bf16 (builder flags, LayerNorm and Softmax pinned to fp32).
+  - fp32 plans clear BuilderFlag.TF32 (on by default): TF32 GEMMs keep ~10 mantissa bits, too
+    coarse for the contract's 1e-4 of the logit scale. TensorRT 11's migration guide does not
+    list TF32 among the removed flags; the clear is guarded in case a release drops it.
+Any other TensorRT major is refused naming the installed version (runtime.backends.cuda).
+
+The directory is replaced atomically: everything is built into a temporary sibling copy (graphs
+hard-linked), which is swapped in only when every plan and the manifest are written, so a
+failure leaves the previous plans and manifest exactly as they were. The manifest gains a
+`tensorrt` section: TensorRT version, GPU, and per precision the typing, profiles and plan
+files with their sha256 and size in bytes. A plan only runs on the TensorRT version and GPU it
+was built for; `check_engine_compatibility` refuses any other clearly.
 
 TensorRT and cuda-python are imported inside functions: this module imports without them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from export.trt_lint import errors, format_issues, lint_graph
 from runtime.backends.cuda import (
     GPU_EXTRA,
     GpuUnavailable,
+    Shape,
     check_engine_compatibility,
     gpu_info,
     import_tensorrt,
+    optimization_profiles,
+    tensorrt_major,
 )
-from runtime.backends.plan import Shape, optimization_profiles
 from runtime.manifest import (
     MANIFEST_NAME,
     EngineError,
@@ -37,44 +63,98 @@ from runtime.manifest import (
 __all__ = [
     "GPU_EXTRA",
     "PRECISIONS",
+    "BuildError",
+    "BuildRecipe",
     "GpuUnavailable",
     "build_engines",
+    "build_recipe",
     "check_engine_compatibility",
     "optimization_profiles",
     "plan_name",
+    "replace_directory",
 ]
 PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+class BuildError(EngineError):
+    """build-engine refused or failed; the engine directory was left exactly as it was."""
 
 
 def plan_name(entry: str, precision: str) -> str:
     return f"{entry}.{precision}.plan"
 
 
-def _build_one(trt, logger, graph: Path, entry: str,
-               profile_shapes: Mapping[str, tuple[Shape, Shape, Shape]], precision: str,
+@dataclass(frozen=True)
+class BuildRecipe:
+    """How one TensorRT major builds plans of one precision from graphs of another."""
+
+    strongly_typed: bool  # the graph's types are the precision (always so on TensorRT 11)
+    creation_flags: tuple[str, ...]  # NetworkDefinitionCreationFlag names set
+    builder_flags: tuple[str, ...]  # BuilderFlag names set (weak typing, TensorRT 10 only)
+    pin_fp32_layers: bool  # LayerNorm / Softmax forced to fp32 (weak typing only)
+
+    @property
+    def typing(self) -> str:
+        return "strong" if self.strongly_typed else "weak"
+
+
+def build_recipe(major: int, precision: str, graph_precision: str) -> BuildRecipe:
+    """The recipe for `precision` plans from graphs of `graph_precision` on TensorRT `major`;
+    raises BuildError saying what to do when that combination cannot be built."""
+    if precision not in PRECISIONS:
+        raise BuildError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if graph_precision not in ("fp32", "fp16"):
+        raise BuildError(f"the manifest says the graphs are {graph_precision!r}; build-engine "
+                         f"reads fp32 or fp16 graphs: re-export with `ctrt export`")
+    if graph_precision == "fp16":
+        if precision != "fp16":
+            raise BuildError(f"the engine directory holds fp16 graphs (`ctrt export --precision "
+                             f"fp16`): build --precision fp16, or export fp32 graphs for "
+                             f"{precision} plans")
+        # Strongly typed on both majors: the converter's fp32 islands stay fp32.
+        return BuildRecipe(True, () if major >= 11 else ("STRONGLY_TYPED",), (), False)
+    if precision == "fp32":
+        return BuildRecipe(major >= 11, (), (), False)
+    if major >= 11:
+        raise BuildError(
+            f"TensorRT {major} builds strongly typed networks only (weak typing and "
+            f"BuilderFlag.{precision.upper()} were removed): the graph's types set the "
+            f"precision, and this engine directory holds fp32 graphs. "
+            + ("Export fp16 graphs with `ctrt export CHECKPOINT DIR --precision fp16` and "
+               "build those, or build --precision fp32"
+               if precision == "fp16" else
+               "This project exports no bf16 graphs: build --precision fp16 from fp16 graphs "
+               "(`ctrt export --precision fp16`) or --precision fp32"))
+    flags = ("FP16",) if precision == "fp16" else ("BF16",)
+    return BuildRecipe(False, (), (*flags, "PREFER_PRECISION_CONSTRAINTS"), True)
+
+
+def _build_one(trt: Any, logger: Any, graph: Path, entry: str, recipe: BuildRecipe,
+               profile_shapes: Mapping[str, tuple[Shape, Shape, Shape]],
                workspace_mib: int, cache_bytes: bytes | None,
                optimization_level: int | None = None) -> tuple[bytes, bytes]:
     """Build one serialized plan; returns (plan, timing cache bytes)."""
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    creation = 0  # explicit batch is the only mode from TensorRT 10 on
+    for name in recipe.creation_flags:
+        creation |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+    network = builder.create_network(creation)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(graph)):  # resolves external weight files beside it
         messages = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineError(f"TensorRT could not parse {graph}:\n  " + "\n  ".join(messages))
+        raise BuildError(f"TensorRT could not parse {graph}:\n  " + "\n  ".join(messages))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     if optimization_level is not None:
         config.builder_optimization_level = optimization_level  # 0..5, TensorRT's default 3
-    if precision == "fp32":
-        # TF32 GEMMs (on by default) keep ~10 mantissa bits: too coarse for the contract's
-        # fp32 tolerance (1e-4 of the logit scale).
-        config.clear_flag(trt.BuilderFlag.TF32)
-    else:
-        if precision == "fp16" and not builder.platform_has_fast_fp16:
-            raise EngineError("this GPU has no fast fp16: build with --precision fp32")
-        config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
+    if hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 stays fp32 (module docstring)
+    if "FP16" in recipe.builder_flags and not builder.platform_has_fast_fp16:
+        raise BuildError("this GPU has no fast fp16: build with --precision fp32")
+    for name in recipe.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    if recipe.pin_fp32_layers:
         # Normalization and softmax statistics overflow fp16 on long rows: keep them fp32.
-        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
         for i in range(network.num_layers):
             layer = network.get_layer(i)
             if layer.type in (trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX):
@@ -90,59 +170,114 @@ def _build_one(trt, logger, graph: Path, entry: str,
     config.set_timing_cache(cache, ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EngineError(f"TensorRT failed to build {entry} ({precision}) from {graph}; run "
-                          f"with a larger --workspace-mib or see the log above")
+        raise BuildError(f"TensorRT failed to build {entry} from {graph}; run with a larger "
+                         f"--workspace or see the log above")
     return bytes(plan), bytes(config.get_timing_cache().serialize())
 
 
-def build_engines(engine_dir: Path | str, precision: str = "fp16", max_batch: int = 8,
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link a file of the old directory into the new one (graphs are never rewritten in
+    place), copying where the filesystem has no hard links."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+@contextlib.contextmanager
+def replace_directory(target: Path) -> Iterator[Path]:
+    """A temporary sibling copy of `target` to write into; swapped in for `target` when the
+    block ends without an exception, removed (target untouched) when it raises.
+
+    The swap is two renames in one directory (target -> backup, copy -> target); if the second
+    fails, the backup is renamed back, so `target` always names a complete directory."""
+    target = Path(target)
+    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.build-"))
+    backup = work.with_name(work.name.replace(".build-", ".old-"))
+    try:
+        shutil.copytree(target, work, copy_function=_link_or_copy, dirs_exist_ok=True)
+        yield work
+        target.rename(backup)
+        try:
+            work.rename(target)
+        except BaseException:
+            backup.rename(target)
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_engines(engine_dir: Path | str, precision: str | None = None, max_batch: int = 8,
                   opt_batch: int = 1, workspace_mib: int = 4096,
                   timing_cache: Path | str | None = None, optimization_level: int | None = None,
-                  log=print) -> dict:
-    """Build one plan per entry point into engine_dir; returns the manifest's tensorrt section."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+                  log: Callable[[str], Any] = print) -> dict:
+    """Build one plan per entry point into engine_dir; returns the manifest's tensorrt section.
+
+    precision None builds the graphs' own precision (fp32 or fp16). Atomic: a failure leaves
+    engine_dir (plans and manifest) as it was."""
+    if precision is not None and precision not in PRECISIONS:
+        raise BuildError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     manifest = load_manifest(engine_dir)
     engine_dir = manifest.engine_dir
+    graph_precision = manifest.data.get("precision", "fp32")
+    precision = precision or graph_precision
     profiles = optimization_profiles(manifest.contract, max_batch, opt_batch)
     for entry, spec in manifest.contract.items():
         found = errors(lint_graph(manifest.graph_path(entry), spec))
         if found:
-            raise EngineError(f"{manifest.graph_path(entry)} fails the TensorRT lint:\n"
-                              f"{format_issues(found)}")
+            raise BuildError(f"{manifest.graph_path(entry)} fails the TensorRT lint:\n"
+                             f"{format_issues(found)}")
     trt = import_tensorrt()
+    recipe = build_recipe(tensorrt_major(trt.__version__), precision, graph_precision)
     gpu = gpu_info()
     logger = trt.Logger(trt.Logger.WARNING)
     cache_path = Path(timing_cache) if timing_cache else None
     cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else None
-    plans = {}
-    for entry in manifest.contract:
-        started = time.perf_counter()
-        plan, cache_bytes = _build_one(trt, logger, manifest.graph_path(entry), entry,
-                                       profiles[entry], precision, workspace_mib, cache_bytes,
-                                       optimization_level)
-        path = engine_dir / plan_name(entry, precision)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(plan)
-        tmp.replace(path)
-        plans[entry] = {"file": path.name, "sha256": sha256_file(path), "bytes": len(plan)}
-        log(f"built {path.name} ({len(plan) / 2**20:.1f} MiB) in "
-            f"{time.perf_counter() - started:.1f}s")
-    if cache_path and cache_bytes:
-        cache_path.write_bytes(cache_bytes)
-    data = dict(manifest.data)
-    section = data.get("tensorrt") or {}
+    section = dict(manifest.data.get("tensorrt") or {})
     if section.get("tensorrt_version") != trt.__version__ or section.get("gpu") != gpu:
         section = {}  # plans of another version or GPU are useless here: start over
-    section.update({"tensorrt_version": trt.__version__, "gpu": gpu})
-    section.setdefault("engines", {})[precision] = {
-        "max_batch": max_batch, "opt_batch": opt_batch, "workspace_mib": workspace_mib,
-        "profiles": {entry: {name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])}
-                             for name, s in shapes.items()}
-                     for entry, shapes in profiles.items()},
-        "plans": plans,
-    }
-    data["tensorrt"] = section
-    write_json_atomic(engine_dir / MANIFEST_NAME, data)
+    with replace_directory(engine_dir) as work:
+        plans = {}
+        for entry in manifest.contract:
+            started = time.perf_counter()
+            plan, cache_bytes = _build_one(trt, logger, work / manifest.graph_path(entry).name,
+                                           entry, recipe, profiles[entry], workspace_mib,
+                                           cache_bytes, optimization_level)
+            path = work / plan_name(entry, precision)
+            path.write_bytes(plan)
+            plans[entry] = {"file": path.name, "sha256": sha256_file(path), "bytes": len(plan)}
+            log(f"built {path.name} ({len(plan) / 2**20:.1f} MiB, {recipe.typing}ly typed) in "
+                f"{time.perf_counter() - started:.1f}s")
+        section.update({"tensorrt_version": trt.__version__, "gpu": gpu})
+        section.setdefault("engines", {})[precision] = {
+            "graph_precision": graph_precision, "typing": recipe.typing,
+            "max_batch": max_batch, "opt_batch": opt_batch, "workspace_mib": workspace_mib,
+            "profiles": {entry: {name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])}
+                                 for name, s in shapes.items()}
+                         for entry, shapes in profiles.items()},
+            "plans": plans,
+        }
+        listed = {plan["file"] for built in section["engines"].values()
+                  for plan in built["plans"].values()}
+        for stale in work.glob("*.plan"):  # plans of another TensorRT version or GPU
+            if stale.name not in listed:
+                stale.unlink()
+        data = dict(manifest.data)
+        data["tensorrt"] = section
+        write_json_atomic(work / MANIFEST_NAME, data)
+    if cache_path and cache_bytes:
+        _write_bytes_atomic(cache_path, cache_bytes)
     return section
-

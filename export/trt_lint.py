@@ -4,10 +4,10 @@ Checks every node against `export.trt_ops` (TensorRT 10's ONNX parser support ta
 graph's opset, the element types each op receives (from ONNX shape inference), the engine
 contract's rules (no control flow, no data-dependent shapes) and the graph's inputs/outputs:
 every dimension static except the named dynamic axes `batch` and `tokens`, and no INT64 at the
-boundary. TensorRT 10 computes in INT64 for most index ops (Gather, Range, Where, Concat,
+boundary. TensorRT 10 and 11 compute in INT64 for most index ops (Gather, Range, Where, Concat,
 Expand...), so INT64 inside the graph is fine where the table lists it; at the boundary the
 engine contract uses int32 (counts and token ids) and an INT64 binding would double the
-transfer and break TensorRT < 10 and the native runtime's buffer plan.
+transfer and break the native runtime's buffers, allocated with the contract's dtypes.
 """
 
 from __future__ import annotations

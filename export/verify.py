@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -10,10 +11,10 @@ import numpy as np
 import torch
 
 from ct_reference.model import CompressiveTransformer
+from export.tolerances import BITS_PER_BYTE_TOLERANCE, RELATIVE_TOLERANCE
+from runtime.backends.base import Backend
 from runtime.session import Session
 
-# max |logit error| / max(1, max |logit|) allowed by precision
-RELATIVE_TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2}
 # Irregular chunk sizes exercise extend with many token counts and segment boundaries.
 EXTEND_CHUNKS = (1, 3, 17, 1, 64, 7, 2, 31)
 
@@ -28,12 +29,17 @@ class Verification:
     memory_max_abs_error: float
     counts_equal: bool
     tolerance: float
+    bits_per_byte: float  # the eager model's, on the text stream
+    bits_per_byte_error: float  # |engine - eager|
+    bits_per_byte_tolerance: float | None  # None: no rule beyond the logits' (fp32)
 
     @property
     def passed(self) -> bool:
         worst = max(self.segment_max_abs_error, self.extend_max_abs_error)
+        bits_ok = self.bits_per_byte_tolerance is None or \
+            self.bits_per_byte_error <= self.bits_per_byte_tolerance
         return self.counts_equal and worst <= self.tolerance and \
-            self.memory_max_abs_error <= self.tolerance
+            self.memory_max_abs_error <= self.tolerance and bits_ok
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -53,10 +59,21 @@ def eager_logits(model: CompressiveTransformer, tokens: np.ndarray) -> tuple[np.
     return logits.numpy(), memory
 
 
+def bits_per_byte(logits: np.ndarray, tokens: np.ndarray) -> float:
+    """Mean -log2 p(next token) of logits [n, V] over tokens [n] (n - 1 predictions)."""
+    shifted = logits[:-1] - logits[:-1].max(axis=-1, keepdims=True)
+    log_norm = np.log(np.exp(shifted.astype(np.float64)).sum(axis=-1))
+    picked = shifted[np.arange(len(tokens) - 1), tokens[1:]]
+    return float((log_norm - picked).mean() / np.log(2.0))
+
+
 def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int = 20,
-                  threads: int | None = None, precision: str = "fp32") -> Verification:
+                  threads: int | None = None, precision: str = "fp32",
+                  make_backend: Callable[[], Backend] | None = None) -> Verification:
     """Score >= `segments` segments of real and random tokens two ways through the runtime
-    (whole segments; irregular extend chunks + commit) and compare with the eager model."""
+    (whole segments; irregular extend chunks + commit) and compare with the eager model.
+
+    make_backend gives each of the two sessions its backend (default: the Session's "auto")."""
     cfg = model.config
     model.eval()
     length = segments * cfg.seg_len
@@ -64,10 +81,13 @@ def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int
     expected, memory = eager_logits(model, tokens)
     scale = float(np.abs(expected).max())
 
-    session = Session(engine_dir, max_streams=2, threads=threads)
+    session = Session(engine_dir, backend=make_backend() if make_backend else "auto",
+                      max_streams=2, threads=threads)
     streams = [session.add_stream(), session.add_stream()]
     got = session.feed({s: tokens[i] for i, s in enumerate(streams)})
     segment_err = max(float(np.abs(got[s] - expected[i]).max()) for i, s in enumerate(streams))
+    eager_bpb = bits_per_byte(expected[0], tokens[0])
+    bpb_err = abs(bits_per_byte(got[streams[0]], tokens[0]) - eager_bpb)
     mem_err, counts_equal = 0.0, True
     for i, s in enumerate(streams):
         state = session.stream_state(s)
@@ -78,7 +98,9 @@ def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int
         counts_equal &= int(state["mem_len"]) == int(memory.mem_len[i])
 
     # Irregular chunks, the two streams offset by one token (different positions in a batch).
-    chunked = Session(engine_dir, max_streams=2, threads=threads)
+    session.close()
+    chunked = Session(engine_dir, backend=make_backend() if make_backend else "auto",
+                      max_streams=2, threads=threads)
     ids = [chunked.add_stream(), chunked.add_stream()]
     extend_err, done, k = 0.0, [0, 0], 0
     while min(done) < length:
@@ -94,7 +116,10 @@ def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int
                 extend_err = max(extend_err, float(np.abs(out[s] - want).max()))
             done[i] += n
         k += 1
+    chunked.close()
     return Verification(segments=segments, streams=2, logit_scale=scale,
                         segment_max_abs_error=segment_err, extend_max_abs_error=extend_err,
                         memory_max_abs_error=mem_err, counts_equal=bool(counts_equal),
-                        tolerance=RELATIVE_TOLERANCE[precision] * max(1.0, scale))
+                        tolerance=RELATIVE_TOLERANCE[precision] * max(1.0, scale),
+                        bits_per_byte=eager_bpb, bits_per_byte_error=bpb_err,
+                        bits_per_byte_tolerance=BITS_PER_BYTE_TOLERANCE.get(precision))

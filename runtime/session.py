@@ -103,6 +103,17 @@ class Session:
         self.positions: dict[int, int] = {}  # stream id -> tokens consumed
         self._next_id = 0
 
+    def close(self) -> None:
+        """Release the backend (device memory, streams, CUDA graphs); the session is unusable
+        afterwards. Also the end of a `with Session(...) as session:` block."""
+        self.backend.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     # ---- streams -------------------------------------------------------------------------
     def add_stream(self) -> int:
         free = sorted(set(range(self.max_streams)) - set(self.rows.values()))

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import onnx
 import pytest
 from engines import COMPRESS_FNS, random_model, tiny_config
 
@@ -258,8 +259,12 @@ def test_fp16_export_is_verified_with_the_looser_stated_tolerance(tmp_path):
     assert np.abs(got - expected[0]).max() <= check["tolerance"]
 
 
-def test_fp16_export_of_most_used_is_refused_with_the_reason(tmp_path):
-    with pytest.raises(ExportError, match="does not support compress_fn='most_used'"):
-        export_model(random_model(tiny_config("most_used")), tmp_path / "engine",
-                     precision="fp16", log=lambda *_: None)
-    assert not (tmp_path / "engine").exists()
+def test_fp16_export_of_most_used_is_verified_and_types_check(tmp_path):
+    """most_used counts slots in floats (CumSum, Range, Casts from bool): they stay fp32, so
+    the fp16 graph is well typed (a strongly typed TensorRT build needs that) and verifies."""
+    manifest = export_model(random_model(tiny_config("most_used")), tmp_path / "engine",
+                            precision="fp16", log=lambda *_: None)
+    assert manifest["precision"] == "fp16" and manifest["verification"]["passed"]
+    for entry in manifest["entry_points"].values():
+        onnx.checker.check_model(onnx.load(str(tmp_path / "engine" / entry["file"])),
+                                 full_check=True)

@@ -11,6 +11,7 @@ handles and implement the same methods.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -81,3 +82,14 @@ class Backend(ABC):
     @abstractmethod
     def set_row(self, buffer: Any, row: int, batch_axis: int, values: np.ndarray) -> None:
         """Overwrite one stream's row of a state buffer from the host (reset, restore)."""
+
+    def copy_last_logits(self, logits: Any, rows: Sequence[int], index: int,
+                         host_out: np.ndarray) -> None:
+        """host_out[i] = logits[rows[i], index] for a logits buffer [B, T, V] and a host array
+        [len(rows), V]: the one device-to-host copy that decoding needs (the last position of
+        the rows that decoded). Host backends copy from the array itself; device backends
+        copy only those rows."""
+        np.copyto(host_out, self.to_host(logits)[list(rows), index])
+
+    def close(self) -> None:
+        """Release device memory, streams and CUDA graphs; host backends hold none."""

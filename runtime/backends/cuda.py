@@ -7,7 +7,7 @@ and the first use without a GPU stack raises GpuUnavailable naming the extra to 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import BackendUnavailable
+from runtime.contract import EntryPoint
 from runtime.manifest import EngineError
 
 GPU_EXTRA = "pip install 'compressive-rt[gpu]'"
@@ -36,14 +37,23 @@ def import_cudart() -> Any:
     return cudart
 
 
+SUPPORTED_TENSORRT_MAJORS = (10, 11)
+
+
+def tensorrt_major(version: str) -> int:
+    """The major version of a TensorRT version string ("11.4.0.106" -> 11)."""
+    return int(version.split(".")[0])
+
+
 def import_tensorrt() -> Any:
+    """The tensorrt module, refused unless its major version is one this project supports."""
     try:
         import tensorrt as trt
     except ImportError:
         raise GpuUnavailable(f"TensorRT is not installed: {GPU_EXTRA}") from None
-    if int(trt.__version__.split(".")[0]) < 10:
-        raise GpuUnavailable(f"TensorRT {trt.__version__} is too old, this runtime needs "
-                             f"TensorRT 10: {GPU_EXTRA}")
+    if tensorrt_major(trt.__version__) not in SUPPORTED_TENSORRT_MAJORS:
+        raise GpuUnavailable(f"TensorRT {trt.__version__} is installed; this project supports "
+                             f"TensorRT 10.x and 11.x: pip install 'tensorrt>=10,<12'")
     return trt
 
 
@@ -100,6 +110,31 @@ def check_engine_compatibility(section: Mapping, trt_version: str, gpu_name: str
                           f"{gpu_name}; plans are tuned to one GPU model: {rebuild}")
 
 
+Shape = tuple[int, ...]
+
+
+def optimization_profiles(contract: Mapping[str, EntryPoint], max_batch: int, opt_batch: int,
+                          opt_tokens: int = 1) -> dict[str, dict[str, tuple[Shape, Shape, Shape]]]:
+    """(min, opt, max) shape of every input of every entry point, for TensorRT plans and the
+    ONNX Runtime TensorRT provider.
+
+    batch runs 1..max_batch (opt: opt_batch); extend's tokens run 1..L (opt: opt_tokens, the
+    decode step), where L is the segment length. The batch axis sits wherever the contract's
+    spec puts it."""
+    if not 1 <= opt_batch <= max_batch:
+        raise EngineError(f"need 1 <= opt_batch <= max_batch, got opt_batch={opt_batch}, "
+                          f"max_batch={max_batch}")
+    seg_len = contract["segment"].inputs[0].concrete_shape(1)[-1]  # tokens [B, L]
+    if not 1 <= opt_tokens <= seg_len:
+        raise EngineError(f"opt_tokens must be in 1..{seg_len} (the segment length), "
+                          f"got {opt_tokens}")
+    return {name: {spec.name: (spec.concrete_shape(1, 1),
+                               spec.concrete_shape(opt_batch, opt_tokens),
+                               spec.concrete_shape(max_batch, seg_len))
+                   for spec in entry.inputs}
+            for name, entry in contract.items()}
+
+
 @dataclass
 class DeviceBuffer:
     """A view of device memory: [ptr, ptr + nbytes) holding a C-contiguous array."""
@@ -146,6 +181,36 @@ class CudaStream:
     def synchronize(self) -> None:
         check(self.cudart.cudaStreamSynchronize(self.handle))
 
+    def close(self) -> None:
+        if self.handle is not None:
+            self.cudart.cudaStreamDestroy(self.handle)
+            self.handle = None
+
+    def copy_rows_to_host(self, buffer: DeviceBuffer, rows: Sequence[int], index: int,
+                          host_out: np.ndarray) -> None:
+        """host_out[i] = buffer[rows[i], index] for a [B, T, V] buffer: one 2D copy when the
+        rows are consecutive (the slot pool keeps active rows packed), else one per row."""
+        batch, tokens, vocab = buffer.shape
+        if host_out.shape != (len(rows), vocab) or host_out.dtype != buffer.dtype or \
+                not host_out.flags.c_contiguous:
+            raise ValueError(f"host_out must be a C-contiguous {buffer.dtype} array of shape "
+                             f"{(len(rows), vocab)}, got {host_out.dtype} {host_out.shape}")
+        if not rows:
+            return
+        item = buffer.dtype.itemsize
+        row_pitch, width = tokens * vocab * item, vocab * item
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        first = buffer.ptr + (rows[0] * tokens + index) * vocab * item
+        if list(rows) == list(range(rows[0], rows[0] + len(rows))):
+            check(self.cudart.cudaMemcpy2DAsync(host_out.ctypes.data, width, first, row_pitch,
+                                                width, len(rows), kind, self.handle))
+        else:
+            for i, row in enumerate(rows):
+                src = buffer.ptr + (row * tokens + index) * vocab * item
+                check(self.cudart.cudaMemcpyAsync(host_out.ctypes.data + i * width, src, width,
+                                                  kind, self.handle))
+        self.synchronize()
+
     def to_host(self, buffer: DeviceBuffer) -> np.ndarray:
         out = np.empty(buffer.shape, dtype=buffer.dtype)
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
@@ -181,11 +246,29 @@ class DeviceBuffers:
     """Buffer handling shared by the device backends: cudaMalloc'd buffers, views of them, and
     host transfers on the backend's CUDA stream (`self.stream`, a CudaStream)."""
 
-    stream: CudaStream
+    stream: CudaStream | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._allocations: list[DeviceMemory] = []
 
     def new_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> DeviceBuffer:
         memory = DeviceMemory(int(np.prod(shape)) * dtype.itemsize)
+        self._allocations.append(memory)
         return DeviceBuffer(memory.ptr, shape, dtype, memory)
+
+    def copy_last_logits(self, logits: DeviceBuffer, rows: Sequence[int], index: int,
+                         host_out: np.ndarray) -> None:
+        self.stream.copy_rows_to_host(logits, rows, index, host_out)
+
+    def release_device(self) -> None:
+        """Free every buffer this backend allocated and destroy its stream (idempotent)."""
+        if self.stream is not None and self.stream.handle is not None:
+            self.stream.synchronize()  # no copy or call may still use the memory
+            self.stream.close()
+        for memory in self._allocations:
+            memory.close()
+        self._allocations.clear()
 
     def view(self, buffer: DeviceBuffer, shape: tuple[int, ...]) -> DeviceBuffer:
         return DeviceBuffer(buffer.ptr, shape, buffer.dtype, buffer.owner)

@@ -4,7 +4,7 @@ Both run the exported ONNX graphs (no `ctrt build-engine` step: the TensorRT EP 
 caches its own engines under <engine dir>/ort_tensorrt_cache, with the same optimization
 profiles as the native plans). Buffers are device allocations from cuda-python, bound by
 address with IOBinding, so a step copies no state; the layout is the native backend's
-(runtime.backends.plan). ONNX Runtime runs on its own stream and returns when the outputs
+(Backend.allocate). ONNX Runtime runs on its own stream and returns when the outputs
 are ready; the backend's own stream (row writes, uploads) is synchronized before each call.
 """
 
@@ -22,8 +22,8 @@ from runtime.backends.cuda import (
     check,
     gpu_info,
     import_cudart,
+    optimization_profiles,
 )
-from runtime.backends.plan import optimization_profiles
 from runtime.manifest import EngineError, Manifest
 
 CUDA_EP, TENSORRT_EP = "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -88,6 +88,12 @@ class OrtGpuBackend(DeviceBuffers, Backend):
 
     def providers(self, entry: str, profile: dict) -> list:
         return [(CUDA_EP, self.cuda_options())]
+
+    def close(self) -> None:
+        """Drop the ONNX Runtime sessions and bindings, then free the buffers and the stream."""
+        self._bindings.clear()
+        self.sessions.clear()
+        self.release_device()
 
 
     def run(self, entry: str, feeds: dict[str, DeviceBuffer], fetches: dict[str, DeviceBuffer],

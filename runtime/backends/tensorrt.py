@@ -1,12 +1,20 @@
-"""Native TensorRT 10 backend: the plans of `ctrt build-engine`, device buffers via cuda-python.
+"""Native TensorRT backend (10.x and 11.x): the plans of `ctrt build-engine`, device buffers via
+cuda-python.
 
-Buffers follow runtime.backends.plan: state tensors get their own allocations (the Session
-holds the two ping-pong sets and swaps them), and scratch tensors (tokens, logits, new_h/k/v)
-are views of one allocation per name sized for T = L, shared by `segment` and every token
-count of `extend` (a [B, T, ...] call uses the first B*T rows). A call binds addresses and,
-for `extend`, the token count with `set_input_shape`; bindings are cached per call signature,
-so a steady-state decode step only enqueues `execute_async_v3`. With use_cuda_graph, the
-second call of a signature is captured into a CUDA graph and replayed from then on.
+Buffers come from Backend.allocate: every tensor the Session asks for gets its own device
+allocation (the Session holds the two ping-pong sets of the memory state and swaps them), and
+tensors with a token axis (extend's tokens, logits, new_h/k/v) are views of one allocation per
+name sized for T = L, so every token count shares it. Shapes come from the contract's specs,
+wherever their batch axis is. A call binds addresses and, for `extend`, the token count with
+`set_input_shape`; bindings are cached per call signature, so a steady-state decode step only
+enqueues `execute_async_v3`.
+
+With use_cuda_graph, a signature is captured into a CUDA graph on its second call and
+replayed from then on, but never in a call that changed the context's input shapes or
+addresses: TensorRT may set up resources on the first enqueue after a shape change, which a
+capture must not record, so such a call enqueues normally and the next call of that signature
+captures. `close()` destroys the graphs, their executables and the stream, and frees the
+buffers.
 """
 
 from __future__ import annotations
@@ -112,7 +120,8 @@ class TensorRTBackend(DeviceBuffers, Backend):
         context = self.contexts[entry]
         key = (entry, *((n, b.ptr, b.shape) for n, b in feeds.items()),
                *((n, b.ptr) for n, b in fetches.items()))
-        if self._bound.get(entry) != key:
+        rebound = self._bound.get(entry) != key
+        if rebound:
             for name, buffer in feeds.items():
                 if not context.set_input_shape(name, buffer.shape):
                     raise EngineError(f"{entry}: input {name} shape {buffer.shape} is outside "
@@ -126,34 +135,52 @@ class TensorRTBackend(DeviceBuffers, Backend):
                 context.set_tensor_address(name, buffer.ptr)
             self._bound[entry] = key
         graph = self._graphs.get(key)
-        if graph is not None:
-            check(self.cudart.cudaGraphLaunch(graph, self.stream.handle))
-            return
-        if self.use_cuda_graph and key in self._seen:
+        if graph is None and self.use_cuda_graph and key in self._seen and not rebound:
             self._graphs[key] = graph = self._capture(context)
-            check(self.cudart.cudaGraphLaunch(graph, self.stream.handle))
+        if graph is not None:
+            check(self.cudart.cudaGraphLaunch(graph[1], self.stream.handle))
             return
         if not context.execute_async_v3(int(self.stream)):
-            raise RuntimeError(f"TensorRT failed to enqueue {entry}")
+            raise EngineError(f"TensorRT failed to enqueue {entry}; see the TensorRT log above")
         self._seen.add(key)
 
-    def _capture(self, context: Any) -> Any:
-        """One enqueue captured into an instantiated CUDA graph (after a normal warm-up run)."""
+    def _capture(self, context: Any) -> tuple[Any, Any]:
+        """One enqueue captured into a CUDA graph: (graph, instantiated executable)."""
         cudart = self.cudart
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         check(cudart.cudaStreamBeginCapture(self.stream.handle, mode))
         ok = context.execute_async_v3(int(self.stream))
         graph = check(cudart.cudaStreamEndCapture(self.stream.handle))
         if not ok:
-            raise RuntimeError("TensorRT failed to enqueue during CUDA graph capture")
-        return check(cudart.cudaGraphInstantiate(graph, 0))
+            cudart.cudaGraphDestroy(graph)
+            raise EngineError("TensorRT failed to enqueue during CUDA graph capture")
+        try:
+            return graph, check(cudart.cudaGraphInstantiate(graph, 0))
+        except BaseException:
+            cudart.cudaGraphDestroy(graph)
+            raise
 
     def synchronize(self) -> None:
         self.stream.synchronize()
 
+    def close(self) -> None:
+        """Destroy the CUDA graphs and their executables, the execution contexts and engines,
+        then free the buffers and the stream. Idempotent."""
+        if self.stream is not None and self.stream.handle is not None:
+            self.stream.synchronize()  # no replay may still be running
+        for graph, executable in self._graphs.values():
+            self.cudart.cudaGraphExecDestroy(executable)
+            self.cudart.cudaGraphDestroy(graph)
+        self._graphs.clear()
+        self._bound.clear()
+        self._seen.clear()
+        self.contexts.clear()
+        self.engines.clear()
+        self.release_device()
+
 
 def tensorrt_available() -> bool:
-    """True when TensorRT 10, cuda-python and a GPU are all present."""
+    """True when TensorRT 10 or 11, cuda-python and a GPU are all present."""
     try:
         import_tensorrt()
         gpu_info()
