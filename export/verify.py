@@ -13,7 +13,9 @@ from ct_reference.model import CompressiveTransformer
 from runtime.session import Session
 
 # max |logit error| / max(1, max |logit|) allowed by precision
-RELATIVE_TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2}
+RELATIVE_TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2, "int8": 1e-1}
+# |engine - eager| bits per byte on the verification text allowed by precision
+BITS_PER_BYTE_TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "int8": 2e-2}
 # Irregular chunk sizes exercise extend with many token counts and segment boundaries.
 EXTEND_CHUNKS = (1, 3, 17, 1, 64, 7, 2, 31)
 
@@ -28,12 +30,17 @@ class Verification:
     memory_max_abs_error: float
     counts_equal: bool
     tolerance: float
+    bits_per_byte_eager: float
+    bits_per_byte: float
+    bits_per_byte_tolerance: float
 
     @property
     def passed(self) -> bool:
         worst = max(self.segment_max_abs_error, self.extend_max_abs_error)
+        bits_per_byte_error = abs(self.bits_per_byte - self.bits_per_byte_eager)
         return self.counts_equal and worst <= self.tolerance and \
-            self.memory_max_abs_error <= self.tolerance
+            self.memory_max_abs_error <= self.tolerance and \
+            bits_per_byte_error <= self.bits_per_byte_tolerance
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -51,6 +58,14 @@ def eager_logits(model: CompressiveTransformer, tokens: np.ndarray) -> tuple[np.
     """Score tokens [B, n] segment by segment with memory -> logits [B, n, V], final memory."""
     logits, memory = model.score(torch.from_numpy(tokens))
     return logits.numpy(), memory
+
+
+def bits_per_byte(logits: np.ndarray, tokens: np.ndarray) -> float:
+    """Mean -log2 p(next byte) of logits [n, V] predicting tokens [n] shifted by one."""
+    shifted = logits[:-1] - logits[:-1].max(axis=-1, keepdims=True)  # [n-1, V]
+    log_norm = np.log(np.exp(shifted).sum(axis=-1))  # [n-1]
+    picked = np.take_along_axis(shifted, tokens[1:, None], axis=-1)[:, 0]  # [n-1]
+    return float((log_norm - picked).mean() / np.log(2.0))
 
 
 def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int = 20,
@@ -94,7 +109,11 @@ def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int
                 extend_err = max(extend_err, float(np.abs(out[s] - want).max()))
             done[i] += n
         k += 1
+    text = streams[0]  # stream 0 reads real text: its bits per byte are meaningful
     return Verification(segments=segments, streams=2, logit_scale=scale,
                         segment_max_abs_error=segment_err, extend_max_abs_error=extend_err,
                         memory_max_abs_error=mem_err, counts_equal=bool(counts_equal),
-                        tolerance=RELATIVE_TOLERANCE[precision] * max(1.0, scale))
+                        tolerance=RELATIVE_TOLERANCE[precision] * max(1.0, scale),
+                        bits_per_byte_eager=bits_per_byte(expected[0], tokens[0]),
+                        bits_per_byte=bits_per_byte(got[text], tokens[0]),
+                        bits_per_byte_tolerance=BITS_PER_BYTE_TOLERANCE[precision])
