@@ -17,7 +17,6 @@ from runtime.backends.ort import OrtCpuBackend
 from runtime.manifest import (
     MANIFEST_NAME,
     Manifest,
-    sha256_file,
     write_json_atomic,
 )
 
@@ -35,15 +34,20 @@ def export_engine(model, out_dir: Path) -> Path:
 
 def derive_engine(src_dir: Path, out_dir: Path, transform: Callable[[Path, Path], None],
                   precision: str | None = None) -> Path:
-    """Copy an engine dir, passing every graph through transform(src_graph, dst_graph)."""
+    """Copy an engine dir, passing every graph through transform(src_graph, dst_graph), then
+    storing the new graphs' weights once in out_dir's own weights file."""
     import json
+
+    from export.onnx_export import load_graphs, write_graphs
 
     manifest = json.loads((src_dir / MANIFEST_NAME).read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     for entry in manifest["entry_points"].values():
-        src, dst = src_dir / entry["file"], out_dir / entry["file"]
-        transform(src, dst)
-        entry["sha256"], entry["bytes"] = sha256_file(dst), dst.stat().st_size
+        transform(src_dir / entry["file"], out_dir / entry["file"])
+    written = write_graphs(load_graphs(out_dir, list(manifest["entry_points"])), out_dir)
+    manifest["weights"] = written["weights"]
+    for name, entry in written["entry_points"].items():
+        manifest["entry_points"][name].update(entry)
     if precision:
         manifest["precision"] = precision
     write_json_atomic(out_dir / MANIFEST_NAME, manifest)

@@ -61,10 +61,15 @@ def inspect_engine_dir(engine_dir: Path | str) -> str:
                      f"{verification.get('segment_max_abs_error', 0):.2e}, extend "
                      f"{verification.get('extend_max_abs_error', 0):.2e} (tolerance "
                      f"{verification.get('tolerance', 0):.2e})")
+    weights = data.get("weights")
+    if weights:
+        lines.append(f"weights: {weights['file']}, {_bytes(weights['bytes'])}, "
+                     f"{len(weights['tensors'])} tensors shared by the graphs")
     for entry, spec in manifest.contract.items():
         path = manifest.graph_path(entry)
         model = onnx.load(str(path), load_external_data=False)
-        size = sum(f.stat().st_size for f in graph_files(path, model) if f.is_file())
+        files = graph_files(path, model) if not weights else [path]  # weights listed once
+        size = sum(f.stat().st_size for f in files if f.is_file())
         histogram = op_histogram(model)
         issues = lint_graph(model, spec)
         lines += [

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
+from onnx.external_data_helper import set_external_data
 
 from ct_reference.model import CompressiveTransformer
 from export.step import build_steps
 from runtime.contract import BATCH, TOKENS, EntryPoint, TensorSpec, entry_points
+from runtime.manifest import WEIGHTS_NAME, file_entry
 
 OPSET = 17  # LayerNormalization is a single op from 17 on; TensorRT >= 8.6 parses it
-EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's limit: larger weights go to external data
+EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's limit: larger weights are traced to external data
+EXTERNAL_MIN_BYTES = 1024  # initializers this size or larger go to the shared weights file
+WEIGHTS_ALIGNMENT = 4096  # page size: each tensor in the weights file can be mapped in place
+QUANT_WEIGHT_TYPE = "QInt8"  # int8 engines: signed weights (see DESIGN for the timing)
 # Kept fp32 in fp16 graphs: the numerically sensitive ops, and CumSum/Range whose fp16 rewrite
 # by the converter gives ill-typed graphs (most_used's slot selection counts slots in floats).
 FP32_OPS = ["LayerNormalization", "Softmax", "CumSum", "Range"]
@@ -38,23 +47,23 @@ def dynamic_axes(entry: EntryPoint) -> dict[str, dict[int, str]]:
 
 
 def export_entry(step: torch.nn.Module, entry: EntryPoint, path: Path, batch: int = 2,
-                 tokens: int = 2, opset: int = OPSET) -> None:
-    """Write one entry point's graph to path (weights inline, or external data if > 2 GB)."""
+                 tokens: int = 2, opset: int = OPSET) -> onnx.ModelProto:
+    """One entry point's graph, weights inline (traced through `path`, removed again)."""
     args = tuple(example_tensor(spec, batch, tokens) for spec in entry.inputs)
+    weight_bytes = sum(p.numel() * p.element_size() for p in step.parameters())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about constants and shapes
         torch.onnx.export(step, args, str(path), input_names=entry.input_names,
                           output_names=entry.output_names, dynamic_axes=dynamic_axes(entry),
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
+                          opset_version=opset, dynamo=False, do_constant_folding=True,
+                          external_data=weight_bytes > EXTERNAL_DATA_BYTES)
     graph = onnx.load(str(path))
+    for written in path.parent.iterdir():  # the graph and any external data the tracer wrote
+        if written.name.startswith(path.name) or written.suffix == ".data":
+            written.unlink()
     keep_contract_inputs(graph, entry)
     stamp_shapes(graph, entry)
-    weight_bytes = sum(p.numel() * p.element_size() for p in step.parameters())
-    if weight_bytes > EXTERNAL_DATA_BYTES:
-        onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data")
-    else:
-        onnx.save_model(graph, str(path))
+    return graph
 
 
 ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "int32": onnx.TensorProto.INT32,
@@ -89,18 +98,65 @@ def stamp_shapes(graph: onnx.ModelProto, entry: EntryPoint) -> None:
                 dim.dim_value = size
 
 
-def export_graphs(model: CompressiveTransformer, out_dir: Path,
-                  opset: int = OPSET) -> dict[str, Path]:
-    """One ONNX graph per entry point in out_dir; returns their paths by entry name."""
+def export_graphs(model: CompressiveTransformer, work_dir: Path,
+                  opset: int = OPSET) -> dict[str, onnx.ModelProto]:
+    """One ONNX graph per entry point, weights inline, by entry name (traced via work_dir)."""
     steps = build_steps(model)
     contract = entry_points(model.config)
-    paths = {}
+    graphs = {}
     with torch.no_grad():
         for name, entry in contract.items():
-            path = out_dir / f"{name}.onnx"
-            export_entry(steps[name], entry, path, opset=opset)
-            paths[name] = path
-    return paths
+            graphs[name] = export_entry(steps[name], entry, work_dir / f"{name}.onnx",
+                                        opset=opset)
+    return graphs
+
+
+def write_graphs(graphs: dict[str, onnx.ModelProto], out_dir: Path) -> dict:
+    """Write the graphs as `<entry>.onnx` and their initializers once to WEIGHTS_NAME.
+
+    Every initializer of at least EXTERNAL_MIN_BYTES becomes ONNX external data in the one
+    weights file; a tensor several graphs hold (same dtype, shape and bytes, whatever its name)
+    is written once and each graph points at the same offset. Offsets are page-aligned so the
+    file can be memory-mapped. Returns the manifest's "weights" entry (the file, its hash and
+    the tensor index) and each graph's entry (file, hash, its initializers' tensor keys)."""
+    weights_path = out_dir / WEIGHTS_NAME
+    tensors: dict[str, dict] = {}
+    key_of_content: dict[tuple, str] = {}
+    initializers: dict[str, dict[str, str]] = {}
+    with open(weights_path, "wb") as weights_file:
+        for name, graph in graphs.items():
+            initializers[name] = {}
+            for tensor in graph.graph.initializer:
+                array = numpy_helper.to_array(tensor)
+                if array.nbytes < EXTERNAL_MIN_BYTES:
+                    continue
+                data = np.ascontiguousarray(array).tobytes()
+                content = (array.dtype.str, array.shape, hashlib.sha256(data).digest())
+                key = key_of_content.get(content)
+                if key is None:
+                    offset = -weights_file.tell() % WEIGHTS_ALIGNMENT + weights_file.tell()
+                    weights_file.seek(offset)
+                    weights_file.write(data)
+                    key = key_of_content[content] = f"t{len(tensors)}"
+                    tensors[key] = {"offset": offset, "dtype": array.dtype.name,
+                                    "shape": list(array.shape)}
+                offset = tensors[key]["offset"]
+                tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+                set_external_data(tensor, WEIGHTS_NAME, offset=offset, length=len(data))
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                tensor.ClearField("raw_data")
+                initializers[name][tensor.name] = key
+    entries = {}
+    for name, graph in graphs.items():
+        path = out_dir / f"{name}.onnx"
+        onnx.save_model(graph, str(path))
+        entries[name] = {**file_entry(path), "initializers": initializers[name]}
+    return {"weights": {**file_entry(weights_path), "tensors": tensors}, "entry_points": entries}
+
+
+def load_graphs(engine_dir: Path, names: list[str]) -> dict[str, onnx.ModelProto]:
+    """The graphs of an engine directory with their weights read in (for conversions)."""
+    return {name: onnx.load(str(engine_dir / f"{name}.onnx")) for name in names}
 
 
 def inline_weight_identities(graph: onnx.ModelProto) -> None:
@@ -146,8 +202,8 @@ def own_fp32_weights(graph: onnx.ModelProto, fp32_nodes: list) -> None:
                 node.input[i] = copy.name
 
 
-def convert_to_fp16(path: Path) -> None:
-    """Rewrite a graph with fp16 weights and activations, keeping the contract's fp32 inputs
+def convert_to_fp16(graph: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with fp16 weights and activations, keeping the contract's fp32 inputs
     and outputs (casts at the edges) and LayerNormalization / Softmax in fp32.
 
     Casts from integers or booleans to float stay fp32 (the converter would retype them to
@@ -156,7 +212,6 @@ def convert_to_fp16(path: Path) -> None:
     ops read them."""
     from onnxconverter_common.float16 import convert_float_to_float16
 
-    graph = onnx.load(str(path))
     inline_weight_identities(graph)
     to_float = [node.name for node in graph.graph.node if node.op_type == "Cast" and
                 any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)]
@@ -165,4 +220,20 @@ def convert_to_fp16(path: Path) -> None:
         warnings.simplefilter("ignore")  # "-inf truncated to -10000" for the attention mask
         graph = convert_float_to_float16(graph, keep_io_types=True, op_block_list=FP32_OPS,
                                          node_block_list=to_float)
-    onnx.save_model(graph, str(path))
+    return graph
+
+
+def quantize_to_int8(graph: onnx.ModelProto, work_dir: Path) -> onnx.ModelProto:
+    """ONNX Runtime's dynamic quantization: MatMul weights stored int8 (QUANT_WEIGHT_TYPE,
+    per tensor), activations quantized per call; everything else stays fp32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = work_dir / "int8.onnx"
+    logging.disable(logging.WARNING)  # the quantizer's advice to run its pre-processing first
+    try:
+        quantize_dynamic(graph, str(path), weight_type=getattr(QuantType, QUANT_WEIGHT_TYPE),
+                         op_types_to_quantize=["MatMul"])
+        return onnx.load(str(path))
+    finally:
+        logging.disable(logging.NOTSET)
+        path.unlink(missing_ok=True)

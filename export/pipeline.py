@@ -14,7 +14,15 @@ import onnxruntime
 import torch
 
 from ct_reference.model import CompressiveTransformer
-from export.onnx_export import OPSET, convert_to_fp16, export_graphs
+from export.onnx_export import (
+    OPSET,
+    QUANT_WEIGHT_TYPE,
+    convert_to_fp16,
+    export_graphs,
+    load_graphs,
+    quantize_to_int8,
+    write_graphs,
+)
 from export.verify import RELATIVE_TOLERANCE, verify_engine
 from runtime.contract import entry_points
 from runtime.manifest import (
@@ -23,7 +31,6 @@ from runtime.manifest import (
     MANIFEST_NAME,
     EngineError,
     describe_entry,
-    sha256_file,
     write_json_atomic,
 )
 
@@ -60,10 +67,11 @@ def _versions() -> dict:
 
 def write_engine(model: CompressiveTransformer, out_dir: Path, checkpoint: dict | None = None,
                  opset: int = OPSET) -> dict:
-    """The graphs and manifest.json in out_dir, not yet verified; returns the manifest."""
+    """The graphs, their shared weights file and manifest.json in out_dir, not yet verified;
+    returns the manifest."""
     started = time.perf_counter()
     model.eval()
-    paths = export_graphs(model, out_dir, opset=opset)
+    written = write_graphs(export_graphs(model, out_dir, opset=opset), out_dir)
     contract = entry_points(model.config)
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -71,10 +79,9 @@ def write_engine(model: CompressiveTransformer, out_dir: Path, checkpoint: dict 
         "opset": opset, "precision": "fp32", "exporter": "torch.onnx (TorchScript)",
         "versions": _versions(),
         "checkpoint": checkpoint or {},
-        "entry_points": {
-            name: {"file": path.name, "sha256": sha256_file(path),
-                   "bytes": path.stat().st_size, **describe_entry(contract[name])}
-            for name, path in paths.items()},
+        "weights": written["weights"],
+        "entry_points": {name: {**entry, **describe_entry(contract[name])}
+                         for name, entry in written["entry_points"].items()},
         "export_seconds": round(time.perf_counter() - started, 2),
     }
     write_json_atomic(out_dir / MANIFEST_NAME, manifest)
@@ -86,7 +93,8 @@ def export_model(model: CompressiveTransformer, out_dir: Path | str, checkpoint:
     """Export, verify against the eager model, then move into place; returns the manifest.
 
     precision "fp16" converts the verified fp32 graphs to fp16 weights and activations (fp32
-    inputs and outputs) and verifies them again with the looser fp16 tolerance."""
+    inputs and outputs), "int8" quantizes their MatMul weights to int8 (ONNX Runtime dynamic
+    quantization); either is verified again with its own stated tolerance."""
     if precision not in RELATIVE_TOLERANCE:
         raise ExportError(f"precision must be one of {', '.join(RELATIVE_TOLERANCE)}, "
                           f"got {precision!r}")
@@ -97,16 +105,10 @@ def export_model(model: CompressiveTransformer, out_dir: Path | str, checkpoint:
         log(f"exported {', '.join(manifest['entry_points'])} in {manifest['export_seconds']:.1f}s;"
             f" verifying against the eager model over {verify_segments} segments ...")
         manifest["verification"] = _verify(model, tmp, verify_segments, "fp32")
-        if precision == "fp16":
-            for entry in manifest["entry_points"].values():
-                graph = tmp / entry["file"]
-                convert_to_fp16(graph)
-                entry["sha256"], entry["bytes"] = sha256_file(graph), graph.stat().st_size
-            manifest["precision"] = "fp16"
-            manifest["verification_fp32"] = manifest.pop("verification")
-            write_json_atomic(tmp / MANIFEST_NAME, manifest)
-            log("converted to fp16; verifying again ...")
-            manifest["verification"] = _verify(model, tmp, verify_segments, "fp16")
+        if precision != "fp32":
+            convert_engine(tmp, manifest, precision)
+            log(f"converted to {precision}; verifying again ...")
+            manifest["verification"] = _verify(model, tmp, verify_segments, precision)
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -115,6 +117,25 @@ def export_model(model: CompressiveTransformer, out_dir: Path | str, checkpoint:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def convert_engine(engine_dir: Path, manifest: dict, precision: str) -> None:
+    """Rewrite the verified fp32 graphs of engine_dir in place as fp16 or int8 graphs with
+    their own shared weights file, and record that in the manifest (written to disk)."""
+    graphs = load_graphs(engine_dir, list(manifest["entry_points"]))
+    if precision == "fp16":
+        graphs = {name: convert_to_fp16(graph) for name, graph in graphs.items()}
+    else:
+        graphs = {name: quantize_to_int8(graph, engine_dir) for name, graph in graphs.items()}
+        manifest["quantization"] = {"method": "onnxruntime dynamic", "ops": ["MatMul"],
+                                    "weight_type": QUANT_WEIGHT_TYPE}
+    written = write_graphs(graphs, engine_dir)
+    manifest["weights"] = written["weights"]
+    for name, entry in written["entry_points"].items():
+        manifest["entry_points"][name].update(entry)
+    manifest["precision"] = precision
+    manifest["verification_fp32"] = manifest.pop("verification")
+    write_json_atomic(engine_dir / MANIFEST_NAME, manifest)
 
 
 def _verify(model: CompressiveTransformer, engine_dir: Path, segments: int,

@@ -19,8 +19,8 @@ TensorRT 10.x and 11.x are supported; `build_recipe` says how each builds:
     list TF32 among the removed flags; the clear is guarded in case a release drops it.
 Any other TensorRT major is refused naming the installed version (runtime.backends.cuda).
 
-The directory is replaced atomically: everything is built into a temporary sibling copy (graphs
-hard-linked), which is swapped in only when every plan and the manifest are written, so a
+The directory is replaced atomically: everything is built into a temporary sibling copy (the
+graphs and weights copied), swapped in only when every plan and the manifest are written, so a
 failure leaves the previous plans and manifest exactly as they were. The manifest gains a
 `tensorrt` section: TensorRT version, GPU, and per precision the typing, profiles and plan
 files with their sha256 and size in bytes. A plan only runs on the TensorRT version and GPU it
@@ -55,8 +55,8 @@ from runtime.backends.cuda import (
 from runtime.manifest import (
     MANIFEST_NAME,
     EngineError,
+    file_entry,
     load_manifest,
-    sha256_file,
     write_json_atomic,
 )
 
@@ -175,15 +175,6 @@ def _build_one(trt: Any, logger: Any, graph: Path, entry: str, recipe: BuildReci
     return bytes(plan), bytes(config.get_timing_cache().serialize())
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    """Hard-link a file of the old directory into the new one (graphs are never rewritten in
-    place), copying where the filesystem has no hard links."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 @contextlib.contextmanager
 def replace_directory(target: Path) -> Iterator[Path]:
     """A temporary sibling copy of `target` to write into; swapped in for `target` when the
@@ -195,7 +186,7 @@ def replace_directory(target: Path) -> Iterator[Path]:
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.build-"))
     backup = work.with_name(work.name.replace(".build-", ".old-"))
     try:
-        shutil.copytree(target, work, copy_function=_link_or_copy, dirs_exist_ok=True)
+        shutil.copytree(target, work, dirs_exist_ok=True)
         yield work
         target.rename(backup)
         try:
@@ -253,12 +244,12 @@ def build_engines(engine_dir: Path | str, precision: str | None = None, max_batc
         plans = {}
         for entry in manifest.contract:
             started = time.perf_counter()
-            plan, cache_bytes = _build_one(trt, logger, work / manifest.graph_path(entry).name,
+            plan, cache_bytes = _build_one(trt, logger, manifest.graph_path(entry),
                                            entry, recipe, profiles[entry], workspace_mib,
                                            cache_bytes, optimization_level)
             path = work / plan_name(entry, precision)
             path.write_bytes(plan)
-            plans[entry] = {"file": path.name, "sha256": sha256_file(path), "bytes": len(plan)}
+            plans[entry] = file_entry(path)
             log(f"built {path.name} ({len(plan) / 2**20:.1f} MiB, {recipe.typing}ly typed) in "
                 f"{time.perf_counter() - started:.1f}s")
         section.update({"tensorrt_version": trt.__version__, "gpu": gpu})

@@ -12,6 +12,7 @@ from pathlib import Path
 from runtime.contract import EntryPoint, entry_points
 
 MANIFEST_NAME = "manifest.json"
+WEIGHTS_NAME = "weights.bin"  # every graph's initializers, each stored once (ONNX external data)
 FORMAT = "compressive-rt-engine"
 FORMAT_VERSION = 1
 
@@ -26,6 +27,11 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_entry(path: Path) -> dict:
+    """How the manifest records a file it vouches for (graphs, weights)."""
+    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -53,6 +59,12 @@ class Manifest:
 
     def graph_path(self, entry: str) -> Path:
         return self.engine_dir / self.data["entry_points"][entry]["file"]
+
+    @property
+    def weights_path(self) -> Path | None:
+        """The weights file the graphs share, or None for graphs with inline weights."""
+        weights = self.data.get("weights")
+        return self.engine_dir / weights["file"] if weights else None
 
 
 def describe_entry(entry: EntryPoint) -> dict:
@@ -94,4 +106,22 @@ def load_manifest(engine_dir: Path | str, verify_hashes: bool = True) -> Manifes
         if verify_hashes and sha256_file(graph) != listed[name]["sha256"]:
             raise EngineError(f"{graph} does not match the sha256 in {path}: the graph was "
                               f"changed or truncated after export")
+    if "weights" in data:
+        _check_weights(engine_dir, data["weights"], path, verify_hashes)
     return Manifest(engine_dir=engine_dir, data=data, contract=contract)
+
+
+def _check_weights(engine_dir: Path, weights: dict, manifest_path: Path,
+                   verify_hashes: bool) -> None:
+    """The weights file is there, whole and unchanged: checked before any graph is loaded."""
+    path = engine_dir / weights["file"]
+    if not path.is_file():
+        raise EngineError(f"{path} is missing (the weights of every graph, listed in "
+                          f"{manifest_path}): copy the whole engine directory or re-export")
+    size = path.stat().st_size
+    if size != weights["bytes"]:
+        raise EngineError(f"{path} holds {size} bytes, {manifest_path} lists {weights['bytes']}: "
+                          f"the weights file was truncated or replaced; re-export")
+    if verify_hashes and sha256_file(path) != weights["sha256"]:
+        raise EngineError(f"{path} does not match the sha256 in {manifest_path}: the weights "
+                          f"were changed after export; re-export")

@@ -8,7 +8,7 @@ from engines import COMPRESS_FNS, random_model, tiny_config
 from onnx import TensorProto, helper
 
 from export import trt_ops
-from export.onnx_export import export_graphs
+from export.onnx_export import export_graphs, write_graphs
 from export.trt_lint import ERROR, errors, lint_graph
 from runtime.contract import entry_points
 
@@ -20,7 +20,9 @@ def exported(tmp_path_factory) -> dict:
     for fn in COMPRESS_FNS:
         cfg = tiny_config(fn)
         out = tmp_path_factory.mktemp(fn)
-        graphs[fn] = (cfg, export_graphs(random_model(cfg), out))
+        written = write_graphs(export_graphs(random_model(cfg), out), out)
+        graphs[fn] = (cfg, {entry: out / graph["file"]
+                            for entry, graph in written["entry_points"].items()})
     return graphs
 
 

@@ -1,0 +1,149 @@
+"""Weights once: one weights file per engine directory, one copy in memory, fp16/int8 engines."""
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from engines import random_model, tiny_config
+
+from benchmarks.memory import directory_bytes, runtime_peak_rss, state_bytes
+from export.pipeline import export_model
+from export.verify import eager_logits
+from runtime.manifest import EngineError
+from runtime.session import Session
+
+MIB = 1024**2
+# What a process that scores may add beyond weights + state: ONNX Runtime's activation arena
+# and kernels' scratch (measured 23-25 MiB at d_model 256); a second copy of the weights
+# (~37 MiB in `wide_engine`) would not fit.
+RSS_MARGIN_MIB = 30
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def wide_engine(tmp_path_factory):
+    """d_model 256, 4 layers, d_ff 4096 (~37 MiB of fp32 weights): a second copy in memory
+    would show."""
+    config = tiny_config("conv", n_layers=4, d_model=256, n_heads=4, d_ff=4096, seg_len=32,
+                         mem_len=64, cmem_len=32)
+    model = random_model(config, std=0.05)
+    out = tmp_path_factory.mktemp("wide") / "engine"
+    export_model(model, out, log=quiet)
+    return model, out
+
+
+def external_locations(graph_path) -> set[str]:
+    graph = onnx.load(str(graph_path), load_external_data=False)
+    return {entry.value for tensor in graph.graph.initializer for entry in tensor.external_data
+            if entry.key == "location"}
+
+
+def test_the_three_graphs_point_at_one_relative_weights_file(engine):
+    _, engine_dir = engine("conv")
+    data = json.loads((engine_dir / "manifest.json").read_text())
+    weights = data["weights"]
+    assert weights["file"] == "weights.bin"
+    path = engine_dir / "weights.bin"
+    assert weights["bytes"] == path.stat().st_size
+    assert weights["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    for entry in data["entry_points"].values():
+        assert external_locations(engine_dir / entry["file"]) == {"weights.bin"}
+        assert entry["initializers"]
+
+
+def test_a_tensor_several_graphs_use_is_stored_once(engine):
+    _, engine_dir = engine("conv")
+    data = json.loads((engine_dir / "manifest.json").read_text())
+    keys = {name: set(entry["initializers"].values())
+            for name, entry in data["entry_points"].items()}
+    assert keys["segment"] & keys["extend"] and keys["segment"] & keys["commit"]
+    blob = (engine_dir / "weights.bin").read_bytes()
+    contents = []
+    for tensor in data["weights"]["tensors"].values():
+        size = int(np.prod(tensor["shape"])) * np.dtype(tensor["dtype"]).itemsize
+        contents.append(blob[tensor["offset"]:tensor["offset"] + size])
+    assert len(set(contents)) == len(contents)  # no two stored tensors hold the same bytes
+
+
+def test_engine_directory_is_within_1_1x_the_weights(wide_engine):
+    model, engine_dir = wide_engine
+    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert directory_bytes(engine_dir) <= 1.1 * parameter_bytes
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("flip", "weights.bin does not match the sha256"),
+    ("truncate", "weights.bin holds 4096 bytes"),
+    ("remove", "weights.bin is missing"),
+])
+def test_runtime_refuses_a_damaged_weights_file_before_onnx_runtime_reads_it(
+        engine, tmp_path, monkeypatch, damage, message):
+    import onnxruntime
+
+    _, engine_dir = engine("mean_pool")
+    copy = tmp_path / "engine"
+    shutil.copytree(engine_dir, copy)
+    weights = copy / "weights.bin"
+    blob = bytearray(weights.read_bytes())
+    if damage == "flip":
+        blob[len(blob) // 2] ^= 0xFF
+        weights.write_bytes(bytes(blob))
+    elif damage == "truncate":
+        weights.write_bytes(bytes(blob[:4096]))
+    else:
+        weights.unlink()
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("ONNX Runtime was given a damaged engine")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", no_session)
+    with pytest.raises(EngineError, match=message):
+        Session(copy)
+
+
+def test_a_session_holds_one_copy_of_the_weights(wide_engine):
+    model, engine_dir = wide_engine
+    weights_mib = (engine_dir / "weights.bin").stat().st_size / MIB
+    state_mib = state_bytes(model.config.to_dict(), 1) / MIB
+    rss = runtime_peak_rss(engine_dir, streams=1, tokens=100)
+    grown = rss["peak_mib"] - rss["baseline_mib"]
+    assert grown <= weights_mib + state_mib + RSS_MARGIN_MIB, (grown, weights_mib, state_mib)
+
+
+def test_fp16_engine_has_its_own_weights_file_at_half_the_size(tmp_path, engine):
+    _, fp32_dir = engine("conv")
+    model = random_model(tiny_config("conv"))
+    manifest = export_model(model, tmp_path / "engine", precision="fp16", log=quiet)
+    fp16_bytes = manifest["weights"]["bytes"]
+    assert fp16_bytes == (tmp_path / "engine" / "weights.bin").stat().st_size
+    stored = sum(int(np.prod(t["shape"])) for t in manifest["weights"]["tensors"].values())
+    assert {t["dtype"] for t in manifest["weights"]["tensors"].values()} == {"float16"}
+    assert stored * 2 <= fp16_bytes < json.loads(
+        (fp32_dir / "manifest.json").read_text())["weights"]["bytes"]
+
+
+def test_int8_export_is_verified_and_recorded_in_the_manifest(tmp_path):
+    model = random_model(tiny_config("conv"), std=0.1)
+    manifest = export_model(model, tmp_path / "engine", precision="int8", log=quiet)
+    assert manifest["precision"] == "int8"
+    assert manifest["quantization"] == {"method": "onnxruntime dynamic", "ops": ["MatMul"],
+                                        "weight_type": "QInt8"}
+    check = manifest["verification"]
+    assert check["precision"] == "int8" and check["passed"]
+    assert check["tolerance"] == pytest.approx(1e-1 * max(1.0, check["logit_scale"]))
+    assert check["bits_per_byte_error"] <= 2e-2
+    assert check["bits_per_byte_tolerance"] == 2e-2
+    assert check["segment_max_abs_error"] > manifest["verification_fp32"]["segment_max_abs_error"]
+    assert "int8" in {t["dtype"] for t in manifest["weights"]["tensors"].values()}
+    tokens = np.random.default_rng(5).integers(0, 256, (1, 21 * model.config.seg_len))
+    expected, _ = eager_logits(model, tokens)
+    session = Session(tmp_path / "engine")
+    stream = session.add_stream()
+    got = session.feed({stream: tokens[0]})[stream]
+    assert np.abs(got - expected[0]).max() <= check["tolerance"]
