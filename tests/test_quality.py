@@ -49,3 +49,15 @@ def test_smoke_run_writes_a_table_json_and_plot_for_every_variant(tmp_path):
     assert written["verdict"] == results["verdict"]
     assert (tmp_path / "out" / "quality.png").stat().st_size > 10_000
     assert "\nbeat Transformer-XL at equal span: " in "\n".join(lines)
+
+
+def test_ctrt_bench_quality_with_no_steps_is_exit_2_and_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "runtime.cli", "bench", "--quality",
+                             "--steps", "0", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: --steps and --seeds must be >= 1, got 0 and 1")
+    assert not (tmp_path / "quality").exists()
