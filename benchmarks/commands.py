@@ -40,7 +40,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.quality:
         from benchmarks.quality import QualitySettings, run_quality
 
-        run_quality(QualitySettings(steps=args.steps, seeds=args.seeds),
+        run_quality(QualitySettings(steps=args.steps, seeds=args.seeds, jobs=args.jobs),
                     Path(args.out) / "quality")
         return 0
     from benchmarks.bench import run_benchmark

@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import platform
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -57,6 +59,7 @@ class QualitySettings:
     val_segments: int = 16  # held-out validation: segments per stream
     val_batch: int = 4
     long_doc_segments: int = 64  # the long held-out document, in segments
+    jobs: int = 1  # runs trained at once, each in its own process with one torch thread
 
 
 def variant_config(base: ModelConfig, name: str) -> ModelConfig:
@@ -119,8 +122,9 @@ def run_quality(settings: QualitySettings, out_dir: Path, base: ModelConfig = QU
     import torch
 
     from ct_reference.data import read_documents
-    from ct_reference.train import TrainOptions, train
 
+    if settings.jobs < 1:
+        raise CtrtError(f"--jobs must be >= 1, got {settings.jobs}")
     if settings.steps < 1 or settings.seeds < 1:
         raise CtrtError(f"--steps and --seeds must be >= 1, got {settings.steps} and "
                         f"{settings.seeds}")
@@ -130,29 +134,29 @@ def run_quality(settings: QualitySettings, out_dir: Path, base: ModelConfig = QU
                         f"{', '.join(VARIANTS)}")
     configs = {name: variant_config(base, name) for name in variants}
     document = long_document(read_documents(data), settings.long_doc_segments, base.seg_len)
-    warmup = settings.warmup_steps if settings.warmup_steps is not None else settings.steps // 10
     results: dict = {
         "settings": asdict(settings), "base_config": base.to_dict(), "data": data or "default",
         "tokens_per_run": settings.steps * settings.batch * base.seg_len,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+                    "torch_threads": 1 if settings.jobs > 1 else torch.get_num_threads(), "torch": torch.__version__},
         "paper_table5_enwik8_bpc": PAPER_TABLE5, "variants": {}}
+    runs = {(name, seed): None for name in configs for seed in range(settings.seeds)}
+    job_args = [(name, configs[name], seed, settings, data, document) for name, seed in runs]
+    if settings.jobs > 1:
+        context = multiprocessing.get_context("spawn")  # no fork of a process that ran torch
+        with ProcessPoolExecutor(settings.jobs, mp_context=context,
+                                 initializer=_one_thread) as pool:
+            for name, seed, run in pool.map(_train_and_score, job_args):
+                runs[name, seed] = run
+                _log_run(log, name, run)
+    else:
+        for args in job_args:
+            name, seed, run = _train_and_score(args)
+            runs[name, seed] = run
+            _log_run(log, name, run)
     for name, config in configs.items():
-        runs = []
-        for seed in range(settings.seeds):
-            start = time.monotonic()
-            outcome = train(TrainOptions(
-                config=config, data=data, out=None, steps=settings.steps, batch=settings.batch,
-                seed=seed, lr=settings.lr, warmup_steps=warmup, val_every=0,
-                val_segments=settings.val_segments, val_batch=settings.val_batch,
-                progress=False), log=lambda line: None)
-            long_doc = score_long_document(outcome.model, document)
-            runs.append({"seed": seed, "val_bpb": outcome.history[-1]["val_bpb"],
-                         "train_s": round(time.monotonic() - start, 1), **long_doc})
-            log(f"{name} seed {seed}: held-out {runs[-1]['val_bpb']:.4f} bits/byte; long "
-                f"document carried {long_doc['carried_bpb']:.4f} / reset "
-                f"{long_doc['reset_bpb']:.4f} ({runs[-1]['train_s']:.0f} s)")
-        results["variants"][name] = summarize(name, config, runs)
+        results["variants"][name] = summarize(
+            name, config, [runs[name, seed] for seed in range(settings.seeds)])
     results["verdict"] = verdict(results["variants"])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -160,6 +164,35 @@ def run_quality(settings: QualitySettings, out_dir: Path, base: ModelConfig = QU
     log(format_table(results))
     log(f"wrote {out_dir / 'quality.json'} and {out_dir / 'quality.png'}")
     return results
+
+
+def _train_and_score(args: tuple) -> tuple[str, int, dict]:
+    """One training run of one variant and seed, then its scores."""
+    from ct_reference.train import TrainOptions, train
+
+    name, config, seed, settings, data, document = args
+    warmup = settings.warmup_steps if settings.warmup_steps is not None else settings.steps // 10
+    start = time.monotonic()
+    outcome = train(TrainOptions(
+        config=config, data=data, out=None, steps=settings.steps, batch=settings.batch,
+        seed=seed, lr=settings.lr, warmup_steps=warmup, val_every=0,
+        val_segments=settings.val_segments, val_batch=settings.val_batch, progress=False),
+        log=lambda line: None)
+    long_doc = score_long_document(outcome.model, document)
+    return name, seed, {"seed": seed, "val_bpb": outcome.history[-1]["val_bpb"],
+                        "seconds": round(time.monotonic() - start, 1), **long_doc}
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _log_run(log: Callable[[str], None], name: str, run: dict) -> None:
+    log(f"{name} seed {run['seed']}: held-out {run['val_bpb']:.4f} bits/byte; long document "
+        f"carried {run['carried_bpb']:.4f} / reset {run['reset_bpb']:.4f} "
+        f"({run['seconds']:.0f} s)")
 
 
 def summarize(name: str, config: ModelConfig, runs: list[dict]) -> dict:
@@ -246,7 +279,7 @@ def plot(results: dict, path: Path) -> None:
     memory_ax.bar([i + 0.2 for i in x], reset, width=0.4, label="memory reset every segment")
     memory_ax.set_xticks(list(x), memory_names)
     _zoom(memory_ax, carried + reset)
-    memory_ax.legend(loc="lower right")
+    memory_ax.legend(loc="best")
     memory_ax.set_title("long held-out document: bits/byte")
     for ax in (ours_ax, paper_ax, memory_ax):
         ax.tick_params(axis="x", rotation=40)
@@ -273,11 +306,19 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"training streams per batch (default {defaults.batch})")
     parser.add_argument("--data", metavar="PATH", help="corpus (default: the standard "
                         "library's .py files)")
+    parser.add_argument("--val-segments", type=int, default=defaults.val_segments,
+                        help=f"held-out validation segments per stream, 4 streams (default "
+                             f"{defaults.val_segments})")
+    parser.add_argument("--long-doc-segments", type=int, default=defaults.long_doc_segments,
+                        help=f"segments of the long held-out document (default "
+                             f"{defaults.long_doc_segments})")
     parser.add_argument("--out", default="bench_out/quality", help="output folder "
                         "(default bench_out/quality)")
     args = parser.parse_args(argv)
     try:
-        run_quality(QualitySettings(steps=args.steps, seeds=args.seeds, batch=args.batch),
+        run_quality(QualitySettings(steps=args.steps, seeds=args.seeds, batch=args.batch,
+                                    jobs=args.jobs, val_segments=args.val_segments,
+                                    long_doc_segments=args.long_doc_segments),
                     Path(args.out), data=args.data)
     except (CtrtError, ConfigError) as exc:
         parser.exit(2, f"error: {exc}\n")
@@ -291,6 +332,9 @@ def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"training steps per run (default {defaults.steps})")
     parser.add_argument("--seeds", type=int, default=defaults.seeds,
                         help=f"seeds per variant (default {defaults.seeds})")
+    parser.add_argument("--jobs", type=int, default=defaults.jobs,
+                        help="runs trained at once, one process and one torch thread each "
+                             f"(default {defaults.jobs})")
 
 
 if __name__ == "__main__":
