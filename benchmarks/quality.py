@@ -10,8 +10,10 @@ memory carried across segments vs reset every segment (what the memory is worth)
 The compressive models use C = 64 (the preset has 32) so that the Transformer-XL's memory
 M + C = 128 is a whole number of segments, which the memory update needs.
 
-    python -m benchmarks.quality --steps 60 --seeds 1 --out bench_out/quality
-    ctrt bench --quality --steps 60 --seeds 1          # the same, written to <--out>/quality
+    python -m benchmarks.quality --steps 100 --seeds 2 --jobs 4 --out bench_out/quality
+    ctrt bench --quality --steps 100 --seeds 2 --jobs 4   # the same, into <--out>/quality
+
+README's quality subsection has the result of the first command on the project's machine.
 """
 
 from __future__ import annotations
