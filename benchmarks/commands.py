@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from benchmarks.quality import add_quality_arguments
+
 DEFAULT_OUT = "bench_out"
 
 
@@ -28,12 +30,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="threads for torch and ONNX Runtime alike (default: all cores)")
     bench.add_argument("--checkpoint", metavar="DIR",
                        help="benchmark this checkpoint instead of random weights")
+    bench.add_argument("--quality", action="store_true",
+                       help="instead of speed: the quality experiment (benchmarks/quality.py), "
+                            "held-out bits/byte of each compression function vs Transformer-XL "
+                            "at equal span, written to <--out>/quality")
+    add_quality_arguments(bench)
     bench.set_defaults(handler=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    if args.quality:
+        from benchmarks.quality import QualitySettings, run_quality
+
+        run_quality(QualitySettings(steps=args.steps, seeds=args.seeds, jobs=args.jobs),
+                    Path(args.out) / "quality")
+        return 0
     from benchmarks.bench import run_benchmark
 
     run_benchmark(quick=args.quick, out_dir=Path(args.out), threads=args.threads,

@@ -7,6 +7,12 @@
   optimizer.safetensors  Adam moments per parameter name (for `ctrt train --resume`), optional
 
 Saving is atomic: everything is written to a temporary sibling directory that is then renamed.
+
+Checkpoints written before `aux_loss` existed (config.json without it) trained conv and
+dilated_conv with both compression losses and a decoder g tied to the compressor (the transposed
+strided convolution with the compressor's own weight). They load as aux_loss="both" ("attention"
+for compressors without parameters, where it changes nothing) with each untied decoder set to a
+copy of that weight, which is exactly the g they trained with; inference never uses g.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from ct_reference.config import ConfigError, ModelConfig
+from ct_reference.config import LEGACY_AUX_LOSS, PARAMETRIC_COMPRESS_FNS, ConfigError, ModelConfig
 from ct_reference.errors import CtrtError
 from ct_reference.model import CompressiveTransformer
 
@@ -69,9 +75,11 @@ def load_model(path: str | Path) -> tuple[CompressiveTransformer, dict]:
     a bad config, or weights whose names or shapes do not fit the config.
     """
     path = Path(path)
-    config = load_config(path)
+    config, legacy = _read_config(path)
     weights = _read_safetensors(path / WEIGHTS_FILE)
     model = CompressiveTransformer(config)
+    if legacy and model.ae_decoders is not None:
+        weights = _with_tied_decoders(weights, model)
     _check_tensors(path / WEIGHTS_FILE, expected=model.state_dict(), actual=weights)
     model.load_state_dict(weights)
     model.eval()
@@ -80,14 +88,39 @@ def load_model(path: str | Path) -> tuple[CompressiveTransformer, dict]:
 
 
 def load_config(path: str | Path) -> ModelConfig:
-    path = Path(path)
+    return _read_config(Path(path))[0]
+
+
+def _read_config(path: Path) -> tuple[ModelConfig, bool]:
+    """The checkpoint's config and whether it predates the aux_loss field (module docstring)."""
     if not path.is_dir():
         raise CtrtError(f"checkpoint directory {path} does not exist")
     data = _read_json(path / CONFIG_FILE)
+    legacy = "aux_loss" not in data
+    if legacy:
+        parametric = data.get("compress_fn", ModelConfig.compress_fn) in PARAMETRIC_COMPRESS_FNS
+        data = {**data, "aux_loss": LEGACY_AUX_LOSS if parametric else "attention"}
     try:
-        return ModelConfig.from_dict(data)
+        return ModelConfig.from_dict(data), legacy
     except (ConfigError, TypeError) as exc:
         raise CtrtError(f"{path / CONFIG_FILE}: {exc}") from exc
+
+
+def _with_tied_decoders(weights: dict[str, torch.Tensor],
+                        model: CompressiveTransformer) -> dict[str, torch.Tensor]:
+    """Weights of a checkpoint from before aux_loss, with each decoder g the tied one it
+    trained with: the compressor's strided weight, used as a transposed convolution (no bias).
+    Names already present are kept; a missing compressor is left for _check_tensors to name."""
+    weights = dict(weights)
+    for i, decoder in enumerate(model.ae_decoders):
+        compressor = weights.get(f"compressors.{i}.strided.weight")  # [d, d, c]
+        if compressor is None:
+            continue
+        weights.setdefault(f"ae_decoders.{i}.transposed.weight", compressor.clone())
+        if decoder.transposed.bias is not None:
+            weights.setdefault(f"ae_decoders.{i}.transposed.bias",
+                               torch.zeros_like(decoder.transposed.bias))
+    return weights
 
 
 def load_optimizer(path: str | Path, model: CompressiveTransformer,

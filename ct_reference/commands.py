@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ct_reference.config import AUX_LOSSES  # pure Python: the parser stays torch-free
+
 DEFAULT_DEMO_OUT = "demo_out/checkpoint"
 
 
@@ -38,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "at most 1000)")
     train.add_argument("--aux-weight", type=float, default=1.0,
                        help="weight of the compression losses (default 1.0)")
+    train.add_argument("--aux-loss", choices=AUX_LOSSES,
+                       help="compression loss that trains f_c: attention reconstruction, "
+                            "auto-encoding (conv/dilated_conv; adds a learned decoder that is "
+                            "saved but never exported), both summed, or none (default: the "
+                            "preset's, attention, the paper's best)")
     train.set_defaults(handler=run_train)
 
     evaluate = subparsers.add_parser(
@@ -99,7 +106,14 @@ def parse_config(preset: str, override: str | None):
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ct_reference.errors import CtrtError
+
     config = parse_config(args.preset, args.config)
+    if args.aux_loss is not None:
+        if args.resume:
+            raise CtrtError(f"--aux-loss cannot change a resumed run ({args.resume} keeps the "
+                            f"aux_loss of its config.json); drop --aux-loss or train afresh")
+        config = config.replace(aux_loss=args.aux_loss)
     from ct_reference.train import TrainOptions, train
 
     train(TrainOptions(config=config, data=args.data, out=args.out, steps=args.steps,

@@ -1,18 +1,17 @@
 """Compression functions f_c: L evicted memories [B, L, d] -> floor(L/c) slots [B, L/c, d].
 
 What is implemented, and why (Rae et al. 2019, section 3.1 and Table 5; DeepMind's Sonnet v1
-`ConvCompressor` / `PoolCompressor`):
+`ConvCompressor` / `PoolCompressor`, commit 929191b):
 
 - ``max_pool`` / ``mean_pool``: window = stride = c over time, no parameters, no auxiliary loss.
 - ``conv``: Conv1d d -> d with kernel = stride = c, no bias and VALID padding, as the official
-  code (``compress_bias`` adds one, as compressive-transformer-pytorch has). Its decoder g
-  for the auto-encoding loss is the transposed convolution with the same
-  weights (``conv_transpose1d``), so g maps L/c slots back to L.
-- ``dilated_conv``: for each r in ``dilation_rates`` a Conv1d(kernel 2, dilation r) + ReLU,
-  then the strided convolution above. The dilated layers keep the length with SAME padding as
-  Sonnet's Conv1D default (r // 2 zeros before, r - r // 2 after); no biases. Its decoder g is
-  the transposed strided convolution (it reconstructs old_mem from the compressed slots, so the
-  auto-encoding loss trains the whole stack end to end).
+  code (``compress_bias`` adds one, as compressive-transformer-pytorch has).
+- ``dilated_conv``: for each r in ``dilation_rates`` a Conv1d(kernel 2, dilation r, no bias) +
+  ReLU, then the strided convolution above. **Deviation from Sonnet:** Sonnet pads every
+  layer of the stack VALID, so each dilated layer shortens the sequence by r and a segment
+  yields fewer than L/c slots (and a shape that depends on the rates). The engine needs exactly
+  L/c slots per segment at fixed shapes, so here each dilated layer keeps the length with SAME
+  padding (r // 2 zeros before, r - r // 2 after); the strided convolution stays VALID.
 - ``most_used``: the paper keeps the most used memories; no public code exists, so this is the
   precise definition used here. Usage of a memory slot = the attention probability it received
   from every query of every head while it sat in the FIFO memory (not while it was part of the
@@ -22,6 +21,13 @@ What is implemented, and why (Rae et al. 2019, section 3.1 and Table 5; DeepMind
   usage are kept, in time order. Ties go to the older slot, decided by a rank count
   (slot j is kept when fewer than L/c slots beat it), which is deterministic and exports
   without TopK or data-dependent shapes.
+
+The auto-encoding decoder g (``ConvDecoder``, conv and dilated_conv with aux_loss
+"autoencoding" or "both") is, as in Sonnet (``conv.transpose()``), a transposed convolution
+with kernel = stride = c and its own weights, initialised like the compressor and trained only
+by the auto-encoding loss; it maps the slots back to L steps and is compared with old_mem (the
+input of the whole stack, also for dilated_conv, as Sonnet does). Inference never runs it, so
+the exported graphs do not contain it.
 """
 
 from __future__ import annotations
@@ -63,11 +69,19 @@ class ConvCompressor(nn.Module):
             x = torch.relu(conv(F.pad(x, (rate // 2, rate - rate // 2))))  # [B, d, L]
         return self.strided(x).transpose(1, 2)  # [B, L/c, d]
 
-    def decode(self, new_cm: torch.Tensor) -> torch.Tensor:
-        """g: the transposed strided convolution, sharing its weights. [B, L/c, d] -> [B, L, d]."""
-        weight = self.strided.weight
-        return F.conv_transpose1d(new_cm.transpose(1, 2), weight,
-                                  stride=self.compress_rate).transpose(1, 2)
+
+class ConvDecoder(nn.Module):
+    """g of the auto-encoding loss: a transposed convolution d -> d, kernel = stride = c, with
+    its own weights (bias only when the compressor has one, like Sonnet's transpose)."""
+
+    def __init__(self, d_model: int, compress_rate: int, bias: bool = False) -> None:
+        super().__init__()
+        self.transposed = nn.ConvTranspose1d(d_model, d_model, kernel_size=compress_rate,
+                                             stride=compress_rate, bias=bias)
+
+    def forward(self, new_cm: torch.Tensor) -> torch.Tensor:
+        """[B, L/c, d] -> [B, L, d]"""
+        return self.transposed(new_cm.transpose(1, 2)).transpose(1, 2)
 
 
 class MostUsedCompressor(nn.Module):
@@ -110,3 +124,8 @@ def build_compressor(config: ModelConfig) -> nn.Module | None:
     if kind == "most_used":
         return MostUsedCompressor(config.compress_rate)
     return None
+
+
+def build_decoder(config: ModelConfig) -> ConvDecoder:
+    """The auto-encoding decoder g of one layer (config.trains_decoder)."""
+    return ConvDecoder(config.d_model, config.compress_rate, bias=config.compress_bias)

@@ -13,6 +13,10 @@ PARAMETRIC_COMPRESS_FNS = ("conv", "dilated_conv")
 POSITION_ENCODINGS = ("sinusoid", "learned")
 FF_ACTIVATIONS = ("relu", "gelu")
 RESIDUALS = ("add", "gru", "mogrifier_gru")
+AUX_LOSSES = ("attention", "autoencoding", "both", "none")
+# Checkpoints written before `aux_loss` existed trained conv/dilated_conv with both losses summed
+# (and a decoder tied to the compressor); their configs are read with this value.
+LEGACY_AUX_LOSS = "both"
 
 
 class ConfigError(ValueError):
@@ -60,6 +64,11 @@ class ModelConfig:
     memory_layers: tuple[int, ...] | None = None  # 0-based layers that read memory; None: all
     enhanced_recurrence: bool = False  # memory-layer k reads what memory-layer k+1 stored
     compress_bias: bool = False  # a bias on the strided compression convolution
+    # Compression loss that trains f_c (the paper trains each configuration with one):
+    # "attention" reconstruction (Algorithm 2, the paper's best with conv), "autoencoding"
+    # (a learned decoder g, conv/dilated_conv only), "both" summed, or "none". Only compressors
+    # with parameters are trained by it; the LM loss never reaches them.
+    aux_loss: str = "attention"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dilation_rates", tuple(int(r) for r in self.dilation_rates))
@@ -106,7 +115,8 @@ class ModelConfig:
 
     def _validate_options(self) -> None:
         for name, choices in (("position_encoding", POSITION_ENCODINGS),
-                              ("ff_activation", FF_ACTIVATIONS), ("residual", RESIDUALS)):
+                              ("ff_activation", FF_ACTIVATIONS), ("residual", RESIDUALS),
+                              ("aux_loss", AUX_LOSSES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of "
                                   f"{', '.join(choices)}")
@@ -133,6 +143,11 @@ class ModelConfig:
             raise ConfigError("enhanced_recurrence moves memories between layers, so usage "
                               "statistics of one layer's attention would rank another layer's "
                               "slots: use another compress_fn or enhanced_recurrence=false")
+        if self.trains_decoder and self.compress_fn not in PARAMETRIC_COMPRESS_FNS:
+            raise ConfigError(f"aux_loss={self.aux_loss!r} trains an auto-encoding decoder g, "
+                              f"which only a convolutional compress_fn "
+                              f"({', '.join(PARAMETRIC_COMPRESS_FNS)}) has; got compress_fn="
+                              f"{self.compress_fn!r}: use aux_loss='attention' or 'none'")
         if self.compress_bias and self.compress_fn not in PARAMETRIC_COMPRESS_FNS:
             raise ConfigError(f"compress_bias needs a convolutional compress_fn "
                               f"({', '.join(PARAMETRIC_COMPRESS_FNS)}), got {self.compress_fn!r}")
@@ -151,6 +166,11 @@ class ModelConfig:
             for k, layer in enumerate(layers):
                 order[layer] = layers[(k + 1) % len(layers)]
         return tuple(order)
+
+    @property
+    def trains_decoder(self) -> bool:
+        """Whether the auto-encoding loss is on (the model then holds a decoder g per layer)."""
+        return self.aux_loss in ("autoencoding", "both")
 
     @property
     def d_head(self) -> int:

@@ -71,11 +71,15 @@ def split_documents(documents: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
         if cut < 2:
             raise CtrtError(f"a single document of {len(text)} bytes is too short to split")
         return _tokens([text[:cut]]), _tokens([text[cut:]])
-    held_out = set(range(VALIDATION_EVERY - 1, len(documents), VALIDATION_EVERY))
-    held_out = held_out or {len(documents) - 1}
+    held_out = held_out_indices(len(documents))
     train = [doc for i, doc in enumerate(documents) if i not in held_out]
     validation = [doc for i, doc in enumerate(documents) if i in held_out]
     return _tokens(train), _tokens(validation)
+
+
+def held_out_indices(n_documents: int) -> set[int]:
+    """Indices of the validation documents among n_documents >= 2 (see split_documents)."""
+    return set(range(VALIDATION_EVERY - 1, n_documents, VALIDATION_EVERY)) or {n_documents - 1}
 
 
 def _tokens(documents: list[bytes]) -> np.ndarray:

@@ -9,6 +9,29 @@ Memory layout per layer i (the engine contract, ../shared/DESIGN.md):
   padding masked out of attention. With right alignment the distance from query i of the
   segment to padded key slot j over [cmem, mem, segment] is (C + M + i) - j whatever the
   counts, because cmem only fills once mem is full.
+
+Where this reference departs from the paper and from Sonnet v1 (DeepMind's implementation), and
+why (compression.py lists the compression functions' own deviations):
+- Relative positions of cmem: distances are counted over the one concatenation
+  [cmem, mem, segment] with the layer's single position projection W_r and biases u, v, so a
+  compressed slot sits at a distance between the mem slots and what lies beyond them. Sonnet
+  gives cmem its own relative-position projection and bias and counts cmem distances in
+  compressed slots. One projection keeps one position table per layer, one rel_shift and one
+  attention shape in the exported graphs; the paper does not specify the detail. The
+  Sonnet convention is not implemented.
+- Memory starts empty (counts 0, padding masked out of attention), as in Transformer-XL; the
+  paper and Sonnet start with zero vectors that are attended to. Empty memory makes the first
+  segments of a document independent of a fictitious zero history and lets the runtime keep
+  streams at different fill levels in one batch.
+- Block: pre-LN by default (Sonnet's default; the paper's is post-LN, `pre_norm=False`).
+  Pre-LN here stores h, the layer input, as memory and normalises keys and values when
+  attending (Sonnet stores LN(h)). For mem both give the same attention; for cmem they differ:
+  f_c compresses h and its slots are normalised when attended, where Sonnet compresses LN(h)
+  and attends to the slots as they are. Storing h keeps one memory definition (the layer
+  input) for both block types. `store_normed_memory=True` stores LN(h) as Sonnet does.
+- Auxiliary losses: one is chosen by `aux_loss` (the paper and Sonnet train with one; "both"
+  is what checkpoints written before the option trained with). The auto-encoding decoder g
+  has its own weights (`ae_decoders`), as Sonnet's `conv.transpose()`; it is not exported.
 """
 
 from __future__ import annotations
@@ -20,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ct_reference.compression import build_compressor
+from ct_reference.compression import build_compressor, build_decoder
 from ct_reference.config import ModelConfig
 
 
@@ -281,6 +304,11 @@ class CompressiveTransformer(nn.Module):
             self.register_buffer("pos_table", sinusoid_table(config.context_len, config.d_model)
                                  .flip(0), persistent=False)  # [C+M+L, d], distance C+M+L-1 first
         self.read_order = config.memory_read_order
+        # g of the auto-encoding loss, per layer: training only, never exported (registered
+        # last so that models without it initialise exactly as before).
+        self.ae_decoders = nn.ModuleList(
+            build_decoder(config) for _ in range(config.n_layers)) \
+            if config.trains_decoder else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -402,26 +430,30 @@ class CompressiveTransformer(nn.Module):
 
     def aux_losses(self, h: torch.Tensor, old_mem: torch.Tensor,
                    new_cm: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The paper's compression losses for streams that evicted; they train f_c only.
+        """The compression loss(es) chosen by config.aux_loss, for streams that evicted; they
+        train f_c (and the auto-encoding decoder g) only. Empty for compressors without
+        parameters (nothing to train) and for aux_loss="none".
 
         h [N,B,L,d] segment inputs, old_mem [N,B,L,d] evicted, new_cm [N,B,L/c,d] = f_c(old_mem).
         - attention reconstruction (Algorithm 2): content-only attention of the layer's queries
           over old_mem vs over new_cm, no position terms, no mask, with h, old_mem and the
           layer's weights detached; mean squared error of the per-head read vectors before the
           output projection, summed over layers and divided by the layer count.
-        - auto-encoding (parametric f_c only): MSE between old_mem and g(new_cm).
+        - auto-encoding: MSE between old_mem and g(new_cm), averaged over layers the same way.
         """
-        attn_terms, ae_terms = [], []
-        for i, layer in enumerate(self.layers):
-            read_old = _content_read(layer, h[i], old_mem[i])
-            read_new = _content_read(layer, h[i], new_cm[i])
-            attn_terms.append(F.mse_loss(read_new, read_old))
-            decode = getattr(self.compressors[i], "decode", None)
-            if decode is not None:
-                ae_terms.append(F.mse_loss(decode(new_cm[i]), old_mem[i]))
-        losses = {"attention_reconstruction": torch.stack(attn_terms).mean()}
-        if ae_terms:
-            losses["autoencoding"] = torch.stack(ae_terms).mean()
+        cfg = self.config
+        if next(self.compressors.parameters(), None) is None:
+            return {}
+        losses = {}
+        if cfg.aux_loss in ("attention", "both"):
+            losses["attention_reconstruction"] = torch.stack([
+                F.mse_loss(_content_read(layer, h[i], new_cm[i]),
+                           _content_read(layer, h[i], old_mem[i]))
+                for i, layer in enumerate(self.layers)]).mean()
+        if self.ae_decoders is not None:
+            losses["autoencoding"] = torch.stack([
+                F.mse_loss(decode(new_cm[i]), old_mem[i])
+                for i, decode in enumerate(self.ae_decoders)]).mean()
         return losses
 
 

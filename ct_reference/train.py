@@ -1,7 +1,8 @@
 """Training: Transformer-XL style streams with memory carried across segments.
 
-Loss = LM cross-entropy + aux_weight * (compression losses); the compression losses reach only
-the compressor parameters by construction (model.py). Recipe of the paper: Adam, learning rate
+Loss = LM cross-entropy + aux_weight * (the compression loss chosen by config.aux_loss); it
+reaches only the compressor parameters (and the auto-encoding decoder) by construction
+(model.py). Recipe of the paper: Adam, learning rate
 warmed up linearly from 1e-6 to the peak then cosine-decayed to 1e-6 at the last step, gradient
 norm clipped at 0.1.
 """
@@ -93,7 +94,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> TrainResult
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.1f}M parameters, {config.n_layers} layers, d={config.d_model}, "
         f"L={config.seg_len} M={config.mem_len} C={config.cmem_len} c={config.compress_rate} "
-        f"{config.compress_fn}; data: {len(train_tokens)} train / {len(val_tokens)} validation "
+        f"{config.compress_fn} (aux loss {config.aux_loss}); data: {len(train_tokens)} train / {len(val_tokens)} validation "
         f"bytes; batch {opts.batch}" + (f"; resumed at step {step}" if resumed else ""))
 
     def validate() -> float:

@@ -90,3 +90,55 @@ def test_bad_config_in_a_checkpoint_names_the_file(tmp_path):
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**TINY.to_dict(), "n_heads": 5}))
     with pytest.raises(CtrtError, match=r"config\.json: d_model \(32\) must be divisible"):
         load_model(tmp_path / "ckpt")
+
+
+def old_checkpoint(path, compress_fn: str, **changes):
+    """A checkpoint as written before aux_loss existed: no such config field, no decoder."""
+    torch.manual_seed(0)
+    model = CompressiveTransformer(TINY.replace(compress_fn=compress_fn, aux_loss="attention",
+                                                **changes)).eval()
+    save_checkpoint(path, model)
+    config = json.loads((path / "config.json").read_text())
+    del config["aux_loss"]
+    (path / "config.json").write_text(json.dumps(config))
+    return model
+
+
+@pytest.mark.parametrize("compress_fn", ["conv", "dilated_conv"])
+def test_old_checkpoint_loads_as_both_losses_with_the_tied_decoder_it_trained_with(tmp_path,
+                                                                                 compress_fn):
+    model = old_checkpoint(tmp_path / "ckpt", compress_fn, compress_bias=True)
+    loaded, _ = load_model(tmp_path / "ckpt")
+    assert loaded.config.aux_loss == "both"
+    for i in range(TINY.n_layers):
+        decoder = loaded.ae_decoders[i].transposed
+        assert torch.equal(decoder.weight, model.compressors[i].strided.weight)
+        assert not decoder.bias.any()
+    tokens = torch.randint(0, 256, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(model(tokens, model.init_memory(2)).logits,
+                           loaded(tokens, loaded.init_memory(2)).logits)
+
+
+def test_old_pooling_checkpoint_loads_with_attention_which_changes_nothing(tmp_path):
+    old_checkpoint(tmp_path / "ckpt", "mean_pool")
+    loaded, _ = load_model(tmp_path / "ckpt")
+    assert loaded.config.aux_loss == "attention" and loaded.ae_decoders is None
+
+
+def test_autoencoding_checkpoint_saves_and_restores_its_decoder(tmp_path):
+    model = CompressiveTransformer(TINY.replace(compress_fn="conv", aux_loss="autoencoding"))
+    save_checkpoint(tmp_path / "ckpt", model)
+    loaded, _ = load_model(tmp_path / "ckpt")
+    assert torch.equal(loaded.ae_decoders[1].transposed.weight,
+                       model.ae_decoders[1].transposed.weight)
+
+
+def test_new_autoencoding_checkpoint_without_decoder_weights_names_them(tmp_path):
+    save_checkpoint(tmp_path / "ckpt", CompressiveTransformer(TINY.replace(compress_fn="conv")))
+    config_file = tmp_path / "ckpt" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()),
+                                       "aux_loss": "autoencoding"}))
+    with pytest.raises(CtrtError, match=r"missing ae_decoders\.0\.transposed\.weight "
+                                        r"\(expected shape \(32, 32, 2\)\)"):
+        load_model(tmp_path / "ckpt")

@@ -2,7 +2,7 @@
 
 import torch
 
-from ct_reference.compression import ConvCompressor, PoolCompressor, select_most_used
+from ct_reference.compression import ConvCompressor, ConvDecoder, PoolCompressor, select_most_used
 
 
 def ramp() -> torch.Tensor:
@@ -32,9 +32,12 @@ def test_conv_is_a_strided_sum_over_each_window_with_its_weights():
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_conv_decoder_maps_compressed_slots_back_to_the_segment_length():
-    conv = ConvCompressor(d_model=6, compress_rate=3)
-    assert conv.decode(torch.randn(2, 4, 6)).shape == (2, 12, 6)
+def test_decoder_spreads_each_slot_over_its_window_of_c_with_its_own_weights():
+    decoder = ConvDecoder(d_model=6, compress_rate=3)
+    new_cm = torch.randn(2, 4, 6)  # [B, L/c, d]
+    weight = decoder.transposed.weight  # [d_in, d_out, c]
+    expected = torch.einsum("bti,iok->btko", new_cm, weight).reshape(2, 12, 6)  # [B, L, d]
+    torch.testing.assert_close(decoder(new_cm), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_dilated_conv_stacks_one_layer_per_rate_and_compresses_by_c():

@@ -50,3 +50,36 @@ def test_resume_continues_from_the_saved_step(tmp_path):
                                 **common), log=lambda _: None)
     assert result.step == 5 and result.tokens_seen == 5 * 2 * TINY.seg_len
     assert [entry["step"] for entry in result.history] == [0, 3, 5]
+
+
+def test_autoencoding_training_moves_the_decoder_and_saves_it(tmp_path):
+    import torch
+
+    from ct_reference.checkpoint import load_model
+    from ct_reference.model import CompressiveTransformer
+
+    config = TINY.replace(compress_fn="conv", aux_loss="autoencoding")
+    torch.manual_seed(0)
+    initial = CompressiveTransformer(config).state_dict()
+    opts = TrainOptions(config=config, data=str(small_corpus(tmp_path / "corpus")),
+                        out=str(tmp_path / "ckpt"), steps=6, batch=2, lr=1e-3, warmup_steps=1,
+                        val_every=0, val_segments=2, val_batch=1, progress=False)
+    train(opts, log=lambda _: None)  # seed 0: starts from the same initial weights
+    saved, _ = load_model(tmp_path / "ckpt")
+    assert saved.config.aux_loss == "autoencoding"
+    for name in ("ae_decoders.0.transposed.weight", "compressors.0.strided.weight"):
+        assert not torch.equal(saved.state_dict()[name], initial[name]), name
+
+
+def test_ctrt_train_aux_loss_flag_is_validated_against_the_compressor(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "train", "--config", '{"compress_fn": "max_pool"}',
+         "--aux-loss", "autoencoding", "--out", str(tmp_path / "x")],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: aux_loss='autoencoding' trains an auto-encoding "
+                                    "decoder g"), result.stderr
+    assert not (tmp_path / "x").exists()
