@@ -85,11 +85,14 @@ class OrtCpuBackend(Backend):
 
     def write_rows(self, dst: np.ndarray, src: np.ndarray, row: int, offset: int,
                    count: int) -> None:
-        dst[:, row, offset:offset + count] = src[:, row, :count]
+        dst[row, ..., offset:offset + count, :] = src[row, ..., :count, :]
 
-    def get_row(self, buffer: np.ndarray, row: int, batch_axis: int) -> np.ndarray:
-        return np.take(buffer, row, axis=batch_axis).copy()
+    def copy_rows(self, dst: np.ndarray, dst_row: int, src: np.ndarray, src_row: int,
+                  count: int) -> None:
+        dst[dst_row:dst_row + count] = src[src_row:src_row + count]
 
-    def set_row(self, buffer: np.ndarray, row: int, batch_axis: int, values: np.ndarray) -> None:
-        index = (slice(None),) * batch_axis + (row,)
-        buffer[index] = values
+    def get_row(self, buffer: np.ndarray, row: int) -> np.ndarray:
+        return buffer[row].copy()
+
+    def set_row(self, buffer: np.ndarray, row: int, values: np.ndarray | float) -> None:
+        buffer[row] = values
