@@ -98,9 +98,8 @@ class EagerCached:
         return {n: self._zeros(n, batch) for n in self.memory_names}
 
     def _segment(self, tokens: np.ndarray, state: dict) -> tuple[torch.Tensor, dict]:
-        commit = torch.ones(tokens.shape[0], dtype=torch.bool)
         logits, *rest = self.steps["segment"](torch.from_numpy(tokens.astype(np.int32)),
-                                              *(state[n] for n in self.memory_names), commit)
+                                              *(state[n] for n in self.memory_names))
         return logits, dict(zip(self.memory_names, rest))
 
     def fill(self, batch: int, tokens: np.ndarray) -> None:
@@ -132,9 +131,7 @@ class EagerCached:
         with torch.inference_mode():
             seg_len = torch.full((batch,), self.seg_len, dtype=torch.int32)
             readonly = [state[n] for n in ("mem_k", "mem_v", "mem_len", "cmem_len") if n in state]
-            extras = []
-            if self.dims.most_used:
-                extras = [state["usage"], torch.ones(batch, dtype=torch.bool)]
+            extras = [state["usage"]] if self.dims.most_used else []
             out = self.steps["extend"](torch.from_numpy(tokens.astype(np.int32)),
                                        seg_len, *readonly, partial["seg_k"], partial["seg_v"],
                                        *extras)
@@ -143,12 +140,11 @@ class EagerCached:
                 state["usage"] = out[4]
             offset = self.seg_len
             for name, new in (("seg_h", new_h), ("seg_k", new_k), ("seg_v", new_v)):
-                partial[name][:, :, offset:offset + count] = new
+                partial[name][..., offset:offset + count, :] = new  # batch-first
             self.seg_len += count
             if self.seg_len == self.dims.seg_len:
-                commit = torch.ones(batch, dtype=torch.bool)
                 rest = self.steps["commit"](partial["seg_h"], partial["seg_k"], partial["seg_v"],
-                                            *(state[n] for n in self.memory_names), commit)
+                                            *(state[n] for n in self.memory_names))
                 self.state = dict(zip(self.memory_names, rest))
                 self.seg_len = 0
 
@@ -156,8 +152,8 @@ class EagerCached:
 class Runtime:
     """runtime.Session on an engine dir; `engine_seconds` accumulates time inside engine calls.
 
-    A Session always runs the engine at its full capacity (max_streams rows, idle ones masked),
-    so each batch size gets its own Session sized to it, as a user would size it."""
+    Each batch size gets its own Session sized to it, as a user would size it (a Session runs
+    only the rows that take part in a call, so a larger one would cost the same)."""
 
     name = "runtime (ORT)"
     caches_kv = True

@@ -32,10 +32,10 @@ def engine_dir(tmp_path_factory):
 def test_profiles_span_batch_one_to_max_and_tokens_one_to_seg_len():
     profiles = optimization_profiles(entry_points(CONFIG), max_batch=8, opt_batch=2)
     assert profiles["segment"]["tokens"] == ((1, 8), (2, 8), (8, 8))
-    assert profiles["segment"]["mem_k"] == ((2, 1, 20, 32), (2, 2, 20, 32), (2, 8, 20, 32))
+    # batch-first, head-major: [B, N, H, C+M, dh]
+    assert profiles["segment"]["mem_k"] == ((1, 2, 4, 20, 8), (2, 2, 4, 20, 8), (8, 2, 4, 20, 8))
     assert profiles["extend"]["tokens"] == ((1, 1), (2, 1), (8, 8))
-    assert profiles["extend"]["seg_k"] == ((2, 1, 8, 32), (2, 2, 8, 32), (2, 8, 8, 32))
-    assert profiles["commit"]["commit"] == ((1,), (2,), (8,))
+    assert profiles["extend"]["seg_k"] == ((1, 2, 4, 8, 8), (2, 2, 4, 8, 8), (8, 2, 4, 8, 8))
     assert set(profiles["extend"]) == set(entry_points(CONFIG)["extend"].input_names)
 
 
@@ -80,12 +80,12 @@ def test_buffer_plan_exact_bytes_at_batch_3():
         "cmem/A": 3072, "cmem/B": 3072,  # 2 * 3 * 4 * 32 * 4
         "mem_k/A": 15360, "mem_k/B": 15360, "mem_v/A": 15360, "mem_v/B": 15360,  # C+M = 20
         "mem_len/A": 12, "mem_len/B": 12, "cmem_len/A": 12, "cmem_len/B": 12,
-        "tokens": 96, "commit": 3, "seg_len": 12,  # tokens [3, 8] int32, commit [3] bool
+        "tokens": 96, "seg_len": 12,  # tokens [3, 8] int32
         "seg_h": 6144, "seg_k": 6144, "seg_v": 6144,  # 2 * 3 * 8 * 32 * 4, single
         "logits": 24576,  # [3, 8, 256] float32, shared by segment and extend (T = L)
         "new_h": 6144, "new_k": 6144, "new_v": 6144,  # extend rows sized for T = L
     }
-    assert plan.total_bytes == 153759
+    assert plan.total_bytes == 153756
 
 
 def test_buffer_plan_ping_pong_aliases_and_slice_writes():
@@ -111,11 +111,10 @@ def test_no_buffer_is_input_and_output_of_the_same_call(compress_fn):
             assert set(inputs.values()) | set(outputs.values()) <= set(plan.buffers)
 
 
-def test_most_used_extend_shares_the_mask_and_ping_pongs_usage():
+def test_most_used_extend_ping_pongs_usage():
     cfg = CONFIG.replace(compress_fn="most_used")
     plan = buffer_plan(entry_points(cfg), max_batch=2)
     inputs, outputs = plan.bindings("extend", {"usage": 1})
-    assert inputs["active"] == "commit"
     assert (inputs["usage"], outputs["usage_out"]) == ("usage/B", "usage/A")
 
 

@@ -9,8 +9,7 @@ tests agree on it without a GPU:
     seg_len, and `commit` reads the whole partial segment;
   - scratch (tokens, logits, new_h/new_k/new_v) is one buffer per tensor name, sized for the
     largest call (T = L for extend) and shared by `segment` and `extend`: a call with T < L
-    uses the buffer's first B*T rows, contiguous as [B, T, ...];
-  - `active` (extend, most_used) shares the `commit` mask buffer: no call takes both.
+    uses the buffer's first B*T rows, contiguous as [B, T, ...].
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from runtime.contract import BATCH, OUT_SUFFIX, TOKENS, EntryPoint, TensorSpec
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "int32": 4, "bool": 1}
 SETS = ("A", "B")
-SHARED = {"active": "commit"}  # tensor -> the tensor whose buffer it uses
 NEW_PREFIX, PARTIAL_PREFIX = "new_", "seg_"
 
 
@@ -60,7 +58,7 @@ class BufferPlan:
             return f"{tensor[:-len(OUT_SUFFIX)]}/{SETS[1 - parity]}"
         if tensor in self.state:
             return f"{tensor}/{SETS[parity]}"
-        return SHARED.get(tensor, tensor)
+        return tensor
 
     def bindings(self, entry: str, parity: int | Mapping[str, int] = 0
                  ) -> tuple[dict[str, str], dict[str, str]]:
@@ -114,16 +112,13 @@ def buffer_plan(contract: Mapping[str, EntryPoint], max_batch: int) -> BufferPla
         for set_name in SETS:
             add(f"{name}/{set_name}", inputs[name], "state")
     for name, spec in inputs.items():
-        if name in state or name in SHARED:
+        if name in state:
             continue
         add(name, spec, "partial" if name in partial else "input")
     for name, spec in outputs.items():
         if name.endswith(OUT_SUFFIX) and name[:-len(OUT_SUFFIX)] in state:
             continue
         add(name, spec, "scratch")
-    for name, target in SHARED.items():
-        if name in inputs and target not in buffers:
-            add(target, inputs[name], "input")
     if any(BATCH not in spec.shape for spec in (*inputs.values(), *outputs.values())):
         raise ValueError("every contract tensor must have a batch axis")
     aliases = {name + OUT_SUFFIX: name for name in state}
