@@ -162,6 +162,8 @@ class Session:
         self.rows: dict[int, int] = {}  # stream id -> row
         self.positions: dict[int, int] = {}  # stream id -> tokens consumed
         self._fed: set[int] = set()  # streams with last logits
+        self._full: set[int] = set()  # streams whose partial segment is full, not yet committed
+        self._partial_writes = [(self.partial[f"seg_{x}"], f"new_{x}") for x in "hkv"]
         self._next_id = 0
         # (entry, rows, tokens, parities) -> (feeds, fetches): views built once, reused
         self._calls: dict[tuple, tuple[dict[str, Any], dict[str, Any]]] = {}
@@ -193,12 +195,14 @@ class Session:
         self.row_streams.pop()
         del self.rows[stream_id], self.positions[stream_id]
         self._fed.discard(stream_id)
+        self._full.discard(stream_id)
 
     @one_thread_at_a_time
     def reset_stream(self, stream_id: int) -> None:
         self._clear_row(self._row(stream_id))
         self.positions[stream_id] = 0
         self._fed.discard(stream_id)
+        self._full.discard(stream_id)
 
     @property
     def streams(self) -> list[int]:
@@ -271,9 +275,14 @@ class Session:
         array = np.asarray(tokens)
         if array.ndim != 1:
             raise RuntimeInputError(f"tokens must be a 1-D sequence, got shape {array.shape}")
-        if array.size and not np.issubdtype(array.dtype, np.integer):
+        if array.size and array.dtype.kind not in "iu":
             raise RuntimeInputError(f"tokens must be integers, got dtype {array.dtype}")
-        if array.size and (array.min() < 0 or array.max() >= self.dims.vocab_size):
+        if not array.size:
+            return array
+        # a decode step's one token: Python's min/max beat two numpy reductions
+        low, high = (min(values := array.tolist()), max(values)) if array.size <= 8 \
+            else (array.min(), array.max())
+        if low < 0 or high >= self.dims.vocab_size:
             bad = array[(array < 0) | (array >= self.dims.vocab_size)][0]
             raise RuntimeInputError(
                 f"token id {int(bad)} is out of range [0, {self.dims.vocab_size})")
@@ -311,12 +320,15 @@ class Session:
     def _feed(self, pending: dict[int, np.ndarray], done: dict[int, int],
               logits: dict[int, np.ndarray]) -> None:
         seg_len = self.dims.seg_len
-        host_tokens, row_of = self.host_tokens, self.rows
-        # A commit that failed in an earlier feed left a full partial segment: rotate it first.
-        self._commit_full(list(pending))
+        host_tokens, row_of, host_seg_len = self.host_tokens, self.rows, self.seg_len
+        waiting = [s for s in pending if s in self._full] if self._full else []
+        if waiting:  # a commit failed in an earlier feed: rotate those segments first
+            self._commit(waiting)
+        if len(pending) == 1 and self._decode_step(pending, done, logits):
+            return
         left = {s: len(t) for s, t in pending.items()}
         while left:
-            streams = [s for s, n in left.items() if n >= seg_len and self.seg_len[row_of[s]] == 0]
+            streams = [s for s, n in left.items() if n >= seg_len and host_seg_len[row_of[s]] == 0]
             if streams:
                 count = seg_len
                 batch = self._to_front(streams)
@@ -326,7 +338,8 @@ class Session:
             else:
                 streams = list(left)
                 batch = self._to_front(streams)
-                count = min(min(left.values()), seg_len - int(self.seg_len[:batch].max()))
+                filled = int(host_seg_len[0]) if batch == 1 else int(host_seg_len[:batch].max())
+                count = min(min(left.values()), seg_len - filled)
                 for s in streams:
                     host_tokens[row_of[s], :count] = pending[s][done[s]:done[s] + count]
                 out = self._run_extend(batch, count)
@@ -337,16 +350,33 @@ class Session:
                     logits[s][done[s]:done[s] + count] = out[row_of[s], :count]
                 done[s] += count
                 self.positions[s] += count
-                self._fed.add(s)
                 left[s] -= count
                 if not left[s]:
                     del left[s]
-            self._commit_full(streams)
+            self._fed.update(streams)
+            if self._full:
+                self._commit(list(self._full))
 
-    def _commit_full(self, streams: list[int]) -> None:
-        full = [s for s in streams if self.seg_len[self.rows[s]] == self.dims.seg_len]
-        if full:
-            self._run_commit(full)
+    def _decode_step(self, pending: dict[int, np.ndarray], done: dict[int, int],
+                     logits: dict[int, np.ndarray]) -> bool:
+        """One stream whose tokens fit in its partial segment: one extend call (the decoding
+        path, kept lean: it is most of a decode step's time outside the engine). False when
+        the general loop is needed."""
+        ((stream_id, array),) = pending.items()
+        row, count = self.rows[stream_id], len(array)
+        if int(self.seg_len[row]) + count >= self.dims.seg_len:
+            return False
+        if row:
+            self._to_front([stream_id])
+        self.host_tokens[0, :count] = array
+        out = self._run_extend(1, count)
+        self.last_logits_rows[0] = out[0, count - 1]
+        if logits:
+            logits[stream_id][:] = out[0]
+        done[stream_id] = count
+        self.positions[stream_id] += count
+        self._fed.add(stream_id)
+        return True
 
     @one_thread_at_a_time
     def last_logits(self, stream_id: int) -> np.ndarray:
@@ -407,28 +437,32 @@ class Session:
         return self.backend.to_host(fetches["logits"])
 
     def _run_extend(self, batch: int, count: int) -> np.ndarray:
+        """Extend rows [0, batch) by `count` tokens; streams whose partial segment is then full
+        join `_full` (the caller commits them)."""
         feeds, fetches = self._call_io("extend", batch, count)
-        backend = self.backend
+        backend, seg_len = self.backend, self.seg_len
         backend.from_host(feeds["tokens"], self.host_tokens[:batch, :count])
-        backend.from_host(feeds["seg_len"], self.seg_len[:batch])
+        backend.from_host(feeds["seg_len"], seg_len[:batch])
         backend.run("extend", feeds, fetches, tokens=count)
         if self.dims.most_used:
             self._flip(["usage"], batch)
-        offsets = self.seg_len
         for row in range(batch):
-            offset = int(offsets[row])
-            for name, new in (("seg_h", "new_h"), ("seg_k", "new_k"), ("seg_v", "new_v")):
-                backend.write_rows(self.partial[name], fetches[new], row, offset, count)
-        offsets[:batch] += count
+            offset = int(seg_len[row])
+            for partial, new in self._partial_writes:
+                backend.write_rows(partial, fetches[new], row, offset, count)
+            seg_len[row] = offset + count
+            if offset + count == self.dims.seg_len:
+                self._full.add(self.row_streams[row])
         return backend.to_host(fetches["logits"])
 
-    def _run_commit(self, streams: list[int]) -> None:
+    def _commit(self, streams: list[int]) -> None:
         """Rotate the full partial segments of these streams into their memory."""
         batch = self._to_front(streams)
         feeds, fetches = self._call_io("commit", batch)
         self.backend.run("commit", feeds, fetches)
         self._flip(self.memory_names, batch)
         self.seg_len[:batch] = 0
+        self._full.difference_update(streams)
 
     # ---- state access, snapshots ----------------------------------------------------------
     @one_thread_at_a_time
@@ -494,5 +528,6 @@ class Session:
         self.seg_len[row] = int(data["seg_len"])
         self.positions[stream_id] = int(meta["position"])
         self._fed.discard(stream_id)
+        self._full.discard(stream_id)
         return stream_id
 

@@ -23,6 +23,10 @@ def cpu_session_options(threads: int | None = None, precision: str = "fp32") -> 
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Worker threads that spin between calls take the cores the Python loop (and, on a shared
+    # machine, everyone else) needs: measured 2.3x slower decode steps with spinning on a
+    # 2-core machine under load (benchmarks/loop_overhead.py); a wake-up costs microseconds.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
