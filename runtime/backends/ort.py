@@ -59,6 +59,7 @@ class OrtCpuBackend(Backend):
                     f"manifest's {expected.input_names} / {expected.output_names}")
             self.sessions[entry] = session
         self._bindings: dict[tuple, Any] = {}
+        self._recent: dict[tuple, tuple[dict, dict, Any]] = {}  # (entry, tokens) -> last call
 
     def new_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return np.zeros(shape, dtype=dtype)
@@ -69,7 +70,13 @@ class OrtCpuBackend(Backend):
     def run(self, entry: str, feeds: dict[str, np.ndarray], fetches: dict[str, np.ndarray],
             tokens: int | None = None) -> None:
         # Bindings are cached per set of buffers (they live as long as the session, so their
-        # ids are stable): a steady-state step re-binds nothing.
+        # ids are stable): a steady-state step re-binds nothing. The same dicts as the last
+        # call of this signature (the Session reuses its dicts, never changing them) skip even
+        # the key.
+        recent = self._recent.get((entry, tokens))
+        if recent is not None and recent[0] is feeds and recent[1] is fetches:
+            self.sessions[entry].run_with_iobinding(recent[2])
+            return
         key = (entry, tokens, *map(id, feeds.values()), *map(id, fetches.values()))
         binding = self._bindings.get(key)
         if binding is None:
@@ -79,6 +86,7 @@ class OrtCpuBackend(Backend):
             for name, array in fetches.items():
                 binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
             self._bindings[key] = binding
+        self._recent[(entry, tokens)] = (feeds, fetches, binding)
         self.sessions[entry].run_with_iobinding(binding)
 
     def to_host(self, buffer: np.ndarray) -> np.ndarray:
