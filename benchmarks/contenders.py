@@ -1,28 +1,38 @@
-"""The contenders, one interface: fill memory, score a segment, decode one token per stream.
+"""The contenders, one interface, and the one registry that names and builds them.
 
-- EagerReference: `CompressiveTransformer.forward`, which re-projects keys and values of the
-  whole memory every call; decoding without a KV cache re-scores the partial segment per token.
-- CompiledReference: the same module through `torch.compile` (inductor, static shapes).
-- EagerCached: the engine's own entry points (`export.step`) run eagerly with the runtime's
-  state handling (memory K/V cached; `extend` T=1 then `commit` when the segment is full).
-- Runtime: `runtime.Session.feed` on ONNX Runtime CPU.
+- eager: `CompressiveTransformer.forward`, which re-projects keys and values of the whole memory
+  every call; decoding without a KV cache re-scores the partial segment per token.
+- compile: the same module through `torch.compile` (inductor, static shapes).
+- cached: the engine's entry points (`export.step`) run eagerly by `export.torch_backend`
+  under `runtime.Session`, the same scheduler as the engine.
+- runtime: `runtime.Session` on ONNX Runtime CPU.
+- lucidrains: compressive-transformer-pytorch 0.4.0, the package's forward per segment and its
+  `AutoregressiveWrapper.generate` per token (only with a model built in that package).
 
 Every contender keeps memory full (`fill`), so a step does the steady-state amount of work.
-`decode` runs consecutive tokens; a stateless contender (no cache) may instead be timed at
-chosen partial-segment positions (`decode_at`).
+`decode_kind` says how it decodes: "cached" (consecutive one-token steps), "rescore" (no cache:
+timed at chosen partial-segment positions with `decode_at`), "generate" (the package's loop) or
+"none" (not timed decoding).
+Session contenders count the seconds inside engine calls in `engine_seconds` (TimedBackend).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from benchmarks.settings import SEED, BenchError
+from benchmarks.timed_backend import TimedBackend
 from ct_reference.config import ModelConfig
 from ct_reference.model import CompressiveTransformer
-from runtime.contract import Dims, state_specs
+from runtime.backends.base import Backend
+from runtime.manifest import Manifest
 from runtime.session import Session
 
 
@@ -32,9 +42,27 @@ def fill_segments(cfg: ModelConfig) -> int:
     return cfg.mem_len // cfg.seg_len + fill_cmem
 
 
+def random_model(config: ModelConfig) -> CompressiveTransformer:
+    """The benchmark's model without a checkpoint: random weights from a fixed seed."""
+    torch.manual_seed(SEED)
+    return CompressiveTransformer(config).eval()
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What contenders are built from: one model, its exported engine, the thread count, and
+    for the lucidrains contender the package's own model that `model` was imported from."""
+
+    model: CompressiveTransformer
+    engine_dir: Path
+    threads: int
+    their_net: Any = None
+
+
 class EagerReference:
     name = "eager"
-    caches_kv = False
+    decode_kind = "rescore"
+    compiles = False  # compiled per batch (within a time budget) before it is timed
 
     def __init__(self, model: CompressiveTransformer) -> None:
         self.model = model
@@ -43,7 +71,6 @@ class EagerReference:
     def fill(self, batch: int, tokens: np.ndarray) -> None:
         """tokens [B, k*L]: score them segment by segment; the result is the steady memory."""
         self.memory = self.model.score(torch.from_numpy(tokens))[1]
-        self.batch = batch
 
     def segment(self, tokens: np.ndarray) -> None:
         """Score one full segment against the (kept) full memory."""
@@ -65,133 +92,52 @@ class EagerReference:
 
 
 class CompiledReference(EagerReference):
+    """Timed on segments only: an empty memory or a partial segment is a new graph to
+    compile (first segment, decoding)."""
+
     name = "eager+compile"
+    decode_kind = "none"
+    compiles = True
 
     def __init__(self, model: CompressiveTransformer) -> None:
         super().__init__(model)
         self.forward = torch.compile(model, dynamic=False)
 
 
-class EagerCached:
-    """The export.step modules driven like the runtime drives its graphs (torch tensors)."""
+class SessionContender:
+    """runtime.Session on an engine dir through any backend, wrapped in a TimedBackend.
 
-    name = "eager cached"
-    caches_kv = True
+    Each batch size gets its own Session sized to it, as a user would size it."""
 
-    def __init__(self, model: CompressiveTransformer) -> None:
-        from export.step import build_steps
-        from runtime.contract import entry_points
+    decode_kind = "cached"
+    compiles = False
 
-        self.model = model
-        self.steps = build_steps(model)
-        self.contract = entry_points(model.config)
-        self.dims = Dims.from_config(model.config)
-        self.memory_names = [n for n in ("mem", "cmem", "mem_k", "mem_v", "mem_len", "cmem_len",
-                                         "usage") if n in state_specs(self.dims)]
-
-    def _zeros(self, name: str, batch: int) -> torch.Tensor:
-        spec = state_specs(self.dims)[name]
-        dtype = {"float32": torch.float32, "int32": torch.int32}[spec.dtype]
-        return torch.zeros(spec.concrete_shape(batch), dtype=dtype)
-
-    def _empty_state(self, batch: int) -> dict[str, torch.Tensor]:
-        return {n: self._zeros(n, batch) for n in self.memory_names}
-
-    def _segment(self, tokens: np.ndarray, state: dict) -> tuple[torch.Tensor, dict]:
-        logits, *rest = self.steps["segment"](torch.from_numpy(tokens.astype(np.int32)),
-                                              *(state[n] for n in self.memory_names))
-        return logits, dict(zip(self.memory_names, rest))
-
-    def fill(self, batch: int, tokens: np.ndarray) -> None:
-        seg_len = self.dims.seg_len
-        state = self._empty_state(batch)
-        with torch.inference_mode():
-            for start in range(0, tokens.shape[1], seg_len):
-                _, state = self._segment(tokens[:, start:start + seg_len], state)
-        self.state, self.batch = state, batch
-        self.partial = {n: self._zeros(n, batch) for n in ("seg_h", "seg_k", "seg_v")}
-        self.seg_len = 0
-
-    def segment(self, tokens: np.ndarray) -> None:
-        with torch.inference_mode():
-            self._segment(tokens, self.state)
-
-    def first_segment(self, tokens: np.ndarray) -> None:
-        with torch.inference_mode():
-            self._segment(tokens, self._empty_state(tokens.shape[0]))
-
-    def decode(self, tokens: np.ndarray) -> None:
-        """One token per stream (tokens [B]): extend T=1, commit when the segment is full."""
-        self.advance(tokens[:, None])
-
-    def advance(self, tokens: np.ndarray) -> None:
-        """tokens [B, T] per stream in one extend call (T <= L - partial length)."""
-        batch, count = tokens.shape
-        state, partial = self.state, self.partial
-        with torch.inference_mode():
-            seg_len = torch.full((batch,), self.seg_len, dtype=torch.int32)
-            readonly = [state[n] for n in ("mem_k", "mem_v", "mem_len", "cmem_len") if n in state]
-            extras = [state["usage"]] if self.dims.most_used else []
-            out = self.steps["extend"](torch.from_numpy(tokens.astype(np.int32)),
-                                       seg_len, *readonly, partial["seg_k"], partial["seg_v"],
-                                       *extras)
-            _, new_h, new_k, new_v = out[:4]
-            if self.dims.most_used:
-                state["usage"] = out[4]
-            offset = self.seg_len
-            for name, new in (("seg_h", new_h), ("seg_k", new_k), ("seg_v", new_v)):
-                partial[name][..., offset:offset + count, :] = new  # batch-first
-            self.seg_len += count
-            if self.seg_len == self.dims.seg_len:
-                rest = self.steps["commit"](partial["seg_h"], partial["seg_k"], partial["seg_v"],
-                                            *(state[n] for n in self.memory_names))
-                self.state = dict(zip(self.memory_names, rest))
-                self.seg_len = 0
-
-
-class Runtime:
-    """runtime.Session on an engine dir; `engine_seconds` accumulates time inside engine calls.
-
-    Each batch size gets its own Session sized to it, as a user would size it (a Session runs
-    only the rows that take part in a call, so a larger one would cost the same)."""
-
-    name = "runtime (ORT)"
-    caches_kv = True
-
-    def __init__(self, engine_dir: Path, threads: int, backend=None, max_streams: int = 1) -> None:
-        self.engine_dir, self.threads, self.backend = engine_dir, threads, backend
-        self.sessions: dict[int, Session] = {}
-        self.engine_seconds = 0.0
-        started = time.perf_counter()
-        self.session = self._session(max_streams)
-        self.open_seconds = time.perf_counter() - started
-        self.dims = self.session.dims
+    def __init__(self, name: str, engine_dir: Path,
+                 new_backend: Callable[[], TimedBackend]) -> None:
+        self.name, self.engine_dir, self.new_backend = name, engine_dir, new_backend
+        self.sessions: dict[int, tuple[Session, TimedBackend]] = {}
         self.streams: list[int] = []
+        started = time.perf_counter()
+        self.session = self._session(1)
+        self.open_seconds = time.perf_counter() - started
+
+    @property
+    def engine_seconds(self) -> float:
+        return sum(timed.engine_seconds for _, timed in self.sessions.values())
 
     def _session(self, batch: int) -> Session:
         if batch not in self.sessions:
-            session = Session(self.engine_dir, backend=self.backend or "auto",
-                              max_streams=batch, threads=self.threads)
-            run = session.backend.run
+            timed = self.new_backend()
+            self.sessions[batch] = Session(self.engine_dir, backend=timed, max_streams=batch), \
+                timed
+        return self.sessions[batch][0]
 
-            def timed_run(*args, **kwargs):
-                started = time.perf_counter()
-                run(*args, **kwargs)
-                self.engine_seconds += time.perf_counter() - started
-
-            session.backend.run = timed_run
-            self.sessions[batch] = session
-        return self.sessions[batch]
-
-    def _open(self, batch: int) -> None:
+    def fill(self, batch: int, tokens: np.ndarray) -> None:
         for stream in self.session.streams:
             self.session.remove_stream(stream)
         self.session = self._session(batch)
         self.streams = [self.session.add_stream() for _ in range(batch)]
-
-    def fill(self, batch: int, tokens: np.ndarray) -> None:
-        self._open(batch)
-        self.session.feed({s: tokens[i] for i, s in enumerate(self.streams)}, want_logits=False)
+        self.advance(tokens)
 
     def segment(self, tokens: np.ndarray) -> None:
         self.session.feed({s: tokens[i] for i, s in enumerate(self.streams)})
@@ -199,15 +145,99 @@ class Runtime:
     def first_segment(self, tokens: np.ndarray) -> None:
         for stream in self.streams:
             self.session.reset_stream(stream)
-        self.session.feed({s: tokens[i] for i, s in enumerate(self.streams)})
+        self.segment(tokens)
 
     def decode(self, tokens: np.ndarray) -> None:
+        """One token per stream (tokens [B])."""
         self.advance(tokens[:, None])
 
     def advance(self, tokens: np.ndarray) -> None:
         """tokens [B, T] per stream in one feed."""
         self.session.feed({s: tokens[i] for i, s in enumerate(self.streams)}, want_logits=False)
 
-    @property
-    def partial_len(self) -> int:
-        return int(self.session.seg_len[self.session.rows[self.streams[0]]])
+
+class PackageModel:
+    """compressive-transformer-pytorch's own model: forward per segment, generate per token."""
+
+    name = "compressive-transformer-pytorch"
+    decode_kind = "generate"
+    compiles = False
+
+    def __init__(self, net: Any) -> None:
+        from compressive_transformer_pytorch import AutoregressiveWrapper
+
+        self.net = net.eval()
+        self.wrapper = AutoregressiveWrapper(self.net)
+
+    def fill(self, batch: int, tokens: np.ndarray) -> None:
+        memory = None
+        with torch.inference_mode():
+            for start in range(0, tokens.shape[1], self.net.seq_len):
+                chunk = torch.from_numpy(tokens[:, start:start + self.net.seq_len])
+                _, memory, _ = self.net(chunk, memories=memory)
+        self.memory = memory
+
+    def segment(self, tokens: np.ndarray) -> None:
+        with torch.inference_mode():
+            self.net(torch.from_numpy(tokens), memories=self.memory)
+
+    def first_segment(self, tokens: np.ndarray) -> None:
+        with torch.inference_mode():
+            self.net(torch.from_numpy(tokens))
+
+    def generate(self, prompt: np.ndarray, new_tokens: int) -> float:
+        """Seconds of `AutoregressiveWrapper.generate(prompt [B, P], new_tokens)`."""
+        start_tokens = torch.from_numpy(prompt)
+        started = time.perf_counter()
+        self.wrapper.generate(start_tokens, new_tokens)
+        return time.perf_counter() - started
+
+
+def _ort_backend(bench: Bench) -> Callable[[Manifest], Backend]:
+    from runtime.backends.ort import OrtCpuBackend
+
+    return lambda manifest: OrtCpuBackend(manifest, threads=bench.threads)
+
+
+def _torch_backend(bench: Bench) -> Callable[[Manifest], Backend]:
+    from export.torch_backend import TorchBackend
+
+    return lambda manifest: TorchBackend(manifest, bench.model)
+
+
+def _package_model(bench: Bench) -> PackageModel:
+    if bench.their_net is None:
+        raise BenchError("the lucidrains contender needs the compressive-transformer-pytorch "
+                         "model that the benchmarked model was imported from")
+    return PackageModel(bench.their_net)
+
+
+# Session contenders: key -> (name, backend opener). The serving and capacity experiments
+# open their own Sessions through the same openers.
+SESSION_BACKENDS: dict[str, tuple[str, Callable[[Bench], Callable[[Manifest], Backend]]]] = {
+    "cached": ("eager cached", _torch_backend),
+    "runtime": ("runtime (ORT)", _ort_backend),
+}
+CONTENDERS: dict[str, Callable[[Bench], Any]] = {
+    "eager": lambda bench: EagerReference(bench.model),
+    "compile": lambda bench: CompiledReference(bench.model),
+    **{key: (lambda bench, key=key: SessionContender(
+        SESSION_BACKENDS[key][0], bench.engine_dir, lambda: open_backend(key, bench)))
+       for key in SESSION_BACKENDS},
+    "lucidrains": _package_model,
+}
+MAIN_CONTENDERS = ("eager", "compile", "cached", "runtime")
+
+
+def build(key: str, bench: Bench) -> Any:
+    """The contender registered under `key`."""
+    if key not in CONTENDERS:
+        raise BenchError(f"unknown contender {key!r}; choose from {', '.join(CONTENDERS)}")
+    return CONTENDERS[key](bench)
+
+
+def open_backend(key: str, bench: Bench) -> TimedBackend:
+    """A timed backend of session contender `key` on bench.engine_dir."""
+    from runtime.manifest import load_manifest
+
+    return TimedBackend(SESSION_BACKENDS[key][1](bench)(load_manifest(bench.engine_dir)))

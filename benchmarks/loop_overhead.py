@@ -2,8 +2,9 @@
 
 Overhead: N one-token decode steps of one stream (feed with want_logits=False, then
 last_logits: the decoding path, greedy); the time outside `backend.run` (validation,
-bookkeeping, host copies) as a fraction of the time in those two calls. Capacity: the same decode step with one active stream in a session of
-max_streams=32 vs max_streams=1, interleaved step by step, median per step.
+bookkeeping, host copies) as a fraction of the time in those two calls. Capacity: the same
+decode step with one active stream in a session of max_streams=32 vs max_streams=1,
+interleaved step by step, median per step.
 
     python -m benchmarks.loop_overhead [--steps 300] [--threads 2]
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench import QUICK, random_model
+from benchmarks.contenders import random_model
+from benchmarks.settings import QUICK
 from ct_reference.config import ModelConfig
 from export.pipeline import export_model
 from runtime.session import Session

@@ -11,10 +11,20 @@ from ct_reference.config import ModelConfig
 
 
 def stats(seconds: list[float]) -> dict:
-    """Median and spread (p10, p90) of a list of durations, in milliseconds."""
+    """Median and spread (p10, p90, min, max) of a list of durations, in milliseconds."""
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     return {"median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
-            "p90_ms": float(np.percentile(ms, 90)), "mean_ms": float(ms.mean()), "n": int(ms.size)}
+            "p90_ms": float(np.percentile(ms, 90)), "min_ms": float(ms.min()),
+            "max_ms": float(ms.max()), "mean_ms": float(ms.mean()), "n": int(ms.size)}
+
+
+def ratio_stats(numerators: list[float], denominators: list[float]) -> dict:
+    """numerator / denominator per repeat (both measured in the same round), then the median
+    and the spread of those ratios over repeats."""
+    ratios = np.asarray(numerators, dtype=np.float64) / np.asarray(denominators, dtype=np.float64)
+    return {"median": float(np.median(ratios)), "min": float(ratios.min()),
+            "max": float(ratios.max()), "p10": float(np.percentile(ratios, 10)),
+            "p90": float(np.percentile(ratios, 90)), "n": int(ratios.size)}
 
 
 def repeat(step: Callable[[], object], warmup: int, repeats: int) -> list[float]:

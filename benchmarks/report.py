@@ -1,4 +1,24 @@
-"""The benchmark's outputs: a terminal table, bench.json and bench.png."""
+"""The benchmark's outputs: a terminal table, bench.json and bench.png.
+
+bench.json (times in ms; "row" = median_ms, p10_ms, p90_ms, min_ms, max_ms, mean_ms, n over
+interleaved repeats, plus tokens_per_s, gflops, gemm_fraction; session contenders add
+outside_engine_ms; decode rows add amortized_ms (= median_ms), step_ms, commit_token_ms;
+"ratio" = median, min, max, p10, p90, n of a per-repeat ratio):
+  profile, threads, experiments, thread_note, model, config, settings, platform,
+  load_average_start/end, machine {gemm {torch_gflops, numpy_gflops, gflops}, memory
+  {copy_gbps}}, flops, decode_bytes_b1 {..., runtime_gbps, fraction_of_copy_bandwidth},
+  export_seconds, check {max_abs_logit_error, logit_scale},
+  contenders {key: {name, first_segment: row, segment {batch: row}, decode {batch: row},
+             compile_seconds?, error?}},
+  ratios {"<workload> b<batch>: <fast> vs <other>": ratio}  (speed-up: other's time / fast's),
+  loop_overhead {"<workload> b<batch>": {step_ms, outside_engine_ms, fraction}},
+  lucidrains {arguments, config, check, contenders, ratios}  (the same shapes as above),
+  serving {prompt_bytes, new_tokens, sampling, keys, rows [{concurrency, generated_tokens,
+           <key>: row + tokens_per_s, tokens_per_s_min, tokens_per_s_max, runtime_vs_cached}]},
+  capacity {contender, max_streams [1, S], decode_step {"1": row, "S": row}, ratio},
+  scaling, xl_comparison, ort, quantization (extras),
+  targets [{target, want ">= x", measured, spread (ratio or null), met, note}], total_seconds.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +28,8 @@ from pathlib import Path
 JSON_NAME = "bench.json"
 PLOT_NAME = "bench.png"
 COLORS = {"eager": "tab:blue", "eager+compile": "tab:orange", "eager cached": "tab:green",
-          "runtime (ORT)": "tab:red"}
+          "runtime (ORT)": "tab:red", "compressive-transformer-pytorch": "tab:purple"}
+SERVING_NAMES = {"runtime": "runtime (ORT)", "cached": "eager cached"}
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -17,6 +38,73 @@ def _fmt(value, digits: int = 1) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _contender_rows(group: dict) -> list[str]:
+    """The per-contender table of one compare() result (median and p10..p90 over repeats)."""
+    lines = [f"{'workload':<22}{'contender':<32}{'median ms':>11}{'p10':>9}{'p90':>9}"
+             f"{'tok/s':>10}{'GFLOP/s':>9}{'%GEMM':>7}"]
+    contenders = group.get("contenders", {})
+    for workload in ("segment", "decode"):
+        batches = sorted({b for res in contenders.values() for b in res.get(workload, {})},
+                         key=int)
+        for batch in batches:
+            for res in contenders.values():
+                row = res.get(workload, {}).get(batch)
+                if not row:
+                    continue
+                label = f"{workload} b{batch}" + (" (amort.)" if workload == "decode" else "")
+                lines.append(
+                    f"{label:<22}{res['name']:<32}{row['median_ms']:>11.2f}{row['p10_ms']:>9.2f}"
+                    f"{row['p90_ms']:>9.2f}{row.get('tokens_per_s', 0):>10.1f}"
+                    f"{row.get('gflops', 0):>9.1f}{100 * row.get('gemm_fraction', 0):>6.0f}%")
+    for res in contenders.values():
+        if "first_segment" in res:
+            row = res["first_segment"]
+            lines.append(f"{'first segment b1':<22}{res['name']:<32}{row['median_ms']:>11.2f}"
+                         f"{row['p10_ms']:>9.2f}{row['p90_ms']:>9.2f}")
+        if "error" in res:
+            lines.append(f"{res['name']}: {res['error'][:300]}")
+        if res.get("compile_seconds"):
+            lines.append(f"{res['name']}: compile seconds "
+                         + ", ".join(f"b{b} {s:.0f}s" for b, s in res["compile_seconds"].items()))
+    if group.get("ratios"):
+        lines.append("speed-ups (per-repeat ratio: median [min, max] over n repeats):")
+        for name, ratio in group["ratios"].items():
+            lines.append(f"  {name:<44} {ratio['median']:6.2f}x [{ratio['min']:.2f}, "
+                         f"{ratio['max']:.2f}] n={ratio['n']}")
+    return lines
+
+
+def _experiment_rows(results: dict) -> list[str]:
+    """The compressive-transformer-pytorch comparison, the serving curve, capacity."""
+    lines = []
+    lucid = results.get("lucidrains")
+    if lucid:
+        args = lucid["arguments"]
+        lines += ["", f"compressive-transformer-pytorch 0.4.0, the same model imported "
+                      f"(dim {args['dim']}, depth {args['depth']}, seq_len {args['seq_len']}, "
+                      f"mem_len {args['mem_len']}, cmem_len {args['cmem_len']}); max |logit "
+                      f"error| runtime vs the package {lucid['check']['max_abs_logit_error']:.2e}"]
+        lines += _contender_rows(lucid)
+    serving = results.get("serving")
+    if serving:
+        lines += ["", f"serving: {serving['new_tokens']} generated tokens per request, prompts "
+                      f"of {serving['prompt_bytes']} bytes, {serving['sampling']}; tokens/s:"]
+        for row in serving["rows"]:
+            parts = [f"{SERVING_NAMES.get(k, k)} {row[k]['tokens_per_s']:.0f} "
+                     f"[{row[k]['tokens_per_s_min']:.0f}, {row[k]['tokens_per_s_max']:.0f}]"
+                     for k in serving["keys"] if k in row]
+            lines.append(f"  {row['concurrency']:>3} requests: " + ", ".join(parts))
+    capacity = results.get("capacity")
+    if capacity:
+        small, large = capacity["max_streams"]
+        ratio = capacity["ratio"]
+        lines += ["", f"capacity: decode step of 1 stream, max_streams={large} vs {small}: "
+                      f"{capacity['decode_step'][str(large)]['median_ms']:.2f} vs "
+                      f"{capacity['decode_step'][str(small)]['median_ms']:.2f} ms, ratio "
+                      f"{ratio['median']:.2f} [{ratio['min']:.2f}, {ratio['max']:.2f}]"]
+    return lines
 
 
 def table(results: dict) -> str:
@@ -34,33 +122,9 @@ def table(results: dict) -> str:
         f"{results['check']['max_abs_logit_error']:.2e} (logit scale "
         f"{results['check']['logit_scale']:.2f})",
         "",
-        f"{'workload':<22}{'contender':<16}{'median ms':>11}{'p10':>9}{'p90':>9}"
-        f"{'tok/s':>10}{'GFLOP/s':>9}{'%GEMM':>7}",
     ]
-    for workload in ("segment", "decode"):
-        batches = sorted({b for res in results["contenders"].values()
-                          for b in res.get(workload, {})}, key=int)
-        for batch in batches:
-            for res in results["contenders"].values():
-                row = res.get(workload, {}).get(batch)
-                if not row:
-                    continue
-                label = f"{workload} b{batch}" + (" (amort.)" if workload == "decode" else "")
-                main = row["amortized_ms"] if workload == "decode" else row["median_ms"]
-                lines.append(
-                    f"{label:<22}{res['name']:<16}{main:>11.1f}{row['p10_ms']:>9.1f}"
-                    f"{row['p90_ms']:>9.1f}{row['tokens_per_s']:>10.1f}{row['gflops']:>9.1f}"
-                    f"{100 * row['gemm_fraction']:>6.0f}%")
-    for res in results["contenders"].values():
-        if "first_segment" in res:
-            row = res["first_segment"]
-            lines.append(f"{'first segment b1':<22}{res['name']:<16}{row['median_ms']:>11.1f}"
-                         f"{row['p10_ms']:>9.1f}{row['p90_ms']:>9.1f}")
-        if "error" in res:
-            lines.append(f"{res['name']}: {res['error'][:300]}")
-        if res.get("compile_seconds"):
-            lines.append(f"{res['name']}: compile seconds "
-                         + ", ".join(f"b{b} {s:.0f}s" for b, s in res["compile_seconds"].items()))
+    lines += _contender_rows(results)
+    lines += _experiment_rows(results)
     if "decode_bytes_b1" in results and "runtime_gbps" in results["decode_bytes_b1"]:
         db = results["decode_bytes_b1"]
         lines.append(f"decode b1 reads {db['total'] / 1e6:.1f} MB/token (weights "
@@ -124,8 +188,11 @@ def table(results: dict) -> str:
     for t in results["targets"]:
         measured = t["measured"]
         shown = f"{measured:.2f}" if isinstance(measured, float) else _fmt(measured)
-        lines.append(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {shown} "
-                     f"(want {t['want'] if isinstance(t['want'], str) else '>= ' + str(t['want'])})")
+        spread = t.get("spread")
+        shown += f" [{spread['min']:.2f}, {spread['max']:.2f}]" if spread else ""
+        status = "met" if t["met"] else "MISSED" if measured is not None else "not run"
+        lines.append(f"  [{status}] {t['target']}: {shown} "
+                     f"(want {t['want']})")
     lines.append(f"total {results['total_seconds']:.0f}s")
     return "\n".join(lines)
 
@@ -140,6 +207,9 @@ def _batch_panel(ax, results: dict, workload: str, value, title: str, ylabel: st
     """One line per contender of value(row, batch) against batch, log-log."""
     from matplotlib.ticker import NullFormatter
 
+    if not results.get("contenders"):
+        ax.set_axis_off()
+        return
     for res in results["contenders"].values():
         rows = res.get(workload, {})
         if rows:
@@ -153,13 +223,39 @@ def _batch_panel(ax, results: dict, workload: str, value, title: str, ylabel: st
     ax.legend()
     ax.grid(alpha=0.3, which="both")
 
+
+def _serving_panel(ax, serving: dict | None) -> None:
+    """Generated tokens/s against concurrent requests, median with min..max over repeats."""
+    from matplotlib.ticker import NullFormatter
+
+    if not serving:
+        ax.set_axis_off()
+        return
+    rows = serving["rows"]
+    levels = [row["concurrency"] for row in rows]
+    for key in serving["keys"]:
+        name = SERVING_NAMES.get(key, key)
+        median = [row[key]["tokens_per_s"] for row in rows]
+        low = [row[key]["tokens_per_s_min"] for row in rows]
+        high = [row[key]["tokens_per_s_max"] for row in rows]
+        ax.plot(levels, median, marker="o", label=name, color=COLORS.get(name))
+        ax.fill_between(levels, low, high, alpha=0.2, color=COLORS.get(name))
+    ax.set(title=f"serving: {serving['new_tokens']} new tokens per request",
+           xlabel="concurrent requests", ylabel="generated tokens/s (higher is better)",
+           xscale="log", yscale="log")
+    ax.set_xticks(levels, [str(n) for n in levels])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.8))
     _batch_panel(axes[0], results, "segment", lambda row, batch: row["median_ms"] / batch,
                  "segment step, full memory", "ms per segment per stream (lower is better)")
     _batch_panel(axes[1], results, "decode", lambda row, batch: row["amortized_ms"],
@@ -188,6 +284,7 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(alpha=0.3, which="both")
     else:
         ax.set_axis_off()
+    _serving_panel(axes[3], results.get("serving"))
     fig.suptitle(f"compressive-rt bench ({results['profile']}): {results['thread_note']}",
                  fontsize=10)
     fig.tight_layout()

@@ -18,7 +18,7 @@ def greedy_generate(model: CompressiveTransformer, prompt: torch.Tensor,
     seg_len = model.config.seg_len
     memory = model.init_memory(prompt.shape[0])
     tokens = prompt
-    while tokens.shape[1] >= seg_len:  # whole segments of the prompt: score and rotate
+    while tokens.shape[1] > seg_len:  # whole segments of the prompt (the last one stays)
         memory = model(tokens[:, :seg_len], memory).memory
         tokens = tokens[:, seg_len:]
     generated = []

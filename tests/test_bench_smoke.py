@@ -1,12 +1,20 @@
-"""`ctrt bench` smoke test: the smallest profile runs end to end and reports sane numbers."""
+"""`ctrt bench` smoke test: the smallest profile runs end to end and reports sane numbers; the
+eager cached steps run as a backend under the runtime's Session and equal the ONNX engine."""
 
 import json
 import math
 
+import numpy as np
 import pytest
 
-from benchmarks.bench import CONTENDERS, run_benchmark
-from benchmarks.measure import segment_flops, step_flops
+from benchmarks.bench import EXPERIMENTS, EXTRAS, run_benchmark
+from benchmarks.contenders import MAIN_CONTENDERS
+from benchmarks.measure import ratio_stats, segment_flops, step_flops
+from benchmarks.settings import BenchError
+from benchmarks.workloads import interleave
+
+# serving needs runtime.scheduler (its own branch); test_serving_curve covers it
+SMOKE_EXPERIMENTS = tuple(e for e in EXPERIMENTS if e not in EXTRAS and e != "serving")
 
 
 def _positive(value) -> bool:
@@ -16,9 +24,21 @@ def _positive(value) -> bool:
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    results = run_benchmark(quick=True, out_dir=out, threads=2, checkpoint=None,
-                            profile="smoke", extras=False)
+    # one thread: on a loaded machine torch's spinning worker threads dominate tiny models
+    results = run_benchmark(quick=True, out_dir=out, threads=1, checkpoint=None,
+                            profile="smoke", experiments=SMOKE_EXPERIMENTS)
     return results, out
+
+
+@pytest.fixture(scope="module")
+def small_engine(tmp_path_factory):
+    from benchmarks.contenders import random_model
+    from benchmarks.engines import export_engine
+    from benchmarks.settings import SMOKE
+    from ct_reference.config import ModelConfig
+
+    model = random_model(ModelConfig().replace(**SMOKE.config))
+    return model, export_engine(model, tmp_path_factory.mktemp("engine") / "engine")
 
 
 def test_smoke_benchmark_writes_json_and_png(smoke):
@@ -29,7 +49,7 @@ def test_smoke_benchmark_writes_json_and_png(smoke):
 
 def test_every_contender_reports_positive_latencies(smoke):
     results, _ = smoke
-    assert set(results["contenders"]) == set(CONTENDERS)
+    assert set(results["contenders"]) == set(MAIN_CONTENDERS)
     for key, res in results["contenders"].items():
         if key == "compile" and "error" in res:
             continue  # torch.compile may fail on a machine without a compiler; reported as text
@@ -37,11 +57,64 @@ def test_every_contender_reports_positive_latencies(smoke):
         assert set(res["segment"]) == set(expected)
         for batch in expected:
             row = res["segment"][batch]
-            assert _positive(row["median_ms"]) and row["p10_ms"] <= row["p90_ms"]
+            assert _positive(row["median_ms"]) and row["min_ms"] <= row["median_ms"] <= \
+                row["max_ms"]
+            assert row["n"] == 3  # smoke: 3 interleaved repeats at batches 1 and 2
             assert _positive(row["tokens_per_s"]) and _positive(row["gflops"])
-        assert _positive(res["first_segment"]["median_ms"])
         if key != "compile":
+            assert _positive(res["first_segment"]["median_ms"])
             assert _positive(res["decode"]["1"]["amortized_ms"])
+
+
+def test_ratios_are_taken_per_repeat_with_their_spread(smoke):
+    results, _ = smoke
+    ratio = results["ratios"]["segment b1: runtime vs eager"]
+    assert ratio["n"] == 3 and ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert "decode b1: runtime vs cached" in results["ratios"]
+
+
+def test_session_contenders_report_time_outside_the_engine(smoke):
+    results, _ = smoke
+    for key in ("runtime", "cached"):
+        row = results["contenders"][key]["decode"]["1"]
+        assert 0 <= row["outside_engine_ms"] < row["step_ms"]
+    assert 0 <= results["loop_overhead"]["decode b1"]["fraction"] < 1
+
+
+def test_lucidrains_model_is_timed_beside_its_import(smoke):
+    results, _ = smoke
+    lucid = results["lucidrains"]
+    assert lucid["check"]["max_abs_logit_error"] < 1e-3 * max(1.0, lucid["check"]["logit_scale"])
+    assert set(lucid["contenders"]) == {"lucidrains", "eager", "cached", "runtime"}
+    assert _positive(lucid["contenders"]["lucidrains"]["segment"]["1"]["median_ms"])
+    assert _positive(lucid["contenders"]["lucidrains"]["decode"]["1"]["amortized_ms"])
+    assert {"segment b1: runtime vs lucidrains", "decode b1: runtime vs lucidrains"} <= \
+        set(lucid["ratios"])
+
+
+def test_capacity_compares_two_session_sizes(smoke):
+    results, _ = smoke
+    capacity = results["capacity"]
+    assert capacity["max_streams"] == [1, 8]
+    assert capacity["ratio"]["n"] == 4 and _positive(capacity["ratio"]["median"])
+
+
+def test_every_target_is_recorded_as_met_or_missed(smoke):
+    results, _ = smoke
+    targets = {t["target"]: t for t in results["targets"]}
+    assert len(targets) == 10
+    unmeasured = {name for name, t in targets.items() if t["measured"] is None}
+    # the smoke profile has no batch 8 and runs no serving curve
+    assert unmeasured == {"segment b8: runtime speed-up vs eager",
+                          "segment b8: runtime fraction of the measured GEMM rate",
+                          "serving: tokens/s at 16 concurrent requests vs 1 (runtime)"}
+    for target in targets.values():
+        want, threshold = target["want"].split()
+        measured = target["measured"]
+        expected = measured is not None and {
+            ">=": measured >= float(threshold), "<=": measured <= float(threshold),
+            "<": measured < float(threshold)}[want]
+        assert target["met"] is expected
 
 
 def test_machine_limits_and_engine_check_are_sane(smoke):
@@ -49,7 +122,102 @@ def test_machine_limits_and_engine_check_are_sane(smoke):
     assert 0.5 < results["machine"]["gemm"]["gflops"] < 100_000
     assert results["machine"]["memory"]["copy_gbps"] > 0.1
     assert results["check"]["max_abs_logit_error"] < 1e-3
-    assert 0 <= results["loop_overhead"]["decode b1"]["fraction"] < 1
+
+
+def test_torch_backend_under_the_session_equals_the_onnx_engine(small_engine):
+    """Streams at different positions, through segment, extend and commit: same logits and
+    memory on both backends of one Session."""
+    from export.torch_backend import TorchBackend
+    from runtime.manifest import load_manifest
+    from runtime.session import Session
+
+    model, engine_dir = small_engine
+    rng = np.random.default_rng(0)
+    first, second = rng.integers(0, 256, 50), rng.integers(0, 256, 23)
+    runs = []
+    for backend in ("onnxruntime-cpu", TorchBackend(load_manifest(engine_dir), model)):
+        session = Session(engine_dir, backend=backend, max_streams=2, threads=1)
+        a, b = session.add_stream(), session.add_stream()
+        logits = session.feed({a: first, b: second})
+        more = session.feed({a: second[:3], b: first[:1]})
+        runs.append((logits[a], logits[b], more[a], more[b], session.stream_state(a)["mem_k"],
+                     session.stream_state(b)["seg_k"]))
+    for onnx_value, torch_value in zip(*runs):
+        np.testing.assert_allclose(torch_value, onnx_value, atol=1e-4, rtol=0)
+
+
+def test_timed_backend_counts_engine_calls_and_their_seconds(small_engine):
+    """One full segment is one `segment` call; 3 more tokens one `extend` call."""
+    from benchmarks.timed_backend import TimedBackend
+    from runtime.backends.ort import OrtCpuBackend
+    from runtime.manifest import load_manifest
+    from runtime.session import Session
+
+    _, engine_dir = small_engine
+    timed = TimedBackend(OrtCpuBackend(load_manifest(engine_dir), threads=1))
+    session = Session(engine_dir, backend=timed, max_streams=1)
+    stream = session.add_stream()
+    seg_len = session.dims.seg_len
+    session.feed({stream: np.arange(seg_len) % 256})
+    assert timed.calls == 1 and timed.engine_seconds > 0
+    before = timed.engine_seconds
+    session.feed({stream: [1, 2, 3]})
+    assert timed.calls == 2 and timed.engine_seconds > before
+
+
+def test_torch_backend_refuses_another_models_engine(small_engine):
+    from benchmarks.contenders import random_model
+    from export.torch_backend import TorchBackend
+    from runtime.manifest import EngineError, load_manifest
+
+    model, engine_dir = small_engine
+    other = random_model(model.config.replace(d_ff=64))
+    with pytest.raises(EngineError, match="another model config"):
+        TorchBackend(load_manifest(engine_dir), other)
+
+
+def test_interleave_rotates_the_first_contender_each_repeat():
+    order = []
+    units = {key: (lambda key=key: order.append(key) or {"seconds": 1.0}) for key in "abc"}
+    runs = interleave(units, 3)
+    assert order == list("abc" "bca" "cab")
+    assert [len(rows) for rows in runs.values()] == [3, 3, 3]
+
+
+def test_ratio_is_taken_per_repeat():
+    assert ratio_stats([2.0, 6.0, 4.0], [1.0, 2.0, 1.0]) == {
+        "median": 3.0, "min": 2.0, "max": 4.0, "p10": 2.2, "p90": 3.8, "n": 3}
+
+
+def test_bad_requests_are_user_errors(tmp_path):
+    with pytest.raises(BenchError, match="--threads must be >= 1, got 0"):
+        run_benchmark(quick=True, out_dir=tmp_path, threads=0, checkpoint=None)
+    with pytest.raises(BenchError, match="unknown experiment"):
+        run_benchmark(quick=True, out_dir=tmp_path, threads=1, checkpoint=None,
+                      experiments=("main", "nonsense"))
+
+
+def test_ctrt_bench_exits_2_with_an_error_line(capsys):
+    from runtime.cli import main
+
+    assert main(["bench", "--threads", "0", "--out", "unused"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --threads must be >= 1, got 0"
+
+
+def test_serving_curve_counts_generated_tokens_per_second(small_engine):
+    pytest.importorskip("runtime.scheduler", reason="runtime.scheduler is on the sched branch")
+    from benchmarks.contenders import Bench
+    from benchmarks.experiments import serving_curve
+    from benchmarks.settings import SMOKE
+
+    model, engine_dir = small_engine
+    curve = serving_curve(Bench(model, engine_dir, threads=1), SMOKE)
+    assert [row["concurrency"] for row in curve["rows"]] == [1, 2, 4]
+    for row in curve["rows"]:
+        assert row["generated_tokens"] == row["concurrency"] * SMOKE.serving_new_tokens
+        for key in ("runtime", "cached"):
+            assert row[key]["tokens_per_s"] == pytest.approx(
+                row["generated_tokens"] / (row[key]["median_ms"] / 1e3))
 
 
 def test_segment_flops_grow_linearly_with_batch_and_count_every_part():

@@ -1,0 +1,67 @@
+"""The performance targets (issue 10, default config, 2 threads), each recorded as met or missed
+with the measured value and, where it is a ratio, its spread over repeats."""
+
+from __future__ import annotations
+
+import operator
+
+WANTS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
+
+
+def _target(name: str, want: str, threshold: float, measured: float | None,
+            spread: dict | None = None, note: str = "") -> dict:
+    met = measured is not None and WANTS[want](measured, threshold)
+    return {"target": name, "want": f"{want} {threshold:g}", "measured": measured,
+            "spread": spread, "met": bool(met), "note": note}
+
+
+def _ratio(group: dict, name: str) -> tuple[float | None, dict | None]:
+    found = group.get("ratios", {}).get(name)
+    return (found["median"], found) if found else (None, None)
+
+
+def _get(tree: dict, *path: str):
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def evaluate_targets(results: dict) -> list[dict]:
+    targets = []
+    lucid = results.get("lucidrains", {})
+    for name, group, ratio, threshold in (
+            ("segment b1: runtime speed-up vs eager", results, "segment b1: runtime vs eager", 1.8),
+            ("segment b1: runtime speed-up vs compressive-transformer-pytorch forward", lucid,
+             "segment b1: runtime vs lucidrains", 1.6),
+            ("segment b8: runtime speed-up vs eager", results, "segment b8: runtime vs eager", 1.5),
+            ("decode b1: runtime speed-up vs eager cached steps", results,
+             "decode b1: runtime vs cached", 2.5),
+            ("decode b1: runtime speed-up vs compressive-transformer-pytorch generate per token",
+             lucid, "decode b1: runtime vs lucidrains", 8.0)):
+        targets.append(_target(name, ">=", threshold, *_ratio(group, ratio),
+                               note="median over repeats of the per-repeat ratio"))
+    gemm_fraction = _get(results, "contenders", "runtime", "segment", "8", "gemm_fraction")
+    targets.append(_target("segment b8: runtime fraction of the measured GEMM rate", ">=", 0.70,
+                           gemm_fraction, note="useful FLOPs of the cached algorithm"))
+    copy_fraction = _get(results, "decode_bytes_b1", "fraction_of_copy_bandwidth")
+    targets.append(_target("decode b1: runtime fraction of the measured copy bandwidth", ">=",
+                           0.60, copy_fraction, note="weights + K/V state + position table read "
+                                                     "per token"))
+    rows = {row["concurrency"]: row for row in _get(results, "serving", "rows") or []}
+    scaling, spread = None, None
+    if 1 in rows and 16 in rows and "runtime" in rows[1]:
+        one, many = rows[1]["runtime"], rows[16]["runtime"]
+        scaling = many["tokens_per_s"] / one["tokens_per_s"]
+        spread = {"min": many["tokens_per_s_min"] / one["tokens_per_s_max"],
+                  "max": many["tokens_per_s_max"] / one["tokens_per_s_min"]}
+    targets.append(_target("serving: tokens/s at 16 concurrent requests vs 1 (runtime)", ">=",
+                           3.0, scaling, spread))
+    capacity = _get(results, "capacity", "ratio")
+    streams = (_get(results, "capacity", "max_streams") or [1, "S"])[-1]
+    targets.append(_target(f"capacity: decode step at 1 stream, max_streams={streams} vs 1", "<=",
+                           1.3, capacity["median"] if capacity else None, capacity))
+    overhead = _get(results, "loop_overhead", "decode b1", "fraction")
+    targets.append(_target("loop overhead decode b1 (fraction of step)", "<", 0.03, overhead))
+    return targets
