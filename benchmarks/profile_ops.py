@@ -2,7 +2,8 @@
 
 Exports the default config (`ModelConfig()`, random weights) and runs each graph through ONNX
 Runtime's profiler (SessionOptions.enable_profiling) with full memory (mem_len = M, cmem_len = C)
-and a half-full partial segment, then prints the share of node time per op type.
+and a half-full partial segment, then prints the share of node time per op type (per node the
+median over the runs, so a run preempted on a shared machine does not skew the split).
 
     python -m benchmarks.profile_ops [--threads 2] [--runs 10] [--batch 1]
 
@@ -52,7 +53,7 @@ def contract_inputs(config: ModelConfig, entry: str, batch: int,
 
 def op_time_split(graph: Path, feeds: dict[str, np.ndarray], threads: int, runs: int,
                   profile_dir: Path) -> dict[str, float]:
-    """Microseconds per run spent in each op type (warm-up run excluded)."""
+    """Microseconds per run spent in each op type: sum over its nodes of the median time."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -64,13 +65,17 @@ def op_time_split(graph: Path, feeds: dict[str, np.ndarray], threads: int, runs:
     for _ in range(runs):
         session.run(None, feeds)
     events = json.loads(Path(session.end_profiling()).read_text())
-    # Every run executes the same nodes: drop the first run's share of kernel events.
+    # Per node, the median over the timed runs (the first, warm-up run is dropped): on a
+    # shared machine a preempted run inflates whichever node it hits; the median does not.
+    per_node: dict[str, list[float]] = defaultdict(list)
+    op_of: dict[str, str] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_node[event["name"]].append(event["dur"])
+            op_of[event["name"]] = event["args"]["op_name"]
     totals: dict[str, float] = defaultdict(float)
-    node_events = [e for e in events if e.get("cat") == "Node"
-                   and e["name"].endswith("_kernel_time")]
-    per_call = len(node_events) // (runs + 1)
-    for event in node_events[per_call:]:
-        totals[event["args"]["op_name"]] += event["dur"] / runs
+    for node, durations in per_node.items():
+        totals[op_of[node]] += float(np.median(durations[1:] or durations))
     return dict(totals)
 
 
