@@ -78,6 +78,12 @@ def test_calls_run_only_the_streams_taking_part_and_results_equal_each_stream_al
     both = np.concatenate([got[b], rest[b]])
     np.testing.assert_allclose(both, alone(engine_dir, data[b]), atol=1e-5, rtol=0)
     assert [session.position(s) for s in (a, b, c)] == [3, 11, 2]
+    for stream in (c, a):  # one stream decoding alone, whichever row it sits in: batch 1
+        backend.calls.clear()
+        step = session.feed({stream: [7]})[stream]
+        assert backend.calls == [("extend", 1, 1)]
+        np.testing.assert_allclose(step, alone(engine_dir, np.append(data[stream], 7))[-1:],
+                                   atol=1e-5, rtol=0)
 
 
 def test_removing_a_stream_moves_the_last_row_into_the_hole_and_keeps_ids(engine):
