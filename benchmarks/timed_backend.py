@@ -48,11 +48,14 @@ class TimedBackend(Backend):
     def write_rows(self, dst: Any, src: Any, row: int, offset: int, count: int) -> None:
         self.inner.write_rows(dst, src, row, offset, count)
 
-    def get_row(self, buffer: Any, row: int, batch_axis: int) -> np.ndarray:
-        return self.inner.get_row(buffer, row, batch_axis)
+    def copy_rows(self, dst: Any, dst_row: int, src: Any, src_row: int, count: int) -> None:
+        self.inner.copy_rows(dst, dst_row, src, src_row, count)
 
-    def set_row(self, buffer: Any, row: int, batch_axis: int, values: np.ndarray) -> None:
-        self.inner.set_row(buffer, row, batch_axis, values)
+    def get_row(self, buffer: Any, row: int) -> np.ndarray:
+        return self.inner.get_row(buffer, row)
+
+    def set_row(self, buffer: Any, row: int, values: np.ndarray | float) -> None:
+        self.inner.set_row(buffer, row, values)
 
     def __getattr__(self, name: str) -> Any:
         # Helpers a backend adds beyond the abstract interface reach the wrapped one.

@@ -81,9 +81,10 @@ class StepCore(nn.Module):
         return mask & keep
 
     def project_kv(self, layer: Layer, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """states [B, S, d] -> keys, values [B, S, d]"""
+        """states [B, S, d] -> head-major keys, values [B, H, S, dh]"""
         kv_in = layer.kv_input(states)
-        return layer.attn.k_proj(kv_in), layer.attn.v_proj(kv_in)
+        return layer.attn.split_heads(layer.attn.k_proj(kv_in)), \
+            layer.attn.split_heads(layer.attn.v_proj(kv_in))
 
     def memory_valid(self, mem_len: torch.Tensor, cmem_len: torch.Tensor | None) -> torch.Tensor:
         """[B, C+M] True for valid (right-aligned) cmem and mem slots."""
@@ -96,120 +97,131 @@ class StepCore(nn.Module):
             valid = torch.cat([valid_c, valid], dim=1)
         return valid
 
-    def layer_step(self, index: int, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   q_in: torch.Tensor, distance: torch.Tensor,
+    def layer_step(self, index: int, h: torch.Tensor, key_parts: list[torch.Tensor],
+                   value_parts: list[torch.Tensor], q_in: torch.Tensor, distance: torch.Tensor,
                    mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer `index` over cached keys.
+        """Layer `index` over cached keys, read in place: scores are computed per part of the
+        keys and joined (small), so the cache is never concatenated with the new keys.
 
-        h [B,T,d] layer input, q_in [B,T,d] what queries project from, k/v [B,K,d] every key
-        the queries may read, distance [B,1,T,K] int64 clamped to the table, mask [B,1,T,K].
-        -> next h [B,T,d], probs [B,H,T,K]
+        h [B,T,d] layer input, q_in [B,T,d] what queries project from, key_parts/value_parts
+        [B,H,S_j,dh] every key the queries may read (K = sum S_j), distance [B,1,T,K] int64
+        clamped to the table, mask [B,1,T,K]. -> next h [B,T,d], probs [B,H,T,K]
         """
         layer = self.model.layers[index]
         attn = layer.attn
         batch, n_new, _ = h.shape
         heads, d_head = attn.n_heads, attn.d_head
         q = attn.split_heads(attn.q_proj(q_in))  # [B, H, T, dh]
-        keys = k.view(batch, -1, heads, d_head).transpose(1, 2)  # [B, H, K, dh]
-        values = v.view(batch, -1, heads, d_head).transpose(1, 2)  # [B, H, K, dh]
         q_content = q if self.learned_positions else q + attn.u[:, None]
         q_position = q if self.learned_positions else q + attn.v[:, None]
-        content = q_content @ keys.transpose(-1, -2)  # [B, H, T, K]
+        content = torch.cat([q_content @ keys.transpose(-1, -2) for keys in key_parts],
+                            dim=-1)  # [B, H, T, K]
         by_distance = q_position @ self.positions(index).transpose(-1, -2)  # [B, H, T, D]
         position = torch.gather(by_distance, 3, distance.expand(-1, heads, -1, -1))  # [B,H,T,K]
         scores = (content + position) / math.sqrt(d_head)
         probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-        read = (probs @ values).transpose(1, 2).reshape(batch, n_new, heads * d_head)
+        sizes = [values.shape[2] for values in value_parts]
+        read = sum(p @ values for p, values in zip(torch.split(probs, sizes, dim=-1),
+                                                   value_parts, strict=True))  # [B, H, T, dh]
+        read = read.transpose(1, 2).reshape(batch, n_new, heads * d_head)
         return layer.finish(h, attn.out_proj(read)), probs
 
     def run_layers(self, tokens: torch.Tensor, cached_k: list[torch.Tensor],
                    cached_v: list[torch.Tensor], distance: torch.Tensor, mask: torch.Tensor,
-                   usage: torch.Tensor | None, reading: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Embed tokens [B, T] and run every layer over its cached keys/values (the [N,B,S,d]
-        tensors of cached_k / cached_v, concatenated in order) plus the new tokens' own.
+                   usage: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Embed tokens [B, T] and run every layer over its cached keys/values (the
+        [B,N,H,S,dh] tensors of cached_k / cached_v, read in order) plus the new tokens' own.
 
-        distance, mask [B,1,T,K]; usage [N,B,M] (most_used) gains the attention of the rows
-        where reading [B] is True. -> logits [B,T,V], stored states, keys, values [N,B,T,d]
-        of the new tokens, next usage (or None)."""
+        distance, mask [B,1,T,K]; usage [B,N,M] (most_used) gains the attention the memory
+        received. -> logits [B,T,V], stored states [B,N,T,d], keys, values [B,N,H,T,dh] of
+        the new tokens, next usage (or None)."""
         cfg, model = self.cfg, self.model
         h = model.embed_tokens(tokens)  # [B, T, d]
+        layer_k = [cached.unbind(1) for cached in cached_k]  # per part: N x [B, H, S, dh]
+        layer_v = [cached.unbind(1) for cached in cached_v]
+        layer_usage = usage.unbind(1) if usage is not None else None  # N x [B, M]
         new_h, new_k, new_v, next_usage = [], [], [], []
         for i, layer in enumerate(model.layers):
-            stored = layer.memory_state(h)
-            kv_in = layer.kv_input(stored)
-            k_new, v_new = layer.attn.k_proj(kv_in), layer.attn.v_proj(kv_in)
+            stored = layer.memory_state(h)  # [B, T, d]
+            k_new, v_new = self.project_kv(layer, stored)  # [B, H, T, dh]
             new_h.append(stored)
             new_k.append(k_new)
             new_v.append(v_new)
-            k = torch.cat([*(cached[i] for cached in cached_k), k_new], dim=1)  # [B, K, d]
-            v = torch.cat([*(cached[i] for cached in cached_v), v_new], dim=1)
-            h, probs = self.layer_step(i, h, k, v, kv_in, distance, self.layer_mask(i, mask))
-            if usage is not None:
+            h, probs = self.layer_step(
+                i, h, [*(keys[i] for keys in layer_k), k_new],
+                [*(values[i] for values in layer_v), v_new], layer.kv_input(stored), distance,
+                self.layer_mask(i, mask))
+            if layer_usage is not None:
                 mem_probs = probs[..., cfg.cmem_len:self.n_mem]  # [B, H, T, M]
-                read = torch.where(reading[:, None], mem_probs.sum(dim=(1, 2)), 0.0)
-                next_usage.append(usage[i] + read)
-        return (model.project_logits(h), torch.stack(new_h), torch.stack(new_k),
-                torch.stack(new_v), torch.stack(next_usage) if next_usage else None)
+                next_usage.append(layer_usage[i] + mem_probs.sum(dim=(1, 2)))
+        return (model.project_logits(h), torch.stack(new_h, 1), torch.stack(new_k, 1),
+                torch.stack(new_v, 1), torch.stack(next_usage, 1) if next_usage else None)
 
     def rotate(self, seg_h: torch.Tensor, seg_k: torch.Tensor, seg_v: torch.Tensor,
                mem: torch.Tensor, cmem: torch.Tensor | None, mem_k: torch.Tensor,
                mem_v: torch.Tensor, mem_len: torch.Tensor, cmem_len: torch.Tensor | None,
-               usage: torch.Tensor | None, commit: torch.Tensor) -> list[torch.Tensor]:
-        """Algorithm 1 for rows with commit True: append the segment, evict, compress.
+               usage: torch.Tensor | None) -> list[torch.Tensor]:
+        """Algorithm 1 for every row: append the segment, evict, compress.
 
-        seg_h/seg_k/seg_v [N,B,L,d], mem [N,B,M,d], cmem [N,B,C,d], mem_k/mem_v [N,B,C+M,d],
-        counts [B] int32, usage [N,B,M], commit [B] bool. Returns the next memory state in
-        contract order.
+        seg_h [B,N,L,d], seg_k/seg_v [B,N,H,L,dh], mem [B,N,M,d], cmem [B,N,C,d],
+        mem_k/mem_v [B,N,H,C+M,dh], counts [B] int32, usage [B,N,M]. Returns the next memory
+        state in contract order.
         """
         cfg = self.cfg
-        seg_len, n_mem, n_cmem = cfg.seg_len, cfg.mem_len, cfg.cmem_len
-        row = commit[None, :, None, None]  # [1, B, 1, 1]
-        kept_mem, kept_cmem = mem, cmem  # rows that do not commit keep their state
+        seg_len, n_cmem = cfg.seg_len, cfg.cmem_len
         if cfg.enhanced_recurrence:  # each layer rotates the memory it read (another layer's)
             order = list(self.model.read_order)
-            mem = mem[order]
-            cmem = cmem[order] if cmem is not None else None
-            kept_cmem = torch.where(row, cmem, kept_cmem) if cmem is not None else None
-        mem_next = torch.cat([mem, seg_h], dim=2)[:, :, -n_mem:]  # [N, B, M, d]
-        k_mem = torch.cat([mem_k[:, :, n_cmem:], seg_k], dim=2)[:, :, -n_mem:]  # [N, B, M, d]
-        v_mem = torch.cat([mem_v[:, :, n_cmem:], seg_v], dim=2)[:, :, -n_mem:]
-        mem_len_next = torch.where(commit, torch.clamp(mem_len + seg_len, max=n_mem), mem_len)
-        outputs = {"mem": torch.where(row, mem_next, kept_mem), "mem_len": mem_len_next}
+            mem = mem[:, order]
+            cmem = cmem[:, order] if cmem is not None else None
+        mem_next = shift_in(mem, seg_h, dim=2)  # [B, N, M, d]
+        k_mem = shift_in(mem_k[:, :, :, n_cmem:], seg_k, dim=3)  # [B, N, H, M, dh]
+        v_mem = shift_in(mem_v[:, :, :, n_cmem:], seg_v, dim=3)
+        outputs = {"mem": mem_next, "mem_len": torch.clamp(mem_len + seg_len, max=cfg.mem_len)}
         if cmem is not None:
-            evicts = commit & (mem_len == n_mem)  # [B]
+            evicts = mem_len == cfg.mem_len  # [B]: only a full memory evicts (0 or L slots)
             new_cm, k_new, v_new = [], [], []
             for i, layer in enumerate(self.model.layers):
-                old_usage = usage[i, :, :seg_len] if usage is not None else None
-                slots = self.model.compressors[i](mem[i, :, :seg_len], old_usage)  # [B, L/c, d]
-                k_i, v_i = self.project_kv(layer, slots)
+                old_usage = usage[:, i, :seg_len] if usage is not None else None
+                slots = self.model.compressors[i](mem[:, i, :seg_len], old_usage)  # [B,L/c,d]
+                k_i, v_i = self.project_kv(layer, slots)  # [B, H, L/c, dh]
                 new_cm.append(slots)
                 k_new.append(k_i)
                 v_new.append(v_i)
-            shift = evicts[None, :, None, None]
-            cmem_next = torch.cat([cmem, torch.stack(new_cm)], dim=2)[:, :, -n_cmem:]
-            k_cmem = torch.cat([mem_k[:, :, :n_cmem], torch.stack(k_new)], dim=2)[:, :, -n_cmem:]
-            v_cmem = torch.cat([mem_v[:, :, :n_cmem], torch.stack(v_new)], dim=2)[:, :, -n_cmem:]
-            k_mem = torch.cat([torch.where(shift, k_cmem, mem_k[:, :, :n_cmem]), k_mem], dim=2)
-            v_mem = torch.cat([torch.where(shift, v_cmem, mem_v[:, :, :n_cmem]), v_mem], dim=2)
-            outputs["cmem"] = torch.where(shift, cmem_next, kept_cmem)
+            shift = evicts[:, None, None, None]  # [B, 1, 1, 1]
+            shift_kv = evicts[:, None, None, None, None]
+            cmem_next = shift_in(cmem, torch.stack(new_cm, 1), dim=2)  # [B, N, C, d]
+            k_cmem = shift_in(mem_k[:, :, :, :n_cmem], torch.stack(k_new, 1), dim=3)
+            v_cmem = shift_in(mem_v[:, :, :, :n_cmem], torch.stack(v_new, 1), dim=3)
+            k_mem = torch.cat([torch.where(shift_kv, k_cmem, mem_k[:, :, :, :n_cmem]), k_mem],
+                              dim=3)  # [B, N, H, C+M, dh]
+            v_mem = torch.cat([torch.where(shift_kv, v_cmem, mem_v[:, :, :, :n_cmem]), v_mem],
+                              dim=3)
+            outputs["cmem"] = torch.where(shift, cmem_next, cmem)
             outputs["cmem_len"] = torch.where(
                 evicts, torch.clamp(cmem_len + cfg.cmem_per_segment, max=n_cmem), cmem_len)
         if cfg.enhanced_recurrence:
             # The cache holds keys of what each layer reads next: another layer's new memory,
             # so it is projected whole (commit rewrites the memory anyway).
-            reads = outputs["mem"][order]
+            reads = outputs["mem"][:, order]
             if cmem is not None:
-                reads = torch.cat([outputs["cmem"][order], reads], dim=2)  # [N, B, C+M, d]
-            projected = [self.project_kv(layer, reads[i])
+                reads = torch.cat([outputs["cmem"][:, order], reads], dim=2)  # [B, N, C+M, d]
+            projected = [self.project_kv(layer, reads[:, i])
                          for i, layer in enumerate(self.model.layers)]
-            k_mem = torch.stack([k for k, _ in projected])
-            v_mem = torch.stack([v for _, v in projected])
-        outputs["mem_k"] = torch.where(row, k_mem, mem_k)
-        outputs["mem_v"] = torch.where(row, v_mem, mem_v)
+            k_mem = torch.stack([k for k, _ in projected], 1)
+            v_mem = torch.stack([v for _, v in projected], 1)
+        outputs["mem_k"], outputs["mem_v"] = k_mem, v_mem
         if usage is not None:
-            rolled = F.pad(usage, (0, seg_len))[:, :, -n_mem:]  # [N, B, M]
-            outputs["usage"] = torch.where(commit[None, :, None], rolled, usage)
+            outputs["usage"] = F.pad(usage, (0, seg_len))[:, :, -cfg.mem_len:]  # [B, N, M]
         return [outputs[name] for name in MEMORY_STATE if name in outputs]
+
+
+def shift_in(old: torch.Tensor, new: torch.Tensor, dim: int) -> torch.Tensor:
+    """The newest old.shape[dim] entries of old ++ new along dim, without concatenating what
+    is dropped: FIFO memories are a multiple of the segment, so whole blocks shift."""
+    keep, added = old.shape[dim], new.shape[dim]
+    if added >= keep:
+        return new.narrow(dim, added - keep, keep)
+    return torch.cat([old.narrow(dim, added, keep - added), new], dim=dim)
 
 
 def _split_memory(core: StepCore,
@@ -221,12 +233,11 @@ def _split_memory(core: StepCore,
 
 
 class SegmentStep(StepCore):
-    """tokens [B, L] + memory state + commit [B] -> logits [B, L, V] + next memory state."""
+    """tokens [B, L] + memory state -> logits [B, L, V] + next memory state."""
 
-    def forward(self, tokens: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, tokens: torch.Tensor, *memory: torch.Tensor) -> tuple[torch.Tensor, ...]:
         cfg = self.cfg
-        *memory, commit = state
-        m = _split_memory(self, tuple(memory))
+        m = _split_memory(self, memory)
         seg_len = cfg.seg_len
         valid = self.memory_valid(m["mem_len"], m["cmem_len"])  # [B, C+M]
         pos = torch.arange(seg_len, device=tokens.device)
@@ -238,9 +249,9 @@ class SegmentStep(StepCore):
         distance = self.position_index(distance, m["mem_len"], m["cmem_len"]).expand(
             valid.shape[0], 1, -1, -1)  # [B, 1, L, C+M+L]
         logits, seg_h, seg_k, seg_v, usage = self.run_layers(
-            tokens, [m["mem_k"]], [m["mem_v"]], distance, mask, m["usage"], commit)
+            tokens, [m["mem_k"]], [m["mem_v"]], distance, mask, m["usage"])
         next_state = self.rotate(seg_h, seg_k, seg_v, m["mem"], m["cmem"], m["mem_k"],
-                                 m["mem_v"], m["mem_len"], m["cmem_len"], usage, commit)
+                                 m["mem_v"], m["mem_len"], m["cmem_len"], usage)
         return (logits, *next_state)
 
 
@@ -268,19 +279,18 @@ class ExtendStep(StepCore):
                                        s["mem_len"], s.get("cmem_len"))  # [B, 1, T, K]
         logits, new_h, new_k, new_v, usage = self.run_layers(
             tokens, [s["mem_k"], s["seg_k"]], [s["mem_v"], s["seg_v"]], distance, mask,
-            s.get("usage"), s.get("active"))
+            s.get("usage"))
         return (logits, new_h, new_k, new_v) + ((usage,) if usage is not None else ())
 
 
 class CommitStep(StepCore):
-    """A full partial segment + memory state + commit [B] -> next memory state."""
+    """A full partial segment + memory state -> next memory state."""
 
     def forward(self, seg_h: torch.Tensor, seg_k: torch.Tensor, seg_v: torch.Tensor,
-                *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        *memory, commit = state
-        m = _split_memory(self, tuple(memory))
+                *memory: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        m = _split_memory(self, memory)
         return tuple(self.rotate(seg_h, seg_k, seg_v, m["mem"], m["cmem"], m["mem_k"],
-                                 m["mem_v"], m["mem_len"], m["cmem_len"], m["usage"], commit))
+                                 m["mem_v"], m["mem_len"], m["cmem_len"], m["usage"]))
 
 
 STEP_MODULES = {"segment": SegmentStep, "extend": ExtendStep, "commit": CommitStep}

@@ -57,11 +57,15 @@ class TorchBackend(Backend):
 
     def write_rows(self, dst: torch.Tensor, src: torch.Tensor, row: int, offset: int,
                    count: int) -> None:
-        dst[:, row, offset:offset + count] = src[:, row, :count]
+        dst[row, ..., offset:offset + count, :] = src[row, ..., :count, :]
 
-    def get_row(self, buffer: torch.Tensor, row: int, batch_axis: int) -> np.ndarray:
-        return buffer.select(batch_axis, row).numpy().copy()
+    def copy_rows(self, dst: torch.Tensor, dst_row: int, src: torch.Tensor, src_row: int,
+                  count: int) -> None:
+        dst[dst_row:dst_row + count] = src[src_row:src_row + count]
 
-    def set_row(self, buffer: torch.Tensor, row: int, batch_axis: int, values: Any) -> None:
-        target = buffer.select(batch_axis, row)
+    def get_row(self, buffer: torch.Tensor, row: int) -> np.ndarray:
+        return buffer[row].numpy().copy()
+
+    def set_row(self, buffer: torch.Tensor, row: int, values: Any) -> None:
+        target = buffer[row]
         target.copy_(torch.as_tensor(np.asarray(values), dtype=buffer.dtype).expand_as(target))

@@ -1,32 +1,38 @@
-"""The engine contract: names, shapes and dtypes of every graph input and output.
+"""The engine contract (version 2): names, shapes and dtypes of every graph input and output.
 
 Defined once here and imported by export, runtime and tests (pure Python: the runtime never
 imports torch). Shapes use ints for static sizes and two symbolic names: BATCH (every graph)
 and TOKENS (the new-token count of `extend`, 1..L).
 
-State tensors (per layer N, per stream B):
-  mem [N,B,M,d]     last M layer inputs h^(i), right-aligned, oldest first
-  cmem [N,B,C,d]    compressed slots, right-aligned, oldest first
-  mem_k, mem_v [N,B,C+M,d]  key / value projections of the [cmem, mem] each layer reads (its
-                    own, or another layer's with enhanced recurrence), cached so decoding never
-                    re-projects the memory
+Every tensor is batch-first, so one stream's state is one contiguous block of each tensor and
+the first r rows of a buffer are a contiguous [r, ...] tensor: a call on r streams binds views
+of the first r rows. Keys and values are head-major ([.., H, S, dh]), the layout attention
+reads, so no graph re-lays the cache out on a call.
+
+State tensors (per stream B, per layer N, heads H, dh = d / H):
+  mem [B,N,M,d]     last M layer inputs h^(i), right-aligned, oldest first
+  cmem [B,N,C,d]    compressed slots, right-aligned, oldest first
+  mem_k, mem_v [B,N,H,C+M,dh]  key / value projections of the [cmem, mem] each layer reads
+                    (its own, or another layer's with enhanced recurrence), cached so decoding
+                    never re-projects the memory
   mem_len, cmem_len [B] int32  valid slot counts
-  usage [N,B,M]     attention mass each mem slot received (most_used compression only)
-  seg_h, seg_k, seg_v [N,B,L,d]  layer inputs / keys / values of the partial segment
+  usage [B,N,M]     attention mass each mem slot received (most_used compression only)
+  seg_h [B,N,L,d], seg_k, seg_v [B,N,H,L,dh]  layer inputs / keys / values of the partial
+                    segment
   seg_len [B] int32  tokens in the partial segment
 A graph's next value of state tensor X is the output named X + "_out" with the shape of X, so
 an output buffer can be bound as the next call's input (ping-pong).
 
-Entry points:
-  segment  tokens [B,L] + memory state + commit [B] bool -> logits [B,L,V] + next memory
-           state (for streams with an empty partial segment; rows with commit False pass
-           through unchanged, their logits are meaningless)
+Entry points. Every row of a call takes part in it (the runtime packs the streams of a call
+into the first rows), so no graph has a per-row mask:
+  segment  tokens [B,L] + memory state -> logits [B,L,V] + next memory state (for streams with
+           an empty partial segment)
   extend   tokens [B,T] + seg_len + cached projections -> logits [B,T,V] and the T new rows
-           new_h/new_k/new_v [N,B,T,d] that the runtime writes at offset seg_len of
-           seg_h/seg_k/seg_v; with most_used also active [B] bool -> usage_out (rows with
-           active False keep their usage)
-  commit   a full partial segment + memory state + commit [B] bool -> next memory state; rows
-           with commit False pass through unchanged
+           new_h [B,N,T,d], new_k/new_v [B,N,H,T,dh] that the runtime writes at offset seg_len
+           of seg_h/seg_k/seg_v; with most_used also usage -> usage_out
+  commit   a full partial segment + memory state -> next memory state
+Version 1 was layer-first ([N,B,...]) with commit/active masks; engines of that version are
+refused by the manifest check (runtime.manifest.FORMAT_VERSION).
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ class Dims:
 
     n_layers: int
     d_model: int
+    n_heads: int
     vocab_size: int
     seg_len: int
     mem_len: int
@@ -87,9 +94,14 @@ class Dims:
     @classmethod
     def from_config(cls, config: object) -> Dims:
         get = config.get if isinstance(config, Mapping) else lambda k: getattr(config, k)
-        return cls(n_layers=get("n_layers"), d_model=get("d_model"), vocab_size=get("vocab_size"),
+        return cls(n_layers=get("n_layers"), d_model=get("d_model"), n_heads=get("n_heads"),
+                   vocab_size=get("vocab_size"),
                    seg_len=get("seg_len"), mem_len=get("mem_len"), cmem_len=get("cmem_len"),
                    most_used=get("compress_fn") == "most_used")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
 
     @property
     def has_cmem(self) -> bool:
@@ -99,18 +111,20 @@ class Dims:
 def state_specs(dims: Dims) -> dict[str, TensorSpec]:
     """Every state tensor a stream has, by name."""
     n, b, d = dims.n_layers, BATCH, dims.d_model
+    heads, d_head = dims.n_heads, dims.d_head
     f32, i32 = "float32", "int32"
+    n_mem = dims.cmem_len + dims.mem_len
     specs = [
-        TensorSpec("mem", f32, (n, b, dims.mem_len, d)),
-        TensorSpec("cmem", f32, (n, b, dims.cmem_len, d)),
-        TensorSpec("mem_k", f32, (n, b, dims.cmem_len + dims.mem_len, d)),
-        TensorSpec("mem_v", f32, (n, b, dims.cmem_len + dims.mem_len, d)),
+        TensorSpec("mem", f32, (b, n, dims.mem_len, d)),
+        TensorSpec("cmem", f32, (b, n, dims.cmem_len, d)),
+        TensorSpec("mem_k", f32, (b, n, heads, n_mem, d_head)),
+        TensorSpec("mem_v", f32, (b, n, heads, n_mem, d_head)),
         TensorSpec("mem_len", i32, (b,)),
         TensorSpec("cmem_len", i32, (b,)),
-        TensorSpec("usage", f32, (n, b, dims.mem_len)),
-        TensorSpec("seg_h", f32, (n, b, dims.seg_len, d)),
-        TensorSpec("seg_k", f32, (n, b, dims.seg_len, d)),
-        TensorSpec("seg_v", f32, (n, b, dims.seg_len, d)),
+        TensorSpec("usage", f32, (b, n, dims.mem_len)),
+        TensorSpec("seg_h", f32, (b, n, dims.seg_len, d)),
+        TensorSpec("seg_k", f32, (b, n, heads, dims.seg_len, d_head)),
+        TensorSpec("seg_v", f32, (b, n, heads, dims.seg_len, d_head)),
         TensorSpec("seg_len", i32, (b,)),
     ]
     skip = set()
@@ -133,27 +147,26 @@ def entry_points(config: object) -> dict[str, EntryPoint]:
     state = state_specs(dims)
     memory = [state[name] for name in MEMORY_STATE if name in state]
     n, b, d = dims.n_layers, BATCH, dims.d_model
+    heads, d_head = dims.n_heads, dims.d_head
     usage = [state["usage"]] if dims.most_used else []
 
-    commit_mask = TensorSpec("commit", "bool", (b,))
     segment = EntryPoint(
         "segment",
-        inputs=(TensorSpec("tokens", "int32", (b, dims.seg_len)), *memory, commit_mask),
+        inputs=(TensorSpec("tokens", "int32", (b, dims.seg_len)), *memory),
         outputs=(TensorSpec("logits", "float32", (b, dims.seg_len, dims.vocab_size)),
                  *(out_spec(s) for s in memory)))
     readonly = [state[name] for name in ("mem_k", "mem_v", "mem_len", "cmem_len") if name in state]
     extend = EntryPoint(
         "extend",
         inputs=(TensorSpec("tokens", "int32", (b, TOKENS)), state["seg_len"], *readonly,
-                state["seg_k"], state["seg_v"],
-                *(usage + [TensorSpec("active", "bool", (b,))] if usage else [])),
+                state["seg_k"], state["seg_v"], *usage),
         outputs=(TensorSpec("logits", "float32", (b, TOKENS, dims.vocab_size)),
-                 TensorSpec("new_h", "float32", (n, b, TOKENS, d)),
-                 TensorSpec("new_k", "float32", (n, b, TOKENS, d)),
-                 TensorSpec("new_v", "float32", (n, b, TOKENS, d)),
+                 TensorSpec("new_h", "float32", (b, n, TOKENS, d)),
+                 TensorSpec("new_k", "float32", (b, n, heads, TOKENS, d_head)),
+                 TensorSpec("new_v", "float32", (b, n, heads, TOKENS, d_head)),
                  *(out_spec(s) for s in usage)))
     commit = EntryPoint(
         "commit",
-        inputs=(state["seg_h"], state["seg_k"], state["seg_v"], *memory, commit_mask),
+        inputs=(state["seg_h"], state["seg_k"], state["seg_v"], *memory),
         outputs=tuple(out_spec(s) for s in memory))
     return {"segment": segment, "extend": extend, "commit": commit}

@@ -14,7 +14,7 @@ from runtime.contract import EntryPoint, entry_points
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.bin"  # every graph's initializers, each stored once (ONNX external data)
 FORMAT = "compressive-rt-engine"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: contract v2, batch-first, no per-row masks
 
 
 class EngineError(Exception):
@@ -88,7 +88,9 @@ def load_manifest(engine_dir: Path | str, verify_hashes: bool = True) -> Manifes
         raise EngineError(f"{path} is not a compressive-rt manifest (format != {FORMAT!r})")
     if data.get("format_version") != FORMAT_VERSION:
         raise EngineError(f"{path} has format_version {data.get('format_version')!r}; this "
-                          f"runtime reads version {FORMAT_VERSION}: re-export the checkpoint")
+                          f"runtime reads version {FORMAT_VERSION} (contract v2, batch-first): "
+                          f"re-export the checkpoint with `ctrt export CHECKPOINT "
+                          f"{engine_dir}`")
     try:
         contract = entry_points(data["config"])
     except (KeyError, TypeError) as exc:

@@ -1,30 +1,35 @@
 """The lean loop: streams, memory rotation and scheduling around the compiled entry points.
 
-A Session serves up to `max_streams` streams in one batch (one row each). It allocates every
-buffer once: two sets of each memory-state tensor (ping-pong: a call reads set p and writes
-set 1-p, then p flips), one set of partial-segment buffers written by slice, and scratch
-outputs sized for the largest call. `feed` splits each stream's tokens at segment boundaries:
-a stream at a segment boundary with >= L tokens waiting goes through `segment` (score and
-rotate in one call); otherwise `extend` appends up to L - seg_len tokens and, when the partial
-segment is full, `commit` rotates the memory. Streams at different positions share the batch;
-rows that do not take part in a call are masked (commit/active False) and left untouched.
+A Session serves up to `max_streams` streams from a slot pool: the streams are packed in rows
+[0, k) of every buffer (contract v2 is batch-first, so a row is one contiguous block), and each
+engine call runs only the rows that take part. `feed` splits each stream's tokens at segment
+boundaries: streams at a segment boundary with >= L tokens waiting go through `segment` (score
+and rotate in one call); otherwise `extend` appends up to L - seg_len tokens and, when the
+partial segment is full, `commit` rotates the memory.
+
+Buffers are allocated once for max_streams: two sets of each memory-state tensor (ping-pong: a
+call reads set p and writes set 1-p, then p flips), one set of partial-segment buffers written
+by slice, and scratch sized for the largest call. A call on r streams binds views of the first
+r rows, so its cost follows the streams that take part, not the capacity.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
+import threading
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from runtime.backends.base import Backend
-from runtime.contract import BATCH, MEMORY_STATE, OUT_SUFFIX, TOKENS, Dims, state_specs
-from runtime.manifest import Manifest, load_manifest
+from runtime.contract import MEMORY_STATE, OUT_SUFFIX, TOKENS, Dims, state_specs
+from runtime.manifest import EngineError, Manifest, load_manifest
 
 SNAPSHOT_FORMAT = "compressive-rt-stream-snapshot"
 PARTIAL_STATE = ("seg_h", "seg_k", "seg_v")
@@ -34,7 +39,40 @@ class RuntimeInputError(ValueError):
     """Bad input from the caller (tokens, stream ids, snapshots); no stream was changed."""
 
 
+class ConcurrentUseError(RuntimeInputError):
+    """A second thread called a Session while another thread's call was still running."""
+
+
+class EngineCallError(EngineError):
+    """An engine call failed during `feed`. Each stream's position still equals the tokens
+    whose effect is in its state; `consumed` maps stream id -> tokens of this feed consumed."""
+
+    def __init__(self, message: str, consumed: dict[int, int]) -> None:
+        super().__init__(message)
+        self.consumed = consumed
+
+
 BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def one_thread_at_a_time(method: Method) -> Method:
+    """Raise ConcurrentUseError instead of running while another thread is inside the session
+    (re-entrant for the thread that holds it: restore calls add_stream)."""
+
+    @functools.wraps(method)
+    def guarded(self: Session, *args: Any, **kwargs: Any) -> Any:
+        if not self._in_use.acquire(blocking=False):
+            raise ConcurrentUseError(
+                f"Session.{method.__name__} was called while another thread is using this "
+                f"session: use one Session per thread, or serialize calls with your own lock")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._in_use.release()
+
+    return guarded  # type: ignore[return-value]
 
 
 def open_backend(name: str, manifest: Manifest, threads: int | None = None,
@@ -67,10 +105,29 @@ def open_backend(name: str, manifest: Manifest, threads: int | None = None,
 
 
 class Session:
+    """Streams of one engine, packed in rows [0, k) of preallocated buffers (see module doc).
+
+    Public API: add_stream, remove_stream, reset_stream, feed, last_logits, position, streams,
+    stream_state, snapshot, restore. Stream ids never change; rows do (removing a stream moves
+    the last row into its place, and a call's streams are swapped into the front rows).
+
+    Threads: a Session is used from one thread at a time. A call made while another thread is
+    inside one of its methods raises ConcurrentUseError at once (nothing changes); serialize
+    calls with your own lock or use one Session per thread.
+
+    Failures: if an engine call raises during `feed`, no stream's committed state changes for
+    that call (ping-pong: the written set is not flipped in), calls that succeeded before it
+    stand, and each stream's position counts exactly the tokens whose effect is in its state.
+    The EngineCallError says how many tokens of the feed each stream consumed; feeding the
+    rest continues as if nothing failed. (A failed `commit` leaves a full partial segment,
+    whose tokens are consumed; the stream's next feed commits it first.)
+    """
+
     def __init__(self, engine_dir: str | Path, backend: str | Backend = "auto",
                  max_streams: int = 1, threads: int | None = None) -> None:
         if max_streams < 1:
             raise RuntimeInputError(f"max_streams must be >= 1, got {max_streams}")
+        self._in_use = threading.RLock()
         self.manifest = load_manifest(engine_dir)
         self.backend = backend if isinstance(backend, Backend) else open_backend(
             backend, self.manifest, threads, max_streams)
@@ -80,28 +137,36 @@ class Session:
         specs = state_specs(self.dims)
         self.memory_names = [n for n in MEMORY_STATE if n in specs]
         self.specs = specs
-        allocate = self.backend.allocate
-        # [parity][name] -> buffer; parity[name] says which set holds the current value.
-        self.memory = [{n: allocate(specs[n], batch) for n in self.memory_names} for _ in range(2)]
+        backend_ = self.backend
+        # [set][name] -> buffer; parity[name] says which set holds the current value of rows
+        # [0, k). A call on rows [0, r) writes only those rows of the other set, so after it
+        # flips, rows [r, k) are copied across (_sync_rows).
+        self.memory = [{n: backend_.allocate(specs[n], batch) for n in self.memory_names}
+                       for _ in range(2)]
         self.parity = dict.fromkeys(self.memory_names, 0)
-        self.partial = {n: allocate(specs[n], batch) for n in PARTIAL_STATE}
-        self.seg_len_buf = allocate(specs["seg_len"], batch)
+        self.partial = {n: backend_.allocate(specs[n], batch) for n in PARTIAL_STATE}
+        # one row per state tensor: the middle stop when two streams swap rows
+        self.row_scratch = {n: backend_.allocate(specs[n], 1)
+                            for n in (*self.memory_names, *PARTIAL_STATE)}
+        self.seg_len_buf = backend_.allocate(specs["seg_len"], batch)
         self.seg_len = np.zeros(batch, dtype=np.int32)  # host copy of the partial lengths
-        self.commit_mask = allocate(contract["commit"].inputs[-1], batch)
-        self.active_mask = self.commit_mask  # shares the buffer: never needed at once
-        seg_len = self.dims.seg_len
-        self.segment_tokens = allocate(contract["segment"].inputs[0], batch)
-        self.segment_logits = allocate(contract["segment"].outputs[0], batch)
-        # extend scratch per token count, made on first use: views of one buffer per tensor
-        # sized for T = L (Backend.allocate)
-        self._extend_io: dict[int, dict[str, Any]] = {}
+        seg_len, vocab = self.dims.seg_len, self.dims.vocab_size
+        # scratch shared by segment and extend (one call at a time): [max_streams, L, ...]
+        extend = contract["extend"]
+        self.scratch = {spec.name: backend_.allocate(spec, batch, seg_len)
+                        for spec in (extend.inputs[0], *extend.outputs) if TOKENS in spec.shape}
         self.host_tokens = np.zeros((batch, seg_len), dtype=np.int32)
-        self.host_mask = np.zeros(batch, dtype=np.bool_)
-        self.host_last_logits = np.zeros((batch, self.dims.vocab_size), dtype=np.float32)  # [B, V]
-        self._last_logits: dict[int, np.ndarray] = {}  # row -> its row of host_last_logits
-        self.rows: dict[int, int] = {}  # stream id -> batch row
+        # logits after each row's last token, copied out after every call: [max_streams, V]
+        self.last_logits_rows = np.zeros((batch, vocab), dtype=np.float32)
+        self.row_streams: list[int] = []  # row -> stream id, rows [0, k)
+        self.rows: dict[int, int] = {}  # stream id -> row
         self.positions: dict[int, int] = {}  # stream id -> tokens consumed
+        self._fed: set[int] = set()  # streams with last logits
+        self._full: set[int] = set()  # streams whose partial segment is full, not yet committed
+        self._partial_writes = [(self.partial[f"seg_{x}"], f"new_{x}") for x in "hkv"]
         self._next_id = 0
+        # (entry, rows, tokens, parities) -> (feeds, fetches): views built once, reused
+        self._calls: dict[tuple, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def close(self) -> None:
         """Release the backend (device memory, streams, CUDA graphs); the session is unusable
@@ -115,25 +180,40 @@ class Session:
         self.close()
 
     # ---- streams -------------------------------------------------------------------------
+    @one_thread_at_a_time
     def add_stream(self) -> int:
-        free = sorted(set(range(self.max_streams)) - set(self.rows.values()))
-        if not free:
+        row = len(self.row_streams)
+        if row == self.max_streams:
             raise RuntimeInputError(
                 f"all {self.max_streams} stream slots are in use: remove a stream or open the "
                 f"session with a larger max_streams")
+        self._clear_row(row)
         stream_id, self._next_id = self._next_id, self._next_id + 1
-        self.rows[stream_id] = free[0]
+        self.row_streams.append(stream_id)
+        self.rows[stream_id] = row
         self.positions[stream_id] = 0
-        self._clear_row(free[0])
         return stream_id
 
+    @one_thread_at_a_time
     def remove_stream(self, stream_id: int) -> None:
-        self._row(stream_id)
+        hole = self._row(stream_id)
+        last = len(self.row_streams) - 1
+        if hole != last:  # keep rows packed: the last stream moves into the hole
+            self._copy_row(last, hole)
+            moved = self.row_streams[last]
+            self.row_streams[hole] = moved
+            self.rows[moved] = hole
+        self.row_streams.pop()
         del self.rows[stream_id], self.positions[stream_id]
+        self._fed.discard(stream_id)
+        self._full.discard(stream_id)
 
+    @one_thread_at_a_time
     def reset_stream(self, stream_id: int) -> None:
         self._clear_row(self._row(stream_id))
         self.positions[stream_id] = 0
+        self._fed.discard(stream_id)
+        self._full.discard(stream_id)
 
     @property
     def streams(self) -> list[int]:
@@ -156,159 +236,254 @@ class Session:
             return self.memory[self.parity[name]][name]
         return self.partial[name]
 
-    def _batch_axis(self, name: str) -> int:
-        return self.specs[name].shape.index(BATCH)
-
     def _row_shape(self, name: str) -> tuple[int, ...]:
-        shape = list(self.specs[name].concrete_shape(1))
-        del shape[self._batch_axis(name)]
-        return tuple(shape)
+        return self.specs[name].concrete_shape(1)[1:]
 
     def _clear_row(self, row: int) -> None:
-        # Only the current set matters: every call rewrites all rows of the other set.
         for name in (*self.memory_names, *PARTIAL_STATE):
-            self.backend.set_row(self._buffer(name), row, self._batch_axis(name), 0)
+            self.backend.set_row(self._buffer(name), row, 0)
         self.seg_len[row] = 0
-        self._last_logits.pop(row, None)
+
+    def _copy_row(self, src: int, dst: int) -> None:
+        """Move one stream's whole state from row src to row dst (current set only)."""
+        for name in (*self.memory_names, *PARTIAL_STATE):
+            buffer = self._buffer(name)
+            self.backend.copy_rows(buffer, dst, buffer, src, 1)
+        self.seg_len[dst] = self.seg_len[src]
+        self.last_logits_rows[dst] = self.last_logits_rows[src]
+
+    def _swap_rows(self, a: int, b: int) -> None:
+        copy = self.backend.copy_rows
+        for name in (*self.memory_names, *PARTIAL_STATE):
+            buffer, scratch = self._buffer(name), self.row_scratch[name]
+            copy(scratch, 0, buffer, a, 1)
+            copy(buffer, a, buffer, b, 1)
+            copy(buffer, b, scratch, 0, 1)
+        for host in (self.seg_len, self.last_logits_rows):
+            host[[a, b]] = host[[b, a]]
+        stream_a, stream_b = self.row_streams[a], self.row_streams[b]
+        self.row_streams[a], self.row_streams[b] = stream_b, stream_a
+        self.rows[stream_a], self.rows[stream_b] = b, a
+
+    def _to_front(self, stream_ids: list[int]) -> int:
+        """Swap the given streams into rows [0, r) (r = how many); returns r.
+
+        A call then runs exactly its streams as one contiguous batch. Rows are swapped rather
+        than running the prefix up to the highest row: a swap copies two streams' state once,
+        far less than computing idle rows; when every stream takes part (decoding, scoring
+        equal lengths) nothing moves."""
+        count = len(stream_ids)
+        taking_part = set(stream_ids)
+        outside = [s for s in stream_ids if self.rows[s] >= count]
+        if outside:
+            holes = [row for row in range(count) if self.row_streams[row] not in taking_part]
+            for stream_id, hole in zip(outside, holes, strict=True):
+                self._swap_rows(self.rows[stream_id], hole)
+        return count
 
     # ---- feeding ---------------------------------------------------------------------------
     def _check_tokens(self, tokens: Any) -> np.ndarray:
         array = np.asarray(tokens)
         if array.ndim != 1:
             raise RuntimeInputError(f"tokens must be a 1-D sequence, got shape {array.shape}")
-        if array.size and not np.issubdtype(array.dtype, np.integer):
+        if array.size and array.dtype.kind not in "iu":
             raise RuntimeInputError(f"tokens must be integers, got dtype {array.dtype}")
-        if array.size and (array.min() < 0 or array.max() >= self.dims.vocab_size):
+        if not array.size:
+            return array
+        # a decode step's one token: Python's min/max beat two numpy reductions
+        low, high = (min(values := array.tolist()), max(values)) if array.size <= 8 \
+            else (array.min(), array.max())
+        if low < 0 or high >= self.dims.vocab_size:
             bad = array[(array < 0) | (array >= self.dims.vocab_size)][0]
             raise RuntimeInputError(
                 f"token id {int(bad)} is out of range [0, {self.dims.vocab_size})")
-        return array.astype(np.int32, copy=False)
+        return array
 
+    @one_thread_at_a_time
     def feed(self, tokens_by_stream: Mapping[int, Iterable[int]],
              want_logits: bool = True) -> dict[int, np.ndarray]:
         """Append tokens to streams; returns each stream's logits [n_tokens, V] (float32).
 
         Every input is checked before any engine runs, so bad input changes no stream. With
-        want_logits=False nothing is copied out (use `last_logits` to read the last position):
-        the decoding path, which then allocates no arrays in steady state."""
+        want_logits=False nothing is copied out but each stream's last logits (read them with
+        `last_logits`): the decoding path. If an engine call fails, EngineCallError says how
+        far each stream got (see the class docstring)."""
         pending = {}
         for stream_id, tokens in tokens_by_stream.items():
-            row = self._row(stream_id)
+            self._row(stream_id)
             array = self._check_tokens(tokens)
             if array.size:
-                pending[row] = array
-        ids = {self.rows[s]: s for s in tokens_by_stream}
+                pending[stream_id] = array
         vocab = self.dims.vocab_size
-        logits = {row: np.empty((len(t), vocab), dtype=np.float32) for row, t in pending.items()}\
+        logits = {s: np.empty((len(t), vocab), dtype=np.float32) for s, t in pending.items()}\
             if want_logits else {}
         done = dict.fromkeys(pending, 0)
+        try:
+            self._feed(pending, done, logits)
+        except Exception as exc:
+            progress = ", ".join(f"stream {s}: {n} of {len(pending[s])}" for s, n in done.items())
+            raise EngineCallError(
+                f"an engine call failed during feed ({type(exc).__name__}: {exc}); tokens "
+                f"consumed before it: {progress}. Each stream's position counts exactly "
+                f"these; feed the rest to continue", dict(done)) from exc
+        return logits
+
+    def _feed(self, pending: dict[int, np.ndarray], done: dict[int, int],
+              logits: dict[int, np.ndarray]) -> None:
         seg_len = self.dims.seg_len
-        while any(done[row] < len(t) for row, t in pending.items()):
-            left = {row: len(t) - done[row] for row, t in pending.items() if done[row] < len(t)}
-            rows = [row for row, n in left.items() if n >= seg_len and self.seg_len[row] == 0]
-            if rows:
+        host_tokens, row_of, host_seg_len = self.host_tokens, self.rows, self.seg_len
+        waiting = [s for s in pending if s in self._full] if self._full else []
+        if waiting:  # a commit failed in an earlier feed: rotate those segments first
+            self._commit(waiting)
+        if len(pending) == 1 and self._decode_step(pending, done, logits):
+            return
+        left = {s: len(t) for s, t in pending.items()}
+        while left:
+            streams = [s for s, n in left.items() if n >= seg_len and host_seg_len[row_of[s]] == 0]
+            if streams:
                 count = seg_len
-                for row in rows:
-                    self.host_tokens[row] = pending[row][done[row]:done[row] + seg_len]
-                out = self._run_segment(rows)
+                batch = self._to_front(streams)
+                for s in streams:
+                    host_tokens[row_of[s]] = pending[s][done[s]:done[s] + seg_len]
+                out = self._run_segment(batch)
             else:
-                count = min(min(left.values()), min(seg_len - int(self.seg_len[r]) for r in left))
-                rows = list(left)
-                for row in rows:
-                    self.host_tokens[row, :count] = pending[row][done[row]:done[row] + count]
-                out = self._run_extend(rows, count)
-                full = [row for row in rows if self.seg_len[row] == seg_len]
-                if full:
-                    self._run_commit(full)
-            for row in rows:
-                if want_logits:
-                    logits[row][done[row]:done[row] + count] = out[row, :count]
-                self.host_last_logits[row] = out[row, count - 1]  # copied: `out` is scratch
-                self._last_logits[row] = self.host_last_logits[row]
-                done[row] += count
-        for row, t in pending.items():
-            self.positions[ids[row]] += len(t)
-        return {ids[row]: value for row, value in logits.items()}
+                streams = list(left)
+                batch = self._to_front(streams)
+                filled = int(host_seg_len[0]) if batch == 1 else int(host_seg_len[:batch].max())
+                count = min(min(left.values()), seg_len - filled)
+                for s in streams:
+                    host_tokens[row_of[s], :count] = pending[s][done[s]:done[s] + count]
+                out = self._run_extend(batch, count)
+            # The call's effect is in the state: its tokens count as consumed from here on.
+            self.backend.copy_last_logits(out, range(batch), count - 1,
+                                          self.last_logits_rows[:batch])
+            host = self.backend.to_host(out) if logits else None
+            for s in streams:
+                if logits:
+                    logits[s][done[s]:done[s] + count] = host[row_of[s], :count]
+                done[s] += count
+                self.positions[s] += count
+                left[s] -= count
+                if not left[s]:
+                    del left[s]
+            self._fed.update(streams)
+            if self._full:
+                self._commit(list(self._full))
 
+    def _decode_step(self, pending: dict[int, np.ndarray], done: dict[int, int],
+                     logits: dict[int, np.ndarray]) -> bool:
+        """One stream whose tokens fit in its partial segment: one extend call (the decoding
+        path, kept lean: it is most of a decode step's time outside the engine). False when
+        the general loop is needed."""
+        ((stream_id, array),) = pending.items()
+        row, count = self.rows[stream_id], len(array)
+        if int(self.seg_len[row]) + count >= self.dims.seg_len:
+            return False
+        if row:
+            self._to_front([stream_id])
+        self.host_tokens[0, :count] = array
+        out = self._run_extend(1, count)
+        self.backend.copy_last_logits(out, range(1), count - 1, self.last_logits_rows[:1])
+        if logits:
+            logits[stream_id][:] = self.backend.to_host(out)[0]
+        done[stream_id] = count
+        self.positions[stream_id] += count
+        self._fed.add(stream_id)
+        return True
+
+    @one_thread_at_a_time
     def last_logits(self, stream_id: int) -> np.ndarray:
-        """Logits [V] after the stream's last token: a view, valid until its next feed."""
+        """Logits [V] after the stream's last token: a view of the session's per-stream row,
+        valid until the stream is next fed, moved or removed (copy it to keep it)."""
         row = self._row(stream_id)
-        if row not in self._last_logits:
+        if stream_id not in self._fed:
             raise RuntimeInputError(f"stream {stream_id} has not been fed any tokens yet")
-        return self._last_logits[row]
+        return self.last_logits_rows[row]
 
-    def _set_mask(self, rows: list[int]) -> None:
-        self.host_mask[:] = False
-        self.host_mask[rows] = True
-        self.backend.from_host(self.commit_mask, self.host_mask)
-
-    def _memory_io(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        feeds = {n: self.memory[self.parity[n]][n] for n in self.memory_names}
-        fetches = {n + OUT_SUFFIX: self.memory[1 - self.parity[n]][n] for n in self.memory_names}
-        return feeds, fetches
-
-    def _flip(self, names: Iterable[str]) -> None:
-        for name in names:
-            self.parity[name] = 1 - self.parity[name]
-
-    def _run_segment(self, rows: list[int]) -> np.ndarray:
-        self.backend.from_host(self.segment_tokens, self.host_tokens)
-        self._set_mask(rows)
-        feeds, fetches = self._memory_io()
-        self.backend.run("segment", {"tokens": self.segment_tokens, **feeds,
-                                     "commit": self.commit_mask},
-                         {"logits": self.segment_logits, **fetches})
-        self._flip(self.memory_names)
-        return self.backend.to_host(self.segment_logits)
-
-    def _extend_buffers(self, count: int) -> dict[str, Any]:
-        io = self._extend_io.get(count)
+    def _call_io(self, entry: str, batch: int, tokens: int | None = None
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Feeds and fetches of one call on rows [0, batch): views of the first rows of the
+        buffers, built once per (entry, batch, tokens, current sets) and reused."""
+        key = (entry, batch, tokens, *self.parity.values())
+        io = self._calls.get(key)
         if io is None:
-            entry = self.manifest.contract["extend"]
-            io = {spec.name: self.backend.allocate(spec, self.max_streams, count)
-                  for spec in (entry.inputs[0], *entry.outputs)
-                  if TOKENS in spec.shape}
-            self._extend_io[count] = io
+            io = self._build_io(entry, batch, tokens)
+            self._calls[key] = io
         return io
 
-    def _run_extend(self, rows: list[int], count: int) -> np.ndarray:
-        io = self._extend_buffers(count)
-        self.backend.from_host(io["tokens"], self.host_tokens[:, :count])
-        self.backend.from_host(self.seg_len_buf, self.seg_len)
-        feeds = {"tokens": io["tokens"], "seg_len": self.seg_len_buf}
-        for name in ("mem_k", "mem_v", "mem_len", "cmem_len"):
-            if name in self.parity:
-                feeds[name] = self.memory[self.parity[name]][name]
-        feeds["seg_k"], feeds["seg_v"] = self.partial["seg_k"], self.partial["seg_v"]
-        fetches = {name: io[name] for name in ("logits", "new_h", "new_k", "new_v")}
-        if self.dims.most_used:
-            self._set_mask(rows)
-            feeds["usage"] = self.memory[self.parity["usage"]]["usage"]
-            feeds["active"] = self.active_mask
-            fetches["usage_out"] = self.memory[1 - self.parity["usage"]]["usage"]
-        self.backend.run("extend", feeds, fetches, tokens=count)
-        if self.dims.most_used:
-            self._flip(["usage"])
-        for row in rows:
-            offset = int(self.seg_len[row])
-            for name, new in (("seg_h", "new_h"), ("seg_k", "new_k"), ("seg_v", "new_v")):
-                self.backend.write_rows(self.partial[name], io[new], row, offset, count)
-            self.seg_len[row] += count
-        return self.backend.to_host(io["logits"])
+    def _build_io(self, entry: str, batch: int, tokens: int | None
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+        spec = self.manifest.contract[entry]
+        view = self.backend.view
 
-    def _run_commit(self, rows: list[int]) -> None:
-        self._set_mask(rows)
-        feeds, fetches = self._memory_io()
-        self.backend.run("commit", {**{n: self.partial[n] for n in PARTIAL_STATE}, **feeds,
-                                    "commit": self.commit_mask}, fetches)
-        self._flip(self.memory_names)
-        self.seg_len[rows] = 0
+        def buffer_of(name: str) -> Any:
+            if name.endswith(OUT_SUFFIX) and name[:-len(OUT_SUFFIX)] in self.parity:
+                base = name[:-len(OUT_SUFFIX)]
+                return self.memory[1 - self.parity[base]][base]
+            if name in self.parity:
+                return self.memory[self.parity[name]][name]
+            if name == "seg_len":
+                return self.seg_len_buf
+            return self.partial.get(name, self.scratch.get(name))
+
+        def bound(tensor: Any) -> Any:
+            return view(buffer_of(tensor.name), tensor.concrete_shape(batch, tokens))
+
+        return ({t.name: bound(t) for t in spec.inputs}, {t.name: bound(t) for t in spec.outputs})
+
+    def _flip(self, names: Iterable[str], batch: int) -> None:
+        """The call on rows [0, batch) succeeded: its written set becomes current; rows
+        [batch, k) that sat out are copied into it (one block copy per tensor)."""
+        streams = len(self.row_streams)
+        for name in names:
+            old = self.parity[name]
+            if batch < streams:
+                self.backend.copy_rows(self.memory[1 - old][name], batch, self.memory[old][name],
+                                       batch, streams - batch)
+            self.parity[name] = 1 - old
+
+    def _run_segment(self, batch: int) -> Any:
+        """Score and rotate rows [0, batch); returns the logits buffer [batch, L, V]."""
+        feeds, fetches = self._call_io("segment", batch)
+        self.backend.from_host(feeds["tokens"], self.host_tokens[:batch])
+        self.backend.run("segment", feeds, fetches)
+        self._flip(self.memory_names, batch)
+        return fetches["logits"]
+
+    def _run_extend(self, batch: int, count: int) -> Any:
+        """Extend rows [0, batch) by `count` tokens; returns the logits buffer [batch, count, V].
+        Streams whose partial segment is then full join `_full` (the caller commits them)."""
+        feeds, fetches = self._call_io("extend", batch, count)
+        backend, seg_len = self.backend, self.seg_len
+        backend.from_host(feeds["tokens"], self.host_tokens[:batch, :count])
+        backend.from_host(feeds["seg_len"], seg_len[:batch])
+        backend.run("extend", feeds, fetches, tokens=count)
+        if self.dims.most_used:
+            self._flip(["usage"], batch)
+        for row in range(batch):
+            offset = int(seg_len[row])
+            for partial, new in self._partial_writes:
+                backend.write_rows(partial, fetches[new], row, offset, count)
+            seg_len[row] = offset + count
+            if offset + count == self.dims.seg_len:
+                self._full.add(self.row_streams[row])
+        return fetches["logits"]
+
+    def _commit(self, streams: list[int]) -> None:
+        """Rotate the full partial segments of these streams into their memory."""
+        batch = self._to_front(streams)
+        feeds, fetches = self._call_io("commit", batch)
+        self.backend.run("commit", feeds, fetches)
+        self._flip(self.memory_names, batch)
+        self.seg_len[:batch] = 0
+        self._full.difference_update(streams)
 
     # ---- state access, snapshots ----------------------------------------------------------
+    @one_thread_at_a_time
     def stream_state(self, stream_id: int) -> dict[str, np.ndarray]:
         """Host copies of one stream's whole state (memory, partial segment, counts)."""
         row = self._row(stream_id)
-        state = {name: self.backend.get_row(self._buffer(name), row, self._batch_axis(name))
+        state = {name: self.backend.get_row(self._buffer(name), row)
                  for name in (*self.memory_names, *PARTIAL_STATE)}
         state["seg_len"] = np.array(self.seg_len[row], dtype=np.int32)
         return state
@@ -316,6 +491,7 @@ class Session:
     def _fingerprint(self) -> str:
         return json.dumps(self.manifest.config, sort_keys=True)
 
+    @one_thread_at_a_time
     def snapshot(self, stream_id: int, path: str | Path) -> None:
         """Write one stream's full state to `path` atomically (temp file + rename)."""
         state = self.stream_state(stream_id)
@@ -331,6 +507,7 @@ class Session:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    @one_thread_at_a_time
     def restore(self, path: str | Path, stream_id: int | None = None) -> int:
         """Load a snapshot into a new stream (or over `stream_id`); returns the stream id."""
         path = Path(path)
@@ -361,7 +538,10 @@ class Session:
             stream_id = self.add_stream()
         row = self._row(stream_id)
         for name in expected - {"seg_len"}:
-            self.backend.set_row(self._buffer(name), row, self._batch_axis(name), data[name])
+            self.backend.set_row(self._buffer(name), row, data[name])
         self.seg_len[row] = int(data["seg_len"])
         self.positions[stream_id] = int(meta["position"])
+        self._fed.discard(stream_id)
+        self._full.discard(stream_id)
         return stream_id
+

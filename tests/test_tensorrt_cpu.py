@@ -42,10 +42,10 @@ def engine_dir(tmp_path_factory):
 def test_profiles_span_batch_one_to_max_and_tokens_one_to_seg_len():
     profiles = optimization_profiles(entry_points(CONFIG), max_batch=8, opt_batch=2)
     assert profiles["segment"]["tokens"] == ((1, 8), (2, 8), (8, 8))
-    assert profiles["segment"]["mem_k"] == ((2, 1, 20, 32), (2, 2, 20, 32), (2, 8, 20, 32))
+    # batch-first, head-major: [B, N, H, C+M, dh]
+    assert profiles["segment"]["mem_k"] == ((1, 2, 4, 20, 8), (2, 2, 4, 20, 8), (8, 2, 4, 20, 8))
     assert profiles["extend"]["tokens"] == ((1, 1), (2, 1), (8, 8))
-    assert profiles["extend"]["seg_k"] == ((2, 1, 8, 32), (2, 2, 8, 32), (2, 8, 8, 32))
-    assert profiles["commit"]["commit"] == ((1,), (2,), (8,))
+    assert profiles["extend"]["seg_k"] == ((1, 2, 4, 8, 8), (2, 2, 4, 8, 8), (8, 2, 4, 8, 8))
     assert set(profiles["extend"]) == set(entry_points(CONFIG)["extend"].input_names)
 
 

@@ -73,15 +73,21 @@ class Backend(ABC):
 
     @abstractmethod
     def write_rows(self, dst: Any, src: Any, row: int, offset: int, count: int) -> None:
-        """dst[:, row, offset:offset+count] = src[:, row, :count] for [N, B, ., d] buffers."""
+        """dst[row, ..., offset:offset+count, :] = src[row, ..., :count, :] for batch-first
+        buffers [B, ..., S, w] (the new rows of extend into the partial segment)."""
 
     @abstractmethod
-    def get_row(self, buffer: Any, row: int, batch_axis: int) -> np.ndarray:
-        """One stream's row of a state buffer, as a host copy (snapshots)."""
+    def copy_rows(self, dst: Any, dst_row: int, src: Any, src_row: int, count: int) -> None:
+        """dst[dst_row:dst_row+count] = src[src_row:src_row+count] along the batch axis: one
+        contiguous block copy (batch-first), dst and src of the same row shape."""
 
     @abstractmethod
-    def set_row(self, buffer: Any, row: int, batch_axis: int, values: np.ndarray) -> None:
-        """Overwrite one stream's row of a state buffer from the host (reset, restore)."""
+    def get_row(self, buffer: Any, row: int) -> np.ndarray:
+        """One stream's row of a batch-first state buffer, as a host copy (snapshots)."""
+
+    @abstractmethod
+    def set_row(self, buffer: Any, row: int, values: np.ndarray | float) -> None:
+        """Overwrite one stream's row of a batch-first state buffer from the host."""
 
     def copy_last_logits(self, logits: Any, rows: Sequence[int], index: int,
                          host_out: np.ndarray) -> None:
@@ -89,7 +95,9 @@ class Backend(ABC):
         [len(rows), V]: the one device-to-host copy that decoding needs (the last position of
         the rows that decoded). Host backends copy from the array itself; device backends
         copy only those rows."""
-        np.copyto(host_out, self.to_host(logits)[list(rows), index])
+        host = self.to_host(logits)
+        for i, row in enumerate(rows):  # row by row: a fancy index would allocate
+            host_out[i] = host[row, index]
 
     def close(self) -> None:
         """Release device memory, streams and CUDA graphs; host backends hold none."""

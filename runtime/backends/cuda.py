@@ -229,17 +229,27 @@ class CudaStream:
 
     def write_rows(self, dst: DeviceBuffer, src: DeviceBuffer, row: int, offset: int,
                    count: int) -> None:
-        """dst[:, row, offset:offset+count] = src[:, row, :count] for [N, B, ., d] buffers:
-        one 2D copy, N blocks of count*d contiguous elements."""
-        layers, batch, dst_len, width = dst.shape
-        src_len = src.shape[2]
+        """dst[row, ..., offset:offset+count, :] = src[row, ..., :count, :] for batch-first
+        [B, ..., S, w] buffers: one 2D copy, prod(...) blocks of count*w contiguous elements."""
+        blocks, dst_len, width = prod(dst.shape[1:-2]), dst.shape[-2], dst.shape[-1]
+        src_len = src.shape[-2]
         item = dst.dtype.itemsize
-        dst_ptr = dst.ptr + ((row * dst_len) + offset) * width * item
-        src_ptr = src.ptr + (row * src_len) * width * item
+        dst_ptr = dst.ptr + (row * blocks * dst_len + offset) * width * item
+        src_ptr = src.ptr + row * blocks * src_len * width * item
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
-        check(self.cudart.cudaMemcpy2DAsync(dst_ptr, batch * dst_len * width * item,
-                                            src_ptr, src.shape[1] * src_len * width * item,
-                                            count * width * item, layers, kind, self.handle))
+        check(self.cudart.cudaMemcpy2DAsync(dst_ptr, dst_len * width * item,
+                                            src_ptr, src_len * width * item,
+                                            count * width * item, blocks, kind, self.handle))
+
+    def copy_rows(self, dst: DeviceBuffer, dst_row: int, src: DeviceBuffer, src_row: int,
+                  count: int) -> None:
+        """dst[dst_row:dst_row+count] = src[src_row:src_row+count]: batch-first rows are one
+        contiguous block."""
+        row_bytes = prod(dst.shape[1:]) * dst.dtype.itemsize
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        check(self.cudart.cudaMemcpyAsync(dst.ptr + dst_row * row_bytes,
+                                          src.ptr + src_row * row_bytes, count * row_bytes,
+                                          kind, self.handle))
 
 
 class DeviceBuffers:
@@ -283,10 +293,19 @@ class DeviceBuffers:
                    count: int) -> None:
         self.stream.write_rows(dst, src, row, offset, count)
 
-    def get_row(self, buffer: DeviceBuffer, row: int, batch_axis: int) -> np.ndarray:
-        return np.take(self.to_host(buffer), row, axis=batch_axis)
+    def copy_rows(self, dst: DeviceBuffer, dst_row: int, src: DeviceBuffer, src_row: int,
+                  count: int) -> None:
+        self.stream.copy_rows(dst, dst_row, src, src_row, count)
 
-    def set_row(self, buffer: DeviceBuffer, row: int, batch_axis: int, values: Any) -> None:
-        host = self.to_host(buffer)
-        host[(slice(None),) * batch_axis + (row,)] = values
-        self.from_host(buffer, host)
+    def get_row(self, buffer: DeviceBuffer, row: int) -> np.ndarray:
+        return self.to_host(self.row(buffer, row))
+
+    def set_row(self, buffer: DeviceBuffer, row: int, values: Any) -> None:
+        self.from_host(self.row(buffer, row), values)
+
+    @staticmethod
+    def row(buffer: DeviceBuffer, row: int) -> DeviceBuffer:
+        """One batch-first row of a buffer: a contiguous view."""
+        shape = buffer.shape[1:]
+        return DeviceBuffer(buffer.ptr + row * prod(shape) * buffer.dtype.itemsize, shape,
+                            buffer.dtype, buffer.owner)

@@ -1,0 +1,179 @@
+"""Session v2: the slot pool (calls run only the rows that take part), last logits per stream,
+failure semantics of feed, one thread at a time, and the refusal of contract-v1 engines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from runtime.backends.ort import OrtCpuBackend
+from runtime.manifest import EngineError, load_manifest
+from runtime.session import ConcurrentUseError, EngineCallError, Session
+
+
+class RecordingBackend(OrtCpuBackend):
+    """Real ONNX Runtime; remembers (entry, batch, tokens) of every call, and can be told to
+    raise on its k-th call or to wait inside a call."""
+
+    def __init__(self, engine_dir, fail_on_call: int | None = None) -> None:
+        super().__init__(load_manifest(engine_dir), threads=1)
+        self.calls: list[tuple[str, int, int | None]] = []
+        self.fail_on_call = fail_on_call
+        self.inside = threading.Event()
+        self.release: threading.Event | None = None
+
+    def run(self, entry, feeds, fetches, tokens=None):
+        if self.fail_on_call is not None and len(self.calls) + 1 == self.fail_on_call:
+            self.fail_on_call = None
+            raise RuntimeError(f"injected failure in {entry}")
+        self.calls.append((entry, next(iter(feeds.values())).shape[0], tokens))
+        if self.release is not None:
+            self.inside.set()
+            self.release.wait(timeout=30)
+        super().run(entry, feeds, fetches, tokens)
+
+
+def tokens(length: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, length).astype(np.int32)
+
+
+def alone(engine_dir, data: np.ndarray) -> np.ndarray:
+    """Logits of one stream fed on its own in a one-stream session."""
+    session = Session(engine_dir)
+    stream = session.add_stream()
+    return session.feed({stream: data})[stream]
+
+
+def test_one_active_stream_in_32_slots_runs_batch_1_calls(engine):
+    _, engine_dir = engine("conv")
+    backend = RecordingBackend(engine_dir)
+    session = Session(engine_dir, backend=backend, max_streams=32)
+    stream = session.add_stream()
+    session.feed({stream: tokens(20, 0)}, want_logits=False)  # L = 8: 2 segments + extend 4
+    for token in tokens(6, 1):  # the 4th decode step fills the segment: extend then commit
+        session.feed({stream: [token]}, want_logits=False)
+    assert backend.calls == [("segment", 1, None), ("segment", 1, None), ("extend", 1, 4),
+                             *[("extend", 1, 1)] * 4, ("commit", 1, None), *[("extend", 1, 1)] * 2]
+
+
+def test_calls_run_only_the_streams_taking_part_and_results_equal_each_stream_alone(engine):
+    _, engine_dir = engine("conv")
+    backend = RecordingBackend(engine_dir)
+    session = Session(engine_dir, backend=backend, max_streams=8)
+    a, b, c = session.add_stream(), session.add_stream(), session.add_stream()
+    data = {a: tokens(3, 2), b: tokens(11, 3), c: tokens(2, 4)}
+    got = session.feed({b: data[b][:8]})  # b sits in row 1: it moves to the front, batch 1
+    assert backend.calls == [("segment", 1, None)]
+    backend.calls.clear()
+    rest = session.feed({a: data[a], b: data[b][8:], c: data[c]})
+    # extend of all three by 2 (c's length), then a and b by 1 more
+    assert backend.calls == [("extend", 3, 2), ("extend", 2, 1)]
+    for stream in (a, c):
+        np.testing.assert_allclose(rest[stream], alone(engine_dir, data[stream]), atol=1e-5,
+                                   rtol=0)
+    both = np.concatenate([got[b], rest[b]])
+    np.testing.assert_allclose(both, alone(engine_dir, data[b]), atol=1e-5, rtol=0)
+    assert [session.position(s) for s in (a, b, c)] == [3, 11, 2]
+    for stream in (c, a):  # one stream decoding alone, whichever row it sits in: batch 1
+        backend.calls.clear()
+        step = session.feed({stream: [7]})[stream]
+        assert backend.calls == [("extend", 1, 1)]
+        np.testing.assert_allclose(step, alone(engine_dir, np.append(data[stream], 7))[-1:],
+                                   atol=1e-5, rtol=0)
+
+
+def test_removing_a_stream_moves_the_last_row_into_the_hole_and_keeps_ids(engine):
+    _, engine_dir = engine("most_used")
+    session = Session(engine_dir, max_streams=3)
+    a, b, c = session.add_stream(), session.add_stream(), session.add_stream()
+    data = {s: tokens(13 + 4 * i, 10 + i) for i, s in enumerate((a, b, c))}
+    session.feed({s: data[s][:-3] for s in (a, b, c)}, want_logits=False)
+    before = {s: session.stream_state(s) for s in (b, c)}
+    session.remove_stream(a)
+    assert session.streams == [b, c] and sorted(session.rows.values()) == [0, 1]
+    for s in (b, c):
+        after = session.stream_state(s)
+        for name, value in before[s].items():
+            np.testing.assert_array_equal(after[name], value)
+    last = session.feed({s: data[s][-3:] for s in (b, c)})
+    for s in (b, c):
+        np.testing.assert_allclose(last[s], alone(engine_dir, data[s])[-3:], atol=1e-5, rtol=0)
+
+
+def test_last_logits_after_feeding_5_and_1_tokens_without_logits_equal_single_runs(engine):
+    _, engine_dir = engine("conv")
+    session = Session(engine_dir, max_streams=2)
+    five, one = session.add_stream(), session.add_stream()
+    data = {five: tokens(5, 20), one: tokens(1, 21)}
+    session.feed(data, want_logits=False)
+    for stream in (five, one):
+        np.testing.assert_allclose(session.last_logits(stream),
+                                   alone(engine_dir, data[stream])[-1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("fail_on_call", [1, 2, 4, 5, 6])
+def test_a_failed_engine_call_leaves_positions_at_the_tokens_in_memory(engine, fail_on_call):
+    _, engine_dir = engine("conv")
+    data = [tokens(29, 30), tokens(16, 31)]
+    backend = RecordingBackend(engine_dir)
+    session = Session(engine_dir, backend=backend, max_streams=2)
+    first, second = session.add_stream(), session.add_stream()
+    session.feed({second: data[1][:3]})
+    # calls of the next feed (L = 8): segment [first] x3, extend [both] by 5, commit
+    # [second] (its segment is full), segment [second]
+    backend.calls.clear()
+    backend.fail_on_call = fail_on_call
+    with pytest.raises(EngineCallError, match="tokens consumed before it: stream 0: ") as error:
+        session.feed({first: data[0], second: data[1][3:]})
+    assert isinstance(error.value.__cause__, RuntimeError)
+    assert "injected failure" in str(error.value.__cause__)
+    consumed = error.value.consumed
+    assert session.position(first) == consumed[first]
+    assert session.position(second) == 3 + consumed[second]
+    rest = session.feed({s: data[i][session.position(s):]
+                         for i, s in enumerate((first, second))})
+    for i, s in enumerate((first, second)):
+        got = rest.get(s, np.empty((0, 256), np.float32))  # a stream with nothing left
+        np.testing.assert_allclose(got, alone(engine_dir, data[i])[len(data[i]) - len(got):],
+                                   atol=1e-5, rtol=0)
+        assert session.position(s) == len(data[i])
+
+
+def test_a_second_thread_is_refused_while_the_session_is_busy(engine):
+    _, engine_dir = engine("conv")
+    backend = RecordingBackend(engine_dir)
+    session = Session(engine_dir, backend=backend, max_streams=2)
+    stream = session.add_stream()
+    backend.release = threading.Event()
+    feeding = threading.Thread(target=session.feed, args=({stream: [1, 2, 3]},))
+    feeding.start()
+    try:
+        assert backend.inside.wait(timeout=30)
+        for call in (session.add_stream, lambda: session.feed({stream: [4]}),
+                     lambda: session.remove_stream(stream), lambda: session.reset_stream(stream)):
+            with pytest.raises(ConcurrentUseError, match="another thread is using this session"):
+                call()
+    finally:
+        backend.release.set()
+        feeding.join()
+    backend.release = None
+    assert session.position(stream) == 3 and session.streams == [stream]
+    session.feed({stream: [4]})
+    assert session.position(stream) == 4
+
+
+def test_an_engine_of_contract_v1_is_refused_with_the_fix(engine, tmp_path):
+    _, engine_dir = engine("conv")
+    old = tmp_path / "old"
+    shutil.copytree(engine_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EngineError, match=r"format_version 1; this runtime reads version 2 "
+                                          r"\(contract v2, batch-first\): re-export the "
+                                          r"checkpoint with `ctrt export"):
+        Session(old)
