@@ -82,7 +82,8 @@ def load_model(path: str | Path) -> tuple[CompressiveTransformer, dict]:
 def load_config(path: str | Path) -> ModelConfig:
     path = Path(path)
     if not path.is_dir():
-        raise CtrtError(f"checkpoint directory {path} does not exist")
+        raise CtrtError(f"checkpoint directory {path} "
+                        f"{'is not a directory' if path.exists() else 'does not exist'}")
     data = _read_json(path / CONFIG_FILE)
     try:
         return ModelConfig.from_dict(data)

@@ -50,7 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _open_session(args: argparse.Namespace, max_streams: int):
-    from runtime.session import Session
+    from runtime.session import RuntimeInputError, Session
+
+    if args.threads is not None and args.threads < 1:
+        raise RuntimeInputError(f"--threads must be >= 1, got {args.threads}")
 
     session = Session(args.engine_dir, backend=args.backend, max_streams=max_streams,
                       threads=args.threads)
@@ -67,6 +70,8 @@ def run_score(args: argparse.Namespace) -> int:
     from runtime.score import score_documents, total_bits_per_byte
     from runtime.session import RuntimeInputError
 
+    if args.streams < 1:
+        raise RuntimeInputError(f"--streams must be >= 1, got {args.streams}")
     documents = []
     for name in args.files:
         path = Path(name)
@@ -96,6 +101,8 @@ def run_generate(args: argparse.Namespace) -> int:
     from runtime.generate import Sampling, generate
     from runtime.session import RuntimeInputError
 
+    if args.max_new_tokens < 0:
+        raise RuntimeInputError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.prompt_file:
         path = Path(args.prompt_file)
         if not path.is_file():
