@@ -101,8 +101,6 @@ def run_generate(args: argparse.Namespace) -> int:
     from runtime.generate import Sampling, generate
     from runtime.session import RuntimeInputError
 
-    if args.max_new_tokens < 0:
-        raise RuntimeInputError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.prompt_file:
         path = Path(args.prompt_file)
         if not path.is_file():

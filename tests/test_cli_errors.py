@@ -106,7 +106,7 @@ CASES = [
     ("generate ENGINE --prompt-file MISSING", "prompt file MISSING is not a readable file"),
     ("generate ENGINE --prompt-file DIR", "prompt file DIR is not a readable file"),
     ("generate CORRUPT_MANIFEST --prompt a", "is not valid JSON"),
-    ("generate ENGINE --prompt a --max-new-tokens -1", "--max-new-tokens must be >= 0, got -1"),
+    ("generate ENGINE --prompt a --max-new-tokens -1", "max_new_tokens must be >= 0, got -1"),
     ("generate ENGINE --prompt a --temperature -1", "temperature"),
     ("generate ENGINE --prompt a --top-p 0", "top_p"),
     ("bench --checkpoint MISSING --out OUT", "checkpoint directory MISSING does not exist"),
