@@ -148,7 +148,8 @@ def _check_meta(path: Path, meta: dict, manifest: Manifest) -> None:
             f"{_short(theirs)}; this engine {_short(ours)}")
     if meta.get("config") != manifest.config:
         raise RuntimeInputError(
-            f"snapshot {path} was taken with another model config than this engine's")
+            f"snapshot {path} was taken with another model config than this engine's: "
+            f"snapshot engine {_short(theirs)}; this engine {_short(ours)}")
     if theirs != ours:
         raise RuntimeInputError(
             f"snapshot {path} was taken with another engine (other weights or graphs; its "
