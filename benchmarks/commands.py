@@ -48,7 +48,13 @@ def run_bench(args: argparse.Namespace) -> int:
                     Path(args.out) / "quality")
         return 0
     from benchmarks.bench import run_benchmark
+    from ct_reference.checkpoint import load_model
+    from ct_reference.commands import check_options, check_output_directory
 
+    check_options(args, {"threads": 1})
+    check_output_directory(args.out)
+    if args.checkpoint:
+        load_model(args.checkpoint)  # a missing or broken checkpoint fails before any work
     run_benchmark(quick=args.quick, out_dir=Path(args.out), threads=args.threads,
                   checkpoint=Path(args.checkpoint) if args.checkpoint else None)
     return 0

@@ -94,7 +94,8 @@ def load_config(path: str | Path) -> ModelConfig:
 def _read_config(path: Path) -> tuple[ModelConfig, bool]:
     """The checkpoint's config and whether it predates the aux_loss field (module docstring)."""
     if not path.is_dir():
-        raise CtrtError(f"checkpoint directory {path} does not exist")
+        raise CtrtError(f"checkpoint directory {path} "
+                        f"{'is not a directory' if path.exists() else 'does not exist'}")
     data = _read_json(path / CONFIG_FILE)
     legacy = "aux_loss" not in data
     if legacy:

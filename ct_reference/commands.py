@@ -93,9 +93,11 @@ def parse_config(preset: str, override: str | None):
     text, source = override, "--config"
     if not override.lstrip().startswith("{"):
         path = Path(override)
-        if not path.is_file():
+        if not path.exists():
             raise CtrtError(f"config file {path} does not exist")
-        text, source = path.read_text(), str(path)
+        if not path.is_file():
+            raise CtrtError(f"config file {path} is not a file")
+        text, source = path.read_bytes(), str(path)
     try:
         fields = json.loads(text)
     except ValueError as exc:
@@ -105,9 +107,39 @@ def parse_config(preset: str, override: str | None):
     return config.from_dict({**config.to_dict(), **fields})
 
 
+def check_options(args: argparse.Namespace, at_least: dict[str, float],
+                  positive: tuple[str, ...] = ()) -> None:
+    """Refuse option values out of range before any work starts: `at_least` maps an option
+    (its argparse dest) to its smallest value, `positive` lists options that must be > 0;
+    unset (None) options are skipped."""
+    from ct_reference.errors import CtrtError
+
+    for dest, smallest in at_least.items():
+        value = getattr(args, dest)
+        if value is not None and value < smallest:
+            raise CtrtError(f"--{dest.replace('_', '-')} must be >= {smallest}, got {value:g}")
+    for dest in positive:
+        value = getattr(args, dest)
+        if value is not None and not value > 0:
+            raise CtrtError(f"--{dest.replace('_', '-')} must be > 0, got {value:g}")
+
+
+def check_output_directory(path: str | None) -> None:
+    """A directory to be written must not be an existing file (checked before hours of work)."""
+    from pathlib import Path
+
+    from ct_reference.errors import CtrtError
+
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise CtrtError(f"{path} exists and is not a directory: choose another output path")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from ct_reference.errors import CtrtError
 
+    check_options(args, {"steps": 1, "batch": 1, "val_every": 0, "val_segments": 1,
+                         "warmup": 0, "aux_weight": 0}, positive=("minutes", "lr"))
+    check_output_directory(args.out)
     config = parse_config(args.preset, args.config)
     if args.aux_loss is not None:
         if args.resume:
@@ -130,6 +162,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ct_reference.checkpoint import load_model
     from ct_reference.data import bits_per_byte, read_documents, split_documents
 
+    check_options(args, {"max_segments": 1})
     model, _ = load_model(args.checkpoint)
     if args.file:
         tokens = np.frombuffer(b"".join(read_documents(args.file)), dtype=np.uint8)
@@ -144,6 +177,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     """The demo as named stages; each takes and extends a shared `results` dict."""
+    check_options(args, {}, positive=("minutes",))
+    check_output_directory(args.out)
     results: dict = {"args": args}
     for stage in DEMO_STAGES:
         stage(results)

@@ -242,7 +242,7 @@ def read_args(path: str | Path) -> dict:
         args = json.loads(path.read_text())
     except OSError as exc:
         raise ImportCheckpointError(f"cannot read {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for binary files
         raise ImportCheckpointError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(args, dict):
         raise ImportCheckpointError(f"{path}: expected a JSON object of constructor arguments")

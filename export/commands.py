@@ -73,6 +73,15 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_build_engine(args: argparse.Namespace) -> int:
     from export.tensorrt_build import build_engines
+    from runtime.manifest import EngineError
+
+    if args.max_batch < 1:
+        raise EngineError(f"--max-batch must be >= 1, got {args.max_batch}")
+    if not 1 <= args.opt_batch <= args.max_batch:
+        raise EngineError(f"--opt-batch must be in [1, --max-batch={args.max_batch}], got "
+                          f"{args.opt_batch}")
+    if args.workspace < 1:
+        raise EngineError(f"--workspace must be >= 1 MiB, got {args.workspace}")
 
     build_engines(args.engine_dir, precision=args.precision, max_batch=args.max_batch,
                   opt_batch=args.opt_batch, workspace_mib=args.workspace,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from export.onnx_export import (
     quantize_to_int8,
     write_graphs,
 )
+from export.replace import replace_directory, staging_directory, tensorrt_plans
 from export.verify import RELATIVE_TOLERANCE, verify_engine
 from runtime.contract import entry_points
 from runtime.manifest import (
@@ -47,8 +47,7 @@ def _prepare_output(out_dir: Path) -> Path:
         raise ExportError(f"{out_dir} is not empty and holds no engine: choose another "
                           f"directory (an existing engine directory is replaced)")
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+        return staging_directory(out_dir)
     except OSError as exc:
         raise ExportError(f"cannot write to {out_dir.parent}: {exc.strerror}") from None
 
@@ -90,7 +89,10 @@ def write_engine(model: CompressiveTransformer, out_dir: Path, checkpoint: dict 
 
 def export_model(model: CompressiveTransformer, out_dir: Path | str, checkpoint: dict | None = None,
                  verify_segments: int = 20, precision: str = "fp32", log=print) -> dict:
-    """Export, verify against the eager model, then move into place; returns the manifest.
+    """Export, verify against the eager model, then swap into place; returns the manifest.
+
+    Everything is built in a temporary sibling directory: a failure at any point leaves an
+    existing engine directory at out_dir exactly as it was.
 
     precision "fp16" converts the verified fp32 graphs to fp16 weights and activations (fp32
     inputs and outputs), "int8" quantizes their MatMul weights to int8 (ONNX Runtime dynamic
@@ -110,9 +112,12 @@ def export_model(model: CompressiveTransformer, out_dir: Path | str, checkpoint:
             log(f"converted to {precision}; verifying again ...")
             manifest["verification"] = _verify(model, tmp, verify_segments, precision)
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        stale_plans = tensorrt_plans(out_dir)
+        replace_directory(tmp, out_dir)
+        if stale_plans:
+            log(f"replaced the engine in {out_dir}; its TensorRT plans ({', '.join(stale_plans)}) "
+                f"were built for the old graphs and were removed: rebuild them with "
+                f"`ctrt build-engine {out_dir}`")
         return manifest
     finally:
         if tmp.exists():

@@ -75,7 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _open_session(args: argparse.Namespace, max_streams: int):
-    from runtime.session import Session
+    from runtime.session import RuntimeInputError, Session
+
+    if args.threads is not None and args.threads < 1:
+        raise RuntimeInputError(f"--threads must be >= 1, got {args.threads}")
 
     session = Session(args.engine_dir, backend=args.backend, max_streams=max_streams,
                       threads=args.threads)
@@ -107,7 +110,10 @@ def run_score(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from runtime.score import score_documents, total_bits_per_byte
+    from runtime.session import RuntimeInputError
 
+    if args.streams < 1:
+        raise RuntimeInputError(f"--streams must be >= 1, got {args.streams}")
     documents = [(name, _read_file(name, "document")) for name in args.files]
     session = _open_session(args, max(1, min(args.streams, len(documents))))
     total = sum(len(data) for _, data in documents)

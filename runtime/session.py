@@ -16,27 +16,20 @@ r rows, so its cost follows the streams that take part, not the capacity.
 from __future__ import annotations
 
 import functools
-import json
-import os
-import tempfile
 import threading
-import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from runtime.backends.base import Backend
+from runtime.backends.base import NUMPY_DTYPES, Backend
 from runtime.contract import MEMORY_STATE, OUT_SUFFIX, TOKENS, Dims, state_specs
+from runtime.errors import RuntimeInputError
 from runtime.manifest import EngineError, Manifest, load_manifest
+from runtime.snapshot import read_snapshot, write_snapshot
 
-SNAPSHOT_FORMAT = "compressive-rt-stream-snapshot"
 PARTIAL_STATE = ("seg_h", "seg_k", "seg_v")
-
-
-class RuntimeInputError(ValueError):
-    """Bad input from the caller (tokens, stream ids, snapshots); no stream was changed."""
 
 
 class ConcurrentUseError(RuntimeInputError):
@@ -488,59 +481,36 @@ class Session:
         state["seg_len"] = np.array(self.seg_len[row], dtype=np.int32)
         return state
 
-    def _fingerprint(self) -> str:
-        return json.dumps(self.manifest.config, sort_keys=True)
-
     @one_thread_at_a_time
     def snapshot(self, stream_id: int, path: str | Path) -> None:
-        """Write one stream's full state to `path` atomically (temp file + rename)."""
-        state = self.stream_state(stream_id)
-        meta = {"format": SNAPSHOT_FORMAT, "config": self._fingerprint(),
-                "position": self.positions[stream_id]}
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, __meta__=np.array(json.dumps(meta)), **state)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write one stream's full state to `path` atomically (runtime/snapshot.py). A stream
+        whose commit failed in an earlier feed is committed first, so a snapshot always holds
+        a partial segment shorter than L."""
+        if stream_id in self._full:
+            self._commit([stream_id])
+        write_snapshot(path, self.manifest, self.stream_state(stream_id),
+                       self.positions[stream_id])
 
     @one_thread_at_a_time
     def restore(self, path: str | Path, stream_id: int | None = None) -> int:
-        """Load a snapshot into a new stream (or over `stream_id`); returns the stream id."""
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                data = {name: archive[name] for name in archive.files}
-            meta = json.loads(str(data.pop("__meta__")))
-        except FileNotFoundError:
-            raise RuntimeInputError(f"snapshot {path} does not exist") from None
-        except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as exc:
-            raise RuntimeInputError(f"snapshot {path} is truncated or not a snapshot ({exc})") \
-                from None
-        if meta.get("format") != SNAPSHOT_FORMAT:
-            raise RuntimeInputError(f"{path} is not a compressive-rt stream snapshot")
-        if meta.get("config") != self._fingerprint():
-            raise RuntimeInputError(
-                f"snapshot {path} was taken with another model config than this engine's")
-        expected = set(self.memory_names) | set(PARTIAL_STATE) | {"seg_len"}
-        if set(data) != expected:
-            raise RuntimeInputError(f"snapshot {path} holds tensors {sorted(data)}, expected "
-                                    f"{sorted(expected)}")
-        for name in expected - {"seg_len"}:
-            want = self._row_shape(name)
-            if data[name].shape != want:
-                raise RuntimeInputError(f"snapshot {path}: tensor {name} has shape "
-                                        f"{data[name].shape}, expected {want}")
+        """Load a snapshot into a new stream (or over `stream_id`); returns the stream id.
+
+        Every check (engine identity, names, shapes, dtypes, counts, position) runs before a
+        slot is taken or a row written: a refused snapshot changes nothing. Restoring over a
+        stream replaces all of it, its last logits included."""
+        if stream_id is not None:
+            self._row(stream_id)
+        expected = {name: (self._row_shape(name), np.dtype(NUMPY_DTYPES[self.specs[name].dtype]))
+                    for name in (*self.memory_names, *PARTIAL_STATE, "seg_len")}
+        snapshot = read_snapshot(path, self.manifest, expected)
         if stream_id is None:
             stream_id = self.add_stream()
         row = self._row(stream_id)
-        for name in expected - {"seg_len"}:
-            self.backend.set_row(self._buffer(name), row, data[name])
-        self.seg_len[row] = int(data["seg_len"])
-        self.positions[stream_id] = int(meta["position"])
+        self._clear_row(row)
+        for name in (*self.memory_names, *PARTIAL_STATE):
+            self.backend.set_row(self._buffer(name), row, snapshot.state[name])
+        self.seg_len[row] = snapshot.state["seg_len"]
+        self.positions[stream_id] = snapshot.position
         self._fed.discard(stream_id)
         self._full.discard(stream_id)
         return stream_id

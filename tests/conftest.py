@@ -1,8 +1,20 @@
+import os
+
 import pytest
 import torch
 from helpers import TINY
+from hypothesis import HealthCheck, settings
 
 from ct_reference.config import ModelConfig
+
+# Property tests (tests/test_properties.py): "ci" keeps them under two minutes on two cores;
+# HYPOTHESIS_PROFILE=long tries twenty times as many, freshly random cases. "ci" is derandomized
+# so that a run on a clean clone is repeatable. No deadline: timings here are noisy.
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=500, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture
