@@ -1,8 +1,8 @@
 """Swap a finished directory into place, so a failure never leaves half an engine.
 
-Used by `ctrt export` (export/pipeline.py) and meant for `ctrt build-engine`: build everything
-in a temporary sibling directory (same filesystem, so renames are atomic), then call
-replace_directory. Two renames: the old directory to a backup name, the new one to the
+`ctrt export` (export/pipeline.py) builds everything in a temporary sibling directory (same
+filesystem, so renames are atomic), then calls replace_directory; `ctrt build-engine`
+(export/tensorrt_build.py) changes a staged copy of the engine directory (rewrite_directory). Two renames: the old directory to a backup name, the new one to the
 target; then the backup is deleted. If the second rename fails the backup is renamed back.
 Between the two renames the target name is briefly absent (Python has no atomic exchange of
 two directories); it never holds a mix of old and new files.
@@ -10,10 +10,12 @@ two directories); it never holds a mix of old and new files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from runtime.manifest import MANIFEST_NAME
@@ -44,6 +46,20 @@ def replace_directory(staged: Path, target: Path) -> None:
         raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def rewrite_directory(target: Path) -> Iterator[Path]:
+    """A staged copy of `target` to change: swapped in for `target` when the block ends without
+    an exception, removed (`target` untouched) when it raises."""
+    staged = staging_directory(target)
+    try:
+        shutil.copytree(target, staged, dirs_exist_ok=True)
+        yield staged
+        replace_directory(staged, target)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
 
 
 def tensorrt_plans(engine_dir: Path) -> list[str]:

@@ -31,16 +31,13 @@ TensorRT and cuda-python are imported inside functions: this module imports with
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from export.replace import rewrite_directory
 from export.trt_lint import errors, format_issues, lint_graph
 from runtime.backends.cuda import (
     GPU_EXTRA,
@@ -52,6 +49,7 @@ from runtime.backends.cuda import (
     optimization_profiles,
     tensorrt_major,
 )
+from runtime.files import atomic_write
 from runtime.manifest import (
     MANIFEST_NAME,
     EngineError,
@@ -71,7 +69,6 @@ __all__ = [
     "check_engine_compatibility",
     "optimization_profiles",
     "plan_name",
-    "replace_directory",
 ]
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -175,42 +172,6 @@ def _build_one(trt: Any, logger: Any, graph: Path, entry: str, recipe: BuildReci
     return bytes(plan), bytes(config.get_timing_cache().serialize())
 
 
-@contextlib.contextmanager
-def replace_directory(target: Path) -> Iterator[Path]:
-    """A temporary sibling copy of `target` to write into; swapped in for `target` when the
-    block ends without an exception, removed (target untouched) when it raises.
-
-    The swap is two renames in one directory (target -> backup, copy -> target); if the second
-    fails, the backup is renamed back, so `target` always names a complete directory."""
-    target = Path(target)
-    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.build-"))
-    backup = work.with_name(work.name.replace(".build-", ".old-"))
-    try:
-        shutil.copytree(target, work, dirs_exist_ok=True)
-        yield work
-        target.rename(backup)
-        try:
-            work.rename(target)
-        except BaseException:
-            backup.rename(target)
-            raise
-        shutil.rmtree(backup, ignore_errors=True)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_engines(engine_dir: Path | str, precision: str | None = None, max_batch: int = 8,
                   opt_batch: int = 1, workspace_mib: int = 4096,
                   timing_cache: Path | str | None = None, optimization_level: int | None = None,
@@ -240,7 +201,7 @@ def build_engines(engine_dir: Path | str, precision: str | None = None, max_batc
     section = dict(manifest.data.get("tensorrt") or {})
     if section.get("tensorrt_version") != trt.__version__ or section.get("gpu") != gpu:
         section = {}  # plans of another version or GPU are useless here: start over
-    with replace_directory(engine_dir) as work:
+    with rewrite_directory(engine_dir) as work:
         plans = {}
         for entry in manifest.contract:
             started = time.perf_counter()
@@ -270,5 +231,5 @@ def build_engines(engine_dir: Path | str, precision: str | None = None, max_batc
         data["tensorrt"] = section
         write_json_atomic(work / MANIFEST_NAME, data)
     if cache_path and cache_bytes:
-        _write_bytes_atomic(cache_path, cache_bytes)
+        atomic_write(cache_path, lambda f: f.write(cache_bytes))
     return section

@@ -24,8 +24,6 @@ into cmem), so a snapshot whose counts disagree with its position is refused too
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ import numpy as np
 
 from runtime.contract import Dims
 from runtime.errors import RuntimeInputError
+from runtime.files import atomic_write
 from runtime.manifest import Manifest
 
 SNAPSHOT_FORMAT = "compressive-rt-stream-snapshot"
@@ -67,16 +66,9 @@ def write_snapshot(path: str | Path, manifest: Manifest, state: Mapping[str, np.
             "engine": engine_identity(manifest)}
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+        atomic_write(path, lambda f: np.savez(f, **{META: np.array(json.dumps(meta))}, **state))
     except OSError as exc:
         raise RuntimeInputError(f"cannot write snapshot {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{META: np.array(json.dumps(meta))}, **state)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_snapshot(path: str | Path, manifest: Manifest,
