@@ -95,11 +95,11 @@ def _load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
             raise ValueError("a single .npy array, not an .npz archive")
         with loaded as archive:
             arrays = {name: archive[name] for name in archive.files}
-    # Any failure to parse the archive means a damaged file: a damaged zip header alone can
-    # raise BadZipFile, NotImplementedError, RuntimeError ("encrypted"), zlib.error or OSError.
-    except Exception as exc:  # noqa: BLE001 - the parsing boundary of an untrusted file
-        raise RuntimeInputError(f"snapshot {path} is truncated or not a snapshot ({exc})") \
-            from None
+    except Exception as exc:  # noqa: BLE001 - zipfile and numpy raise many types on damage
+        # (BadZipFile, ValueError, EOFError, NotImplementedError for a damaged compression
+        # method, tokenize.TokenError for a damaged .npy header, ...): all mean a bad file.
+        raise RuntimeInputError(f"snapshot {path} is truncated or not a snapshot "
+                                f"({type(exc).__name__}: {exc})") from None
     raw = arrays.pop(META, None)
     if raw is None or raw.shape != () or raw.dtype.kind != "U":
         raise RuntimeInputError(f"snapshot {path} is not a compressive-rt stream snapshot "
