@@ -45,6 +45,8 @@ def derive_engine(src_dir: Path, out_dir: Path, transform: Callable[[Path, Path]
     for entry in manifest["entry_points"].values():
         transform(src_dir / entry["file"], out_dir / entry["file"])
     written = write_graphs(load_graphs(out_dir, list(manifest["entry_points"])), out_dir)
+    for leftover in out_dir.glob("*.data"):  # a transform's own external data, now copied
+        leftover.unlink()
     manifest["weights"] = written["weights"]
     for name, entry in written["entry_points"].items():
         manifest["entry_points"][name].update(entry)
@@ -71,6 +73,12 @@ def ort_offline(level: str) -> Callable[[Path, Path], None]:
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[level]
         options.optimized_model_filepath = str(dst)
+        # Weights beside the saved graph (derive_engine then stores them in its weights file);
+        # without this the saved graph keeps pointing at the source directory's weights file.
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", f"{dst.stem}.data")
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         options.log_severity_level = 3
         ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
     return transform
