@@ -43,14 +43,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compressive_rt.errors import BackendUnavailable, EngineError
 from export.onnx_export import example_tensor
 from export.pipeline import export_model
 from export.step import build_steps
 from export.tolerances import RELATIVE_TOLERANCE
 from export.verify import verify_engine
-from runtime.backends.base import Backend, BackendUnavailable
+from runtime.backends.base import Backend
 from runtime.contract import entry_points
-from runtime.manifest import EngineError, load_manifest
+from runtime.manifest import load_manifest
 from runtime.session import Session
 
 BATCHES = (1, 8)

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ct_reference.config import PRESETS, ConfigError, ModelConfig
-from ct_reference.errors import CtrtError
+from compressive_rt.errors import CtrtError
+from ct_reference.config import PRESETS, ModelConfig
 
 # Rae et al. 2019, Table 5: enwik8 test bits per character (BPTT: 0.996, not run here).
 PAPER_TABLE5 = {"conv+attention": 0.973, "dilated_conv": 0.977, "most_used": 0.980,
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                                     jobs=args.jobs, val_segments=args.val_segments,
                                     long_doc_segments=args.long_doc_segments),
                     Path(args.out), data=args.data)
-    except (CtrtError, ConfigError) as exc:
+    except CtrtError as exc:
         parser.exit(2, f"error: {exc}\n")
     return 0
 

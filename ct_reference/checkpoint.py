@@ -28,8 +28,8 @@ import safetensors
 import safetensors.torch
 import torch
 
-from ct_reference.config import LEGACY_AUX_LOSS, PARAMETRIC_COMPRESS_FNS, ConfigError, ModelConfig
-from ct_reference.errors import CtrtError
+from compressive_rt.errors import ConfigError, CtrtError
+from ct_reference.config import LEGACY_AUX_LOSS, PARAMETRIC_COMPRESS_FNS, ModelConfig
 from ct_reference.model import CompressiveTransformer
 
 WEIGHTS_FILE = "model.safetensors"

@@ -82,8 +82,8 @@ def parse_config(preset: str, override: str | None):
     import json
     from pathlib import Path
 
+    from compressive_rt.errors import CtrtError
     from ct_reference.config import PRESETS
-    from ct_reference.errors import CtrtError
 
     if preset not in PRESETS:
         raise CtrtError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -112,7 +112,7 @@ def check_options(args: argparse.Namespace, at_least: dict[str, float],
     """Refuse option values out of range before any work starts: `at_least` maps an option
     (its argparse dest) to its smallest value, `positive` lists options that must be > 0;
     unset (None) options are skipped."""
-    from ct_reference.errors import CtrtError
+    from compressive_rt.errors import CtrtError
 
     for dest, smallest in at_least.items():
         value = getattr(args, dest)
@@ -128,14 +128,14 @@ def check_output_directory(path: str | None) -> None:
     """A directory to be written must not be an existing file (checked before hours of work)."""
     from pathlib import Path
 
-    from ct_reference.errors import CtrtError
+    from compressive_rt.errors import CtrtError
 
     if path is not None and Path(path).exists() and not Path(path).is_dir():
         raise CtrtError(f"{path} exists and is not a directory: choose another output path")
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ct_reference.errors import CtrtError
+    from compressive_rt.errors import CtrtError
 
     check_options(args, {"steps": 1, "batch": 1, "val_every": 0, "val_segments": 1,
                          "warmup": 0, "aux_weight": 0}, positive=("minutes", "lr"))

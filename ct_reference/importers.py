@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ct_reference.config import ConfigError, ModelConfig
-from ct_reference.errors import CtrtError
+from compressive_rt.errors import ConfigError, CtrtError
+from ct_reference.config import ModelConfig
 from ct_reference.model import CompressiveTransformer
 
 LUCIDRAINS = "compressive-transformer-pytorch"

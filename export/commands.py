@@ -72,8 +72,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_build_engine(args: argparse.Namespace) -> int:
+    from compressive_rt.errors import EngineError
     from export.tensorrt_build import build_engines
-    from runtime.manifest import EngineError
 
     if args.max_batch < 1:
         raise EngineError(f"--max-batch must be >= 1, got {args.max_batch}")

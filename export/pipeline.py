@@ -12,6 +12,7 @@ import onnx
 import onnxruntime
 import torch
 
+from compressive_rt.errors import CtrtError
 from ct_reference.model import CompressiveTransformer
 from export.onnx_export import (
     OPSET,
@@ -29,13 +30,12 @@ from runtime.manifest import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST_NAME,
-    EngineError,
     describe_entry,
     write_json_atomic,
 )
 
 
-class ExportError(EngineError):
+class ExportError(CtrtError):
     """Export refused: the message says why; nothing was left in the output directory."""
 
 

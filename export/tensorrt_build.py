@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compressive_rt.errors import EngineError
 from export.replace import rewrite_directory
 from export.trt_lint import errors, format_issues, lint_graph
 from runtime.backends.cuda import (
@@ -50,13 +51,7 @@ from runtime.backends.cuda import (
     tensorrt_major,
 )
 from runtime.files import atomic_write
-from runtime.manifest import (
-    MANIFEST_NAME,
-    EngineError,
-    file_entry,
-    load_manifest,
-    write_json_atomic,
-)
+from runtime.manifest import MANIFEST_NAME, file_entry, load_manifest, write_json_atomic
 
 __all__ = [
     "GPU_EXTRA",

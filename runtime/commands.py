@@ -75,7 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _open_session(args: argparse.Namespace, max_streams: int):
-    from runtime.session import RuntimeInputError, Session
+    from compressive_rt.errors import RuntimeInputError
+    from runtime.session import Session
 
     if args.threads is not None and args.threads < 1:
         raise RuntimeInputError(f"--threads must be >= 1, got {args.threads}")
@@ -89,7 +90,7 @@ def _open_session(args: argparse.Namespace, max_streams: int):
 def _read_file(path_name: str, what: str) -> bytes:
     from pathlib import Path
 
-    from runtime.session import RuntimeInputError
+    from compressive_rt.errors import RuntimeInputError
 
     path = Path(path_name)
     if not path.is_file():
@@ -109,8 +110,8 @@ def run_score(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from compressive_rt.errors import RuntimeInputError
     from runtime.score import score_documents, total_bits_per_byte
-    from runtime.session import RuntimeInputError
 
     if args.streams < 1:
         raise RuntimeInputError(f"--streams must be >= 1, got {args.streams}")
@@ -138,9 +139,9 @@ def run_generate(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
+    from compressive_rt.errors import RuntimeInputError
     from runtime.generate import Sampling
     from runtime.scheduler import Completion, Scheduler, TokenEvent
-    from runtime.session import RuntimeInputError
 
     prompts = [value.encode() if kind == "text" else _read_file(value, "prompt file")
                for kind, value in args.prompts or []]

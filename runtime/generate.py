@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.session import RuntimeInputError, Session
+from compressive_rt.errors import RuntimeInputError
+from runtime.session import Session
 
 
 @dataclass(frozen=True)

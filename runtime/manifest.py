@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from compressive_rt.errors import EngineError
 from runtime.contract import EntryPoint, entry_points
 from runtime.files import atomic_write
 
@@ -14,10 +15,6 @@ MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.bin"  # every graph's initializers, each stored once (ONNX external data)
 FORMAT = "compressive-rt-engine"
 FORMAT_VERSION = 2  # 2: contract v2, batch-first, no per-row masks
-
-
-class EngineError(Exception):
-    """An engine directory that cannot be used; the message says which file and why."""
 
 
 def sha256_file(path: Path) -> str:

@@ -19,8 +19,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from compressive_rt.errors import RuntimeInputError
 from runtime.generate import Sampling, sample_token
-from runtime.session import RuntimeInputError, Session
+from runtime.session import Session
 
 BYTE_VOCAB = 256
 

@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from compressive_rt.errors import EngineError, RuntimeInputError
 from runtime.backends.base import NUMPY_DTYPES, Backend
 from runtime.contract import MEMORY_STATE, OUT_SUFFIX, TOKENS, Dims, state_specs
-from runtime.errors import RuntimeInputError
-from runtime.manifest import EngineError, Manifest, load_manifest
+from runtime.manifest import Manifest, load_manifest
 from runtime.snapshot import read_snapshot, write_snapshot
 
 PARTIAL_STATE = ("seg_h", "seg_k", "seg_v")

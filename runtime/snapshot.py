@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from compressive_rt.errors import RuntimeInputError
 from runtime.contract import Dims
-from runtime.errors import RuntimeInputError
 from runtime.files import atomic_write
 from runtime.manifest import Manifest
 

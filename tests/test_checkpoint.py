@@ -6,13 +6,13 @@ import pytest
 import torch
 from helpers import TINY
 
+from compressive_rt.errors import CtrtError
 from ct_reference.checkpoint import (
     checkpoint_sha256,
     load_model,
     load_optimizer,
     save_checkpoint,
 )
-from ct_reference.errors import CtrtError
 from ct_reference.model import CompressiveTransformer
 
 

@@ -11,7 +11,7 @@ from benchmarks.quality import (
     run_quality,
     variant_config,
 )
-from ct_reference.errors import CtrtError
+from compressive_rt.errors import CtrtError
 
 BASE = TINY.replace(cmem_len=8)  # M + C = 24: three segments of 8 for the Transformer-XL
 TEXT = "The compressive transformer keeps a memory and compresses the oldest of it. "

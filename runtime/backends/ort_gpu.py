@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from compressive_rt.errors import EngineError
 from runtime.backends.base import Backend
 from runtime.backends.cuda import (
     GPU_EXTRA,
@@ -24,7 +25,7 @@ from runtime.backends.cuda import (
     import_cudart,
     optimization_profiles,
 )
-from runtime.manifest import EngineError, Manifest
+from runtime.manifest import Manifest
 
 CUDA_EP, TENSORRT_EP = "CUDAExecutionProvider", "TensorrtExecutionProvider"
 

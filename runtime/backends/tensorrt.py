@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from compressive_rt.errors import EngineError
 from runtime.backends.base import Backend
 from runtime.backends.cuda import (
     CudaStream,
@@ -34,7 +35,7 @@ from runtime.backends.cuda import (
     import_tensorrt,
 )
 from runtime.contract import TensorSpec
-from runtime.manifest import EngineError, Manifest, sha256_file
+from runtime.manifest import Manifest, sha256_file
 
 
 class TensorRTBackend(DeviceBuffers, Backend):
