@@ -198,7 +198,7 @@ def test_bad_requests_are_user_errors(tmp_path):
 
 
 def test_ctrt_bench_exits_2_with_an_error_line(capsys):
-    from runtime.cli import main
+    from cli.main import main
 
     assert main(["bench", "--threads", "0", "--out", "unused"]) == 2
     assert capsys.readouterr().err.strip() == "error: --threads must be >= 1, got 0"

@@ -199,7 +199,7 @@ def run_ctrt(*args: str):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True,
                           text=True, timeout=300)
 
 

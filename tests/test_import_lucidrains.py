@@ -17,8 +17,8 @@ ctp = pytest.importorskip(
 from compressive_transformer_pytorch import AutoregressiveWrapper  # noqa: E402
 from compressive_transformer_pytorch import CompressiveTransformer as TheirModel  # noqa: E402
 
+from cli.import_checkpoint import register  # noqa: E402
 from ct_reference.checkpoint import load_model  # noqa: E402
-from ct_reference.import_command import register  # noqa: E402
 from ct_reference.importers import (  # noqa: E402
     ImportCheckpointError,
     import_lucidrains,

@@ -55,7 +55,7 @@ def test_ctrt_bench_quality_with_no_steps_is_exit_2_and_one_error_line(tmp_path)
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "runtime.cli", "bench", "--quality",
+    result = subprocess.run([sys.executable, "-m", "cli.main", "bench", "--quality",
                              "--steps", "0", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr

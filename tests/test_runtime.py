@@ -233,7 +233,7 @@ class NoTorch(importlib.abc.MetaPathFinder):
             raise ImportError("torch is not allowed in the runtime")
 sys.meta_path.insert(0, NoTorch())
 sys.argv = ["ctrt", "score", {str(engine_dir)!r}, {str(doc)!r}, "--json"]
-from runtime.cli import main
+from cli.main import main
 code = main()
 sys.argv = ["ctrt", "generate", {str(engine_dir)!r}, "--prompt", "abc", "--greedy",
             "--max-new-tokens", "12"]

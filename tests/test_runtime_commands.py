@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from runtime.cli import main
+from cli.main import main
 from runtime.generate import Sampling, generate
 from runtime.score import score_documents, total_bits_per_byte
 from runtime.session import Session

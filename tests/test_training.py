@@ -76,7 +76,7 @@ def test_ctrt_train_aux_loss_flag_is_validated_against_the_compressor(tmp_path):
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "train", "--config", '{"compress_fn": "max_pool"}',
+        [sys.executable, "-m", "cli.main", "train", "--config", '{"compress_fn": "max_pool"}',
          "--aux-loss", "autoencoding", "--out", str(tmp_path / "x")],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from benchmarks.quality import add_quality_arguments
+from cli.options import check_options, check_output_directory
 
 DEFAULT_OUT = "bench_out"
 
@@ -49,7 +50,6 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
     from benchmarks.bench import run_benchmark
     from ct_reference.checkpoint import load_model
-    from ct_reference.commands import check_options, check_output_directory
 
     check_options(args, {"threads": 1})
     check_output_directory(args.out)

@@ -14,9 +14,7 @@ import sys
 
 from compressive_rt.errors import CtrtError
 
-COMMAND_MODULES = [
-    "ct_reference.commands", "ct_reference.import_command", "export.commands",
-    "runtime.commands", "benchmarks.commands"]
+COMMAND_MODULES = ["cli.train", "cli.import_checkpoint", "cli.engine", "cli.run", "cli.bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,12 @@
-"""`ctrt train`, `ctrt eval`, `ctrt demo`: thin shells over ct_reference (torch imported lazily)."""
+"""`ctrt train`, `ctrt eval`, `ctrt demo`: thin shells over ct_reference (torch imported lazily);
+the demo's later stages run export and the runtime."""
 
 from __future__ import annotations
 
 import argparse
 
+from cli.options import check_options, check_output_directory
+from compressive_rt.errors import CtrtError
 from ct_reference.config import AUX_LOSSES  # pure Python: the parser stays torch-free
 
 DEFAULT_DEMO_OUT = "demo_out/checkpoint"
@@ -82,7 +85,6 @@ def parse_config(preset: str, override: str | None):
     import json
     from pathlib import Path
 
-    from compressive_rt.errors import CtrtError
     from ct_reference.config import PRESETS
 
     if preset not in PRESETS:
@@ -107,36 +109,7 @@ def parse_config(preset: str, override: str | None):
     return config.from_dict({**config.to_dict(), **fields})
 
 
-def check_options(args: argparse.Namespace, at_least: dict[str, float],
-                  positive: tuple[str, ...] = ()) -> None:
-    """Refuse option values out of range before any work starts: `at_least` maps an option
-    (its argparse dest) to its smallest value, `positive` lists options that must be > 0;
-    unset (None) options are skipped."""
-    from compressive_rt.errors import CtrtError
-
-    for dest, smallest in at_least.items():
-        value = getattr(args, dest)
-        if value is not None and value < smallest:
-            raise CtrtError(f"--{dest.replace('_', '-')} must be >= {smallest}, got {value:g}")
-    for dest in positive:
-        value = getattr(args, dest)
-        if value is not None and not value > 0:
-            raise CtrtError(f"--{dest.replace('_', '-')} must be > 0, got {value:g}")
-
-
-def check_output_directory(path: str | None) -> None:
-    """A directory to be written must not be an existing file (checked before hours of work)."""
-    from pathlib import Path
-
-    from compressive_rt.errors import CtrtError
-
-    if path is not None and Path(path).exists() and not Path(path).is_dir():
-        raise CtrtError(f"{path} exists and is not a directory: choose another output path")
-
-
 def run_train(args: argparse.Namespace) -> int:
-    from compressive_rt.errors import CtrtError
-
     check_options(args, {"steps": 1, "batch": 1, "val_every": 0, "val_segments": 1,
                          "warmup": 0, "aux_weight": 0}, positive=("minutes", "lr"))
     check_output_directory(args.out)

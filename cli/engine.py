@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from compressive_rt.errors import CtrtError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     exp = subparsers.add_parser(
@@ -48,10 +50,10 @@ def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ct_reference.checkpoint import checkpoint_sha256, load_model
-    from export.pipeline import ExportError, export_model
+    from export.pipeline import export_model
 
     if args.verify_segments < 20:
-        raise ExportError(f"--verify-segments must be >= 20, got {args.verify_segments}")
+        raise CtrtError(f"--verify-segments must be >= 20, got {args.verify_segments}")
     model, _ = load_model(args.checkpoint)
     checkpoint = {"path": str(Path(args.checkpoint).resolve()),
                   "sha256": checkpoint_sha256(args.checkpoint)}
@@ -72,16 +74,15 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_build_engine(args: argparse.Namespace) -> int:
-    from compressive_rt.errors import EngineError
     from export.tensorrt_build import build_engines
 
     if args.max_batch < 1:
-        raise EngineError(f"--max-batch must be >= 1, got {args.max_batch}")
+        raise CtrtError(f"--max-batch must be >= 1, got {args.max_batch}")
     if not 1 <= args.opt_batch <= args.max_batch:
-        raise EngineError(f"--opt-batch must be in [1, --max-batch={args.max_batch}], got "
-                          f"{args.opt_batch}")
+        raise CtrtError(f"--opt-batch must be in [1, --max-batch={args.max_batch}], got "
+                        f"{args.opt_batch}")
     if args.workspace < 1:
-        raise EngineError(f"--workspace must be >= 1 MiB, got {args.workspace}")
+        raise CtrtError(f"--workspace must be >= 1 MiB, got {args.workspace}")
 
     build_engines(args.engine_dir, precision=args.precision, max_batch=args.max_batch,
                   opt_batch=args.opt_batch, workspace_mib=args.workspace,
