@@ -49,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ct_reference.checkpoint import checkpoint_sha256, load_model
-    from export.pipeline import export_model
+    from compressive_rt.ct_reference.checkpoint import checkpoint_sha256, load_model
+    from compressive_rt.export.pipeline import export_model
 
     if args.verify_segments < 20:
         raise CtrtError(f"--verify-segments must be >= 20, got {args.verify_segments}")
@@ -67,14 +67,14 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from export.inspect import inspect_engine_dir
+    from compressive_rt.export.inspect import inspect_engine_dir
 
     print(inspect_engine_dir(args.engine_dir))
     return 0
 
 
 def run_build_engine(args: argparse.Namespace) -> int:
-    from export.tensorrt_build import build_engines
+    from compressive_rt.export.tensorrt_build import build_engines
 
     if args.max_batch < 1:
         raise CtrtError(f"--max-batch must be >= 1, got {args.max_batch}")

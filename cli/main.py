@@ -14,7 +14,9 @@ import sys
 
 from compressive_rt.errors import CtrtError
 
-COMMAND_MODULES = ["cli.train", "cli.import_checkpoint", "cli.engine", "cli.run", "cli.bench"]
+COMMAND_MODULES = [
+    "compressive_rt.cli.train", "compressive_rt.cli.import_checkpoint", "compressive_rt.cli.engine",
+    "compressive_rt.cli.run", "compressive_rt.cli.bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

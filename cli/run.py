@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli.options import read_file_argument
+from compressive_rt.cli.options import read_file_argument
 from compressive_rt.errors import RuntimeInputError
 
 
@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _open_session(args: argparse.Namespace, max_streams: int):
-    from runtime.session import Session
+    from compressive_rt.runtime.session import Session
 
     if args.threads is not None and args.threads < 1:
         raise RuntimeInputError(f"--threads must be >= 1, got {args.threads}")
@@ -98,7 +98,7 @@ def run_score(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from runtime.score import score_documents, total_bits_per_byte
+    from compressive_rt.runtime.score import score_documents, total_bits_per_byte
 
     if args.streams < 1:
         raise RuntimeInputError(f"--streams must be >= 1, got {args.streams}")
@@ -126,8 +126,8 @@ def run_generate(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from runtime.generate import Sampling
-    from runtime.scheduler import Completion, Scheduler, TokenEvent
+    from compressive_rt.runtime.generate import Sampling
+    from compressive_rt.runtime.scheduler import Completion, Scheduler, TokenEvent
 
     prompts = [value.encode() if kind == "text" else read_file_argument(value, "prompt file")
                for kind, value in args.prompts or []]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 
-from cli.options import check_options, check_output_directory
+from compressive_rt.cli.options import check_options, check_output_directory
+from compressive_rt.ct_reference.config import (
+    AUX_LOSSES,  # pure Python: the parser stays torch-free
+)
 from compressive_rt.errors import CtrtError
-from ct_reference.config import AUX_LOSSES  # pure Python: the parser stays torch-free
 
 DEFAULT_DEMO_OUT = "demo_out/checkpoint"
 
@@ -85,7 +87,7 @@ def parse_config(preset: str, override: str | None):
     import json
     from pathlib import Path
 
-    from ct_reference.config import PRESETS
+    from compressive_rt.ct_reference.config import PRESETS
 
     if preset not in PRESETS:
         raise CtrtError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -119,7 +121,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise CtrtError(f"--aux-loss cannot change a resumed run ({args.resume} keeps the "
                             f"aux_loss of its config.json); drop --aux-loss or train afresh")
         config = config.replace(aux_loss=args.aux_loss)
-    from ct_reference.train import TrainOptions, train
+    from compressive_rt.ct_reference.train import TrainOptions, train
 
     train(TrainOptions(config=config, data=args.data, out=args.out, steps=args.steps,
                        minutes=args.minutes, batch=args.batch, seed=args.seed,
@@ -132,8 +134,8 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ct_reference.checkpoint import load_model
-    from ct_reference.data import bits_per_byte, read_documents, split_documents
+    from compressive_rt.ct_reference.checkpoint import load_model
+    from compressive_rt.ct_reference.data import bits_per_byte, read_documents, split_documents
 
     check_options(args, {"max_segments": 1})
     model, _ = load_model(args.checkpoint)
@@ -159,8 +161,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def demo_train(results: dict) -> None:
-    from ct_reference.config import PRESETS
-    from ct_reference.train import TrainOptions, train
+    from compressive_rt.ct_reference.config import PRESETS
+    from compressive_rt.ct_reference.train import TrainOptions, train
 
     args = results["args"]
     print(f"== demo: train (preset tiny, {args.minutes:g} minutes)")
@@ -172,7 +174,7 @@ def demo_train(results: dict) -> None:
 
 
 def demo_evaluate(results: dict) -> None:
-    from ct_reference.data import bits_per_byte, read_documents, split_documents
+    from compressive_rt.ct_reference.data import bits_per_byte, read_documents, split_documents
 
     outcome = results["train"]
     validation = split_documents(read_documents(results["args"].data))[1]
@@ -187,7 +189,7 @@ def demo_evaluate(results: dict) -> None:
 def demo_export(results: dict) -> None:
     from pathlib import Path
 
-    from export.pipeline import export_model
+    from compressive_rt.export.pipeline import export_model
 
     engine_dir = Path(results["args"].out).parent / "engine"
     print(f"== demo: export to {engine_dir} (ONNX, verified against the eager model)")
@@ -200,9 +202,9 @@ def demo_export(results: dict) -> None:
 
 
 def demo_score(results: dict) -> None:
-    from ct_reference.data import bits_per_byte, read_documents, split_documents
-    from runtime.score import score_documents
-    from runtime.session import Session
+    from compressive_rt.ct_reference.data import bits_per_byte, read_documents, split_documents
+    from compressive_rt.runtime.score import score_documents
+    from compressive_rt.runtime.session import Session
 
     model, seg_len = results["train"].model, results["train"].model.config.seg_len
     document = split_documents(read_documents(results["args"].data))[1][:64 * seg_len + 1]
@@ -217,8 +219,8 @@ def demo_score(results: dict) -> None:
 def demo_generate(results: dict) -> None:
     import sys
 
-    from runtime.generate import Sampling, generate
-    from runtime.session import Session
+    from compressive_rt.runtime.generate import Sampling, generate
+    from compressive_rt.runtime.session import Session
 
     prompt = b"def "
     print("== demo: generate 300 bytes after 'def ' (runtime, top-k 20, seed 0)")

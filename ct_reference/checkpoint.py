@@ -28,9 +28,9 @@ import safetensors
 import safetensors.torch
 import torch
 
+from compressive_rt.ct_reference.config import LEGACY_AUX_LOSS, PARAMETRIC_COMPRESS_FNS, ModelConfig
+from compressive_rt.ct_reference.model import CompressiveTransformer
 from compressive_rt.errors import ConfigError, CtrtError
-from ct_reference.config import LEGACY_AUX_LOSS, PARAMETRIC_COMPRESS_FNS, ModelConfig
-from ct_reference.model import CompressiveTransformer
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

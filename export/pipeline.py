@@ -12,9 +12,9 @@ import onnx
 import onnxruntime
 import torch
 
+from compressive_rt.ct_reference.model import CompressiveTransformer
 from compressive_rt.errors import CtrtError
-from ct_reference.model import CompressiveTransformer
-from export.onnx_export import (
+from compressive_rt.export.onnx_export import (
     OPSET,
     QUANT_WEIGHT_TYPE,
     convert_to_fp16,
@@ -23,10 +23,10 @@ from export.onnx_export import (
     quantize_to_int8,
     write_graphs,
 )
-from export.replace import replace_directory, staging_directory, tensorrt_plans
-from export.verify import RELATIVE_TOLERANCE, verify_engine
-from runtime.contract import entry_points
-from runtime.manifest import (
+from compressive_rt.export.replace import replace_directory, staging_directory, tensorrt_plans
+from compressive_rt.export.verify import RELATIVE_TOLERANCE, verify_engine
+from compressive_rt.runtime.contract import entry_points
+from compressive_rt.runtime.manifest import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST_NAME,

@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from compressive_rt.errors import EngineError
-from export.replace import rewrite_directory
-from export.trt_lint import errors, format_issues, lint_graph
-from runtime.backends.cuda import (
+from compressive_rt.export.replace import rewrite_directory
+from compressive_rt.export.trt_lint import errors, format_issues, lint_graph
+from compressive_rt.runtime.backends.cuda import (
     GPU_EXTRA,
     GpuUnavailable,
     Shape,
@@ -50,8 +50,13 @@ from runtime.backends.cuda import (
     optimization_profiles,
     tensorrt_major,
 )
-from runtime.files import atomic_write
-from runtime.manifest import MANIFEST_NAME, file_entry, load_manifest, write_json_atomic
+from compressive_rt.runtime.files import atomic_write
+from compressive_rt.runtime.manifest import (
+    MANIFEST_NAME,
+    file_entry,
+    load_manifest,
+    write_json_atomic,
+)
 
 __all__ = [
     "GPU_EXTRA",

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compressive_rt.errors import EngineError
-from runtime.contract import EntryPoint, entry_points
-from runtime.files import atomic_write
+from compressive_rt.runtime.contract import EntryPoint, entry_points
+from compressive_rt.runtime.files import atomic_write
 
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.bin"  # every graph's initializers, each stored once (ONNX external data)

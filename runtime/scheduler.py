@@ -20,8 +20,8 @@ from typing import NamedTuple
 import numpy as np
 
 from compressive_rt.errors import RuntimeInputError
-from runtime.generate import Sampling, sample_token
-from runtime.session import Session
+from compressive_rt.runtime.generate import Sampling, sample_token
+from compressive_rt.runtime.session import Session
 
 BYTE_VOCAB = 256
 

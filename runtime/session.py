@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from compressive_rt.errors import EngineError, RuntimeInputError
-from runtime.backends.base import NUMPY_DTYPES, Backend
-from runtime.contract import MEMORY_STATE, OUT_SUFFIX, TOKENS, Dims, state_specs
-from runtime.manifest import Manifest, load_manifest
-from runtime.snapshot import read_snapshot, write_snapshot
+from compressive_rt.runtime.backends.base import NUMPY_DTYPES, Backend
+from compressive_rt.runtime.contract import MEMORY_STATE, OUT_SUFFIX, TOKENS, Dims, state_specs
+from compressive_rt.runtime.manifest import Manifest, load_manifest
+from compressive_rt.runtime.snapshot import read_snapshot, write_snapshot
 
 PARTIAL_STATE = ("seg_h", "seg_k", "seg_v")
 
@@ -73,24 +73,24 @@ def open_backend(name: str, manifest: Manifest, threads: int | None = None,
     """A backend by name, or "auto": native TensorRT when the engine directory holds plans
     and a GPU with TensorRT is here, else ONNX Runtime CPU."""
     if name == "auto":
-        from runtime.backends.tensorrt import tensorrt_available
+        from compressive_rt.runtime.backends.tensorrt import tensorrt_available
 
         name = "tensorrt" if "tensorrt" in manifest.data and tensorrt_available() \
             else "onnxruntime-cpu"
     if name == "onnxruntime-cpu":
-        from runtime.backends.ort import OrtCpuBackend
+        from compressive_rt.runtime.backends.ort import OrtCpuBackend
 
         return OrtCpuBackend(manifest, threads=threads)
     if name == "onnxruntime-cuda":
-        from runtime.backends.ort_gpu import OrtCudaBackend
+        from compressive_rt.runtime.backends.ort_gpu import OrtCudaBackend
 
         return OrtCudaBackend(manifest, max_batch=max_streams)
     if name == "onnxruntime-tensorrt":
-        from runtime.backends.ort_gpu import OrtTensorrtBackend
+        from compressive_rt.runtime.backends.ort_gpu import OrtTensorrtBackend
 
         return OrtTensorrtBackend(manifest, max_batch=max_streams)
     if name == "tensorrt":
-        from runtime.backends.tensorrt import TensorRTBackend
+        from compressive_rt.runtime.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(manifest)
     raise RuntimeInputError(f"unknown backend {name!r}; choose auto or one of "

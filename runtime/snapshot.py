@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from compressive_rt.errors import RuntimeInputError
-from runtime.contract import Dims
-from runtime.files import atomic_write
-from runtime.manifest import Manifest
+from compressive_rt.runtime.contract import Dims
+from compressive_rt.runtime.files import atomic_write
+from compressive_rt.runtime.manifest import Manifest
 
 SNAPSHOT_FORMAT = "compressive-rt-stream-snapshot"
 SNAPSHOT_FORMAT_VERSION = 1

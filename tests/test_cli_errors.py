@@ -11,14 +11,14 @@ import json
 import pytest
 from engines import random_model, tiny_config
 
-from cli.main import COMMAND_MODULES, build_parser, main
+from compressive_rt.cli.main import COMMAND_MODULES, build_parser, main
 
 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     """Placeholders of the table: real files, directories, checkpoints and engines."""
-    from ct_reference.checkpoint import save_checkpoint
-    from export.pipeline import export_model
+    from compressive_rt.ct_reference.checkpoint import save_checkpoint
+    from compressive_rt.export.pipeline import export_model
 
     root = tmp_path_factory.mktemp("cli_errors")
     checkpoint = save_checkpoint(root / "ckpt", random_model(tiny_config("conv")))

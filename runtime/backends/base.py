@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from compressive_rt.errors import BackendUnavailable  # noqa: F401 - its home before the error root
-from runtime.contract import TOKENS, TensorSpec
-from runtime.manifest import Manifest
+from compressive_rt.runtime.contract import TOKENS, TensorSpec
+from compressive_rt.runtime.manifest import Manifest
 
 NUMPY_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from compressive_rt.errors import BackendUnavailable, EngineError
-from runtime.contract import EntryPoint
+from compressive_rt.runtime.contract import EntryPoint
 
 GPU_EXTRA = "pip install 'compressive-rt[gpu]'"
 

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from compressive_rt.errors import BackendUnavailable, EngineError
-from runtime.backends.base import Backend
-from runtime.manifest import Manifest
+from compressive_rt.runtime.backends.base import Backend
+from compressive_rt.runtime.manifest import Manifest
 
 
 def cpu_session_options(threads: int | None = None, precision: str = "fp32") -> Any:
