@@ -17,7 +17,8 @@ from compressive_rt.runtime.backends.ort import OrtCpuBackend
 from compressive_rt.runtime.manifest import (
     MANIFEST_NAME,
     Manifest,
-    write_json_atomic,
+    record_graphs,
+    write_manifest,
 )
 
 
@@ -28,7 +29,7 @@ def export_engine(model, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = write_engine(model, out_dir)
     manifest["verification"] = {"skipped": "benchmark engine"}
-    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    write_manifest(out_dir, manifest)
     return out_dir
 
 
@@ -44,13 +45,11 @@ def derive_engine(src_dir: Path, out_dir: Path, transform: Callable[[Path, Path]
     out_dir.mkdir(parents=True, exist_ok=True)
     for entry in manifest["entry_points"].values():
         transform(src_dir / entry["file"], out_dir / entry["file"])
-    written = write_graphs(load_graphs(out_dir, list(manifest["entry_points"])), out_dir)
-    manifest["weights"] = written["weights"]
-    for name, entry in written["entry_points"].items():
-        manifest["entry_points"][name].update(entry)
+    record_graphs(manifest, write_graphs(load_graphs(out_dir, list(manifest["entry_points"])),
+                                         out_dir))
     if precision:
         manifest["precision"] = precision
-    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    write_manifest(out_dir, manifest)
     return out_dir
 
 

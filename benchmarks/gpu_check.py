@@ -173,9 +173,6 @@ def runtime_calls(engine_dir: Path, backend: Backend, batch: int,
         spec = contract[entry]
         feeds = {s.name: backend.allocate(s, batch, 1) for s in spec.inputs}
         fetches = {s.name: backend.allocate(s, batch, 1) for s in spec.outputs}
-        for name in ("commit", "active"):  # every row takes part, as in the eager inputs
-            if name in feeds:
-                backend.from_host(feeds[name], np.ones(batch, dtype=np.bool_))
         return feeds, fetches
 
     segment, extend = bound("segment"), bound("extend")

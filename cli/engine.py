@@ -67,7 +67,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from compressive_rt.export.inspect import inspect_engine_dir
+    from compressive_rt.export.inspection import inspect_engine_dir
 
     print(inspect_engine_dir(args.engine_dir))
     return 0

@@ -51,12 +51,7 @@ from compressive_rt.runtime.backends.cuda import (
     tensorrt_major,
 )
 from compressive_rt.runtime.files import atomic_write
-from compressive_rt.runtime.manifest import (
-    MANIFEST_NAME,
-    file_entry,
-    load_manifest,
-    write_json_atomic,
-)
+from compressive_rt.runtime.manifest import file_entry, load_manifest, write_manifest
 
 __all__ = [
     "GPU_EXTRA",
@@ -229,7 +224,7 @@ def build_engines(engine_dir: Path | str, precision: str | None = None, max_batc
                 stale.unlink()
         data = dict(manifest.data)
         data["tensorrt"] = section
-        write_json_atomic(work / MANIFEST_NAME, data)
+        write_manifest(work, data)
     if cache_path and cache_bytes:
         atomic_write(cache_path, lambda f: f.write(cache_bytes))
     return section

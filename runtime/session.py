@@ -25,11 +25,17 @@ import numpy as np
 
 from compressive_rt.errors import EngineError, RuntimeInputError
 from compressive_rt.runtime.backends.base import NUMPY_DTYPES, Backend
-from compressive_rt.runtime.contract import MEMORY_STATE, OUT_SUFFIX, TOKENS, Dims, state_specs
+from compressive_rt.runtime.contract import (
+    MEMORY_STATE,
+    NEW_ROWS,
+    OUT_SUFFIX,
+    PARTIAL_STATE,
+    TOKENS,
+    Dims,
+    state_specs,
+)
 from compressive_rt.runtime.manifest import Manifest, load_manifest
 from compressive_rt.runtime.snapshot import read_snapshot, write_snapshot
-
-PARTIAL_STATE = ("seg_h", "seg_k", "seg_v")
 
 
 class ConcurrentUseError(RuntimeInputError):
@@ -156,7 +162,7 @@ class Session:
         self.positions: dict[int, int] = {}  # stream id -> tokens consumed
         self._fed: set[int] = set()  # streams with last logits
         self._full: set[int] = set()  # streams whose partial segment is full, not yet committed
-        self._partial_writes = [(self.partial[f"seg_{x}"], f"new_{x}") for x in "hkv"]
+        self._partial_writes = [(self.partial[name], NEW_ROWS[name]) for name in PARTIAL_STATE]
         self._next_id = 0
         # (entry, rows, tokens, parities) -> (feeds, fetches): views built once, reused
         self._calls: dict[tuple, tuple[dict[str, Any], dict[str, Any]]] = {}

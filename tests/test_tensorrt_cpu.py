@@ -18,7 +18,7 @@ import pytest
 
 from compressive_rt.ct_reference.config import ModelConfig
 from compressive_rt.ct_reference.model import CompressiveTransformer
-from compressive_rt.export.inspect import inspect_engine_dir
+from compressive_rt.export.inspection import inspect_engine_dir
 from compressive_rt.export.pipeline import export_model
 from compressive_rt.export.tensorrt_build import (
     build_engines,
