@@ -8,7 +8,8 @@ median over the runs, so a run preempted on a shared machine does not skew the s
     python -m compressive_rt.benchmarks.profile_ops [--threads 2] [--runs 10] [--batch 1]
 
 The inputs are built from the engine contract alone, so the same script profiles any contract
-version (run it with PYTHONPATH at another checkout to profile that code).
+version (run it in a virtual environment with another checkout installed (`pip install -e`)
+to profile that code).
 """
 
 from __future__ import annotations
