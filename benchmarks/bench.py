@@ -19,9 +19,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks import measure
-from benchmarks.contenders import MAIN_CONTENDERS, Bench, build, random_model
-from benchmarks.settings import PROFILES, SEED, BenchError, log
+from compressive_rt.benchmarks import measure
+from compressive_rt.benchmarks.contenders import MAIN_CONTENDERS, Bench, build, random_model
+from compressive_rt.benchmarks.settings import PROFILES, SEED, BenchError, log
 
 EXTRAS = ("scaling", "xl", "ort", "quantization")
 EXPERIMENTS = ("main", "lucidrains", "serving", "capacity", *EXTRAS)
@@ -70,10 +70,10 @@ def _check_request(threads: int, profile: str, backends: tuple[str, ...],
 
 
 def _load_model(checkpoint: Path | None, settings):
-    from ct_reference.config import ModelConfig
+    from compressive_rt.ct_reference.config import ModelConfig
 
     if checkpoint:
-        from ct_reference.checkpoint import load_model
+        from compressive_rt.ct_reference.checkpoint import load_model
 
         return load_model(checkpoint)[0], str(checkpoint)
     model = random_model(ModelConfig().replace(**settings.config))
@@ -89,11 +89,11 @@ def run_benchmark(quick: bool, out_dir: Path, threads: int, checkpoint: Path | N
     import numpy as np
     import torch
 
-    from benchmarks import experiments as exp
-    from benchmarks import extras, report
-    from benchmarks.engines import export_engine
-    from benchmarks.targets import evaluate_targets
-    from benchmarks.workloads import compare
+    from compressive_rt.benchmarks import experiments as exp
+    from compressive_rt.benchmarks import extras, report
+    from compressive_rt.benchmarks.engines import export_engine
+    from compressive_rt.benchmarks.targets import evaluate_targets
+    from compressive_rt.benchmarks.workloads import compare
 
     profile = profile or ("quick" if quick else "full")
     _check_request(threads, profile, tuple(backends), tuple(experiments))
@@ -160,7 +160,7 @@ def run_benchmark(quick: bool, out_dir: Path, threads: int, checkpoint: Path | N
         gemm["gflops"] = max(gemm["torch_gflops"], gemm["numpy_gflops"])
         add_efficiency(results.get("contenders", {}), cfg, gemm["gflops"])
         if "lucidrains" in results:
-            from ct_reference.config import ModelConfig
+            from compressive_rt.ct_reference.config import ModelConfig
 
             add_efficiency(results["lucidrains"]["contenders"],
                            ModelConfig.from_dict(results["lucidrains"]["config"]), gemm["gflops"])

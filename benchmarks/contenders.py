@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.settings import SEED, BenchError
-from benchmarks.timed_backend import TimedBackend
-from ct_reference.config import ModelConfig
-from ct_reference.model import CompressiveTransformer
-from runtime.backends.base import Backend
-from runtime.manifest import Manifest
-from runtime.session import Session
+from compressive_rt.benchmarks.settings import SEED, BenchError
+from compressive_rt.benchmarks.timed_backend import TimedBackend
+from compressive_rt.ct_reference.config import ModelConfig
+from compressive_rt.ct_reference.model import CompressiveTransformer
+from compressive_rt.runtime.backends.base import Backend
+from compressive_rt.runtime.manifest import Manifest
+from compressive_rt.runtime.session import Session
 
 
 def fill_segments(cfg: ModelConfig) -> int:
@@ -194,13 +194,13 @@ class PackageModel:
 
 
 def _ort_backend(bench: Bench) -> Callable[[Manifest], Backend]:
-    from runtime.backends.ort import OrtCpuBackend
+    from compressive_rt.runtime.backends.ort import OrtCpuBackend
 
     return lambda manifest: OrtCpuBackend(manifest, threads=bench.threads)
 
 
 def _torch_backend(bench: Bench) -> Callable[[Manifest], Backend]:
-    from export.torch_backend import TorchBackend
+    from compressive_rt.export.torch_backend import TorchBackend
 
     return lambda manifest: TorchBackend(manifest, bench.model)
 
@@ -238,6 +238,6 @@ def build(key: str, bench: Bench) -> Any:
 
 def open_backend(key: str, bench: Bench) -> TimedBackend:
     """A timed backend of session contender `key` on bench.engine_dir."""
-    from runtime.manifest import load_manifest
+    from compressive_rt.runtime.manifest import load_manifest
 
     return TimedBackend(SESSION_BACKENDS[key][1](bench)(load_manifest(bench.engine_dir)))

@@ -13,22 +13,23 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from runtime.backends.ort import OrtCpuBackend
-from runtime.manifest import (
+from compressive_rt.runtime.backends.ort import OrtCpuBackend
+from compressive_rt.runtime.manifest import (
     MANIFEST_NAME,
     Manifest,
-    write_json_atomic,
+    record_graphs,
+    write_manifest,
 )
 
 
 def export_engine(model, out_dir: Path) -> Path:
     """Export `model`'s three entry points and a manifest into out_dir (no verification)."""
-    from export.pipeline import write_engine
+    from compressive_rt.export.pipeline import write_engine
 
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = write_engine(model, out_dir)
     manifest["verification"] = {"skipped": "benchmark engine"}
-    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    write_manifest(out_dir, manifest)
     return out_dir
 
 
@@ -38,21 +39,19 @@ def derive_engine(src_dir: Path, out_dir: Path, transform: Callable[[Path, Path]
     storing the new graphs' weights once in out_dir's own weights file."""
     import json
 
-    from export.onnx_export import load_graphs, write_graphs
+    from compressive_rt.export.onnx_export import load_graphs, write_graphs
 
     manifest = json.loads((src_dir / MANIFEST_NAME).read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     for entry in manifest["entry_points"].values():
         transform(src_dir / entry["file"], out_dir / entry["file"])
-    written = write_graphs(load_graphs(out_dir, list(manifest["entry_points"])), out_dir)
+    record_graphs(manifest, write_graphs(load_graphs(out_dir, list(manifest["entry_points"])),
+                                         out_dir))
     for leftover in out_dir.glob("*.data"):  # a transform's own external data, now copied
         leftover.unlink()
-    manifest["weights"] = written["weights"]
-    for name, entry in written["entry_points"].items():
-        manifest["entry_points"][name].update(entry)
     if precision:
         manifest["precision"] = precision
-    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    write_manifest(out_dir, manifest)
     return out_dir
 
 
@@ -116,7 +115,7 @@ class TunedOrtBackend(OrtCpuBackend):
     """OrtCpuBackend whose sessions use the options `tune(options)` returns."""
 
     def __init__(self, manifest: Manifest, threads: int, tune: Callable[[Any], Any]) -> None:
-        import runtime.backends.ort as ort_backend
+        import compressive_rt.runtime.backends.ort as ort_backend
 
         original = ort_backend.cpu_session_options
         ort_backend.cpu_session_options = lambda *args: tune(original(*args))

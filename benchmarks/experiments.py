@@ -10,13 +10,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.contenders import Bench, build, open_backend
-from benchmarks.engines import export_engine
-from benchmarks.measure import ratio_stats
-from benchmarks.settings import SEED, BenchError, Settings, log
-from benchmarks.workloads import compare, fill_tokens, interleave, random_tokens, summarize
-from runtime.generate import Sampling
-from runtime.session import Session
+from compressive_rt.benchmarks.contenders import Bench, build, open_backend
+from compressive_rt.benchmarks.engines import export_engine
+from compressive_rt.benchmarks.measure import ratio_stats
+from compressive_rt.benchmarks.settings import SEED, BenchError, Settings, log
+from compressive_rt.benchmarks.workloads import (
+    compare,
+    fill_tokens,
+    interleave,
+    random_tokens,
+    summarize,
+)
+from compressive_rt.runtime.generate import Sampling
+from compressive_rt.runtime.session import Session
 
 
 def session_logits(engine_dir: Path, threads: int, fill: np.ndarray,
@@ -63,8 +69,8 @@ def lucidrains_comparison(cfg, threads: int, work: Path, settings: Settings,
     except ImportError:
         raise BenchError("compressive-transformer-pytorch is not installed: pip install --no-deps "
                          "compressive-transformer-pytorch==0.4.0 mogrifier einops") from None
-    from ct_reference.checkpoint import load_model
-    from ct_reference.importers import LUCIDRAINS, import_checkpoint
+    from compressive_rt.ct_reference.checkpoint import load_model
+    from compressive_rt.ct_reference.importers import LUCIDRAINS, import_checkpoint
 
     arguments = lucidrains_arguments(cfg)
     torch.manual_seed(SEED)
@@ -99,7 +105,7 @@ def serving_curve(bench: Bench, settings: Settings,
                   keys: tuple[str, ...] = ("runtime", "cached")) -> dict:
     """Generated tokens per second against concurrent requests, through runtime.scheduler on
     the engine (runtime) and on the eager cached steps (cached), interleaved per repeat."""
-    from runtime.scheduler import Scheduler
+    from compressive_rt.runtime.scheduler import Scheduler
 
     rng = np.random.default_rng(SEED + 7)
     prompts = [bytes(rng.integers(0, 256, settings.serving_prompt_bytes).astype(np.uint8))

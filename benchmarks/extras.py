@@ -9,18 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import measure
-from benchmarks.contenders import Bench, SessionContender, build, random_model
-from benchmarks.experiments import session_logits
-from benchmarks.settings import SEED, Settings, log
-from benchmarks.timed_backend import TimedBackend
-from benchmarks.workloads import fill_tokens, random_tokens, step_costs
+from compressive_rt.benchmarks import measure
+from compressive_rt.benchmarks.contenders import Bench, SessionContender, build, random_model
+from compressive_rt.benchmarks.experiments import session_logits
+from compressive_rt.benchmarks.settings import SEED, Settings, log
+from compressive_rt.benchmarks.timed_backend import TimedBackend
+from compressive_rt.benchmarks.workloads import fill_tokens, random_tokens, step_costs
 
 
 def _model_step_costs(cfg, threads: int, work: Path, batches: tuple[int, ...],
                       keys: tuple[str, ...] = ("eager", "cached", "runtime")) -> dict:
     """Segment steps and decode step (batch 1) of a random model of `cfg`, each contender."""
-    from benchmarks.engines import export_engine, remove_engine
+    from compressive_rt.benchmarks.engines import export_engine, remove_engine
 
     model = random_model(cfg)
     engine = export_engine(model, work / f"engine_{abs(hash(str(cfg.to_dict())))}")
@@ -86,8 +86,8 @@ def xl_comparison(base_cfg, threads: int, work: Path, settings: Settings) -> lis
 def _time_runtime(engine_dir: Path, threads: int, cfg, repeats: int, backend_factory=None) -> dict:
     """Segment and decode step at batch 1 of one engine through the Session (its own ORT
     session options when backend_factory is given)."""
-    from runtime.backends.ort import OrtCpuBackend
-    from runtime.manifest import load_manifest
+    from compressive_rt.runtime.backends.ort import OrtCpuBackend
+    from compressive_rt.runtime.manifest import load_manifest
 
     open_inner = backend_factory or (lambda manifest: OrtCpuBackend(manifest, threads=threads))
     runtime = SessionContender("runtime (ORT)", engine_dir,
@@ -98,7 +98,7 @@ def _time_runtime(engine_dir: Path, threads: int, cfg, repeats: int, backend_fac
 
 
 def ort_experiments(engine_dir: Path, threads: int, cfg, work: Path, settings: Settings) -> dict:
-    from benchmarks import engines
+    from compressive_rt.benchmarks import engines
 
     out: dict = {"session_options": {}, "graphs": {}}
     for name, tune in engines.ort_option_variants(threads).items():
@@ -146,9 +146,9 @@ def check_engine_equal(engine_a: Path, engine_b: Path, threads: int, cfg) -> dic
 def quantization(engine_dir: Path, threads: int, cfg, work: Path, settings: Settings) -> dict:
     """int8 dynamic quantization: speed, and bits per byte on real text (this Python's os.py,
     split into `quant_streams` documents scored with fresh memory) against fp32."""
-    from benchmarks import engines
-    from runtime.score import score_documents, total_bits_per_byte
-    from runtime.session import Session
+    from compressive_rt.benchmarks import engines
+    from compressive_rt.runtime.score import score_documents, total_bits_per_byte
+    from compressive_rt.runtime.session import Session
 
     path = work / "engine_int8"
     try:

@@ -1,6 +1,7 @@
 """The GPU check: every GPU path held to the CPU contract, then timed like with like.
 
-    python -m benchmarks.gpu_check OUT_DIR [--checkpoint DIR] [--train-minutes 1] [--json PATH]
+    python -m compressive_rt.benchmarks.gpu_check OUT_DIR [--checkpoint DIR] [--train-minutes 1]
+        [--json PATH]
 
 Model: a checkpoint, or the demo preset (`tiny`) trained here for --train-minutes (CPU, as
 `ctrt demo` trains it), so that fp16 is judged on a model with real, not near-tied, logits.
@@ -43,15 +44,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.onnx_export import example_tensor
-from export.pipeline import export_model
-from export.step import build_steps
-from export.tolerances import RELATIVE_TOLERANCE
-from export.verify import verify_engine
-from runtime.backends.base import Backend, BackendUnavailable
-from runtime.contract import entry_points
-from runtime.manifest import EngineError, load_manifest
-from runtime.session import Session
+from compressive_rt.errors import BackendUnavailable, EngineError
+from compressive_rt.export.onnx_export import example_tensor
+from compressive_rt.export.pipeline import export_model
+from compressive_rt.export.step import build_steps
+from compressive_rt.export.tolerances import RELATIVE_TOLERANCE
+from compressive_rt.export.verify import verify_engine
+from compressive_rt.runtime.backends.base import Backend
+from compressive_rt.runtime.contract import entry_points
+from compressive_rt.runtime.manifest import load_manifest
+from compressive_rt.runtime.session import Session
 
 BATCHES = (1, 8)
 SEGMENTS = 20
@@ -61,12 +63,12 @@ REPEATS = 30
 def train_or_load(checkpoint: str | None, out_dir: Path, minutes: float):
     """(model in eval mode on the CPU, where it came from)."""
     if checkpoint:
-        from ct_reference.checkpoint import load_model
+        from compressive_rt.ct_reference.checkpoint import load_model
 
         model, _ = load_model(checkpoint)
         return model.eval(), f"checkpoint {checkpoint}"
-    from ct_reference.config import PRESETS
-    from ct_reference.train import TrainOptions, train
+    from compressive_rt.ct_reference.config import PRESETS
+    from compressive_rt.ct_reference.train import TrainOptions, train
 
     outcome = train(TrainOptions(config=PRESETS["tiny"], out=str(out_dir / "checkpoint"),
                                  minutes=minutes, steps=100_000, batch=8, warmup_steps=100,
@@ -98,8 +100,8 @@ def environment() -> dict:
 
 def backend_factories(fp32_dir: Path, fp16_dir: Path, skipped: dict) -> dict:
     """name -> (engine dir, precision, factory) for every GPU backend that can start here."""
-    from runtime.backends.ort_gpu import OrtCudaBackend
-    from runtime.backends.tensorrt import TensorRTBackend
+    from compressive_rt.runtime.backends.ort_gpu import OrtCudaBackend
+    from compressive_rt.runtime.backends.tensorrt import TensorRTBackend
 
     candidates = {
         "onnxruntime-cuda fp32": (fp32_dir, "fp32", lambda: OrtCudaBackend(
@@ -121,7 +123,7 @@ def backend_factories(fp32_dir: Path, fp16_dir: Path, skipped: dict) -> dict:
 
 
 def build_plans(fp32_dir: Path, fp16_dir: Path, out_dir: Path, skipped: dict) -> None:
-    from export.tensorrt_build import build_engines
+    from compressive_rt.export.tensorrt_build import build_engines
 
     cache = out_dir / "timing.cache"
     for engine_dir, precision in ((fp32_dir, "fp32"), (fp16_dir, "fp16")):
@@ -135,7 +137,7 @@ def build_plans(fp32_dir: Path, fp16_dir: Path, out_dir: Path, skipped: dict) ->
 
 def eager_cuda_check(model, segments: int) -> dict:
     """Eager PyTorch on CUDA (TF32 off) against eager on the CPU: logits of two streams."""
-    from export.verify import verification_tokens
+    from compressive_rt.export.verify import verification_tokens
 
     tokens = torch.from_numpy(verification_tokens(model.config.vocab_size,
                                                   segments * model.config.seg_len))
@@ -171,9 +173,6 @@ def runtime_calls(engine_dir: Path, backend: Backend, batch: int,
         spec = contract[entry]
         feeds = {s.name: backend.allocate(s, batch, 1) for s in spec.inputs}
         fetches = {s.name: backend.allocate(s, batch, 1) for s in spec.outputs}
-        for name in ("commit", "active"):  # every row takes part, as in the eager inputs
-            if name in feeds:
-                backend.from_host(feeds[name], np.ones(batch, dtype=np.bool_))
         return feeds, fetches
 
     segment, extend = bound("segment"), bound("extend")

@@ -19,7 +19,7 @@ RESULTS=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 WORK=$(mktemp -d /tmp/gpu_check_work.XXXXXX)
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO" || exit 2
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS"
 started=$SECONDS
 step() { echo; echo "== [$((SECONDS - started))s] $*"; }
@@ -39,6 +39,13 @@ if [ -n "$WHEELS" ]; then
     python -m pip install -q --no-index --find-links "$WHEELS" "$WHEELS"/*.whl \
         || echo "some wheels did not install; running what can run"
 fi
+
+step "compressive-rt (editable, no dependencies)"
+# The import names live under compressive_rt (pyproject's package-dir), so PYTHONPATH=$REPO no
+# longer finds them: install the checkout itself, with the setuptools already here (no network).
+python -c "import compressive_rt.runtime" 2>/dev/null \
+    || python -m pip install -q --no-deps --no-build-isolation -e "$REPO" \
+    || echo "compressive-rt did not install; the steps below will fail to import it"
 
 step "packages"
 python - <<'EOF'
@@ -61,7 +68,7 @@ try:
 except ImportError:
     pass
 try:
-    from runtime.backends.cuda import gpu_info, import_cudart
+    from compressive_rt.runtime.backends.cuda import gpu_info, import_cudart
     import_cudart()
     print(f"cuda-python  ok, {gpu_info()}")
 except Exception as exc:  # noqa: BLE001
@@ -69,7 +76,7 @@ except Exception as exc:  # noqa: BLE001
 EOF
 
 step "benchmarks/gpu_check.py -> $RESULTS/gpu_check.json"
-timeout 330 python -m benchmarks.gpu_check "$WORK" --json "$RESULTS/gpu_check.json" \
+timeout 330 python -m compressive_rt.benchmarks.gpu_check "$WORK" --json "$RESULTS/gpu_check.json" \
     ${CHECKPOINT:+--checkpoint "$CHECKPOINT"}
 check_status=$?
 

@@ -6,7 +6,7 @@ bookkeeping, host copies) as a fraction of the time in those two calls. Capacity
 decode step with one active stream in a session of max_streams=32 vs max_streams=1,
 interleaved step by step, median per step.
 
-    python -m benchmarks.loop_overhead [--steps 300] [--threads 2]
+    python -m compressive_rt.benchmarks.loop_overhead [--steps 300] [--threads 2]
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.contenders import random_model
-from benchmarks.settings import QUICK
-from ct_reference.config import ModelConfig
-from export.pipeline import export_model
-from runtime.session import Session
+from compressive_rt.benchmarks.contenders import random_model
+from compressive_rt.benchmarks.settings import QUICK
+from compressive_rt.ct_reference.config import ModelConfig
+from compressive_rt.export.pipeline import export_model
+from compressive_rt.runtime.session import Session
 
 
 def timed_session(engine_dir: Path, max_streams: int, threads: int) -> tuple[Session, list]:

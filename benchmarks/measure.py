@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from ct_reference.config import ModelConfig
+from compressive_rt.ct_reference.config import ModelConfig
 
 
 def stats(seconds: list[float]) -> dict:

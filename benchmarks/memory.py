@@ -4,14 +4,13 @@ scores with it, beside the weights and the state it holds.
 Each peak RSS is measured in a fresh subprocess (VmHWM from /proc/self/status, Linux), so one
 measurement never inherits another's allocations: the runtime child imports only the runtime
 (never torch), the eager child only torch and the reference model. `memory_report` returns the
-figures for the bench report; `python -m benchmarks.memory` exports the default config with
-random weights and prints the table.
+figures for the bench report; `python -m compressive_rt.benchmarks.memory` exports the default
+config with random weights and prints the table.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ _RUNTIME_CHILD = _PEAK_RSS + """
 import json, sys
 import numpy as np
 import onnxruntime
-from runtime.session import Session
+from compressive_rt.runtime.session import Session
 engine_dir, streams, tokens, threads = sys.argv[1], *map(int, sys.argv[2:5])
 baseline = peak_rss_mib()  # interpreter + numpy + onnxruntime + the runtime's imports
 session = Session(engine_dir, max_streams=streams, threads=threads)
@@ -46,8 +45,8 @@ print(json.dumps({"baseline_mib": baseline, "peak_mib": peak_rss_mib()}))
 _EAGER_CHILD = _PEAK_RSS + """
 import json, sys
 import torch
-from ct_reference.config import ModelConfig
-from ct_reference.model import CompressiveTransformer
+from compressive_rt.ct_reference.config import ModelConfig
+from compressive_rt.ct_reference.model import CompressiveTransformer
 config = ModelConfig.from_dict(json.loads(sys.argv[1]))
 streams, tokens, threads = map(int, sys.argv[2:5])
 torch.set_num_threads(threads)
@@ -61,10 +60,8 @@ print(json.dumps({"baseline_mib": baseline, "peak_mib": peak_rss_mib()}))
 
 
 def _run_child(code: str, *args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
-                            text=True, env=env, timeout=600)
+                            text=True, timeout=600)
     if result.returncode != 0:
         raise RuntimeError(f"memory measurement failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -91,7 +88,7 @@ def state_bytes(config: dict, streams: int = 1) -> int:
     state and one of the partial segment."""
     import numpy as np
 
-    from runtime.contract import MEMORY_STATE, Dims, state_specs
+    from compressive_rt.runtime.contract import MEMORY_STATE, Dims, state_specs
 
     total = 0
     for spec in state_specs(Dims.from_config(config)).values():
@@ -144,9 +141,9 @@ def main() -> None:
 
     import torch
 
-    from benchmarks.engines import export_engine
-    from ct_reference.config import ModelConfig
-    from ct_reference.model import CompressiveTransformer
+    from compressive_rt.benchmarks.engines import export_engine
+    from compressive_rt.ct_reference.config import ModelConfig
+    from compressive_rt.ct_reference.model import CompressiveTransformer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine-dir", help="measure this engine directory instead of "

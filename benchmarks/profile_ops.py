@@ -5,10 +5,11 @@ Runtime's profiler (SessionOptions.enable_profiling) with full memory (mem_len =
 and a half-full partial segment, then prints the share of node time per op type (per node the
 median over the runs, so a run preempted on a shared machine does not skew the split).
 
-    python -m benchmarks.profile_ops [--threads 2] [--runs 10] [--batch 1]
+    python -m compressive_rt.benchmarks.profile_ops [--threads 2] [--runs 10] [--batch 1]
 
 The inputs are built from the engine contract alone, so the same script profiles any contract
-version (run it with PYTHONPATH at another checkout to profile that code).
+version (run it in a virtual environment with another checkout installed (`pip install -e`)
+to profile that code).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from ct_reference.config import ModelConfig
-from ct_reference.model import CompressiveTransformer
-from export.onnx_export import export_graphs
-from runtime.contract import entry_points
+from compressive_rt.ct_reference.config import ModelConfig
+from compressive_rt.ct_reference.model import CompressiveTransformer
+from compressive_rt.export.onnx_export import export_graphs
+from compressive_rt.runtime.contract import entry_points
 
 NUMPY_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
 

@@ -10,7 +10,8 @@ memory carried across segments vs reset every segment (what the memory is worth)
 The compressive models use C = 64 (the preset has 32) so that the Transformer-XL's memory
 M + C = 128 is a whole number of segments, which the memory update needs.
 
-    python -m benchmarks.quality --steps 100 --seeds 2 --jobs 4 --out bench_out/quality
+    python -m compressive_rt.benchmarks.quality --steps 100 --seeds 2 --jobs 4 \
+        --out bench_out/quality
     ctrt bench --quality --steps 100 --seeds 2 --jobs 4   # the same, into <--out>/quality
 
 README's quality subsection has the result of the first command on the project's machine.
@@ -31,8 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ct_reference.config import PRESETS, ConfigError, ModelConfig
-from ct_reference.errors import CtrtError
+from compressive_rt.ct_reference.config import PRESETS, ModelConfig
+from compressive_rt.errors import CtrtError
 
 # Rae et al. 2019, Table 5: enwik8 test bits per character (BPTT: 0.996, not run here).
 PAPER_TABLE5 = {"conv+attention": 0.973, "dilated_conv": 0.977, "most_used": 0.980,
@@ -80,7 +81,7 @@ def long_document(documents: list[bytes], segments: int, seg_len: int):
     """The longest held-out document, cut to `segments` whole segments (+1 target byte)."""
     import numpy as np
 
-    from ct_reference.data import held_out_indices, split_documents
+    from compressive_rt.ct_reference.data import held_out_indices, split_documents
 
     if len(documents) == 1:
         candidates = [split_documents(documents)[1].tobytes()]
@@ -100,7 +101,7 @@ def score_long_document(model, document) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from ct_reference.data import bits_per_byte
+    from compressive_rt.ct_reference.data import bits_per_byte
 
     seg_len = model.config.seg_len
     n_segments = (len(document) - 1) // seg_len
@@ -123,7 +124,7 @@ def run_quality(settings: QualitySettings, out_dir: Path, base: ModelConfig = QU
     out_dir and return the results."""
     import torch
 
-    from ct_reference.data import read_documents
+    from compressive_rt.ct_reference.data import read_documents
 
     if settings.jobs < 1:
         raise CtrtError(f"--jobs must be >= 1, got {settings.jobs}")
@@ -170,7 +171,7 @@ def run_quality(settings: QualitySettings, out_dir: Path, base: ModelConfig = QU
 
 def _train_and_score(args: tuple) -> tuple[str, int, dict]:
     """One training run of one variant and seed, then its scores."""
-    from ct_reference.train import TrainOptions, train
+    from compressive_rt.ct_reference.train import TrainOptions, train
 
     name, config, seed, settings, data, document = args
     warmup = settings.warmup_steps if settings.warmup_steps is not None else settings.steps // 10
@@ -300,7 +301,8 @@ def _zoom(ax, values: list[float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m compressive_rt.benchmarks.quality",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_quality_arguments(parser)
     defaults = QualitySettings()
@@ -322,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                                     jobs=args.jobs, val_segments=args.val_segments,
                                     long_doc_segments=args.long_doc_segments),
                     Path(args.out), data=args.data)
-    except (CtrtError, ConfigError) as exc:
+    except CtrtError as exc:
         parser.exit(2, f"error: {exc}\n")
     return 0
 

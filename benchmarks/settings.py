@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ct_reference.errors import CtrtError
+from compressive_rt.errors import CtrtError
 
 SEED = 0
 

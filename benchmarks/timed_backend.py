@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend
-from runtime.contract import TensorSpec
+from compressive_rt.runtime.backends.base import Backend
+from compressive_rt.runtime.contract import TensorSpec
 
 
 class TimedBackend(Backend):

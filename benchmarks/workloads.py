@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.contenders import fill_segments
-from benchmarks.measure import ratio_stats, stats
-from benchmarks.settings import Settings, log
+from compressive_rt.benchmarks.contenders import fill_segments
+from compressive_rt.benchmarks.measure import ratio_stats, stats
+from compressive_rt.benchmarks.settings import Settings, log
 
 Unit = Callable[[], dict]  # one timed repeat -> {"seconds": ..., optional extra figures}
 SPEEDUP_OF = ("runtime", "cached")  # ratios are reported as these contenders' speed-ups

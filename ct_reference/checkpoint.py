@@ -28,9 +28,9 @@ import safetensors
 import safetensors.torch
 import torch
 
-from ct_reference.config import LEGACY_AUX_LOSS, PARAMETRIC_COMPRESS_FNS, ConfigError, ModelConfig
-from ct_reference.errors import CtrtError
-from ct_reference.model import CompressiveTransformer
+from compressive_rt.ct_reference.config import LEGACY_AUX_LOSS, PARAMETRIC_COMPRESS_FNS, ModelConfig
+from compressive_rt.ct_reference.model import CompressiveTransformer
+from compressive_rt.errors import ConfigError, CtrtError
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ct_reference.config import ModelConfig
+from compressive_rt.ct_reference.config import ModelConfig
 
 
 class PoolCompressor(nn.Module):

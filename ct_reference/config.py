@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from compressive_rt.errors import ConfigError
+
 COMPRESS_FNS = ("max_pool", "mean_pool", "conv", "dilated_conv", "most_used", "none")
 PARAMETRIC_COMPRESS_FNS = ("conv", "dilated_conv")
 POSITION_ENCODINGS = ("sinusoid", "learned")
@@ -17,10 +19,6 @@ AUX_LOSSES = ("attention", "autoencoding", "both", "none")
 # Checkpoints written before `aux_loss` existed trained conv/dilated_conv with both losses summed
 # (and a decoder tied to the compressor); their configs are read with this value.
 LEGACY_AUX_LOSS = "both"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot describe a valid model; the message says what to change."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ct_reference.errors import CtrtError
+from compressive_rt.errors import CtrtError
 
 VALIDATION_EVERY = 20  # every 20th document (sorted order) is held out for validation
 _SKIPPED_STDLIB_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ct_reference.model import CompressiveTransformer
+from compressive_rt.ct_reference.model import CompressiveTransformer
 
 
 @torch.no_grad()

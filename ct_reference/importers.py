@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from ct_reference.config import ConfigError, ModelConfig
-from ct_reference.errors import CtrtError
-from ct_reference.model import CompressiveTransformer
+from compressive_rt.ct_reference.config import ModelConfig
+from compressive_rt.ct_reference.model import CompressiveTransformer
+from compressive_rt.errors import ConfigError, CtrtError
 
 LUCIDRAINS = "compressive-transformer-pytorch"
 SOURCES = (LUCIDRAINS,)
@@ -252,7 +252,7 @@ def read_args(path: str | Path) -> dict:
 def import_checkpoint(source: str, state_dict_path: str | Path, args_path: str | Path,
                       out: str | Path) -> Path:
     """`ctrt import-checkpoint`: write a checkpoint directory of this project; returns it."""
-    from ct_reference.checkpoint import save_checkpoint
+    from compressive_rt.ct_reference.checkpoint import save_checkpoint
 
     if source not in SOURCES:
         raise ImportCheckpointError(f"unknown source {source!r}; choose one of "

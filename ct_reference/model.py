@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ct_reference.compression import build_compressor, build_decoder
-from ct_reference.config import ModelConfig
+from compressive_rt.ct_reference.compression import build_compressor, build_decoder
+from compressive_rt.ct_reference.config import ModelConfig
 
 
 @dataclass

@@ -19,11 +19,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ct_reference.checkpoint import load_model, load_optimizer, save_checkpoint
-from ct_reference.config import ModelConfig
-from ct_reference.data import SegmentStreams, bits_per_byte, read_documents, split_documents
-from ct_reference.errors import CtrtError
-from ct_reference.model import CompressiveTransformer
+from compressive_rt.ct_reference.checkpoint import load_model, load_optimizer, save_checkpoint
+from compressive_rt.ct_reference.config import ModelConfig
+from compressive_rt.ct_reference.data import (
+    SegmentStreams,
+    bits_per_byte,
+    read_documents,
+    split_documents,
+)
+from compressive_rt.ct_reference.model import CompressiveTransformer
+from compressive_rt.errors import CtrtError
 
 MIN_LR = 1e-6
 

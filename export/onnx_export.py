@@ -13,10 +13,10 @@ import torch
 from onnx import numpy_helper
 from onnx.external_data_helper import set_external_data
 
-from ct_reference.model import CompressiveTransformer
-from export.step import build_steps
-from runtime.contract import BATCH, TOKENS, EntryPoint, TensorSpec, entry_points
-from runtime.manifest import WEIGHTS_NAME, file_entry
+from compressive_rt.ct_reference.model import CompressiveTransformer
+from compressive_rt.export.step import build_steps
+from compressive_rt.runtime.contract import BATCH, TOKENS, EntryPoint, TensorSpec, entry_points
+from compressive_rt.runtime.manifest import WEIGHTS_NAME, file_entry
 
 OPSET = 17  # LayerNormalization is a single op from 17 on; TensorRT >= 8.6 parses it
 EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's limit: larger weights are traced to external data

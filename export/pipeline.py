@@ -12,8 +12,9 @@ import onnx
 import onnxruntime
 import torch
 
-from ct_reference.model import CompressiveTransformer
-from export.onnx_export import (
+from compressive_rt.ct_reference.model import CompressiveTransformer
+from compressive_rt.errors import CtrtError
+from compressive_rt.export.onnx_export import (
     OPSET,
     QUANT_WEIGHT_TYPE,
     convert_to_fp16,
@@ -22,20 +23,17 @@ from export.onnx_export import (
     quantize_to_int8,
     write_graphs,
 )
-from export.replace import replace_directory, staging_directory, tensorrt_plans
-from export.verify import RELATIVE_TOLERANCE, verify_engine
-from runtime.contract import entry_points
-from runtime.manifest import (
-    FORMAT,
-    FORMAT_VERSION,
+from compressive_rt.export.replace import replace_directory, staging_directory, tensorrt_plans
+from compressive_rt.export.verify import RELATIVE_TOLERANCE, verify_engine
+from compressive_rt.runtime.manifest import (
     MANIFEST_NAME,
-    EngineError,
-    describe_entry,
-    write_json_atomic,
+    new_manifest,
+    record_graphs,
+    write_manifest,
 )
 
 
-class ExportError(EngineError):
+class ExportError(CtrtError):
     """Export refused: the message says why; nothing was left in the output directory."""
 
 
@@ -71,19 +69,11 @@ def write_engine(model: CompressiveTransformer, out_dir: Path, checkpoint: dict 
     started = time.perf_counter()
     model.eval()
     written = write_graphs(export_graphs(model, out_dir, opset=opset), out_dir)
-    contract = entry_points(model.config)
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "config": model.config.to_dict(),
-        "opset": opset, "precision": "fp32", "exporter": "torch.onnx (TorchScript)",
-        "versions": _versions(),
-        "checkpoint": checkpoint or {},
-        "weights": written["weights"],
-        "entry_points": {name: {**entry, **describe_entry(contract[name])}
-                         for name, entry in written["entry_points"].items()},
-        "export_seconds": round(time.perf_counter() - started, 2),
-    }
-    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+    manifest = new_manifest(model.config.to_dict(), written, opset=opset,
+                            exporter="torch.onnx (TorchScript)", versions=_versions(),
+                            checkpoint=checkpoint or {},
+                            export_seconds=round(time.perf_counter() - started, 2))
+    write_manifest(out_dir, manifest)
     return manifest
 
 
@@ -111,7 +101,7 @@ def export_model(model: CompressiveTransformer, out_dir: Path | str, checkpoint:
             convert_engine(tmp, manifest, precision)
             log(f"converted to {precision}; verifying again ...")
             manifest["verification"] = _verify(model, tmp, verify_segments, precision)
-        write_json_atomic(tmp / MANIFEST_NAME, manifest)
+        write_manifest(tmp, manifest)
         stale_plans = tensorrt_plans(out_dir)
         replace_directory(tmp, out_dir)
         if stale_plans:
@@ -134,13 +124,10 @@ def convert_engine(engine_dir: Path, manifest: dict, precision: str) -> None:
         graphs = {name: quantize_to_int8(graph, engine_dir) for name, graph in graphs.items()}
         manifest["quantization"] = {"method": "onnxruntime dynamic", "ops": ["MatMul"],
                                     "weight_type": QUANT_WEIGHT_TYPE}
-    written = write_graphs(graphs, engine_dir)
-    manifest["weights"] = written["weights"]
-    for name, entry in written["entry_points"].items():
-        manifest["entry_points"][name].update(entry)
+    record_graphs(manifest, write_graphs(graphs, engine_dir))
     manifest["precision"] = precision
     manifest["verification_fp32"] = manifest.pop("verification")
-    write_json_atomic(engine_dir / MANIFEST_NAME, manifest)
+    write_manifest(engine_dir, manifest)
 
 
 def _verify(model: CompressiveTransformer, engine_dir: Path, segments: int,

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from runtime.manifest import MANIFEST_NAME
+from compressive_rt.runtime.manifest import MANIFEST_NAME
 
 
 def staging_directory(target: Path) -> Path:

@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ct_reference.model import (
+from compressive_rt.ct_reference.model import (
     CompressiveTransformer,
     Layer,
     learned_position_rows,
     sinusoid_table,
 )
-from runtime.contract import MEMORY_STATE, Dims, entry_points, state_specs
+from compressive_rt.runtime.contract import MEMORY_STATE, Dims, entry_points, state_specs
 
 
 class StepCore(nn.Module):

@@ -37,9 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.replace import rewrite_directory
-from export.trt_lint import errors, format_issues, lint_graph
-from runtime.backends.cuda import (
+from compressive_rt.errors import EngineError
+from compressive_rt.export.replace import rewrite_directory
+from compressive_rt.export.trt_lint import errors, format_issues, lint_graph
+from compressive_rt.runtime.backends.cuda import (
     GPU_EXTRA,
     GpuUnavailable,
     Shape,
@@ -49,14 +50,8 @@ from runtime.backends.cuda import (
     optimization_profiles,
     tensorrt_major,
 )
-from runtime.files import atomic_write
-from runtime.manifest import (
-    MANIFEST_NAME,
-    EngineError,
-    file_entry,
-    load_manifest,
-    write_json_atomic,
-)
+from compressive_rt.runtime.files import atomic_write
+from compressive_rt.runtime.manifest import file_entry, load_manifest, write_manifest
 
 __all__ = [
     "GPU_EXTRA",
@@ -229,7 +224,7 @@ def build_engines(engine_dir: Path | str, precision: str | None = None, max_batc
                 stale.unlink()
         data = dict(manifest.data)
         data["tensorrt"] = section
-        write_json_atomic(work / MANIFEST_NAME, data)
+        write_manifest(work, data)
     if cache_path and cache_bytes:
         atomic_write(cache_path, lambda f: f.write(cache_bytes))
     return section

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ct_reference.model import CompressiveTransformer
-from export.step import build_steps
-from runtime.backends.base import Backend
-from runtime.manifest import EngineError, Manifest
+from compressive_rt.ct_reference.model import CompressiveTransformer
+from compressive_rt.errors import EngineError
+from compressive_rt.export.step import build_steps
+from compressive_rt.runtime.backends.base import Backend
+from compressive_rt.runtime.manifest import Manifest
 
 TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.int32): torch.int32,
                 np.dtype(np.bool_): torch.bool}

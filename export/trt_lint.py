@@ -18,8 +18,8 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, shape_inference
 
-from export import trt_ops
-from runtime.contract import BATCH, TOKENS, EntryPoint
+from compressive_rt.export import trt_ops
+from compressive_rt.runtime.contract import BATCH, TOKENS, EntryPoint
 
 ERROR, WARNING = "error", "warning"
 BOUNDARY_TYPES = frozenset({"FLOAT", "FLOAT16", "BFLOAT16", "INT32", "BOOL"})

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ct_reference.model import CompressiveTransformer
-from export.tolerances import BITS_PER_BYTE_TOLERANCE, RELATIVE_TOLERANCE
-from runtime.backends.base import Backend
-from runtime.session import Session
+from compressive_rt.ct_reference.model import CompressiveTransformer
+from compressive_rt.export.tolerances import BITS_PER_BYTE_TOLERANCE, RELATIVE_TOLERANCE
+from compressive_rt.runtime.backends.base import Backend
+from compressive_rt.runtime.session import Session
 
 # Irregular chunk sizes exercise extend with many token counts and segment boundaries.
 EXTEND_CHUNKS = (1, 3, 17, 1, 64, 7, 2, 31)

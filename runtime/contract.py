@@ -136,6 +136,10 @@ def state_specs(dims: Dims) -> dict[str, TensorSpec]:
 
 
 MEMORY_STATE = ("mem", "cmem", "mem_k", "mem_v", "mem_len", "cmem_len", "usage")
+PARTIAL_STATE = ("seg_h", "seg_k", "seg_v")
+# extend's outputs: the T new rows of each partial-state tensor, written at its offset seg_len
+NEW_ROWS = {"seg_h": "new_h", "seg_k": "new_k", "seg_v": "new_v"}
+COUNTS = ("mem_len", "cmem_len", "seg_len")  # the int32 [B] valid counts
 
 
 def out_spec(spec: TensorSpec) -> TensorSpec:
@@ -161,12 +165,12 @@ def entry_points(config: object) -> dict[str, EntryPoint]:
         inputs=(TensorSpec("tokens", "int32", (b, TOKENS)), state["seg_len"], *readonly,
                 state["seg_k"], state["seg_v"], *usage),
         outputs=(TensorSpec("logits", "float32", (b, TOKENS, dims.vocab_size)),
-                 TensorSpec("new_h", "float32", (b, n, TOKENS, d)),
-                 TensorSpec("new_k", "float32", (b, n, heads, TOKENS, d_head)),
-                 TensorSpec("new_v", "float32", (b, n, heads, TOKENS, d_head)),
+                 TensorSpec(NEW_ROWS["seg_h"], "float32", (b, n, TOKENS, d)),
+                 TensorSpec(NEW_ROWS["seg_k"], "float32", (b, n, heads, TOKENS, d_head)),
+                 TensorSpec(NEW_ROWS["seg_v"], "float32", (b, n, heads, TOKENS, d_head)),
                  *(out_spec(s) for s in usage)))
     commit = EntryPoint(
         "commit",
-        inputs=(state["seg_h"], state["seg_k"], state["seg_v"], *memory),
+        inputs=(*(state[name] for name in PARTIAL_STATE), *memory),
         outputs=tuple(out_spec(s) for s in memory))
     return {"segment": segment, "extend": extend, "commit": commit}

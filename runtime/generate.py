@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.session import RuntimeInputError, Session
+from compressive_rt.errors import RuntimeInputError
+from compressive_rt.runtime.session import Session
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,9 @@ def generate(session: Session, prompt: bytes, max_new_tokens: int, sampling: Sam
     UTF-8; the stop string is kept). `on_text` receives decoded text as it is produced (UTF-8
     split across bytes is held back).
     """
-    from runtime.scheduler import Scheduler  # deferred: the scheduler imports this module
+    from compressive_rt.runtime.scheduler import (
+        Scheduler,  # deferred: the scheduler imports this module
+    )
 
     on_token = (lambda event: on_text(event.text)) if on_text else None
     with Scheduler(session) as scheduler:

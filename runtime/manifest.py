@@ -1,4 +1,6 @@
-"""manifest.json: what an engine directory holds, written by export, checked before any load."""
+"""manifest.json: what an engine directory holds. Its structure, its writing (export,
+build-engine) and its reading (checked before any load) live here, torch-free: the exporter
+passes the versions of its own libraries in."""
 
 from __future__ import annotations
 
@@ -7,17 +9,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.contract import EntryPoint, entry_points
-from runtime.files import atomic_write
+from compressive_rt.errors import EngineError
+from compressive_rt.runtime.contract import EntryPoint, entry_points
+from compressive_rt.runtime.files import atomic_write
 
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.bin"  # every graph's initializers, each stored once (ONNX external data)
 FORMAT = "compressive-rt-engine"
 FORMAT_VERSION = 2  # 2: contract v2, batch-first, no per-row masks
-
-
-class EngineError(Exception):
-    """An engine directory that cannot be used; the message says which file and why."""
 
 
 def sha256_file(path: Path) -> str:
@@ -37,6 +36,38 @@ def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON to a temp file in the same folder, then rename: never a half-written file."""
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_manifest(engine_dir: Path, manifest: dict) -> None:
+    """engine_dir/manifest.json, replaced atomically."""
+    write_json_atomic(engine_dir / MANIFEST_NAME, manifest)
+
+
+def new_manifest(config: dict, graphs: dict, *, opset: int, exporter: str, versions: dict,
+                 checkpoint: dict, export_seconds: float) -> dict:
+    """The manifest of freshly exported fp32 graphs. `graphs` is what the graph writer returns:
+    {"weights": file_entry + tensor index, "entry_points": {name: file_entry + initializers}};
+    each entry point also records its tensors, for the load-time contract check."""
+    contract = entry_points(config)
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "config": config,
+        "opset": opset, "precision": "fp32", "exporter": exporter,
+        "versions": versions,
+        "checkpoint": checkpoint,
+        "weights": graphs["weights"],
+        "entry_points": {name: {**entry, **describe_entry(contract[name])}
+                         for name, entry in graphs["entry_points"].items()},
+        "export_seconds": export_seconds,
+    }
+
+
+def record_graphs(manifest: dict, graphs: dict) -> None:
+    """Point the manifest at rewritten graphs (converted, quantized): their weights file and
+    each graph's file entry; the tensors of each entry point are unchanged."""
+    manifest["weights"] = graphs["weights"]
+    for name, entry in graphs["entry_points"].items():
+        manifest["entry_points"][name].update(entry)
 
 
 @dataclass(frozen=True)

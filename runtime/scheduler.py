@@ -19,8 +19,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from runtime.generate import Sampling, sample_token
-from runtime.session import RuntimeInputError, Session
+from compressive_rt.errors import RuntimeInputError
+from compressive_rt.runtime.generate import Sampling, sample_token
+from compressive_rt.runtime.session import Session
 
 BYTE_VOCAB = 256
 

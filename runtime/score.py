@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.session import Session
+from compressive_rt.runtime.session import Session
 
 
 def target_bits(logits: np.ndarray, targets: np.ndarray) -> float:

@@ -23,13 +23,19 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from runtime.backends.base import NUMPY_DTYPES, Backend
-from runtime.contract import MEMORY_STATE, OUT_SUFFIX, TOKENS, Dims, state_specs
-from runtime.errors import RuntimeInputError
-from runtime.manifest import EngineError, Manifest, load_manifest
-from runtime.snapshot import read_snapshot, write_snapshot
-
-PARTIAL_STATE = ("seg_h", "seg_k", "seg_v")
+from compressive_rt.errors import EngineError, RuntimeInputError
+from compressive_rt.runtime.backends.base import NUMPY_DTYPES, Backend
+from compressive_rt.runtime.contract import (
+    MEMORY_STATE,
+    NEW_ROWS,
+    OUT_SUFFIX,
+    PARTIAL_STATE,
+    TOKENS,
+    Dims,
+    state_specs,
+)
+from compressive_rt.runtime.manifest import Manifest, load_manifest
+from compressive_rt.runtime.snapshot import read_snapshot, write_snapshot
 
 
 class ConcurrentUseError(RuntimeInputError):
@@ -73,24 +79,24 @@ def open_backend(name: str, manifest: Manifest, threads: int | None = None,
     """A backend by name, or "auto": native TensorRT when the engine directory holds plans
     and a GPU with TensorRT is here, else ONNX Runtime CPU."""
     if name == "auto":
-        from runtime.backends.tensorrt import tensorrt_available
+        from compressive_rt.runtime.backends.tensorrt import tensorrt_available
 
         name = "tensorrt" if "tensorrt" in manifest.data and tensorrt_available() \
             else "onnxruntime-cpu"
     if name == "onnxruntime-cpu":
-        from runtime.backends.ort import OrtCpuBackend
+        from compressive_rt.runtime.backends.ort import OrtCpuBackend
 
         return OrtCpuBackend(manifest, threads=threads)
     if name == "onnxruntime-cuda":
-        from runtime.backends.ort_gpu import OrtCudaBackend
+        from compressive_rt.runtime.backends.ort_gpu import OrtCudaBackend
 
         return OrtCudaBackend(manifest, max_batch=max_streams)
     if name == "onnxruntime-tensorrt":
-        from runtime.backends.ort_gpu import OrtTensorrtBackend
+        from compressive_rt.runtime.backends.ort_gpu import OrtTensorrtBackend
 
         return OrtTensorrtBackend(manifest, max_batch=max_streams)
     if name == "tensorrt":
-        from runtime.backends.tensorrt import TensorRTBackend
+        from compressive_rt.runtime.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(manifest)
     raise RuntimeInputError(f"unknown backend {name!r}; choose auto or one of "
@@ -156,7 +162,7 @@ class Session:
         self.positions: dict[int, int] = {}  # stream id -> tokens consumed
         self._fed: set[int] = set()  # streams with last logits
         self._full: set[int] = set()  # streams whose partial segment is full, not yet committed
-        self._partial_writes = [(self.partial[f"seg_{x}"], f"new_{x}") for x in "hkv"]
+        self._partial_writes = [(self.partial[name], NEW_ROWS[name]) for name in PARTIAL_STATE]
         self._next_id = 0
         # (entry, rows, tokens, parities) -> (feeds, fetches): views built once, reused
         self._calls: dict[tuple, tuple[dict[str, Any], dict[str, Any]]] = {}

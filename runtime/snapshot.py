@@ -30,15 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.contract import Dims
-from runtime.errors import RuntimeInputError
-from runtime.files import atomic_write
-from runtime.manifest import Manifest
+from compressive_rt.errors import RuntimeInputError
+from compressive_rt.runtime.contract import COUNTS, Dims
+from compressive_rt.runtime.files import atomic_write
+from compressive_rt.runtime.manifest import Manifest
 
 SNAPSHOT_FORMAT = "compressive-rt-stream-snapshot"
 SNAPSHOT_FORMAT_VERSION = 1
 META = "__meta__"
-COUNTS = ("mem_len", "cmem_len", "seg_len")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import torch
 from helpers import TINY
 from hypothesis import HealthCheck, settings
 
-from ct_reference.config import ModelConfig
+from compressive_rt.ct_reference.config import ModelConfig
 
 # Property tests (tests/test_properties.py): "ci" keeps them under two minutes on two cores;
 # HYPOTHESIS_PROFILE=long tries twenty times as many, freshly random cases. "ci" is derandomized

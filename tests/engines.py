@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from ct_reference.config import ModelConfig
-from ct_reference.model import CompressiveTransformer
+from compressive_rt.ct_reference.config import ModelConfig
+from compressive_rt.ct_reference.model import CompressiveTransformer
 
 COMPRESS_FNS = ("conv", "dilated_conv", "max_pool", "mean_pool", "most_used", "none")
 
@@ -30,7 +30,7 @@ def random_model(config: ModelConfig, seed: int = 0, std: float = 0.3) -> Compre
 
 
 def export_tiny(compress_fn: str, out_dir: Path, **changes) -> tuple[CompressiveTransformer, Path]:
-    from export.pipeline import export_model
+    from compressive_rt.export.pipeline import export_model
 
     model = random_model(tiny_config(compress_fn, **changes))
     export_model(model, out_dir, verify_segments=20, log=lambda *_: None)

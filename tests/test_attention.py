@@ -2,7 +2,7 @@
 
 import torch
 
-from ct_reference.model import CompressiveTransformer, Memory, attention_mask
+from compressive_rt.ct_reference.model import CompressiveTransformer, Memory, attention_mask
 
 T, F = True, False
 

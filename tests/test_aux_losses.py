@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from helpers import TINY
 
-from ct_reference.config import ConfigError
-from ct_reference.model import CompressiveTransformer
+from compressive_rt.ct_reference.config import ConfigError
+from compressive_rt.ct_reference.model import CompressiveTransformer
 
 PARAMETRIC = ["conv", "dilated_conv"]
 LOSSES_OF = {"attention": {"attention_reconstruction"}, "autoencoding": {"autoencoding"},

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.bench import EXPERIMENTS, EXTRAS, run_benchmark
-from benchmarks.contenders import MAIN_CONTENDERS
-from benchmarks.measure import ratio_stats, segment_flops, step_flops
-from benchmarks.settings import BenchError
-from benchmarks.workloads import interleave
+from compressive_rt.benchmarks.bench import EXPERIMENTS, EXTRAS, run_benchmark
+from compressive_rt.benchmarks.contenders import MAIN_CONTENDERS
+from compressive_rt.benchmarks.measure import ratio_stats, segment_flops, step_flops
+from compressive_rt.benchmarks.settings import BenchError
+from compressive_rt.benchmarks.workloads import interleave
 
 # serving needs runtime.scheduler (its own branch); test_serving_curve covers it
 SMOKE_EXPERIMENTS = tuple(e for e in EXPERIMENTS if e not in EXTRAS and e != "serving")
@@ -32,10 +32,10 @@ def smoke(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_engine(tmp_path_factory):
-    from benchmarks.contenders import random_model
-    from benchmarks.engines import export_engine
-    from benchmarks.settings import SMOKE
-    from ct_reference.config import ModelConfig
+    from compressive_rt.benchmarks.contenders import random_model
+    from compressive_rt.benchmarks.engines import export_engine
+    from compressive_rt.benchmarks.settings import SMOKE
+    from compressive_rt.ct_reference.config import ModelConfig
 
     model = random_model(ModelConfig().replace(**SMOKE.config))
     return model, export_engine(model, tmp_path_factory.mktemp("engine") / "engine")
@@ -127,9 +127,9 @@ def test_machine_limits_and_engine_check_are_sane(smoke):
 def test_torch_backend_under_the_session_equals_the_onnx_engine(small_engine):
     """Streams at different positions, through segment, extend and commit: same logits and
     memory on both backends of one Session."""
-    from export.torch_backend import TorchBackend
-    from runtime.manifest import load_manifest
-    from runtime.session import Session
+    from compressive_rt.export.torch_backend import TorchBackend
+    from compressive_rt.runtime.manifest import load_manifest
+    from compressive_rt.runtime.session import Session
 
     model, engine_dir = small_engine
     rng = np.random.default_rng(0)
@@ -148,10 +148,10 @@ def test_torch_backend_under_the_session_equals_the_onnx_engine(small_engine):
 
 def test_timed_backend_counts_engine_calls_and_their_seconds(small_engine):
     """One full segment is one `segment` call; 3 more tokens one `extend` call."""
-    from benchmarks.timed_backend import TimedBackend
-    from runtime.backends.ort import OrtCpuBackend
-    from runtime.manifest import load_manifest
-    from runtime.session import Session
+    from compressive_rt.benchmarks.timed_backend import TimedBackend
+    from compressive_rt.runtime.backends.ort import OrtCpuBackend
+    from compressive_rt.runtime.manifest import load_manifest
+    from compressive_rt.runtime.session import Session
 
     _, engine_dir = small_engine
     timed = TimedBackend(OrtCpuBackend(load_manifest(engine_dir), threads=1))
@@ -166,9 +166,9 @@ def test_timed_backend_counts_engine_calls_and_their_seconds(small_engine):
 
 
 def test_torch_backend_refuses_another_models_engine(small_engine):
-    from benchmarks.contenders import random_model
-    from export.torch_backend import TorchBackend
-    from runtime.manifest import EngineError, load_manifest
+    from compressive_rt.benchmarks.contenders import random_model
+    from compressive_rt.export.torch_backend import TorchBackend
+    from compressive_rt.runtime.manifest import EngineError, load_manifest
 
     model, engine_dir = small_engine
     other = random_model(model.config.replace(d_ff=64))
@@ -198,17 +198,18 @@ def test_bad_requests_are_user_errors(tmp_path):
 
 
 def test_ctrt_bench_exits_2_with_an_error_line(capsys):
-    from runtime.cli import main
+    from compressive_rt.cli.main import main
 
     assert main(["bench", "--threads", "0", "--out", "unused"]) == 2
     assert capsys.readouterr().err.strip() == "error: --threads must be >= 1, got 0"
 
 
 def test_serving_curve_counts_generated_tokens_per_second(small_engine):
-    pytest.importorskip("runtime.scheduler", reason="runtime.scheduler is on the sched branch")
-    from benchmarks.contenders import Bench
-    from benchmarks.experiments import serving_curve
-    from benchmarks.settings import SMOKE
+    pytest.importorskip("compressive_rt.runtime.scheduler",
+                        reason="compressive_rt.runtime.scheduler is on the sched branch")
+    from compressive_rt.benchmarks.contenders import Bench
+    from compressive_rt.benchmarks.experiments import serving_curve
+    from compressive_rt.benchmarks.settings import SMOKE
 
     model, engine_dir = small_engine
     curve = serving_curve(Bench(model, engine_dir, threads=1), SMOKE)
@@ -221,7 +222,7 @@ def test_serving_curve_counts_generated_tokens_per_second(small_engine):
 
 
 def test_segment_flops_grow_linearly_with_batch_and_count_every_part():
-    from ct_reference.config import ModelConfig
+    from compressive_rt.ct_reference.config import ModelConfig
 
     cfg = ModelConfig()
     one, eight = segment_flops(cfg, 1), segment_flops(cfg, 8)

@@ -6,14 +6,14 @@ import pytest
 import torch
 from helpers import TINY
 
-from ct_reference.checkpoint import (
+from compressive_rt.ct_reference.checkpoint import (
     checkpoint_sha256,
     load_model,
     load_optimizer,
     save_checkpoint,
 )
-from ct_reference.errors import CtrtError
-from ct_reference.model import CompressiveTransformer
+from compressive_rt.ct_reference.model import CompressiveTransformer
+from compressive_rt.errors import CtrtError
 
 
 @pytest.mark.parametrize("tie", [True, False])

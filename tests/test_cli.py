@@ -5,8 +5,8 @@ import sys
 
 
 def ctrt(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "compressive_rt.cli.main", *args],
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_help_lists_the_subcommands():
@@ -22,7 +22,7 @@ def test_train_help_describes_its_options():
 
 
 def test_building_the_cli_does_not_import_torch():
-    code = ("import sys; from runtime.cli import build_parser; build_parser(); "
+    code = ("import sys; from compressive_rt.cli.main import build_parser; build_parser(); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

@@ -1,6 +1,6 @@
 """Every `ctrt` subcommand turns bad input into `error: ...` and exit code 2, never a traceback.
 
-One row per (subcommand, kind of bad input), run in-process through runtime.cli.main. Kinds:
+One row per (subcommand, kind of bad input), run in-process through cli.main.main. Kinds:
 missing path, a directory where a file is expected (or a file where a directory is), a corrupt
 file, a bad option value. An unreadable file (chmod 000) is not a case of its own: the tests
 run as root, for whom permissions do not apply, so a corrupt file stands in for it.
@@ -11,14 +11,14 @@ import json
 import pytest
 from engines import random_model, tiny_config
 
-from runtime.cli import COMMAND_MODULES, build_parser, main
+from compressive_rt.cli.main import COMMAND_MODULES, build_parser, main
 
 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     """Placeholders of the table: real files, directories, checkpoints and engines."""
-    from ct_reference.checkpoint import save_checkpoint
-    from export.pipeline import export_model
+    from compressive_rt.ct_reference.checkpoint import save_checkpoint
+    from compressive_rt.export.pipeline import export_model
 
     root = tmp_path_factory.mktemp("cli_errors")
     checkpoint = save_checkpoint(root / "ckpt", random_model(tiny_config("conv")))

@@ -2,7 +2,12 @@
 
 import torch
 
-from ct_reference.compression import ConvCompressor, ConvDecoder, PoolCompressor, select_most_used
+from compressive_rt.ct_reference.compression import (
+    ConvCompressor,
+    ConvDecoder,
+    PoolCompressor,
+    select_most_used,
+)
 
 
 def ramp() -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ct_reference.config import ConfigError, ModelConfig
+from compressive_rt.ct_reference.config import ConfigError, ModelConfig
 
 
 @pytest.mark.parametrize("fields, message", [

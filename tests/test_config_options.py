@@ -3,8 +3,8 @@ are refused with a message that says what to change."""
 
 import pytest
 
-from ct_reference.config import ConfigError, ModelConfig
-from ct_reference.model import CompressiveTransformer
+from compressive_rt.ct_reference.config import ConfigError, ModelConfig
+from compressive_rt.ct_reference.model import CompressiveTransformer
 
 SMALL = dict(n_layers=3, d_model=16, n_heads=2, d_ff=32, seg_len=4, mem_len=8, cmem_len=2,
              compress_rate=2)

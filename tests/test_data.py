@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ct_reference.data import SegmentStreams, read_documents, split_documents
-from ct_reference.errors import CtrtError
+from compressive_rt.ct_reference.data import SegmentStreams, read_documents, split_documents
+from compressive_rt.errors import CtrtError
 
 
 def test_every_twentieth_document_goes_to_validation():

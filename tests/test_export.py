@@ -7,10 +7,10 @@ import onnx
 import pytest
 from engines import COMPRESS_FNS, random_model, tiny_config
 
-from export.pipeline import ExportError, export_model
-from export.verify import eager_logits
-from runtime.manifest import EngineError, load_manifest
-from runtime.session import Session
+from compressive_rt.export.pipeline import ExportError, export_model
+from compressive_rt.export.verify import eager_logits
+from compressive_rt.runtime.manifest import EngineError, load_manifest
+from compressive_rt.runtime.session import Session
 
 TOL = 1e-4  # max abs logit difference (fp32)
 
@@ -132,7 +132,7 @@ def test_manifest_records_contract_hashes_and_verification(engine):
 
 
 def test_export_refuses_graphs_that_differ_from_the_model(tmp_path, monkeypatch):
-    import export.pipeline as pipeline
+    import compressive_rt.export.pipeline as pipeline
 
     model = random_model(tiny_config("conv"), seed=0)
     other = random_model(tiny_config("conv"), seed=1)
@@ -199,12 +199,12 @@ def run_ctrt(*args: str):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "compressive_rt.cli.main", *args],
+                          capture_output=True, text=True, timeout=300)
 
 
 def saved_checkpoint(path, compress_fn: str = "conv"):
-    from ct_reference.checkpoint import save_checkpoint
+    from compressive_rt.ct_reference.checkpoint import save_checkpoint
 
     save_checkpoint(path, random_model(tiny_config(compress_fn)))
     return path

@@ -5,8 +5,8 @@ import onnx
 from engines import random_model, tiny_config
 from onnx import numpy_helper
 
-from ct_reference.model import CompressiveTransformer
-from export.pipeline import export_model
+from compressive_rt.ct_reference.model import CompressiveTransformer
+from compressive_rt.export.pipeline import export_model
 
 
 def graphs(engine_dir):

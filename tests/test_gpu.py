@@ -12,19 +12,19 @@ import shutil
 import numpy as np
 import pytest
 
-from export.tolerances import (
+from compressive_rt.export.tolerances import (
     BITS_PER_BYTE_TOLERANCE,
     RELATIVE_TOLERANCE,
     TF32_RELATIVE_TOLERANCE,
 )
-from runtime.backends.cuda import gpu_available
-from runtime.backends.ort import OrtCpuBackend
-from runtime.manifest import load_manifest
-from runtime.session import Session
+from compressive_rt.runtime.backends.cuda import gpu_available
+from compressive_rt.runtime.backends.ort import OrtCpuBackend
+from compressive_rt.runtime.manifest import load_manifest
+from compressive_rt.runtime.session import Session
 
 
 def tensorrt_ready() -> bool:
-    from runtime.backends.tensorrt import tensorrt_available
+    from compressive_rt.runtime.backends.tensorrt import tensorrt_available
 
     return tensorrt_available()
 
@@ -52,14 +52,14 @@ STREAMS = 3
 def gpu_engine(engine, tmp_path_factory):
     """A private copy of the tiny conv engine (fp32 graphs) with fp32 TensorRT plans, and the
     same model exported as fp16 graphs with fp16 plans (strongly typed on TensorRT 10 and 11)."""
-    from export.pipeline import export_model
+    from compressive_rt.export.pipeline import export_model
 
     model, source = engine("conv")
     root = tmp_path_factory.mktemp("gpu")
     out, out16 = root / "engine", root / "engine16"
     shutil.copytree(source, out)
     if tensorrt_ready():
-        from export.tensorrt_build import build_engines
+        from compressive_rt.export.tensorrt_build import build_engines
 
         export_model(model, out16, verify_segments=20, precision="fp16", log=lambda *_: None)
         for engine_dir, precision in ((out, "fp32"), (out16, "fp16")):
@@ -114,7 +114,7 @@ def cpu_result(gpu_engine):
 @NEEDS_TENSORRT
 @pytest.mark.parametrize("chunk", [None, 1, 5])
 def test_tensorrt_fp32_matches_onnxruntime_cpu(gpu_engine, cpu_result, chunk):
-    from runtime.backends.tensorrt import TensorRTBackend
+    from compressive_rt.runtime.backends.tensorrt import TensorRTBackend
 
     backend = TensorRTBackend(load_manifest(gpu_engine), precision="fp32")
     assert_same(run_session(gpu_engine, backend, chunk), cpu_result[chunk], FP32_RELATIVE)
@@ -122,7 +122,7 @@ def test_tensorrt_fp32_matches_onnxruntime_cpu(gpu_engine, cpu_result, chunk):
 
 @NEEDS_TENSORRT
 def test_tensorrt_cuda_graph_replay_matches_onnxruntime_cpu(gpu_engine, cpu_result):
-    from runtime.backends.tensorrt import TensorRTBackend
+    from compressive_rt.runtime.backends.tensorrt import TensorRTBackend
 
     backend = TensorRTBackend(load_manifest(gpu_engine), precision="fp32", use_cuda_graph=True)
     assert_same(run_session(gpu_engine, backend, 1), cpu_result[1], FP32_RELATIVE)
@@ -131,8 +131,8 @@ def test_tensorrt_cuda_graph_replay_matches_onnxruntime_cpu(gpu_engine, cpu_resu
 @NEEDS_TENSORRT
 def test_tensorrt_fp16_is_within_the_fp16_logit_and_bits_per_byte_tolerances(gpu_engine,
                                                                                cpu_result):
-    from export.verify import bits_per_byte
-    from runtime.backends.tensorrt import TensorRTBackend
+    from compressive_rt.export.verify import bits_per_byte
+    from compressive_rt.runtime.backends.tensorrt import TensorRTBackend
 
     engine16 = gpu_engine.with_name("engine16")
     backend = TensorRTBackend(load_manifest(engine16), precision="fp16")
@@ -147,8 +147,8 @@ def test_tensorrt_fp16_is_within_the_fp16_logit_and_bits_per_byte_tolerances(gpu
 
 @NEEDS_TENSORRT
 def test_tensorrt_refuses_batches_above_the_plans_max(gpu_engine):
-    from runtime.backends.tensorrt import TensorRTBackend
-    from runtime.manifest import EngineError
+    from compressive_rt.runtime.backends.tensorrt import TensorRTBackend
+    from compressive_rt.runtime.manifest import EngineError
 
     backend = TensorRTBackend(load_manifest(gpu_engine), precision="fp32")
     with pytest.raises(EngineError, match="batch <= 4"):
@@ -158,7 +158,7 @@ def test_tensorrt_refuses_batches_above_the_plans_max(gpu_engine):
 @NEEDS_ORT_CUDA
 @pytest.mark.parametrize("chunk", [None, 1])
 def test_onnxruntime_cuda_matches_onnxruntime_cpu(gpu_engine, cpu_result, chunk):
-    from runtime.backends.ort_gpu import OrtCudaBackend
+    from compressive_rt.runtime.backends.ort_gpu import OrtCudaBackend
 
     backend = OrtCudaBackend(load_manifest(gpu_engine), max_batch=4)
     assert_same(run_session(gpu_engine, backend, chunk), cpu_result[chunk], FP32_RELATIVE)
@@ -166,7 +166,7 @@ def test_onnxruntime_cuda_matches_onnxruntime_cpu(gpu_engine, cpu_result, chunk)
 
 @NEEDS_ORT_TRT
 def test_onnxruntime_tensorrt_ep_matches_onnxruntime_cpu(gpu_engine, cpu_result):
-    from runtime.backends.ort_gpu import OrtTensorrtBackend
+    from compressive_rt.runtime.backends.ort_gpu import OrtTensorrtBackend
 
     backend = OrtTensorrtBackend(load_manifest(gpu_engine), max_batch=4, workspace_mib=512)
     # The TensorRT EP exposes no switch for TensorRT's default TF32 GEMMs.

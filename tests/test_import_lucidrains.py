@@ -17,17 +17,17 @@ ctp = pytest.importorskip(
 from compressive_transformer_pytorch import AutoregressiveWrapper  # noqa: E402
 from compressive_transformer_pytorch import CompressiveTransformer as TheirModel  # noqa: E402
 
-from ct_reference.checkpoint import load_model  # noqa: E402
-from ct_reference.import_command import register  # noqa: E402
-from ct_reference.importers import (  # noqa: E402
+from compressive_rt.cli.import_checkpoint import register  # noqa: E402
+from compressive_rt.ct_reference.checkpoint import load_model  # noqa: E402
+from compressive_rt.ct_reference.importers import (  # noqa: E402
     ImportCheckpointError,
     import_lucidrains,
     import_lucidrains_model,
     lucidrains_config,
 )
-from export.pipeline import export_model  # noqa: E402
-from runtime.generate import Sampling, generate  # noqa: E402
-from runtime.session import Session  # noqa: E402
+from compressive_rt.export.pipeline import export_model  # noqa: E402
+from compressive_rt.runtime.generate import Sampling, generate  # noqa: E402
+from compressive_rt.runtime.session import Session  # noqa: E402
 
 SEGMENTS = 12
 EAGER_TOL = 1e-5

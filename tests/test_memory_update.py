@@ -3,7 +3,7 @@
 import torch
 from helpers import TINY
 
-from ct_reference.model import CompressiveTransformer, Memory
+from compressive_rt.ct_reference.model import CompressiveTransformer, Memory
 
 
 def pool_pairs(x: torch.Tensor, kind: str) -> torch.Tensor:

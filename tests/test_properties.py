@@ -15,8 +15,8 @@ import torch
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-from runtime.manifest import MANIFEST_NAME, EngineError
-from runtime.session import RuntimeInputError, Session
+from compressive_rt.runtime.manifest import MANIFEST_NAME, EngineError
+from compressive_rt.runtime.session import RuntimeInputError, Session
 
 MAX_STREAMS = 3
 SEG_LEN = 8  # the tiny engines' L (tests/engines.py)

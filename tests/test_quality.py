@@ -5,13 +5,13 @@ import json
 import pytest
 from helpers import TINY
 
-from benchmarks.quality import (
+from compressive_rt.benchmarks.quality import (
     TRANSFORMER_XL,
     QualitySettings,
     run_quality,
     variant_config,
 )
-from ct_reference.errors import CtrtError
+from compressive_rt.errors import CtrtError
 
 BASE = TINY.replace(cmem_len=8)  # M + C = 24: three segments of 8 for the Transformer-XL
 TEXT = "The compressive transformer keeps a memory and compresses the oldest of it. "
@@ -55,8 +55,8 @@ def test_ctrt_bench_quality_with_no_steps_is_exit_2_and_one_error_line(tmp_path)
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "runtime.cli", "bench", "--quality",
-                             "--steps", "0", "--out", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "compressive_rt.cli.main", "bench",
+                             "--quality", "--steps", "0", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: --steps and --seeds must be >= 1, got 0 and 1")

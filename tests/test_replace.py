@@ -7,10 +7,10 @@ import shutil
 import pytest
 from engines import random_model, tiny_config
 
-import export.replace as replace
-from export.pipeline import ExportError, export_model
-from export.replace import replace_directory, tensorrt_plans
-from runtime.manifest import MANIFEST_NAME, load_manifest
+import compressive_rt.export.replace as replace
+from compressive_rt.export.pipeline import ExportError, export_model
+from compressive_rt.export.replace import replace_directory, tensorrt_plans
+from compressive_rt.runtime.manifest import MANIFEST_NAME, load_manifest
 
 
 def contents(directory):
@@ -79,7 +79,7 @@ def test_a_failed_swap_puts_the_old_directory_back(tmp_path, monkeypatch):
 
 def test_an_export_failing_verification_leaves_the_old_engine_byte_for_byte(
         old_engine, monkeypatch):
-    import export.pipeline as pipeline
+    import compressive_rt.export.pipeline as pipeline
 
     target, before = old_engine
     other = random_model(tiny_config("conv"), seed=1)

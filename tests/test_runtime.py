@@ -10,11 +10,11 @@ import pytest
 import torch
 from engines import COMPRESS_FNS
 
-from ct_reference.generate import greedy_generate
-from export.verify import eager_logits
-from runtime.generate import Sampling, generate, sample_token
-from runtime.score import score_documents, target_bits, total_bits_per_byte
-from runtime.session import RuntimeInputError, Session
+from compressive_rt.ct_reference.generate import greedy_generate
+from compressive_rt.export.verify import eager_logits
+from compressive_rt.runtime.generate import Sampling, generate, sample_token
+from compressive_rt.runtime.score import score_documents, target_bits, total_bits_per_byte
+from compressive_rt.runtime.session import RuntimeInputError, Session
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -233,7 +233,7 @@ class NoTorch(importlib.abc.MetaPathFinder):
             raise ImportError("torch is not allowed in the runtime")
 sys.meta_path.insert(0, NoTorch())
 sys.argv = ["ctrt", "score", {str(engine_dir)!r}, {str(doc)!r}, "--json"]
-from runtime.cli import main
+from compressive_rt.cli.main import main
 code = main()
 sys.argv = ["ctrt", "generate", {str(engine_dir)!r}, "--prompt", "abc", "--greedy",
             "--max-new-tokens", "12"]

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from runtime.cli import main
-from runtime.generate import Sampling, generate
-from runtime.score import score_documents, total_bits_per_byte
-from runtime.session import Session
+from compressive_rt.cli.main import main
+from compressive_rt.runtime.generate import Sampling, generate
+from compressive_rt.runtime.score import score_documents, total_bits_per_byte
+from compressive_rt.runtime.session import Session
 
 GREEDY = Sampling(greedy=True)
 EMPTY_PROMPT = ("the prompt is empty: the model has no start-of-text token, so the first byte "

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from ct_reference.generate import greedy_generate
-from runtime.generate import Sampling, generate
-from runtime.scheduler import Scheduler
-from runtime.session import RuntimeInputError, Session
+from compressive_rt.ct_reference.generate import greedy_generate
+from compressive_rt.runtime.generate import Sampling, generate
+from compressive_rt.runtime.scheduler import Scheduler
+from compressive_rt.runtime.session import RuntimeInputError, Session
 
 GREEDY = Sampling(greedy=True)
 EMPTY_PROMPT = ("the prompt is empty: the model has no start-of-text token, so the first byte "

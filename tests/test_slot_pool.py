@@ -10,9 +10,9 @@ import threading
 import numpy as np
 import pytest
 
-from runtime.backends.ort import OrtCpuBackend
-from runtime.manifest import EngineError, load_manifest
-from runtime.session import ConcurrentUseError, EngineCallError, Session
+from compressive_rt.runtime.backends.ort import OrtCpuBackend
+from compressive_rt.runtime.manifest import EngineError, load_manifest
+from compressive_rt.runtime.session import ConcurrentUseError, EngineCallError, Session
 
 
 class RecordingBackend(OrtCpuBackend):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from engines import random_model, tiny_config
 
-from export.pipeline import export_model
-from runtime.manifest import FORMAT_VERSION, MANIFEST_NAME
-from runtime.session import RuntimeInputError, Session
-from runtime.snapshot import META, SNAPSHOT_FORMAT_VERSION, expected_counts
+from compressive_rt.export.pipeline import export_model
+from compressive_rt.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME
+from compressive_rt.runtime.session import RuntimeInputError, Session
+from compressive_rt.runtime.snapshot import META, SNAPSHOT_FORMAT_VERSION, expected_counts
 
 TOKENS = np.arange(37, dtype=np.int32) % 256  # 37 = 4 * 8 + 5: mem full, cmem 4, seg_len 5
 

@@ -4,7 +4,7 @@ than N*(M + c*C + L) cannot."""
 import torch
 from helpers import TINY
 
-from ct_reference.model import CompressiveTransformer
+from compressive_rt.ct_reference.model import CompressiveTransformer
 
 N_SEGMENTS = 12  # 96 tokens; TINY: (M + c*C)*N = 48, N*(M + c*C + L) = 64
 

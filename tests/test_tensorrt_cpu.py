@@ -16,15 +16,19 @@ from pathlib import Path
 import onnx
 import pytest
 
-from ct_reference.config import ModelConfig
-from ct_reference.model import CompressiveTransformer
-from export.inspect import inspect_engine_dir
-from export.pipeline import export_model
-from export.tensorrt_build import build_engines, check_engine_compatibility, optimization_profiles
-from runtime.backends.base import BackendUnavailable
-from runtime.backends.cuda import gpu_available
-from runtime.contract import entry_points
-from runtime.manifest import EngineError, load_manifest, sha256_file
+from compressive_rt.ct_reference.config import ModelConfig
+from compressive_rt.ct_reference.model import CompressiveTransformer
+from compressive_rt.export.inspection import inspect_engine_dir
+from compressive_rt.export.pipeline import export_model
+from compressive_rt.export.tensorrt_build import (
+    build_engines,
+    check_engine_compatibility,
+    optimization_profiles,
+)
+from compressive_rt.runtime.backends.base import BackendUnavailable
+from compressive_rt.runtime.backends.cuda import gpu_available
+from compressive_rt.runtime.contract import entry_points
+from compressive_rt.runtime.manifest import EngineError, load_manifest, sha256_file
 
 CONFIG = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_ff=64, seg_len=8, mem_len=16,
                      cmem_len=4, compress_rate=2, compress_fn="conv")
@@ -105,8 +109,8 @@ def test_build_refuses_an_unknown_precision(engine_dir):
 @NO_GPU_STACK
 @pytest.mark.parametrize("backend", ["tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt"])
 def test_gpu_backends_without_a_gpu_stack_name_the_extra(engine_dir, backend):
-    from runtime.backends.ort_gpu import OrtCudaBackend, OrtTensorrtBackend
-    from runtime.backends.tensorrt import TensorRTBackend
+    from compressive_rt.runtime.backends.ort_gpu import OrtCudaBackend, OrtTensorrtBackend
+    from compressive_rt.runtime.backends.tensorrt import TensorRTBackend
 
     cls = {"tensorrt": TensorRTBackend, "onnxruntime-cuda": OrtCudaBackend,
            "onnxruntime-tensorrt": OrtTensorrtBackend}[backend]
@@ -173,9 +177,9 @@ def test_device_buffer_layout_matches_the_cpu_backend(tmp_path, monkeypatch, com
     Runtime CPU on host pointers: same logits and state as the numpy CPU backend."""
     import numpy as np
 
-    from runtime.backends import cuda, ort_gpu
-    from runtime.backends.ort import OrtCpuBackend
-    from runtime.session import Session
+    from compressive_rt.runtime.backends import cuda, ort_gpu
+    from compressive_rt.runtime.backends.ort import OrtCpuBackend
+    from compressive_rt.runtime.session import Session
 
     fake = HostCudart()
     monkeypatch.setattr(cuda, "import_cudart", lambda: fake)
@@ -340,7 +344,7 @@ FAKE_GPU = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 def fake_tensorrt(monkeypatch):
     """install(version, fail_on_build=None) puts a FakeTensorRT where `import tensorrt` finds it
     and a fake GPU behind gpu_info; returns the module."""
-    import export.tensorrt_build as tensorrt_build
+    import compressive_rt.export.tensorrt_build as tensorrt_build
 
     monkeypatch.setattr(tensorrt_build, "gpu_info", lambda device=0: dict(FAKE_GPU))
 
@@ -554,8 +558,8 @@ class FakeContext:
 def graph_backend(monkeypatch):
     """A TensorRTBackend with use_cuda_graph on a fake context and CUDA runtime (its __init__
     needs a GPU and plans: the attributes it sets are set here instead)."""
-    from runtime.backends import cuda
-    from runtime.backends.tensorrt import TensorRTBackend
+    from compressive_rt.runtime.backends import cuda
+    from compressive_rt.runtime.backends.tensorrt import TensorRTBackend
 
     events = []
     fake = GraphCudart(events)
@@ -571,7 +575,7 @@ def graph_backend(monkeypatch):
 def device_buffer(shape, ptr):
     import numpy as np
 
-    from runtime.backends.cuda import DeviceBuffer
+    from compressive_rt.runtime.backends.cuda import DeviceBuffer
 
     return DeviceBuffer(ptr, shape, np.dtype(np.int32), None)
 
@@ -615,8 +619,8 @@ def test_close_destroys_graphs_executables_stream_and_frees_buffers(graph_backen
 def test_copy_last_logits_copies_only_the_asked_rows_at_the_index(monkeypatch, engine_dir):
     import numpy as np
 
-    from runtime.backends import cuda
-    from runtime.backends.ort import OrtCpuBackend
+    from compressive_rt.runtime.backends import cuda
+    from compressive_rt.runtime.backends.ort import OrtCpuBackend
 
     fake = HostCudart()
     monkeypatch.setattr(cuda, "import_cudart", lambda: fake)
@@ -639,8 +643,8 @@ def test_copy_last_logits_copies_only_the_asked_rows_at_the_index(monkeypatch, e
 
 
 def test_session_closes_its_backend_at_the_end_of_a_with_block(engine_dir):
-    from runtime.backends.ort import OrtCpuBackend
-    from runtime.session import Session
+    from compressive_rt.runtime.backends.ort import OrtCpuBackend
+    from compressive_rt.runtime.session import Session
 
     closed = []
 

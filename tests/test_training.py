@@ -4,7 +4,7 @@ import json
 
 from helpers import TINY
 
-from ct_reference.train import TrainOptions, learning_rate, train
+from compressive_rt.ct_reference.train import TrainOptions, learning_rate, train
 
 TEXT = ("The compressive transformer keeps a memory of past activations and compresses the "
         "oldest of them into a smaller memory, so that it can attend over a longer range. ")
@@ -55,8 +55,8 @@ def test_resume_continues_from_the_saved_step(tmp_path):
 def test_autoencoding_training_moves_the_decoder_and_saves_it(tmp_path):
     import torch
 
-    from ct_reference.checkpoint import load_model
-    from ct_reference.model import CompressiveTransformer
+    from compressive_rt.ct_reference.checkpoint import load_model
+    from compressive_rt.ct_reference.model import CompressiveTransformer
 
     config = TINY.replace(compress_fn="conv", aux_loss="autoencoding")
     torch.manual_seed(0)
@@ -76,8 +76,8 @@ def test_ctrt_train_aux_loss_flag_is_validated_against_the_compressor(tmp_path):
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "train", "--config", '{"compress_fn": "max_pool"}',
-         "--aux-loss", "autoencoding", "--out", str(tmp_path / "x")],
+        [sys.executable, "-m", "compressive_rt.cli.main", "train",
+         "--config", '{"compress_fn": "max_pool"}', "--aux-loss", "autoencoding", "--out", str(tmp_path / "x")],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: aux_loss='autoencoding' trains an auto-encoding "

@@ -7,10 +7,10 @@ import pytest
 from engines import COMPRESS_FNS, random_model, tiny_config
 from onnx import TensorProto, helper
 
-from export import trt_ops
-from export.onnx_export import export_graphs, write_graphs
-from export.trt_lint import ERROR, errors, lint_graph
-from runtime.contract import entry_points
+from compressive_rt.export import trt_ops
+from compressive_rt.export.onnx_export import export_graphs, write_graphs
+from compressive_rt.export.trt_lint import ERROR, errors, lint_graph
+from compressive_rt.runtime.contract import entry_points
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import onnx
 import pytest
 from engines import random_model, tiny_config
 
-from benchmarks.memory import directory_bytes, runtime_peak_rss, state_bytes
-from export.pipeline import export_model
-from export.verify import eager_logits
-from runtime.manifest import EngineError
-from runtime.session import Session
+from compressive_rt.benchmarks.memory import directory_bytes, runtime_peak_rss, state_bytes
+from compressive_rt.export.pipeline import export_model
+from compressive_rt.export.verify import eager_logits
+from compressive_rt.runtime.manifest import EngineError
+from compressive_rt.runtime.session import Session
 
 MIB = 1024**2
 # What a process that scores may add beyond weights + state: ONNX Runtime's activation arena

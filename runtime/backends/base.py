@@ -16,14 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from runtime.contract import TOKENS, TensorSpec
-from runtime.manifest import Manifest
+from compressive_rt.errors import BackendUnavailable  # noqa: F401 - its home before the error root
+from compressive_rt.runtime.contract import TOKENS, TensorSpec
+from compressive_rt.runtime.manifest import Manifest
 
 NUMPY_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
-
-
-class BackendUnavailable(Exception):
-    """The backend cannot run here; the message says what to install or which device is missing."""
 
 
 class Backend(ABC):

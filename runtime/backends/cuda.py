@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import BackendUnavailable
-from runtime.contract import EntryPoint
-from runtime.manifest import EngineError
+from compressive_rt.errors import BackendUnavailable, EngineError
+from compressive_rt.runtime.contract import EntryPoint
 
 GPU_EXTRA = "pip install 'compressive-rt[gpu]'"
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, BackendUnavailable
-from runtime.manifest import EngineError, Manifest
+from compressive_rt.errors import BackendUnavailable, EngineError
+from compressive_rt.runtime.backends.base import Backend
+from compressive_rt.runtime.manifest import Manifest
 
 
 def cpu_session_options(threads: int | None = None, precision: str = "fp32") -> Any:

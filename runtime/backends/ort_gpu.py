@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.backends.base import Backend
-from runtime.backends.cuda import (
+from compressive_rt.errors import EngineError
+from compressive_rt.runtime.backends.base import Backend
+from compressive_rt.runtime.backends.cuda import (
     GPU_EXTRA,
     CudaStream,
     DeviceBuffer,
@@ -24,7 +25,7 @@ from runtime.backends.cuda import (
     import_cudart,
     optimization_profiles,
 )
-from runtime.manifest import EngineError, Manifest
+from compressive_rt.runtime.manifest import Manifest
 
 CUDA_EP, TENSORRT_EP = "CUDAExecutionProvider", "TensorrtExecutionProvider"
 

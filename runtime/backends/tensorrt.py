@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.backends.base import Backend
-from runtime.backends.cuda import (
+from compressive_rt.errors import EngineError
+from compressive_rt.runtime.backends.base import Backend
+from compressive_rt.runtime.backends.cuda import (
     CudaStream,
     DeviceBuffer,
     DeviceBuffers,
@@ -33,8 +34,8 @@ from runtime.backends.cuda import (
     import_cudart,
     import_tensorrt,
 )
-from runtime.contract import TensorSpec
-from runtime.manifest import EngineError, Manifest, sha256_file
+from compressive_rt.runtime.contract import TensorSpec
+from compressive_rt.runtime.manifest import Manifest, sha256_file
 
 
 class TensorRTBackend(DeviceBuffers, Backend):

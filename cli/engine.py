@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from compressive_rt.errors import CtrtError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     exp = subparsers.add_parser(
@@ -47,11 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ct_reference.checkpoint import checkpoint_sha256, load_model
-    from export.pipeline import ExportError, export_model
+    from compressive_rt.ct_reference.checkpoint import checkpoint_sha256, load_model
+    from compressive_rt.export.pipeline import export_model
 
     if args.verify_segments < 20:
-        raise ExportError(f"--verify-segments must be >= 20, got {args.verify_segments}")
+        raise CtrtError(f"--verify-segments must be >= 20, got {args.verify_segments}")
     model, _ = load_model(args.checkpoint)
     checkpoint = {"path": str(Path(args.checkpoint).resolve()),
                   "sha256": checkpoint_sha256(args.checkpoint)}
@@ -65,23 +67,22 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from export.inspect import inspect_engine_dir
+    from compressive_rt.export.inspection import inspect_engine_dir
 
     print(inspect_engine_dir(args.engine_dir))
     return 0
 
 
 def run_build_engine(args: argparse.Namespace) -> int:
-    from export.tensorrt_build import build_engines
-    from runtime.manifest import EngineError
+    from compressive_rt.export.tensorrt_build import build_engines
 
     if args.max_batch < 1:
-        raise EngineError(f"--max-batch must be >= 1, got {args.max_batch}")
+        raise CtrtError(f"--max-batch must be >= 1, got {args.max_batch}")
     if not 1 <= args.opt_batch <= args.max_batch:
-        raise EngineError(f"--opt-batch must be in [1, --max-batch={args.max_batch}], got "
-                          f"{args.opt_batch}")
+        raise CtrtError(f"--opt-batch must be in [1, --max-batch={args.max_batch}], got "
+                        f"{args.opt_batch}")
     if args.workspace < 1:
-        raise EngineError(f"--workspace must be >= 1 MiB, got {args.workspace}")
+        raise CtrtError(f"--workspace must be >= 1 MiB, got {args.workspace}")
 
     build_engines(args.engine_dir, precision=args.precision, max_batch=args.max_batch,
                   opt_batch=args.opt_batch, workspace_mib=args.workspace,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from benchmarks.quality import add_quality_arguments
+from compressive_rt.benchmarks.quality import add_quality_arguments
+from compressive_rt.cli.options import check_options, check_output_directory
 
 DEFAULT_OUT = "bench_out"
 
@@ -42,14 +43,13 @@ def run_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if args.quality:
-        from benchmarks.quality import QualitySettings, run_quality
+        from compressive_rt.benchmarks.quality import QualitySettings, run_quality
 
         run_quality(QualitySettings(steps=args.steps, seeds=args.seeds, jobs=args.jobs),
                     Path(args.out) / "quality")
         return 0
-    from benchmarks.bench import run_benchmark
-    from ct_reference.checkpoint import load_model
-    from ct_reference.commands import check_options, check_output_directory
+    from compressive_rt.benchmarks.bench import run_benchmark
+    from compressive_rt.ct_reference.checkpoint import load_model
 
     check_options(args, {"threads": 1})
     check_output_directory(args.out)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import onnx
 
-from export.trt_lint import format_issues, lint_graph
-from runtime.manifest import load_manifest
+from compressive_rt.export.trt_lint import format_issues, lint_graph
+from compressive_rt.runtime.manifest import load_manifest
 
 CONFIG_KEYS = ("n_layers", "d_model", "n_heads", "d_ff", "vocab_size", "seg_len", "mem_len",
                "cmem_len", "compress_rate", "compress_fn", "pre_norm")

@@ -1,10 +1,15 @@
-"""`ctrt train`, `ctrt eval`, `ctrt demo`: thin shells over ct_reference (torch imported lazily)."""
+"""`ctrt train`, `ctrt eval`, `ctrt demo`: thin shells over ct_reference (torch imported lazily);
+the demo's later stages run export and the runtime."""
 
 from __future__ import annotations
 
 import argparse
 
-from ct_reference.config import AUX_LOSSES  # pure Python: the parser stays torch-free
+from compressive_rt.cli.options import check_options, check_output_directory
+from compressive_rt.ct_reference.config import (
+    AUX_LOSSES,  # pure Python: the parser stays torch-free
+)
+from compressive_rt.errors import CtrtError
 
 DEFAULT_DEMO_OUT = "demo_out/checkpoint"
 
@@ -82,8 +87,7 @@ def parse_config(preset: str, override: str | None):
     import json
     from pathlib import Path
 
-    from ct_reference.config import PRESETS
-    from ct_reference.errors import CtrtError
+    from compressive_rt.ct_reference.config import PRESETS
 
     if preset not in PRESETS:
         raise CtrtError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -107,36 +111,7 @@ def parse_config(preset: str, override: str | None):
     return config.from_dict({**config.to_dict(), **fields})
 
 
-def check_options(args: argparse.Namespace, at_least: dict[str, float],
-                  positive: tuple[str, ...] = ()) -> None:
-    """Refuse option values out of range before any work starts: `at_least` maps an option
-    (its argparse dest) to its smallest value, `positive` lists options that must be > 0;
-    unset (None) options are skipped."""
-    from ct_reference.errors import CtrtError
-
-    for dest, smallest in at_least.items():
-        value = getattr(args, dest)
-        if value is not None and value < smallest:
-            raise CtrtError(f"--{dest.replace('_', '-')} must be >= {smallest}, got {value:g}")
-    for dest in positive:
-        value = getattr(args, dest)
-        if value is not None and not value > 0:
-            raise CtrtError(f"--{dest.replace('_', '-')} must be > 0, got {value:g}")
-
-
-def check_output_directory(path: str | None) -> None:
-    """A directory to be written must not be an existing file (checked before hours of work)."""
-    from pathlib import Path
-
-    from ct_reference.errors import CtrtError
-
-    if path is not None and Path(path).exists() and not Path(path).is_dir():
-        raise CtrtError(f"{path} exists and is not a directory: choose another output path")
-
-
 def run_train(args: argparse.Namespace) -> int:
-    from ct_reference.errors import CtrtError
-
     check_options(args, {"steps": 1, "batch": 1, "val_every": 0, "val_segments": 1,
                          "warmup": 0, "aux_weight": 0}, positive=("minutes", "lr"))
     check_output_directory(args.out)
@@ -146,7 +121,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise CtrtError(f"--aux-loss cannot change a resumed run ({args.resume} keeps the "
                             f"aux_loss of its config.json); drop --aux-loss or train afresh")
         config = config.replace(aux_loss=args.aux_loss)
-    from ct_reference.train import TrainOptions, train
+    from compressive_rt.ct_reference.train import TrainOptions, train
 
     train(TrainOptions(config=config, data=args.data, out=args.out, steps=args.steps,
                        minutes=args.minutes, batch=args.batch, seed=args.seed,
@@ -159,8 +134,8 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ct_reference.checkpoint import load_model
-    from ct_reference.data import bits_per_byte, read_documents, split_documents
+    from compressive_rt.ct_reference.checkpoint import load_model
+    from compressive_rt.ct_reference.data import bits_per_byte, read_documents, split_documents
 
     check_options(args, {"max_segments": 1})
     model, _ = load_model(args.checkpoint)
@@ -186,8 +161,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def demo_train(results: dict) -> None:
-    from ct_reference.config import PRESETS
-    from ct_reference.train import TrainOptions, train
+    from compressive_rt.ct_reference.config import PRESETS
+    from compressive_rt.ct_reference.train import TrainOptions, train
 
     args = results["args"]
     print(f"== demo: train (preset tiny, {args.minutes:g} minutes)")
@@ -199,7 +174,7 @@ def demo_train(results: dict) -> None:
 
 
 def demo_evaluate(results: dict) -> None:
-    from ct_reference.data import bits_per_byte, read_documents, split_documents
+    from compressive_rt.ct_reference.data import bits_per_byte, read_documents, split_documents
 
     outcome = results["train"]
     validation = split_documents(read_documents(results["args"].data))[1]
@@ -214,7 +189,7 @@ def demo_evaluate(results: dict) -> None:
 def demo_export(results: dict) -> None:
     from pathlib import Path
 
-    from export.pipeline import export_model
+    from compressive_rt.export.pipeline import export_model
 
     engine_dir = Path(results["args"].out).parent / "engine"
     print(f"== demo: export to {engine_dir} (ONNX, verified against the eager model)")
@@ -227,9 +202,9 @@ def demo_export(results: dict) -> None:
 
 
 def demo_score(results: dict) -> None:
-    from ct_reference.data import bits_per_byte, read_documents, split_documents
-    from runtime.score import score_documents
-    from runtime.session import Session
+    from compressive_rt.ct_reference.data import bits_per_byte, read_documents, split_documents
+    from compressive_rt.runtime.score import score_documents
+    from compressive_rt.runtime.session import Session
 
     model, seg_len = results["train"].model, results["train"].model.config.seg_len
     document = split_documents(read_documents(results["args"].data))[1][:64 * seg_len + 1]
@@ -244,8 +219,8 @@ def demo_score(results: dict) -> None:
 def demo_generate(results: dict) -> None:
     import sys
 
-    from runtime.generate import Sampling, generate
-    from runtime.session import Session
+    from compressive_rt.runtime.generate import Sampling, generate
+    from compressive_rt.runtime.session import Session
 
     prompt = b"def "
     print("== demo: generate 300 bytes after 'def ' (runtime, top-k 20, seed 0)")

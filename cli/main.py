@@ -12,9 +12,11 @@ import argparse
 import importlib
 import sys
 
+from compressive_rt.errors import CtrtError
+
 COMMAND_MODULES = [
-    "ct_reference.commands", "ct_reference.import_command", "export.commands",
-    "runtime.commands", "benchmarks.commands"]
+    "compressive_rt.cli.train", "compressive_rt.cli.import_checkpoint", "compressive_rt.cli.engine",
+    "compressive_rt.cli.run", "compressive_rt.cli.bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,22 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is for people: printed as `error: ...`, exit 2."""
-    from ct_reference.config import ConfigError
-    from ct_reference.errors import CtrtError
-    from runtime.backends.base import BackendUnavailable
-    from runtime.manifest import EngineError
-    from runtime.session import RuntimeInputError
-
-    return (CtrtError, ConfigError, EngineError, RuntimeInputError, BackendUnavailable)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except user_errors() as exc:
+    except CtrtError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

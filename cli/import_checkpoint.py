@@ -27,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from ct_reference.checkpoint import load_config
-    from ct_reference.importers import import_checkpoint
+    from compressive_rt.ct_reference.checkpoint import load_config
+    from compressive_rt.ct_reference.importers import import_checkpoint
 
     out = import_checkpoint(args.source, args.state_dict, args.config, args.out)
     config = load_config(out)

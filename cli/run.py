@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from compressive_rt.cli.options import read_file_argument
+from compressive_rt.errors import RuntimeInputError
+
 
 def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("engine_dir", help="directory written by `ctrt export` (manifest.json)")
@@ -75,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _open_session(args: argparse.Namespace, max_streams: int):
-    from runtime.session import RuntimeInputError, Session
+    from compressive_rt.runtime.session import Session
 
     if args.threads is not None and args.threads < 1:
         raise RuntimeInputError(f"--threads must be >= 1, got {args.threads}")
@@ -84,20 +87,6 @@ def _open_session(args: argparse.Namespace, max_streams: int):
                       threads=args.threads)
     print(f"backend: {session.backend.name}", file=sys.stderr)
     return session
-
-
-def _read_file(path_name: str, what: str) -> bytes:
-    from pathlib import Path
-
-    from runtime.session import RuntimeInputError
-
-    path = Path(path_name)
-    if not path.is_file():
-        raise RuntimeInputError(f"{what} {path} is not a readable file")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise RuntimeInputError(f"{what} {path} cannot be read: {exc.strerror}") from None
 
 
 def _bpb_text(bits_per_byte: float | None) -> str:
@@ -109,12 +98,11 @@ def run_score(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from runtime.score import score_documents, total_bits_per_byte
-    from runtime.session import RuntimeInputError
+    from compressive_rt.runtime.score import score_documents, total_bits_per_byte
 
     if args.streams < 1:
         raise RuntimeInputError(f"--streams must be >= 1, got {args.streams}")
-    documents = [(name, _read_file(name, "document")) for name in args.files]
+    documents = [(name, read_file_argument(name, "document")) for name in args.files]
     session = _open_session(args, max(1, min(args.streams, len(documents))))
     total = sum(len(data) for _, data in documents)
     with tqdm(total=total, unit="B", unit_scale=True, disable=args.json or None,
@@ -138,11 +126,10 @@ def run_generate(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from runtime.generate import Sampling
-    from runtime.scheduler import Completion, Scheduler, TokenEvent
-    from runtime.session import RuntimeInputError
+    from compressive_rt.runtime.generate import Sampling
+    from compressive_rt.runtime.scheduler import Completion, Scheduler, TokenEvent
 
-    prompts = [value.encode() if kind == "text" else _read_file(value, "prompt file")
+    prompts = [value.encode() if kind == "text" else read_file_argument(value, "prompt file")
                for kind, value in args.prompts or []]
     if not prompts:
         raise RuntimeInputError("no prompt given: add --prompt TEXT or --prompt-file PATH "
