@@ -4,8 +4,8 @@ ORT intra_op threads T), contenders interleaved round-robin within each repeat.
 
 Experiments (EXPERIMENTS, in this order): the main table (eager, torch.compile, eager cached
 steps and the ORT engine, the latter two under the same Session), the same model built in
-compressive-transformer-pytorch and imported, the serving curve, capacity independence, and the
-extras (scaling grid, Transformer-XL comparison, ORT variants, int8). Beside them: the machine's
+compressive-transformer-pytorch and imported, the serving curve, capacity independence, sizes
+and peak RSS (benchmarks/memory.py, each in a fresh process), and the extras (scaling grid, Transformer-XL comparison, ORT variants, int8). Beside them: the machine's
 fp32 GEMM rate and copy bandwidth (the physical limits) and the runtime's loop overhead.
 """
 
@@ -24,7 +24,7 @@ from compressive_rt.benchmarks.contenders import MAIN_CONTENDERS, Bench, build, 
 from compressive_rt.benchmarks.settings import PROFILES, SEED, BenchError, log
 
 EXTRAS = ("scaling", "xl", "ort", "quantization")
-EXPERIMENTS = ("main", "lucidrains", "serving", "capacity", *EXTRAS)
+EXPERIMENTS = ("main", "lucidrains", "serving", "capacity", "memory", *EXTRAS)
 
 
 def add_efficiency(contenders: dict, cfg, gemm_gflops: float) -> None:
@@ -155,6 +155,14 @@ def run_benchmark(quick: bool, out_dir: Path, threads: int, checkpoint: Path | N
         if "capacity" in experiments:
             results["capacity"] = exp.capacity_independence(bench, settings)
             gc.collect()
+        if "memory" in experiments:
+            from compressive_rt.benchmarks.memory import memory_report
+
+            log("sizes and peak RSS (fresh processes)")
+            results["memory"] = memory_report(engine_dir, threads)
+            results["memory"]["parameter_mib"] = sum(  # what inference needs: no AE decoder
+                p.numel() * 4 for n, p in model.named_parameters()
+                if not n.startswith("ae_decoders")) / 2**20
         results["machine"]["gemm"].update(measure.gemm_rate(threads, libs=("numpy",)))
         gemm = results["machine"]["gemm"]
         gemm["gflops"] = max(gemm["torch_gflops"], gemm["numpy_gflops"])

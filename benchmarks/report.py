@@ -131,6 +131,10 @@ def table(results: dict) -> str:
                      f"{db['weights'] / 1e6:.1f}, K/V state {db['kv_state'] / 1e6:.1f}, position "
                      f"table {db['pos_table'] / 1e6:.1f}): runtime {db['runtime_gbps']:.1f} GB/s ="
                      f" {100 * db['fraction_of_copy_bandwidth']:.0f}% of copy bandwidth")
+    if results.get("memory"):
+        from compressive_rt.benchmarks.memory import format_report
+
+        lines += ["", format_report(results["memory"], results["memory"]["parameter_mib"])]
     if results.get("loop_overhead"):
         lines.append("")
         lines.append("runtime loop overhead (time outside engine calls per step):")

@@ -13,7 +13,7 @@ from compressive_rt.benchmarks.measure import ratio_stats, segment_flops, step_f
 from compressive_rt.benchmarks.settings import BenchError
 from compressive_rt.benchmarks.workloads import interleave
 
-# serving needs runtime.scheduler (its own branch); test_serving_curve covers it
+# the serving curve has its own, faster test below (test_serving_curve_...)
 SMOKE_EXPERIMENTS = tuple(e for e in EXPERIMENTS if e not in EXTRAS and e != "serving")
 
 
@@ -64,6 +64,17 @@ def test_every_contender_reports_positive_latencies(smoke):
         if key != "compile":
             assert _positive(res["first_segment"]["median_ms"])
             assert _positive(res["decode"]["1"]["amortized_ms"])
+
+
+def test_sizes_and_peak_rss_are_measured_for_one_and_eight_streams(smoke):
+    memory = smoke[0]["memory"]
+    assert [run["streams"] for run in memory["runs"]] == [1, 8]
+    assert memory["engine_dir_mib"] > memory["weights_file_mib"] > 0
+    for run in memory["runs"]:
+        assert run["runtime"]["peak_mib"] > run["runtime"]["baseline_mib"] > 0
+        assert run["eager"]["peak_mib"] > run["eager"]["baseline_mib"] > 0
+    eight, one = memory["runs"][1], memory["runs"][0]
+    assert eight["state_mib"] == pytest.approx(8 * one["state_mib"])
 
 
 def test_ratios_are_taken_per_repeat_with_their_spread(smoke):
