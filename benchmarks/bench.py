@@ -5,8 +5,9 @@ ORT intra_op threads T), contenders interleaved round-robin within each repeat.
 Experiments (EXPERIMENTS, in this order): the main table (eager, torch.compile, eager cached
 steps and the ORT engine, the latter two under the same Session), the same model built in
 compressive-transformer-pytorch and imported, the serving curve, capacity independence, sizes
-and peak RSS (benchmarks/memory.py, each in a fresh process), and the extras (scaling grid, Transformer-XL comparison, ORT variants, int8). Beside them: the machine's
-fp32 GEMM rate and copy bandwidth (the physical limits) and the runtime's loop overhead.
+and peak RSS (benchmarks/memory.py, each in a fresh process), and the extras (scaling grid,
+Transformer-XL comparison, ORT variants, int8). Beside them: the machine's fp32 GEMM rate and
+copy bandwidth (the physical limits) and the runtime's loop overhead.
 """
 
 from __future__ import annotations

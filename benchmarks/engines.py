@@ -59,7 +59,8 @@ def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 quantization of the MatMul weights (activations quantized per call)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"])
 
 
 def ort_offline(level: str) -> Callable[[Path, Path], None]:

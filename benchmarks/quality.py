@@ -141,7 +141,8 @@ def run_quality(settings: QualitySettings, out_dir: Path, base: ModelConfig = QU
         "settings": asdict(settings), "base_config": base.to_dict(), "data": data or "default",
         "tokens_per_run": settings.steps * settings.batch * base.seg_len,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "torch_threads": 1 if settings.jobs > 1 else torch.get_num_threads(), "torch": torch.__version__},
+                    "torch_threads": 1 if settings.jobs > 1 else torch.get_num_threads(),
+                    "torch": torch.__version__},
         "paper_table5_enwik8_bpc": PAPER_TABLE5, "variants": {}}
     runs = {(name, seed): None for name in configs for seed in range(settings.seeds)}
     job_args = [(name, configs[name], seed, settings, data, document) for name, seed in runs]

@@ -1,1 +1,2 @@
-"""The `ctrt` command line: one module per command group, the only code that imports across layers."""
+"""The `ctrt` command line: one module per command group, the only code that imports across
+layers."""

@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                      help="fp32 (default; max |logit error| <= 1e-4 of the logit scale), "
                           "fp16 weights and activations for GPU targets (fp32 inputs/outputs, "
-                          "LayerNorm and Softmax in fp32; verified to 3e-2 of the logit scale and 1e-2 bits per byte), "
+                          "LayerNorm and Softmax in fp32; verified to 3e-2 of the logit scale "
+                          "and 1e-2 bits per byte), "
                           "or int8 MatMul weights for CPUs (ONNX Runtime dynamic quantization; "
                           "verified to 1e-1 of the logit scale and 0.02 bits per byte)")
     exp.set_defaults(handler=run_export)
@@ -60,7 +61,8 @@ def run_export(args: argparse.Namespace) -> int:
     manifest = export_model(model, args.out_dir, checkpoint=checkpoint,
                             verify_segments=args.verify_segments, precision=args.precision)
     check = manifest["verification"]
-    print(f"wrote {args.out_dir} ({manifest['precision']}): max |logit error| segment {check['segment_max_abs_error']:.2e}"
+    print(f"wrote {args.out_dir} ({manifest['precision']}): max |logit error| segment "
+          f"{check['segment_max_abs_error']:.2e}"
           f", extend {check['extend_max_abs_error']:.2e} (tolerance {check['tolerance']:.2e}, "
           f"logit scale {check['logit_scale']:.2f})")
     return 0

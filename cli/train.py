@@ -197,7 +197,8 @@ def demo_export(results: dict) -> None:
         "path": str(results["checkpoint"])})
     check = manifest["verification"]
     print(f"max |logit error| over {check['segments']} segments: segment graph "
-          f"{check['segment_max_abs_error']:.2e}, extend+commit {check['extend_max_abs_error']:.2e}")
+          f"{check['segment_max_abs_error']:.2e}, extend+commit "
+          f"{check['extend_max_abs_error']:.2e}")
     results["engine_dir"] = engine_dir
 
 

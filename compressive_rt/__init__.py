@@ -1,4 +1,5 @@
-"""compressive-rt: the Compressive Transformer reference, its ONNX/TensorRT export and a lean runtime.
+"""compressive-rt: the Compressive Transformer reference, its ONNX/TensorRT export and a lean
+runtime.
 
 Every installed import name lives under this one package so that none clashes with another
 distribution's generic top-level name (`runtime`, `export`, `benchmarks`). The source folders stay

@@ -93,7 +93,8 @@ class ModelConfig:
                 f"({self.compress_rate}) so seg_len evicted memories compress to whole slots")
         if self.compress_fn not in COMPRESS_FNS:
             raise ConfigError(
-                f"unknown compress_fn {self.compress_fn!r}; choose one of {', '.join(COMPRESS_FNS)}")
+                f"unknown compress_fn {self.compress_fn!r}; choose one of "
+                f"{', '.join(COMPRESS_FNS)}")
         if self.compress_fn == "none":
             if self.cmem_len != 0:
                 raise ConfigError(

@@ -369,7 +369,8 @@ class CompressiveTransformer(nn.Module):
                                      cfg.context_len)
         return self.pos_emb, rows
 
-    def forward(self, tokens: torch.Tensor, memory: Memory, compute_aux: bool = False) -> StepOutput:
+    def forward(self, tokens: torch.Tensor, memory: Memory,
+                compute_aux: bool = False) -> StepOutput:
         """Score one segment tokens [B, T] (T <= L) with the memory; a full segment (T == L) also
         rotates the memory and compresses what it evicts. Memory carries no gradient."""
         cfg = self.config

@@ -99,7 +99,8 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> TrainResult
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.1f}M parameters, {config.n_layers} layers, d={config.d_model}, "
         f"L={config.seg_len} M={config.mem_len} C={config.cmem_len} c={config.compress_rate} "
-        f"{config.compress_fn} (aux loss {config.aux_loss}); data: {len(train_tokens)} train / {len(val_tokens)} validation "
+        f"{config.compress_fn} (aux loss {config.aux_loss}); data: {len(train_tokens)} train / "
+        f"{len(val_tokens)} validation "
         f"bytes; batch {opts.batch}" + (f"; resumed at step {step}" if resumed else ""))
 
     def validate() -> float:

@@ -2,8 +2,9 @@
 
 `ctrt export` (export/pipeline.py) builds everything in a temporary sibling directory (same
 filesystem, so renames are atomic), then calls replace_directory; `ctrt build-engine`
-(export/tensorrt_build.py) changes a staged copy of the engine directory (rewrite_directory). Two renames: the old directory to a backup name, the new one to the
-target; then the backup is deleted. If the second rename fails the backup is renamed back.
+(export/tensorrt_build.py) changes a staged copy of the engine directory (rewrite_directory).
+Two renames: the old directory to a backup name, the new one to the target; then the backup is
+deleted. If the second rename fails the backup is renamed back.
 Between the two renames the target name is briefly absent (Python has no atomic exchange of
 two directories); it never holds a mix of old and new files.
 """

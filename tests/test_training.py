@@ -77,7 +77,8 @@ def test_ctrt_train_aux_loss_flag_is_validated_against_the_compressor(tmp_path):
 
     result = subprocess.run(
         [sys.executable, "-m", "compressive_rt.cli.main", "train",
-         "--config", '{"compress_fn": "max_pool"}', "--aux-loss", "autoencoding", "--out", str(tmp_path / "x")],
+         "--config", '{"compress_fn": "max_pool"}', "--aux-loss", "autoencoding",
+         "--out", str(tmp_path / "x")],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: aux_loss='autoencoding' trains an auto-encoding "
