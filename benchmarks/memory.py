@@ -33,7 +33,7 @@ import onnxruntime
 from compressive_rt.runtime.session import Session
 engine_dir, streams, tokens, threads = sys.argv[1], *map(int, sys.argv[2:5])
 baseline = peak_rss_mib()  # interpreter + numpy + onnxruntime + the runtime's imports
-session = Session(engine_dir, max_streams=streams, threads=threads)
+session = Session(engine_dir, max_streams=streams, threads=threads, prepack=sys.argv[5])
 ids = [session.add_stream() for _ in range(streams)]
 text = np.arange(tokens) % 256
 session.feed({stream: text for stream in ids})
@@ -68,9 +68,10 @@ def _run_child(code: str, *args: str) -> dict:
 
 
 def runtime_peak_rss(engine_dir: Path | str, streams: int = 1, tokens: int = SCORED_TOKENS,
-                     threads: int = 1) -> dict:
+                     threads: int = 1, prepack: str = "all") -> dict:
     """{"baseline_mib", "peak_mib"} of a fresh process that scores with the runtime."""
-    return _run_child(_RUNTIME_CHILD, str(engine_dir), str(streams), str(tokens), str(threads))
+    return _run_child(_RUNTIME_CHILD, str(engine_dir), str(streams), str(tokens), str(threads),
+                      prepack)
 
 
 def eager_peak_rss(config: dict, streams: int = 1, tokens: int = SCORED_TOKENS,
@@ -100,7 +101,9 @@ def state_bytes(config: dict, streams: int = 1) -> int:
 def memory_report(engine_dir: Path | str, threads: int = 1, streams: tuple[int, ...] = (1, 8),
                   eager: bool = True) -> dict:
     """Engine directory size, weights and state sizes, and peak RSS of the runtime (and of
-    eager PyTorch) scoring SCORED_TOKENS per stream, for each stream count; sizes in MiB."""
+    eager PyTorch) scoring SCORED_TOKENS per stream, for each stream count; sizes in MiB. The
+    runtime is measured with its default prepacking ("all", fastest) and with "none" (one copy
+    of the weights)."""
     manifest = json.loads((Path(engine_dir) / "manifest.json").read_text())
     config = manifest["config"]
     weights = manifest["weights"]["bytes"] if "weights" in manifest else sum(
@@ -110,7 +113,9 @@ def memory_report(engine_dir: Path | str, threads: int = 1, streams: tuple[int, 
               "scored_tokens": SCORED_TOKENS, "runs": []}
     for count in streams:
         run = {"streams": count, "state_mib": state_bytes(config, count) / MIB,
-               "runtime": runtime_peak_rss(engine_dir, count, threads=threads)}
+               "runtime": runtime_peak_rss(engine_dir, count, threads=threads),
+               "runtime_no_prepack": runtime_peak_rss(engine_dir, count, threads=threads,
+                                                      prepack="none")}
         if eager:
             run["eager"] = eager_peak_rss(config, count, threads=threads)
         report["runs"].append(run)
@@ -125,12 +130,13 @@ def format_report(report: dict, parameter_mib: float | None = None) -> str:
                      f"{report['engine_dir_mib'] / parameter_mib:.2f}x)")
     lines.append(f"peak RSS scoring {report['scored_tokens']} tokens per stream, then one "
                  f"decode step (MiB; baseline = the process before loading anything):")
-    lines.append(f"{'streams':>8} {'state':>8} {'runtime':>9} {'(base)':>8} {'eager':>9} "
-                 f"{'(base)':>8}")
+    lines.append(f"{'streams':>8} {'state':>8} {'runtime':>9} {'(base)':>8} "
+                 f"{'no prepack':>11} {'eager':>9} {'(base)':>8}")
     for run in report["runs"]:
         eager = run.get("eager", {"peak_mib": float("nan"), "baseline_mib": float("nan")})
         lines.append(f"{run['streams']:>8} {run['state_mib']:>8.1f} "
                      f"{run['runtime']['peak_mib']:>9.1f} {run['runtime']['baseline_mib']:>8.1f} "
+                     f"{run['runtime_no_prepack']['peak_mib']:>11.1f} "
                      f"{eager['peak_mib']:>9.1f} {eager['baseline_mib']:>8.1f}")
     return "\n".join(lines)
 

@@ -18,6 +18,11 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
                              "onnxruntime-cuda, onnxruntime-tensorrt, tensorrt")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the engine (default: all cores)")
+    parser.add_argument("--prepack", choices=("all", "decode", "none"), default="all",
+                        help="ONNX Runtime CPU: which graphs re-lay their weights out for speed, "
+                             "each in its own copy: all (default, fastest), decode (only the "
+                             "decoding graph), none (one copy of the weights: least memory, "
+                             "~1.2x slower steps)")
 
 
 class _AppendPrompt(argparse.Action):
@@ -84,7 +89,7 @@ def _open_session(args: argparse.Namespace, max_streams: int):
         raise RuntimeInputError(f"--threads must be >= 1, got {args.threads}")
 
     session = Session(args.engine_dir, backend=args.backend, max_streams=max_streams,
-                      threads=args.threads)
+                      threads=args.threads, prepack=args.prepack)
     print(f"backend: {session.backend.name}", file=sys.stderr)
     return session
 

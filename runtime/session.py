@@ -75,9 +75,11 @@ def one_thread_at_a_time(method: Method) -> Method:
 
 
 def open_backend(name: str, manifest: Manifest, threads: int | None = None,
-                 max_streams: int = 1) -> Backend:
+                 max_streams: int = 1, prepack: str = "all") -> Backend:
     """A backend by name, or "auto": native TensorRT when the engine directory holds plans
-    and a GPU with TensorRT is here, else ONNX Runtime CPU."""
+    and a GPU with TensorRT is here, else ONNX Runtime CPU. `prepack` applies to ONNX Runtime
+    CPU: which sessions re-lay weights out for speed, each with its own copy ("all", "decode"
+    or "none": runtime/backends/ort.py)."""
     if name == "auto":
         from compressive_rt.runtime.backends.tensorrt import tensorrt_available
 
@@ -86,7 +88,7 @@ def open_backend(name: str, manifest: Manifest, threads: int | None = None,
     if name == "onnxruntime-cpu":
         from compressive_rt.runtime.backends.ort import OrtCpuBackend
 
-        return OrtCpuBackend(manifest, threads=threads)
+        return OrtCpuBackend(manifest, threads=threads, prepack=prepack)
     if name == "onnxruntime-cuda":
         from compressive_rt.runtime.backends.ort_gpu import OrtCudaBackend
 
@@ -123,13 +125,14 @@ class Session:
     """
 
     def __init__(self, engine_dir: str | Path, backend: str | Backend = "auto",
-                 max_streams: int = 1, threads: int | None = None) -> None:
+                 max_streams: int = 1, threads: int | None = None,
+                 prepack: str = "all") -> None:
         if max_streams < 1:
             raise RuntimeInputError(f"max_streams must be >= 1, got {max_streams}")
         self._in_use = threading.RLock()
         self.manifest = load_manifest(engine_dir)
         self.backend = backend if isinstance(backend, Backend) else open_backend(
-            backend, self.manifest, threads, max_streams)
+            backend, self.manifest, threads, max_streams, prepack)
         self.dims = Dims.from_config(self.manifest.config)
         self.max_streams = batch = max_streams
         contract = self.manifest.contract

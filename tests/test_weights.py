@@ -13,7 +13,7 @@ from compressive_rt.benchmarks.memory import directory_bytes, runtime_peak_rss, 
 from compressive_rt.export.pipeline import export_model
 from compressive_rt.export.verify import eager_logits
 from compressive_rt.runtime.manifest import EngineError
-from compressive_rt.runtime.session import Session
+from compressive_rt.runtime.session import RuntimeInputError, Session
 
 MIB = 1024**2
 # What a process that scores may add beyond weights + state: ONNX Runtime's activation arena
@@ -107,13 +107,27 @@ def test_runtime_refuses_a_damaged_weights_file_before_onnx_runtime_reads_it(
         Session(copy)
 
 
-def test_a_session_holds_one_copy_of_the_weights(wide_engine):
+def test_a_session_without_prepacking_holds_one_copy_of_the_weights(wide_engine):
     model, engine_dir = wide_engine
     weights_mib = (engine_dir / "weights.bin").stat().st_size / MIB
     state_mib = state_bytes(model.config.to_dict(), 1) / MIB
-    rss = runtime_peak_rss(engine_dir, streams=1, tokens=100)
+    rss = runtime_peak_rss(engine_dir, streams=1, tokens=100, prepack="none")
     grown = rss["peak_mib"] - rss["baseline_mib"]
     assert grown <= weights_mib + state_mib + RSS_MARGIN_MIB, (grown, weights_mib, state_mib)
+
+
+def test_prepacking_every_session_costs_at_least_one_more_copy_of_the_weights(wide_engine):
+    _, engine_dir = wide_engine
+    weights_mib = (engine_dir / "weights.bin").stat().st_size / MIB
+    peak = {mode: runtime_peak_rss(engine_dir, streams=1, tokens=100, prepack=mode)["peak_mib"]
+            for mode in ("none", "all")}
+    assert peak["all"] - peak["none"] >= weights_mib, (peak, weights_mib)
+
+
+def test_an_unknown_prepack_mode_is_refused(wide_engine):
+    with pytest.raises(RuntimeInputError, match="prepack must be one of all, decode, none, "
+                                                "got 'some'"):
+        Session(wide_engine[1], prepack="some")
 
 
 def test_fp16_engine_has_its_own_weights_file_at_half_the_size(tmp_path, engine):

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from compressive_rt.errors import BackendUnavailable, EngineError
+from compressive_rt.errors import BackendUnavailable, EngineError, RuntimeInputError
 from compressive_rt.runtime.backends.base import Backend
 from compressive_rt.runtime.manifest import Manifest
 
@@ -31,7 +31,12 @@ def cpu_session_options(threads: int | None = None, precision: str = "fp32") -> 
     return options
 
 
-PREPACKED_ENTRIES: tuple[str, ...] = ()
+# Which sessions prepack their MatMul weights (see OrtCpuBackend): mode -> entry points.
+PREPACK_MODES: dict[str, tuple[str, ...]] = {
+    "all": ("segment", "extend", "commit"),  # fastest; a copy of the weights per session
+    "decode": ("extend",),  # decoding at full speed, one more copy of the weights
+    "none": (),  # one copy of the weights in the process; slower steps
+}
 
 
 def load_shared_weights(manifest: Manifest) -> dict[str, Any]:
@@ -57,17 +62,21 @@ class OrtCpuBackend(Backend):
 
     ONNX Runtime re-lays MatMul weights out for its GEMM kernels ("prepacking") in a copy
     per session: a second copy of nearly all weights for every session that does it (the
-    Python API has no container to share prepacked weights between sessions). Only the
-    sessions of `prepacked_entries` prepack; by default none, so a process holds the weights
-    once. That costs speed (default config, one thread, interleaved medians): segment 1.16x,
-    decode step 1.29x the time with every session prepacked; `("extend",)` gives the decode
-    step its speed back (1.02x) for one more copy of the weights (peak RSS 404 vs 308 MiB)."""
+    Python API has no container to share prepacked weights between sessions). `prepack`
+    picks the sessions that do it (PREPACK_MODES). Default config, 2 threads, one stream,
+    interleaved medians: "all" (default) is fastest at 515 MiB peak RSS; "none" holds the
+    weights once (308 MiB) for segment 1.15x and decode 1.20x the time; "decode" prepacks
+    only `extend` (404 MiB): decoding at full speed, segment 1.12x."""
 
     name = "onnxruntime-cpu"
 
     def __init__(self, manifest: Manifest, threads: int | None = None,
-                 prepacked_entries: tuple[str, ...] = PREPACKED_ENTRIES) -> None:
+                 prepack: str = "all") -> None:
         super().__init__(manifest)
+        if prepack not in PREPACK_MODES:
+            raise RuntimeInputError(f"prepack must be one of {', '.join(PREPACK_MODES)}, "
+                                    f"got {prepack!r}")
+        prepacked_entries = PREPACK_MODES[prepack]
         try:
             import onnxruntime as ort
         except ImportError:
