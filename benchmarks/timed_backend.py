@@ -57,6 +57,13 @@ class TimedBackend(Backend):
     def set_row(self, buffer: Any, row: int, values: np.ndarray | float) -> None:
         self.inner.set_row(buffer, row, values)
 
+    def copy_last_logits(self, logits: Any, rows: Any, index: int,
+                         host_out: np.ndarray) -> None:
+        self.inner.copy_last_logits(logits, rows, index, host_out)
+
+    def close(self) -> None:
+        self.inner.close()
+
     def __getattr__(self, name: str) -> Any:
         # Helpers a backend adds beyond the abstract interface reach the wrapped one.
         if "inner" not in self.__dict__:

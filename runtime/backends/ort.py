@@ -25,8 +25,8 @@ def cpu_session_options(threads: int | None = None, precision: str = "fp32") -> 
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     # Worker threads that spin between calls take the cores the Python loop (and, on a shared
-    # machine, everyone else) needs: measured 2.3x slower decode steps with spinning on a
-    # 2-core machine under load (benchmarks/loop_overhead.py); a wake-up costs microseconds.
+    # machine, everyone else) needs: decode steps were 2.3x slower with spinning on a 2-core
+    # machine under load; on a quiet one the two are within noise (`ctrt bench`, ORT variants).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
