@@ -9,6 +9,7 @@ import numpy as np
 
 from compressive_rt.errors import BackendUnavailable, EngineError, RuntimeInputError
 from compressive_rt.runtime.backends.base import Backend
+from compressive_rt.runtime.contract import ENTRY_POINTS
 from compressive_rt.runtime.manifest import Manifest
 
 
@@ -33,7 +34,7 @@ def cpu_session_options(threads: int | None = None, precision: str = "fp32") -> 
 
 # Which sessions prepack their MatMul weights (see OrtCpuBackend): mode -> entry points.
 PREPACK_MODES: dict[str, tuple[str, ...]] = {
-    "all": ("segment", "extend", "commit"),  # fastest; a copy of the weights per session
+    "all": ENTRY_POINTS,  # fastest; a copy of the weights per session
     "decode": ("extend",),  # decoding at full speed, one more copy of the weights
     "none": (),  # one copy of the weights in the process; slower steps
 }
