@@ -106,8 +106,7 @@ def memory_report(engine_dir: Path | str, threads: int = 1, streams: tuple[int, 
     of the weights)."""
     manifest = json.loads((Path(engine_dir) / "manifest.json").read_text())
     config = manifest["config"]
-    weights = manifest["weights"]["bytes"] if "weights" in manifest else sum(
-        entry["bytes"] for entry in manifest["entry_points"].values())
+    weights = manifest["weights"]["bytes"]
     report = {"engine_dir_mib": directory_bytes(engine_dir) / MIB,
               "weights_file_mib": weights / MIB, "precision": manifest["precision"],
               "scored_tokens": SCORED_TOKENS, "runs": []}

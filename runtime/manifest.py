@@ -32,15 +32,10 @@ def file_entry(path: Path) -> dict:
     return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temp file in the same folder, then rename: never a half-written file."""
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
 def write_manifest(engine_dir: Path, manifest: dict) -> None:
-    """engine_dir/manifest.json, replaced atomically."""
-    write_json_atomic(engine_dir / MANIFEST_NAME, manifest)
+    """engine_dir/manifest.json, replaced atomically (never a half-written file)."""
+    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+    atomic_write(engine_dir / MANIFEST_NAME, lambda f: f.write(text.encode()))
 
 
 def new_manifest(config: dict, graphs: dict, *, opset: int, exporter: str, versions: dict,
@@ -84,10 +79,9 @@ class Manifest:
         return self.engine_dir / self.data["entry_points"][entry]["file"]
 
     @property
-    def weights_path(self) -> Path | None:
-        """The weights file the graphs share, or None for graphs with inline weights."""
-        weights = self.data.get("weights")
-        return self.engine_dir / weights["file"] if weights else None
+    def weights_path(self) -> Path:
+        """The weights file the graphs share."""
+        return self.engine_dir / self.data["weights"]["file"]
 
 
 def describe_entry(entry: EntryPoint) -> dict:
@@ -131,8 +125,10 @@ def load_manifest(engine_dir: Path | str, verify_hashes: bool = True) -> Manifes
         if verify_hashes and sha256_file(graph) != listed[name]["sha256"]:
             raise EngineError(f"{graph} does not match the sha256 in {path}: the graph was "
                               f"changed or truncated after export")
-    if "weights" in data:
-        _check_weights(engine_dir, data["weights"], path, verify_hashes)
+    # Required: without the entry, the graphs' external weights would load unchecked.
+    if not isinstance(data.get("weights"), dict):
+        raise EngineError(f"{path} lists no weights file: re-export the checkpoint")
+    _check_weights(engine_dir, data["weights"], path, verify_hashes)
     return Manifest(engine_dir=engine_dir, data=data, contract=contract)
 
 

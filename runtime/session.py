@@ -147,9 +147,10 @@ class Session:
                        for _ in range(2)]
         self.parity = dict.fromkeys(self.memory_names, 0)
         self.partial = {n: backend_.allocate(specs[n], batch) for n in PARTIAL_STATE}
+        self.row_state = (*self.memory_names, *PARTIAL_STATE)  # one stream's row of each
         # one row per state tensor: the middle stop when two streams swap rows
         self.row_scratch = {n: backend_.allocate(specs[n], 1)
-                            for n in (*self.memory_names, *PARTIAL_STATE)}
+                            for n in self.row_state}
         self.seg_len_buf = backend_.allocate(specs["seg_len"], batch)
         self.seg_len = np.zeros(batch, dtype=np.int32)  # host copy of the partial lengths
         seg_len, vocab = self.dims.seg_len, self.dims.vocab_size
@@ -242,13 +243,13 @@ class Session:
         return self.specs[name].concrete_shape(1)[1:]
 
     def _clear_row(self, row: int) -> None:
-        for name in (*self.memory_names, *PARTIAL_STATE):
+        for name in self.row_state:
             self.backend.set_row(self._buffer(name), row, 0)
         self.seg_len[row] = 0
 
     def _copy_row(self, src: int, dst: int) -> None:
         """Move one stream's whole state from row src to row dst (current set only)."""
-        for name in (*self.memory_names, *PARTIAL_STATE):
+        for name in self.row_state:
             buffer = self._buffer(name)
             self.backend.copy_rows(buffer, dst, buffer, src, 1)
         self.seg_len[dst] = self.seg_len[src]
@@ -256,7 +257,7 @@ class Session:
 
     def _swap_rows(self, a: int, b: int) -> None:
         copy = self.backend.copy_rows
-        for name in (*self.memory_names, *PARTIAL_STATE):
+        for name in self.row_state:
             buffer, scratch = self._buffer(name), self.row_scratch[name]
             copy(scratch, 0, buffer, a, 1)
             copy(buffer, a, buffer, b, 1)
@@ -486,7 +487,7 @@ class Session:
         """Host copies of one stream's whole state (memory, partial segment, counts)."""
         row = self._row(stream_id)
         state = {name: self.backend.get_row(self._buffer(name), row)
-                 for name in (*self.memory_names, *PARTIAL_STATE)}
+                 for name in self.row_state}
         state["seg_len"] = np.array(self.seg_len[row], dtype=np.int32)
         return state
 
@@ -510,13 +511,12 @@ class Session:
         if stream_id is not None:
             self._row(stream_id)
         expected = {name: (self._row_shape(name), np.dtype(NUMPY_DTYPES[self.specs[name].dtype]))
-                    for name in (*self.memory_names, *PARTIAL_STATE, "seg_len")}
+                    for name in (*self.row_state, "seg_len")}
         snapshot = read_snapshot(path, self.manifest, expected)
         if stream_id is None:
             stream_id = self.add_stream()
         row = self._row(stream_id)
-        self._clear_row(row)
-        for name in (*self.memory_names, *PARTIAL_STATE):
+        for name in self.row_state:  # every state tensor and seg_len: nothing of the old stays
             self.backend.set_row(self._buffer(name), row, snapshot.state[name])
         self.seg_len[row] = snapshot.state["seg_len"]
         self.positions[stream_id] = snapshot.position

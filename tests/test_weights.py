@@ -107,6 +107,18 @@ def test_runtime_refuses_a_damaged_weights_file_before_onnx_runtime_reads_it(
         Session(copy)
 
 
+def test_a_manifest_without_its_weights_entry_is_refused(engine, tmp_path):
+    """Without the entry the graphs would read weights.bin with no hash check."""
+    _, engine_dir = engine("mean_pool")
+    copy = tmp_path / "engine"
+    shutil.copytree(engine_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["weights"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EngineError, match="lists no weights file: re-export the checkpoint"):
+        Session(copy)
+
+
 def test_a_session_without_prepacking_holds_one_copy_of_the_weights(wide_engine):
     model, engine_dir = wide_engine
     weights_mib = (engine_dir / "weights.bin").stat().st_size / MIB

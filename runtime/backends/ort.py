@@ -43,14 +43,15 @@ PREPACK_MODES: dict[str, tuple[str, ...]] = {
 def load_shared_weights(manifest: Manifest) -> dict[str, Any]:
     """Every tensor of the engine's weights file as an OrtValue over one read-only memory map:
     the sessions get them with `add_initializer`, so the three graphs hold one copy (the
-    OrtValues and the map must outlive the sessions). Empty for graphs with inline weights."""
+    OrtValues and the map must outlive the sessions)."""
     import onnxruntime as ort
 
-    if manifest.weights_path is None:
+    tensors = manifest.data["weights"]["tensors"]
+    if not tensors:  # every weight below the external-data size: nothing to map
         return {}
     weights = np.memmap(manifest.weights_path, dtype=np.uint8, mode="r")
     values = {}
-    for key, tensor in manifest.data["weights"]["tensors"].items():
+    for key, tensor in tensors.items():
         dtype = np.dtype(tensor["dtype"])
         count = int(np.prod(tensor["shape"], dtype=np.int64))
         array = np.frombuffer(weights, dtype=dtype, count=count, offset=tensor["offset"])
@@ -92,10 +93,9 @@ class OrtCpuBackend(Backend):
                 options = cpu_session_options(threads, manifest.data.get("precision", "fp32"))
                 if entry not in prepacked_entries:
                     options.add_session_config_entry("session.disable_prepacking", "1")
-                if self.shared_weights:
-                    shared = manifest.data["entry_points"][entry]["initializers"]
-                    for name, key in shared.items():
-                        options.add_initializer(name, self.shared_weights[key])
+                shared = manifest.data["entry_points"][entry]["initializers"]
+                for name, key in shared.items():
+                    options.add_initializer(name, self.shared_weights[key])
                 session = ort.InferenceSession(str(path), options,
                                                providers=["CPUExecutionProvider"])
             except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
