@@ -99,14 +99,14 @@ def run_benchmark(quick: bool, out_dir: Path, threads: int, checkpoint: Path | N
     profile = profile or ("quick" if quick else "full")
     _check_request(threads, profile, tuple(backends), tuple(experiments))
     settings = PROFILES[profile]
+    started = time.perf_counter()
+    torch.set_num_threads(threads)
+    model, model_source = _load_model(checkpoint, settings)  # a bad checkpoint writes nothing
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BenchError(f"cannot create the output folder {out_dir}: {exc.strerror}") from None
-    started = time.perf_counter()
-    torch.set_num_threads(threads)
-    model, model_source = _load_model(checkpoint, settings)
     cfg = model.config
     results: dict = {
         "profile": profile, "threads": threads, "experiments": list(experiments),

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from compressive_rt.benchmarks.quality import add_quality_arguments
-from compressive_rt.cli.options import check_options, check_output_directory
+from compressive_rt.cli.options import check_output_directory
 
 DEFAULT_OUT = "bench_out"
 
@@ -49,12 +49,8 @@ def run_bench(args: argparse.Namespace) -> int:
                     Path(args.out) / "quality")
         return 0
     from compressive_rt.benchmarks.bench import run_benchmark
-    from compressive_rt.ct_reference.checkpoint import load_model
 
-    check_options(args, {"threads": 1})
     check_output_directory(args.out)
-    if args.checkpoint:
-        load_model(args.checkpoint)  # a missing or broken checkpoint fails before any work
     run_benchmark(quick=args.quick, out_dir=Path(args.out), threads=args.threads,
                   checkpoint=Path(args.checkpoint) if args.checkpoint else None)
     return 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from compressive_rt.cli.options import read_file_argument
+from compressive_rt.cli.options import check_options, read_file_argument
 from compressive_rt.errors import RuntimeInputError
 
 
@@ -85,9 +85,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _open_session(args: argparse.Namespace, max_streams: int):
     from compressive_rt.runtime.session import Session
 
-    if args.threads is not None and args.threads < 1:
-        raise RuntimeInputError(f"--threads must be >= 1, got {args.threads}")
-
     session = Session(args.engine_dir, backend=args.backend, max_streams=max_streams,
                       threads=args.threads, prepack=args.prepack)
     print(f"backend: {session.backend.name}", file=sys.stderr)
@@ -105,8 +102,7 @@ def run_score(args: argparse.Namespace) -> int:
 
     from compressive_rt.runtime.score import score_documents, total_bits_per_byte
 
-    if args.streams < 1:
-        raise RuntimeInputError(f"--streams must be >= 1, got {args.streams}")
+    check_options(args, {"threads": 1, "streams": 1})
     documents = [(name, read_file_argument(name, "document")) for name in args.files]
     session = _open_session(args, max(1, min(args.streams, len(documents))))
     total = sum(len(data) for _, data in documents)
@@ -139,8 +135,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if not prompts:
         raise RuntimeInputError("no prompt given: add --prompt TEXT or --prompt-file PATH "
                                 "(each repeatable)")
-    if args.streams is not None and args.streams < 1:
-        raise RuntimeInputError(f"--streams must be >= 1, got {args.streams}")
+    check_options(args, {"threads": 1, "streams": 1})
     sampling = Sampling(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k,
                         top_p=args.top_p, seed=args.seed)
     streams = args.streams or min(len(prompts), 8)
