@@ -2,8 +2,8 @@
 
 `export_engine` writes the same graphs and manifest as `export.pipeline.export_model` but skips
 the 20-segment verification (minutes at the default size); the benchmark checks the engine
-against the eager model on its own inputs instead. `derive_engine` rewrites graphs (int8
-quantization, offline fusions) into a new directory with a consistent manifest, and
+against the eager model on its own inputs instead. `derive_engine` rewrites graphs (ONNX
+Runtime's offline fusions) into a new directory with a consistent manifest, and
 `TunedOrtBackend` opens an engine with any `onnxruntime.SessionOptions`.
 """
 
@@ -33,8 +33,8 @@ def export_engine(model, out_dir: Path) -> Path:
     return out_dir
 
 
-def derive_engine(src_dir: Path, out_dir: Path, transform: Callable[[Path, Path], None],
-                  precision: str | None = None) -> Path:
+def derive_engine(src_dir: Path, out_dir: Path,
+                  transform: Callable[[Path, Path], None]) -> Path:
     """Copy an engine dir, passing every graph through transform(src_graph, dst_graph), then
     storing the new graphs' weights once in out_dir's own weights file."""
     import json
@@ -49,18 +49,8 @@ def derive_engine(src_dir: Path, out_dir: Path, transform: Callable[[Path, Path]
                                          out_dir))
     for leftover in out_dir.glob("*.data"):  # a transform's own external data, now copied
         leftover.unlink()
-    if precision:
-        manifest["precision"] = precision
     write_manifest(out_dir, manifest)
     return out_dir
-
-
-def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantization of the MatMul weights (activations quantized per call)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul"])
 
 
 def ort_offline(level: str) -> Callable[[Path, Path], None]:
