@@ -13,6 +13,7 @@ import torch
 from compressive_rt.ct_reference.model import CompressiveTransformer
 from compressive_rt.export.tolerances import BITS_PER_BYTE_TOLERANCE, RELATIVE_TOLERANCE
 from compressive_rt.runtime.backends.base import Backend
+from compressive_rt.runtime.score import target_bits
 from compressive_rt.runtime.session import Session
 
 # Irregular chunk sizes exercise extend with many token counts and segment boundaries.
@@ -61,10 +62,7 @@ def eager_logits(model: CompressiveTransformer, tokens: np.ndarray) -> tuple[np.
 
 def bits_per_byte(logits: np.ndarray, tokens: np.ndarray) -> float:
     """Mean -log2 p(next token) of logits [n, V] over tokens [n] (n - 1 predictions)."""
-    shifted = logits[:-1] - logits[:-1].max(axis=-1, keepdims=True)
-    log_norm = np.log(np.exp(shifted.astype(np.float64)).sum(axis=-1))
-    picked = shifted[np.arange(len(tokens) - 1), tokens[1:]]
-    return float((log_norm - picked).mean() / np.log(2.0))
+    return target_bits(logits[:-1], tokens[1:]) / (len(tokens) - 1)
 
 
 def verify_engine(model: CompressiveTransformer, engine_dir: Path, segments: int = 20,
