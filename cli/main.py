@@ -16,7 +16,7 @@ from compressive_rt.errors import CtrtError
 
 COMMAND_MODULES = [
     "compressive_rt.cli.train", "compressive_rt.cli.import_checkpoint", "compressive_rt.cli.engine",
-    "compressive_rt.cli.run", "compressive_rt.cli.bench"]
+    "compressive_rt.cli.run", "compressive_rt.cli.serve", "compressive_rt.cli.bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -132,6 +132,13 @@ def read_snapshot(source: str | Path | bytes | bytearray | memoryview, manifest:
     return StreamSnapshot(state=arrays, position=meta["position"], last_logits=last_logits)
 
 
+def most_snapshot_bytes(manifest: Manifest, expected: Expected) -> int:
+    """The largest archive `read_snapshot` opens for this state (`expected` as there): a bound
+    for whoever receives snapshots (a server's upload limit)."""
+    vocab = manifest.config["vocab_size"]
+    return _most_bytes({**expected, LAST_LOGITS: ((vocab,), np.dtype(np.float32))})
+
+
 def _most_bytes(arrays_expected: Expected) -> int:
     """An upper bound on the size of a valid archive for this state (version 1's record, UTF-32,
     is the larger one)."""
