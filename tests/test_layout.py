@@ -1,8 +1,8 @@
 """The import graph runs one way and the wheel holds every package (DESIGN's layout table).
 
 ct_reference <- export <- cli/benchmarks, runtime <- export, serving; runtime and serving never
-import torch; compressive_rt.errors is the one module every layer may import. Read from the source with
-`ast`, so an import inside a function counts as much as one at the top of a file.
+import torch; compressive_rt.errors is the one module every layer may import. Read from the
+source with `ast`, so an import inside a function counts as much as one at the top of a file.
 """
 
 import ast
