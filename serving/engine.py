@@ -3,10 +3,10 @@ streams. The event loop hands it work through `submit` (a queue); it answers thr
 request's Ticket; store writes go to the store thread, whose answers come back through the
 same queue. It never waits on the loop or a disk.
 
-Each loop turn: take what the queue holds (blocking only when no engine work is left), admit
-waiting work in arrival order (spilling the least recently used idle stream when every slot is
-taken), run one generation step, then one chunk of every running append (so a long append
-never stalls decoding, and never holds more than [L, V] logits).
+Each loop turn: take what the queue holds, admit waiting work in arrival order (spilling the
+least recently used idle stream when every slot is taken), then, if anything runs, one
+generation step and one chunk of every running append (so a long append never stalls
+decoding, and never holds more than [L, V] logits); if nothing can run, wait for the queue.
 
 Persistent streams: a stream's requests run one at a time in arrival order; the next starts
 once the previous one is durable (its log record fsync'ed, then its answer sent) or failed. A
@@ -190,10 +190,13 @@ class Engine:
     def _run(self) -> None:
         try:
             while not (self._stopping and self._quiet()):
-                self._drain(block=not (self.driver.busy or self._appends))
-                if self._stopping:
+                self._drain(block=False)
+                if not self._stopping:
+                    self._admit()
+                if not (self.driver.busy or self._appends):
+                    # nothing can run until a request or a store answer comes: wait for it
+                    self._drain(block=True)
                     continue
-                self._admit()
                 if self.driver.busy:
                     self._step_generation()
                 if self._appends:

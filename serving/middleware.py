@@ -16,7 +16,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-PROTECTED_PREFIX = "/v1/"  # /health, /ready and /metrics stay open for probes and scrapers
+PROTECTED_PREFIX = "/v1/"
+DRAIN_FACTOR = 2  # /health, /ready and /metrics stay open for probes and scrapers
 
 
 async def send_error(send: Send, error: ApiError) -> None:
@@ -89,15 +90,22 @@ class LimitBody:
                 return await send_error(send, ApiError(400, "Content-Length is not a number"))
             if int(declared) > limit:
                 return await send_error(send, too_large(int(declared), limit))
-        body = bytearray()
+        body, size = bytearray(), 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            body += message.get("body", b"")
-            if len(body) > limit:
-                return await send_error(send, too_large(len(body), limit))
-            if not message.get("more_body", False):
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= limit:
+                body += chunk
+            ended = not message.get("more_body", False)
+            # A body over the limit is read on (discarded) up to twice the limit before the
+            # 413, so that a client that sends it all before reading gets the answer rather
+            # than a connection reset.
+            if size > limit and (ended or size > DRAIN_FACTOR * limit):
+                return await send_error(send, too_large(size, limit))
+            if ended:
                 break
         handed = False
 

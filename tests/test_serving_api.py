@@ -3,6 +3,7 @@ completions shape, persistent streams against an uninterrupted in-process stream
 OpenAI's shape, the API key, limits and metrics."""
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -121,6 +122,19 @@ def test_the_stop_sequence_ends_the_text_and_is_left_out_of_it(served):
                        json={**request, "stop": stop, "stream": True}) as response:
         chunks = sse_events(response.iter_lines())
     assert "".join(c["choices"][0]["text"] for c in chunks) == choice["text"]
+
+
+def test_requests_waiting_for_a_slot_start_as_soon_as_one_frees(served, engine_dir):
+    """One slot, three requests at once: each starts when the one before it finishes, though
+    nothing else arrives to wake the engine."""
+    client = served(streams=1)
+    prompts = [f"request {i}" for i in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda p: client.post("/v1/completions", json={
+            "prompt": p, "max_tokens": 10, "temperature": 0}), prompts, timeout=120))
+    for prompt, answer in zip(prompts, answers, strict=True):
+        assert answer.json()["choices"][0]["token_ids"] == \
+            list(greedy(engine_dir, prompt.encode(), 10))
 
 
 @pytest.mark.parametrize("body, param, message", [
