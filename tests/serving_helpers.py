@@ -89,8 +89,9 @@ class Server:
     /ready. Logs go to a file (read them with `log()`)."""
 
     def __init__(self, engine_dir: Path, store: Path, *args: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, ctrt: Path | None = None) -> None:
         self.engine_dir, self.store, self.args = engine_dir, store, list(args)
+        self.ctrt = ctrt or Path(sys.executable).parent / "ctrt"
         self.env = {**os.environ, **(env or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -98,10 +99,9 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 120.0) -> Server:
-        ctrt = Path(sys.executable).parent / "ctrt"
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
-                [str(ctrt), "serve", str(self.engine_dir), "--port", str(self.port),
+                [str(self.ctrt), "serve", str(self.engine_dir), "--port", str(self.port),
                  "--store", str(self.store), "--threads", "1", *self.args],
                 stdout=log_file, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout_s
