@@ -34,7 +34,8 @@ def test_both_contenders_generate_every_token_at_each_concurrency(smoke):
 def test_the_long_lived_stream_is_constant_and_resumes_exactly(smoke):
     rows = smoke[0]["long_lived"]
     assert len({row["state_bytes"] for row in rows}) == 1
-    assert len({row["snapshot_bytes"] for row in rows}) == 1
+    sizes = [row["snapshot_bytes"] for row in rows]
+    assert max(sizes) - min(sizes) <= 8  # only the digits of the position in its JSON record
     assert rows[1]["full_attention_kv_cache_bytes"] > rows[0]["full_attention_kv_cache_bytes"]
     assert all(row["resumed_logits_max_abs_diff"] == 0 for row in rows)
 
