@@ -111,6 +111,7 @@ class Engine:
         self._resident: set[StreamEntry] = set()  # streams holding a slot
         self._stopping = False
         self.ready = False
+        self.failed = False  # the engine thread died of a bug: every request gets a 503
         self._thread = threading.Thread(target=self._run, name="ctrt-engine", daemon=True)
 
     # ---- the event loop's side ---------------------------------------------------------
@@ -119,8 +120,11 @@ class Engine:
         self.ready = True
 
     def submit(self, ticket: Ticket, method: Callable[..., None], *args: Any) -> None:
-        """Run `method(ticket, *args)` on the engine thread; an ApiError it raises (or any
-        other error) becomes the ticket's Failed event."""
+        """Run `method(ticket, *args)` on the engine thread; an ApiError it raises becomes the
+        ticket's Failed event (as does everything once the engine thread has failed)."""
+        if self.failed:
+            ticket.post(Failed(server_error("the engine failed; see the server log", 503)))
+            return
         self._inbox.put(lambda: self._guarded(ticket, method, *args))
 
     def cancel(self, ticket: Ticket) -> None:
@@ -236,7 +240,8 @@ class Engine:
             self._spill_all()
         except Exception:  # a bug: answer everyone rather than hang them
             log.exception("the engine thread failed")
-            self.ready = False
+            self.ready, self.failed = False, True
+            self._drain(block=False)  # requests that came meanwhile are answered below too
             for ticket in list(self._work):
                 ticket.post(Failed(server_error("the engine failed; see the server log")))
 
