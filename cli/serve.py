@@ -98,7 +98,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from compressive_rt.serving.server import serve
     from compressive_rt.serving.settings import ServeSettings
 
-    check_options(args, {"threads": 1})
+    check_options(args, {"threads": 1, "port": 0, "streams": 1, "queue_size": 1,
+                         "max_body_bytes": 1, "max_prompt_bytes": 1, "max_tokens": 1,
+                         "snapshot_every": 1, "grace": 0}, positive=("request_timeout",))
+    if args.port > 65535:
+        raise CtrtError(f"--port must be in [0, 65535], got {args.port}")
     settings = ServeSettings(
         host=args.host, port=args.port, streams=args.streams,
         model_name=args.model_name or Path(args.engine_dir).resolve().name,
