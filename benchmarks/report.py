@@ -16,7 +16,7 @@ outside_engine_ms; decode rows add amortized_ms (= median_ms), step_ms, commit_t
   serving {prompt_bytes, new_tokens, sampling, keys, rows [{concurrency, generated_tokens,
            <key>: row + tokens_per_s, tokens_per_s_min, tokens_per_s_max, runtime_vs_cached}]},
   capacity {contender, max_streams [1, S], decode_step {"1": row, "S": row}, ratio},
-  scaling, xl_comparison, ort, quantization (extras),
+  scaling, xl_comparison, ort, quantization (extras; its cpu: runtime.cpu.CpuFeatures.to_dict),
   targets [{target, want ">= x", measured, spread (ratio or null), met, note}], total_seconds.
 """
 
@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from compressive_rt.runtime.cpu import CpuFeatures
 
 JSON_NAME = "bench.json"
 PLOT_NAME = "bench.png"
@@ -187,6 +189,7 @@ def table(results: dict) -> str:
             lines.append(f"  int8 dynamic quantization          segment {q['segment_b1_ms']:8.1f}"
                          f"  decode {q['decode_b1_ms']:7.2f}  bits/byte fp32 {bpb['fp32']:.4f} "
                          f"int8 {bpb['int8']:.4f} (delta {q['bpb_delta']:+.4f}) on {q['text']}")
+            lines.append(f"    int8 ISA: {CpuFeatures.from_dict(q['cpu']).describe()}")
     lines.append("")
     lines.append("targets:")
     for t in results["targets"]:
