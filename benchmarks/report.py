@@ -109,6 +109,17 @@ def _experiment_rows(results: dict) -> list[str]:
     return lines
 
 
+def quantization_rows(q: dict) -> list[str]:
+    """The int8 experiment's line and, beside it, the CPU features that chose its kernels."""
+    if "error" in q:
+        return [f"int8 dynamic quantization: error {q['error'][:200]}"]
+    bpb = q["bits_per_byte"]
+    return [f"  int8 dynamic quantization          segment {q['segment_b1_ms']:8.1f}"
+            f"  decode {q['decode_b1_ms']:7.2f}  bits/byte fp32 {bpb['fp32']:.4f} "
+            f"int8 {bpb['int8']:.4f} (delta {q['bpb_delta']:+.4f}) on {q['text']}",
+            f"    int8 ISA: {CpuFeatures.from_dict(q['cpu']).describe()}"]
+
+
 def table(results: dict) -> str:
     gemm = results["machine"]["gemm"]
     lines = [
@@ -180,16 +191,8 @@ def table(results: dict) -> str:
                              f"  max|dlogit| {row['check']['max_abs_logit_diff']:.1e}")
                 lines.append(f"  {name:<34} segment {row['segment_b1_ms']:8.1f}  decode "
                              f"{row['decode_b1_ms']:7.2f}{extra}")
-    q = results.get("quantization")
-    if q:
-        if "error" in q:
-            lines.append(f"int8 dynamic quantization: error {q['error'][:200]}")
-        else:
-            bpb = q["bits_per_byte"]
-            lines.append(f"  int8 dynamic quantization          segment {q['segment_b1_ms']:8.1f}"
-                         f"  decode {q['decode_b1_ms']:7.2f}  bits/byte fp32 {bpb['fp32']:.4f} "
-                         f"int8 {bpb['int8']:.4f} (delta {q['bpb_delta']:+.4f}) on {q['text']}")
-            lines.append(f"    int8 ISA: {CpuFeatures.from_dict(q['cpu']).describe()}")
+    if results.get("quantization"):
+        lines += quantization_rows(results["quantization"])
     lines.append("")
     lines.append("targets:")
     for t in results["targets"]:

@@ -160,3 +160,22 @@ def test_full_range_int8_weights_fail_verification_under_the_avx2_arithmetic(int
     check = verify_engine(model, avx2, precision="int8")
     assert not check.passed
     assert max(check.segment_max_abs_error, check.extend_max_abs_error) > check.tolerance
+
+
+def test_the_bench_int8_experiment_records_and_prints_the_cpu_features(int8_engine, tmp_path):
+    from compressive_rt.benchmarks.extras import quantization
+    from compressive_rt.benchmarks.report import quantization_rows
+    from compressive_rt.benchmarks.settings import SMOKE
+    from compressive_rt.runtime.cpu import cpu_features
+
+    model, fp32_dir, _, manifest = int8_engine
+    result = quantization(fp32_dir, 1, model.config, tmp_path, SMOKE)
+    assert "error" not in result, result.get("error")
+    assert result["cpu"] == manifest["verification"]["cpu"] == cpu_features().to_dict()
+    assert result["quantization"] == {key: manifest["quantization"][key]
+                                      for key in ("weight_type", "reduce_range", "per_channel")}
+    assert result["segment_b1_ms"] > 0 and result["decode_b1_ms"] > 0
+    assert abs(result["bpb_delta"]) <= 2e-2
+    figures, isa = quantization_rows(result)
+    assert "int8 dynamic quantization" in figures and f"delta {result['bpb_delta']:+.4f}" in figures
+    assert isa == f"    int8 ISA: {cpu_features().describe()}"
