@@ -12,9 +12,12 @@ outside_engine_ms; decode rows add amortized_ms (= median_ms), step_ms, commit_t
              compile_seconds?, error?}},
   ratios {"<workload> b<batch>: <fast> vs <other>": ratio}  (speed-up: other's time / fast's),
   loop_overhead {"<workload> b<batch>": {step_ms, outside_engine_ms, fraction}},
+  scheduler_overhead {contender, requests, top_k, steps, step_ms, outside_engine_ms, fraction,
+                      fraction_quartiles},
   lucidrains {arguments, config, check, contenders, ratios}  (the same shapes as above),
-  serving {prompt_bytes, new_tokens, sampling, keys, rows [{concurrency, generated_tokens,
-           <key>: row + tokens_per_s, tokens_per_s_min, tokens_per_s_max, runtime_vs_cached}]},
+  serving {prompt_bytes, new_tokens, sampling, keys (runtime, runtime_top40, cached), rows
+           [{concurrency, generated_tokens, <key>: row + tokens_per_s, tokens_per_s_min,
+             tokens_per_s_max, runtime_vs_cached}]},
   capacity {contender, max_streams [1, S], decode_step {"1": row, "S": row}, ratio},
   scaling, xl_comparison, ort, quantization (extras; its cpu: runtime.cpu.CpuFeatures.to_dict),
   targets [{target, want ">= x", measured, spread (ratio or null), met, note}], total_seconds.
@@ -31,7 +34,8 @@ JSON_NAME = "bench.json"
 PLOT_NAME = "bench.png"
 COLORS = {"eager": "tab:blue", "eager+compile": "tab:orange", "eager cached": "tab:green",
           "runtime (ORT)": "tab:red", "compressive-transformer-pytorch": "tab:purple"}
-SERVING_NAMES = {"runtime": "runtime (ORT)", "cached": "eager cached"}
+SERVING_NAMES = {"runtime": "runtime (ORT)", "runtime_top40": "runtime (ORT) top-k 40",
+                 "cached": "eager cached"}
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -154,6 +158,14 @@ def table(results: dict) -> str:
         for name, row in results["loop_overhead"].items():
             lines.append(f"  {name:<12} step {row['step_ms']:.2f} ms, outside "
                          f"{row['outside_engine_ms']:.3f} ms ({100 * row['fraction']:.2f}%)")
+    scheduler = results.get("scheduler_overhead")
+    if scheduler:
+        low, high = scheduler["fraction_quartiles"]
+        lines.append(f"  Scheduler.step, {scheduler['requests']} requests top-k "
+                     f"{scheduler['top_k']}: step {scheduler['step_ms']:.2f} ms, outside "
+                     f"{scheduler['outside_engine_ms']:.3f} ms ({100 * scheduler['fraction']:.2f}%"
+                     f" of {scheduler['steps']} steps; quartiles {100 * low:.2f}-"
+                     f"{100 * high:.2f}%)")
     if results.get("scaling"):
         lines.append("")
         lines.append("scaling (N={} layers; batch 1 unless noted; ms):".format(
