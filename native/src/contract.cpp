@@ -1,5 +1,7 @@
 #include "ctrt/contract.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include "ctrt/error.hpp"
 
 namespace ctrt {

@@ -7,6 +7,8 @@
 
 #include <cstring>
 
+#include <nlohmann/json.hpp>
+
 #include "ctrt/error.hpp"
 #include "engine_impl.hpp"
 
@@ -185,7 +187,7 @@ std::shared_ptr<Engine> Engine::open(const std::string& engine_dir, const Engine
   engine->impl_ = std::make_unique<Impl>();
   Impl& impl = *engine->impl_;
   const Manifest& m = engine->manifest_;
-  const auto& tensors = m.data.at("weights").value("tensors", nlohmann::json::object());
+  const auto& tensors = m.data().at("weights").value("tensors", nlohmann::json::object());
   if (!tensors.empty()) {
     impl.weights = std::make_unique<FileMapping>(m.weights_path());
     auto* base = static_cast<uint8_t*>(impl.weights->data);
@@ -206,7 +208,7 @@ std::shared_ptr<Engine> Engine::open(const std::string& engine_dir, const Engine
     try {
       Ort::SessionOptions session_opts = session_options(m, options, entry);
       if (options.provider != "cpu") append_gpu_provider(session_opts, m, options, entry);
-      const auto& shared = m.data.at("entry_points").at(entry_name(entry))
+      const auto& shared = m.data().at("entry_points").at(entry_name(entry))
                                .value("initializers", nlohmann::json::object());
       for (const auto& [name, key] : shared.items()) {
         session_opts.AddInitializer(name.c_str(), impl.shared_weights.at(key.get<std::string>()));

@@ -9,6 +9,8 @@
 #include <sstream>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "ctrt/error.hpp"
 
 namespace fs = std::filesystem;
@@ -101,15 +103,17 @@ std::string sha256_file(const std::string& path) {
   return out;
 }
 
+const nlohmann::json& Manifest::config() const { return data().at("config"); }
+
 std::string Manifest::graph_path(const std::string& entry) const {
-  return join(engine_dir, data.at("entry_points").at(entry).at("file").get<std::string>());
+  return join(engine_dir, data().at("entry_points").at(entry).at("file").get<std::string>());
 }
 
 std::string Manifest::weights_path() const {
-  return join(engine_dir, data.at("weights").at("file").get<std::string>());
+  return join(engine_dir, data().at("weights").at("file").get<std::string>());
 }
 
-std::string Manifest::precision() const { return data.value("precision", std::string("fp32")); }
+std::string Manifest::precision() const { return data().value("precision", std::string("fp32")); }
 
 Manifest load_manifest(const std::string& engine_dir, bool verify_hashes) {
   const std::string path = join(engine_dir, kManifestName);
@@ -173,7 +177,7 @@ Manifest load_manifest(const std::string& engine_dir, bool verify_hashes) {
     throw EngineError(path + " lists no weights file: re-export the checkpoint");
   }
   check_weights(engine_dir, data["weights"], path, verify_hashes);
-  return Manifest{engine_dir, std::move(data), dims, std::move(contract)};
+  return Manifest{engine_dir, std::make_shared<const nlohmann::json>(std::move(data)), dims, std::move(contract)};
 }
 
 }  // namespace ctrt

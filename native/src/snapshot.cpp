@@ -12,6 +12,8 @@
 #include <memory>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
 #include "ctrt/error.hpp"
 #include "npy.hpp"
 
@@ -99,7 +101,7 @@ std::string short_identity(const nlohmann::json& identity) {
 }  // namespace
 
 nlohmann::json engine_identity(const Manifest& manifest) {
-  const auto& data = manifest.data;
+  const auto& data = manifest.data();
   nlohmann::json checkpoint = data.value("checkpoint", nlohmann::json::object());
   if (!checkpoint.is_object()) checkpoint = nlohmann::json::object();
   nlohmann::json graphs = nlohmann::json::object();

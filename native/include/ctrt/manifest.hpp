@@ -3,9 +3,10 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <string>
 
-#include <nlohmann/json.hpp>
+#include <nlohmann/json_fwd.hpp>
 
 #include "ctrt/contract.hpp"
 
@@ -15,11 +16,12 @@ constexpr int kManifestFormatVersion = 2;  // contract v2, batch-first, no per-r
 
 struct Manifest {
   std::string engine_dir;
-  nlohmann::json data;
+  std::shared_ptr<const nlohmann::json> document;  // manifest.json as read
   Dims dims;
   std::map<std::string, EntryPoint> contract;
 
-  const nlohmann::json& config() const { return data.at("config"); }
+  const nlohmann::json& data() const { return *document; }
+  const nlohmann::json& config() const;
   std::string graph_path(const std::string& entry) const;
   std::string weights_path() const;
   std::string precision() const;  // "fp32" unless the manifest says otherwise
