@@ -12,6 +12,7 @@ outside_engine_ms; decode rows add amortized_ms (= median_ms), step_ms, commit_t
              compile_seconds?, error?}},
   ratios {"<workload> b<batch>: <fast> vs <other>": ratio}  (speed-up: other's time / fast's),
   loop_overhead {"<workload> b<batch>": {step_ms, outside_engine_ms, fraction}},
+  native_loop_overhead (the same, measured inside the native loop), skipped {key: why},
   lucidrains {arguments, config, check, contenders, ratios}  (the same shapes as above),
   serving {prompt_bytes, new_tokens, sampling, keys, rows [{concurrency, generated_tokens,
            <key>: row + tokens_per_s, tokens_per_s_min, tokens_per_s_max, runtime_vs_cached}]},
@@ -28,7 +29,8 @@ from pathlib import Path
 JSON_NAME = "bench.json"
 PLOT_NAME = "bench.png"
 COLORS = {"eager": "tab:blue", "eager+compile": "tab:orange", "eager cached": "tab:green",
-          "runtime (ORT)": "tab:red", "compressive-transformer-pytorch": "tab:purple"}
+          "runtime (ORT)": "tab:red", "compressive-transformer-pytorch": "tab:purple",
+          "native (C++)": "tab:brown"}
 SERVING_NAMES = {"runtime": "runtime (ORT)", "cached": "eager cached"}
 
 
@@ -135,12 +137,16 @@ def table(results: dict) -> str:
         from compressive_rt.benchmarks.memory import format_report
 
         lines += ["", format_report(results["memory"], results["memory"]["parameter_mib"])]
-    if results.get("loop_overhead"):
-        lines.append("")
-        lines.append("runtime loop overhead (time outside engine calls per step):")
-        for name, row in results["loop_overhead"].items():
-            lines.append(f"  {name:<12} step {row['step_ms']:.2f} ms, outside "
-                         f"{row['outside_engine_ms']:.3f} ms ({100 * row['fraction']:.2f}%)")
+    for key, title in (("loop_overhead", "runtime loop overhead"),
+                       ("native_loop_overhead", "native loop overhead, inside the C++ loop")):
+        if results.get(key):
+            lines.append("")
+            lines.append(f"{title} (time outside engine calls per step):")
+            for name, row in results[key].items():
+                lines.append(f"  {name:<12} step {row['step_ms']:.2f} ms, outside "
+                             f"{row['outside_engine_ms']:.3f} ms ({100 * row['fraction']:.2f}%)")
+    for key, why in results.get("skipped", {}).items():
+        lines.append(f"{key} skipped: {why}")
     if results.get("scaling"):
         lines.append("")
         lines.append("scaling (N={} layers; batch 1 unless noted; ms):".format(

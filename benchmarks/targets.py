@@ -64,4 +64,8 @@ def evaluate_targets(results: dict) -> list[dict]:
                            1.3, capacity["median"] if capacity else None, capacity))
     overhead = _get(results, "loop_overhead", "decode b1", "fraction")
     targets.append(_target("loop overhead decode b1 (fraction of step)", "<", 0.03, overhead))
+    for batch in ("1", "8"):
+        native = _get(results, "native_loop_overhead", f"decode b{batch}", "fraction")
+        targets.append(_target(f"native loop overhead decode b{batch} (fraction of step)", "<",
+                               0.01, native, note="measured inside the C++ loop around Run"))
     return targets

@@ -49,7 +49,7 @@ def test_smoke_benchmark_writes_json_and_png(smoke):
 
 def test_every_contender_reports_positive_latencies(smoke):
     results, _ = smoke
-    assert set(results["contenders"]) == set(MAIN_CONTENDERS)
+    assert set(results["contenders"]) == set(MAIN_CONTENDERS) - set(results.get("skipped", {}))
     for key, res in results["contenders"].items():
         if key == "compile" and "error" in res:
             continue  # torch.compile may fail on a machine without a compiler; reported as text
