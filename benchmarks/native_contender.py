@@ -12,8 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
+from compressive_rt.benchmarks.contenders import SessionContender
 from compressive_rt.benchmarks.settings import BenchError
 from compressive_rt.errors import BackendUnavailable
 
@@ -22,10 +21,10 @@ class ContenderUnavailable(BenchError):
     """A contender that cannot run on this machine (here: the native library is not built)."""
 
 
-class NativeContender:
+class NativeContender(SessionContender):
+    """SessionContender's workloads on native sessions, one per batch size."""
+
     name = "native (C++)"
-    decode_kind = "cached"
-    compiles = False
 
     def __init__(self, engine_dir: Path, threads: int) -> None:
         from compressive_rt.benchmarks.native_runtime import NativeSession, load_library
@@ -35,7 +34,7 @@ class NativeContender:
         except BackendUnavailable as exc:
             raise ContenderUnavailable(str(exc)) from None
         self.engine_dir, self.threads, self._open = engine_dir, threads, NativeSession
-        self.sessions: dict[int, NativeSession] = {}
+        self.sessions: dict = {}
         self.streams: list[int] = []
         started = time.perf_counter()
         self.session = self._session(1)
@@ -57,26 +56,3 @@ class NativeContender:
     @property
     def outside_seconds(self) -> float:
         return self._timing("feed_seconds") - self.engine_seconds
-
-    def fill(self, batch: int, tokens: np.ndarray) -> None:
-        for stream in self.session.streams:
-            self.session.remove_stream(stream)
-        self.session = self._session(batch)
-        self.streams = [self.session.add_stream() for _ in range(batch)]
-        self.advance(tokens)
-
-    def segment(self, tokens: np.ndarray) -> None:
-        self.session.feed({s: tokens[i] for i, s in enumerate(self.streams)})
-
-    def first_segment(self, tokens: np.ndarray) -> None:
-        for stream in self.streams:
-            self.session.reset_stream(stream)
-        self.segment(tokens)
-
-    def decode(self, tokens: np.ndarray) -> None:
-        """One token per stream (tokens [B])."""
-        self.advance(tokens[:, None])
-
-    def advance(self, tokens: np.ndarray) -> None:
-        """tokens [B, T] per stream in one feed, without copying logits out."""
-        self.session.feed({s: tokens[i] for i, s in enumerate(self.streams)}, want_logits=False)
