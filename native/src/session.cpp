@@ -107,6 +107,20 @@ Session::Session(std::shared_ptr<const Engine> engine, int max_streams)
     const auto shape = spec.concrete_shape(max_streams, d.seg_len);
     scratch_[spec.name] = std::make_unique<Buffer>(spec.dtype, product(shape, 1) * dtype_size(spec.dtype), max_streams);
   }
+  for (int j = 0; j < 3; ++j) {
+    const auto& shape = specs_.at(kPartialState[j]).shape;  // [B, ..., L, w]
+    row_writes_.push_back({partial_.at(kPartialState[j]).get(), scratch_.at(kNewRows[j]).get(),
+                           product(shape, 1, shape.size() - 2), static_cast<size_t>(shape.back())});
+  }
+  for (size_t i = 0; i < memory_names_.size(); ++i) {
+    all_memory_.push_back(static_cast<int>(i));
+    if (memory_names_[i] == "usage") usage_only_.push_back(static_cast<int>(i));
+  }
+  tokens_in_ = reinterpret_cast<int32_t*>(scratch_.at("tokens")->data);
+  logits_out_ = reinterpret_cast<const float*>(scratch_.at("logits")->data);
+  planned_.reserve(static_cast<size_t>(max_streams));
+  call_streams_.reserve(static_cast<size_t>(max_streams));
+  feed_index_.reserve(static_cast<size_t>(max_streams));
   seg_len_.assign(static_cast<size_t>(max_streams), 0);
   last_logits_rows_.assign(static_cast<size_t>(max_streams * d.vocab_size), 0.0f);
   run_state_ = std::make_unique<RunState>();
@@ -261,13 +275,14 @@ void Session::feed(const std::vector<StreamTokens>& feed, std::vector<size_t>* c
 
 void Session::feed_unguarded(const std::vector<StreamTokens>& feed, std::vector<size_t>* consumed) {
   const auto started = Clock::now();
-  std::set<int64_t> seen;
-  for (const auto& item : feed) {
-    row_of(item.stream);
-    if (!seen.insert(item.stream).second) {
-      throw InputError("stream " + std::to_string(item.stream) + " appears twice in one feed");
+  for (size_t i = 0; i < feed.size(); ++i) {
+    row_of(feed[i].stream);
+    for (size_t j = 0; j < i; ++j) {  // feeds hold a few streams: no set to allocate
+      if (feed[j].stream == feed[i].stream) {
+        throw InputError("stream " + std::to_string(feed[i].stream) + " appears twice in one feed");
+      }
     }
-    check_tokens(item);
+    check_tokens(feed[i]);
   }
   std::vector<size_t> done(feed.size(), 0);
   try {
@@ -290,82 +305,86 @@ void Session::feed_unguarded(const std::vector<StreamTokens>& feed, std::vector<
   timing_.feed_seconds += seconds_since(started);
 }
 
+size_t Session::feed_index(int64_t stream) const {
+  for (const auto& [id, index] : feed_index_)
+    if (id == stream) return index;
+  throw Error(CTRT_INTERNAL_ERROR, "stream " + std::to_string(stream) + " is not in this feed");
+}
+
 void Session::run_planned(const std::vector<StreamTokens>& feed, std::vector<size_t>& done) {
   const int64_t seg_len = dims().seg_len;
-  const size_t vocab = static_cast<size_t>(dims().vocab_size);
-  std::vector<FeedStream> planned;
-  std::unordered_map<int64_t, size_t> index;  // stream -> its place in the feed
+  planned_.clear();
+  feed_index_.clear();
   for (size_t i = 0; i < feed.size(); ++i) {
     if (!feed[i].count) continue;
-    planned.push_back({feed[i].stream, seg_len_[static_cast<size_t>(rows_.at(feed[i].stream))],
-                       static_cast<int64_t>(feed[i].count)});
-    index[feed[i].stream] = i;
+    planned_.push_back({feed[i].stream, seg_len_[static_cast<size_t>(rows_.at(feed[i].stream))],
+                        static_cast<int64_t>(feed[i].count)});
+    feed_index_.emplace_back(feed[i].stream, i);
   }
-  if (planned.empty()) return;
+  if (planned_.empty()) return;
+  // The decoding path: streams with the same token count that all fit in their partial
+  // segments, while no stream waits for a commit, are one extend call (what plan_feed plans for
+  // them), made without the planner's allocations.
+  const int64_t pending = planned_[0].pending;
+  bool one_extend = std::none_of(seg_len_.begin(), seg_len_.begin() + static_cast<std::ptrdiff_t>(row_streams_.size()),
+                                 [&](int32_t fill) { return fill == seg_len; });
+  call_streams_.clear();
+  for (const FeedStream& s : planned_) {
+    one_extend = one_extend && s.pending == pending && s.fill + pending < seg_len;
+    call_streams_.push_back(s.stream);
+  }
+  if (one_extend) {
+    run_tokens(Entry::extend, call_streams_, pending, feed, done);
+    return;
+  }
   std::vector<int64_t> other_full;
-  for (size_t row = 0; row < row_streams_.size(); ++row)
-    if (seg_len_[row] == seg_len && !index.count(row_streams_[row])) other_full.push_back(row_streams_[row]);
+  for (size_t row = 0; row < row_streams_.size(); ++row) {
+    const int64_t stream = row_streams_[row];
+    const bool in_feed = std::any_of(feed_index_.begin(), feed_index_.end(),
+                                     [&](const auto& entry) { return entry.first == stream; });
+    if (seg_len_[row] == seg_len && !in_feed) other_full.push_back(stream);
+  }
+  for (const PlannedCall& call : plan_feed(planned_, other_full, seg_len)) {
+    if (call.entry == Entry::commit) commit(call.streams);
+    else run_tokens(call.entry, call.streams, call.tokens, feed, done);
+  }
+}
 
-  auto* tokens_in = reinterpret_cast<int32_t*>(scratch_.at("tokens")->data);
-  const auto* logits = reinterpret_cast<const float*>(scratch_.at("logits")->data);
-  std::vector<int> all_memory(memory_names_.size());
-  for (size_t i = 0; i < all_memory.size(); ++i) all_memory[i] = static_cast<int>(i);
-  const int usage = static_cast<int>(std::find(memory_names_.begin(), memory_names_.end(), "usage") -
-                                     memory_names_.begin());
-
-  for (const PlannedCall& call : plan_feed(planned, other_full, seg_len)) {
-    if (call.entry == Entry::commit) {
-      commit(call.streams);
-      continue;
+// One segment or extend call of `count` tokens per stream, packed in rows [0, r); then the
+// bookkeeping that makes its tokens consumed.
+void Session::run_tokens(Entry entry, const std::vector<int64_t>& streams, int64_t count,
+                         const std::vector<StreamTokens>& feed, std::vector<size_t>& done) {
+  const size_t vocab = static_cast<size_t>(dims().vocab_size), tokens = static_cast<size_t>(count);
+  const int batch = to_front(streams);
+  for (int64_t s : streams) {
+    const size_t i = feed_index(s);
+    std::memcpy(tokens_in_ + static_cast<size_t>(rows_.at(s)) * tokens, feed[i].tokens + done[i],
+                tokens * sizeof(int32_t));
+  }
+  if (entry == Entry::segment) {
+    run_call(Entry::segment, batch, count);
+    flip(all_memory_, batch);
+  } else {
+    std::memcpy(seg_len_input_->data, seg_len_.data(), static_cast<size_t>(batch) * sizeof(int32_t));
+    run_call(Entry::extend, batch, count);
+    if (dims().most_used) flip(usage_only_, batch);
+    write_new_rows(batch, count);
+    for (int row = 0; row < batch; ++row) seg_len_[static_cast<size_t>(row)] += static_cast<int32_t>(count);
+  }
+  // The call's effect is in the state: its tokens count as consumed from here on.
+  for (int row = 0; row < batch; ++row) {
+    std::memcpy(&last_logits_rows_[static_cast<size_t>(row) * vocab],
+                logits_out_ + (static_cast<size_t>(row) * tokens + tokens - 1) * vocab, vocab * sizeof(float));
+  }
+  for (int64_t s : streams) {
+    const size_t i = feed_index(s);
+    if (feed[i].logits) {
+      std::memcpy(feed[i].logits + done[i] * vocab, logits_out_ + static_cast<size_t>(rows_.at(s)) * tokens * vocab,
+                  tokens * vocab * sizeof(float));
     }
-    const int batch = to_front(call.streams);
-    const int64_t count = call.tokens;
-    for (int64_t s : call.streams) {
-      const StreamTokens& item = feed[index.at(s)];
-      std::memcpy(tokens_in + rows_.at(s) * count, item.tokens + done[index.at(s)],
-                  static_cast<size_t>(count) * sizeof(int32_t));
-    }
-    if (call.entry == Entry::segment) {
-      run_call(Entry::segment, batch, count);
-      flip(all_memory, batch);
-    } else {
-      std::memcpy(seg_len_input_->data, seg_len_.data(), static_cast<size_t>(batch) * sizeof(int32_t));
-      run_call(Entry::extend, batch, count);
-      if (dims().most_used) flip({usage}, batch);
-      for (int j = 0; j < 3; ++j) {  // the T new rows of h, k, v at each row's offset seg_len
-        const Buffer& partial = *partial_.at(kPartialState[j]);
-        const Buffer& fresh = *scratch_.at(kNewRows[j]);
-        const auto& shape = specs_.at(kPartialState[j]).shape;  // [B, ..., L, w]
-        const size_t outer = product(shape, 1, shape.size() - 2), width = static_cast<size_t>(shape.back());
-        const size_t span = static_cast<size_t>(count) * width * sizeof(float);
-        for (int row = 0; row < batch; ++row) {
-          const size_t offset = static_cast<size_t>(seg_len_[static_cast<size_t>(row)]);
-          for (size_t o = 0; o < outer; ++o) {
-            std::memcpy(partial.row(row) + (o * static_cast<size_t>(seg_len) + offset) * width * sizeof(float),
-                        fresh.data + ((static_cast<size_t>(row) * outer + o) * static_cast<size_t>(count)) * width * sizeof(float),
-                        span);
-          }
-        }
-      }
-      for (int row = 0; row < batch; ++row) seg_len_[static_cast<size_t>(row)] += static_cast<int32_t>(count);
-    }
-    // The call's effect is in the state: its tokens count as consumed from here on.
-    for (int row = 0; row < batch; ++row) {
-      std::memcpy(&last_logits_rows_[static_cast<size_t>(row) * vocab],
-                  logits + (static_cast<size_t>(row) * static_cast<size_t>(count) + static_cast<size_t>(count) - 1) * vocab,
-                  vocab * sizeof(float));
-    }
-    for (int64_t s : call.streams) {
-      const size_t i = index.at(s);
-      if (feed[i].logits) {
-        std::memcpy(feed[i].logits + done[i] * vocab,
-                    logits + static_cast<size_t>(rows_.at(s)) * static_cast<size_t>(count) * vocab,
-                    static_cast<size_t>(count) * vocab * sizeof(float));
-      }
-      done[i] += static_cast<size_t>(count);
-      positions_[s] += count;
-      fed_.insert(s);
-    }
+    done[i] += tokens;
+    positions_[s] += count;
+    fed_.insert(s);
   }
 }
 
@@ -430,6 +449,33 @@ void Session::run_call(Entry entry, int batch, int64_t tokens) {
   if (terminate) options.UnsetTerminate();
 }
 
+// extend's T new rows of h, k, v into the partial segment at each row's offset seg_len:
+// dst[row, o, offset:offset+T, :] = src[row, o, :T, :] for every outer index o (layer, head).
+// The destination rows are cold after a call (the engine streamed the weights through the
+// caches), so every line is prefetched first and the misses overlap instead of queueing one
+// small copy at a time.
+void Session::write_new_rows(int batch, int64_t count) {
+  const size_t seg_len = static_cast<size_t>(dims().seg_len), tokens = static_cast<size_t>(count);
+  for (int pass = 0; pass < 2; ++pass) {
+    for (const RowWrite& write : row_writes_) {
+      const size_t span = tokens * write.width * sizeof(float);
+      for (int row = 0; row < batch; ++row) {
+        const size_t offset = static_cast<size_t>(seg_len_[static_cast<size_t>(row)]);
+        for (size_t o = 0; o < write.outer; ++o) {
+          uint8_t* dst = write.partial->row(row) + (o * seg_len + offset) * write.width * sizeof(float);
+          const uint8_t* src =
+              write.fresh->data + ((static_cast<size_t>(row) * write.outer + o) * tokens) * write.width * sizeof(float);
+          if (pass == 0) {
+            for (size_t line = 0; line < span; line += 64) __builtin_prefetch(dst + line, 1);
+          } else {
+            std::memcpy(dst, src, span);
+          }
+        }
+      }
+    }
+  }
+}
+
 // The call on rows [0, batch) succeeded: its written bank becomes current; rows [batch, k)
 // that sat out are copied into it (one block copy per tensor).
 void Session::flip(const std::vector<int>& memory_indices, int batch) {
@@ -448,9 +494,7 @@ void Session::flip(const std::vector<int>& memory_indices, int batch) {
 void Session::commit(const std::vector<int64_t>& streams) {
   const int batch = to_front(streams);
   run_call(Entry::commit, batch, 0);
-  std::vector<int> all_memory(memory_names_.size());
-  for (size_t i = 0; i < all_memory.size(); ++i) all_memory[i] = static_cast<int>(i);
-  flip(all_memory, batch);
+  flip(all_memory_, batch);
   std::fill(seg_len_.begin(), seg_len_.begin() + batch, 0);
 }
 

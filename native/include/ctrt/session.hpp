@@ -102,9 +102,13 @@ class Session {
   int to_front(const std::vector<int64_t>& streams);
   void check_tokens(const StreamTokens& item) const;
   void run_planned(const std::vector<StreamTokens>& feed, std::vector<size_t>& done);
+  void run_tokens(Entry entry, const std::vector<int64_t>& streams, int64_t count,
+                  const std::vector<StreamTokens>& feed, std::vector<size_t>& done);
+  size_t feed_index(int64_t stream) const;
   void run_call(Entry entry, int batch, int64_t tokens);
   Binding& binding(Entry entry, int batch, int64_t tokens);
   void flip(const std::vector<int>& memory_indices, int batch);
+  void write_new_rows(int batch, int64_t count);
   void commit(const std::vector<int64_t>& streams);
   int64_t add_stream_unguarded();
   void feed_unguarded(const std::vector<StreamTokens>& feed, std::vector<size_t>* consumed);
@@ -121,6 +125,19 @@ class Session {
   std::map<std::string, std::unique_ptr<Buffer>> partial_;   // seg_h, seg_k, seg_v
   std::map<std::string, std::unique_ptr<Buffer>> scratch_;   // tokens, logits, new_h/k/v: [max, L, ...]
   std::map<std::string, std::unique_ptr<Buffer>> row_swap_;  // one row per state tensor
+  struct RowWrite {  // extend's new rows of one partial-state tensor
+    const Buffer* partial;
+    const Buffer* fresh;
+    size_t outer, width;  // [B, outer..., L or T, width]
+  };
+  std::vector<RowWrite> row_writes_;
+  // per-feed scratch, allocated once: the decoding path allocates nothing
+  std::vector<int> all_memory_, usage_only_;          // indices into memory_names_
+  int32_t* tokens_in_ = nullptr;                      // scratch "tokens" [rows, T]
+  const float* logits_out_ = nullptr;                 // scratch "logits" [rows, T, V]
+  std::vector<FeedStream> planned_;
+  std::vector<std::pair<int64_t, size_t>> feed_index_;  // stream -> its place in the feed
+  std::vector<int64_t> call_streams_;
   std::unique_ptr<Buffer> seg_len_input_;                    // extend's seg_len [max_streams]
   std::vector<int32_t> seg_len_;                             // host copy of the partial lengths
   std::vector<float> last_logits_rows_;                      // [max_streams, V]
