@@ -127,6 +127,21 @@ def _sampling(greedy: bool, temperature: float, top_k: int, top_p: float,
     return _Sampling(int(greedy), temperature, top_k, top_p, (seed or 0) % 2**64)
 
 
+def sample(logits: np.ndarray, n: int, *, greedy: bool = False, temperature: float = 1.0,
+           top_k: int = 0, top_p: float = 1.0, seed: int | None = 0,
+           library: str | Path | None = None) -> int:
+    """The token for logits [V] and a request's n-th uniform (Sampling version 2)."""
+    lib = load_library(library)
+    array = np.ascontiguousarray(logits, dtype=np.float32)
+    token = ctypes.c_int32()
+    sampling = _sampling(greedy, temperature, top_k, top_p, seed)
+    status = lib.ctrt_sample(array.ctypes.data, array.size, ctypes.byref(sampling), n,
+                             ctypes.byref(token))
+    if status != CTRT_OK:
+        raise RuntimeInputError(lib.ctrt_last_error().decode(errors="replace"))
+    return token.value
+
+
 class NativeSession:
     """One native ctrt::Session on an engine directory (see the module docstring)."""
 
@@ -226,7 +241,7 @@ class NativeSession:
             (_P * count)(*(logits[s].ctypes.data for s in streams)) if want_logits else None,
             consumed)
         self._check(status, {s: consumed[i] for i, s in enumerate(streams) if len(arrays[i])})
-        return logits
+        return {s: rows for s, rows in logits.items() if len(rows)}  # as Session: fed streams
 
     def last_logits(self, stream: int) -> np.ndarray:
         """A copy of the logits [V] after the stream's last token."""
@@ -271,7 +286,7 @@ class NativeSession:
                                                 ctypes.byref(restored)))
         return restored.value
 
-    # ---- generation, sampling ---------------------------------------------------------------
+    # ---- generation ------------------------------------------------------------------------
     def generate(self, stream: int, prompt: bytes | Iterable[int], max_new_tokens: int, *,
                  greedy: bool = False, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int | None = 0, stop: Iterable[bytes] = ()
@@ -288,20 +303,6 @@ class NativeSession:
             ctypes.byref(sampling), (ctypes.c_char_p * len(stops))(*stops) if stops else None,
             len(stops), out.ctypes.data, ctypes.byref(generated)))
         return out[:generated.value].tolist()
-
-    def sample(self, logits: np.ndarray, n: int, *, greedy: bool = False,
-               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-               seed: int | None = 0) -> int:
-        """The token for logits [V] and a request's n-th uniform (Sampling version 2)."""
-        array = np.ascontiguousarray(logits, dtype=np.float32)
-        token = ctypes.c_int32()
-        sampling = _sampling(greedy, temperature, top_k, top_p, seed)
-        self._check(self.lib.ctrt_sample(array.ctypes.data, array.size, ctypes.byref(sampling),
-                                         n, ctypes.byref(token)))
-        return token.value
-
-    def uniform(self, seed: int, n: int) -> float:
-        return self.lib.ctrt_uniform(seed % 2**64, n)
 
     # ---- measurement and tests ---------------------------------------------------------------
     def timing(self) -> dict[str, float]:

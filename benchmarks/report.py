@@ -13,9 +13,12 @@ outside_engine_ms; decode rows add amortized_ms (= median_ms), step_ms, commit_t
   ratios {"<workload> b<batch>: <fast> vs <other>": ratio}  (speed-up: other's time / fast's),
   loop_overhead {"<workload> b<batch>": {step_ms, outside_engine_ms, fraction}},
   native_loop_overhead (the same, measured inside the native loop), skipped {key: why},
+  scheduler_overhead {contender, requests, top_k, steps, step_ms, outside_engine_ms, fraction,
+                      fraction_quartiles},
   lucidrains {arguments, config, check, contenders, ratios}  (the same shapes as above),
-  serving {prompt_bytes, new_tokens, sampling, keys, rows [{concurrency, generated_tokens,
-           <key>: row + tokens_per_s, tokens_per_s_min, tokens_per_s_max, runtime_vs_cached}]},
+  serving {prompt_bytes, new_tokens, sampling, keys (runtime, runtime_top40, cached), rows
+           [{concurrency, generated_tokens, <key>: row + tokens_per_s, tokens_per_s_min,
+             tokens_per_s_max, runtime_vs_cached}]},
   capacity {contender, max_streams [1, S], decode_step {"1": row, "S": row}, ratio},
   scaling, xl_comparison, ort, quantization (extras),
   targets [{target, want ">= x", measured, spread (ratio or null), met, note}], total_seconds.
@@ -31,7 +34,8 @@ PLOT_NAME = "bench.png"
 COLORS = {"eager": "tab:blue", "eager+compile": "tab:orange", "eager cached": "tab:green",
           "runtime (ORT)": "tab:red", "compressive-transformer-pytorch": "tab:purple",
           "native (C++)": "tab:brown"}
-SERVING_NAMES = {"runtime": "runtime (ORT)", "cached": "eager cached"}
+SERVING_NAMES = {"runtime": "runtime (ORT)", "runtime_top40": "runtime (ORT) top-k 40",
+                 "cached": "eager cached"}
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -137,14 +141,27 @@ def table(results: dict) -> str:
         from compressive_rt.benchmarks.memory import format_report
 
         lines += ["", format_report(results["memory"], results["memory"]["parameter_mib"])]
-    for key, title in (("loop_overhead", "runtime loop overhead"),
-                       ("native_loop_overhead", "native loop overhead, inside the C++ loop")):
-        if results.get(key):
-            lines.append("")
-            lines.append(f"{title} (time outside engine calls per step):")
-            for name, row in results[key].items():
-                lines.append(f"  {name:<12} step {row['step_ms']:.2f} ms, outside "
-                             f"{row['outside_engine_ms']:.3f} ms ({100 * row['fraction']:.2f}%)")
+    if results.get("loop_overhead"):
+        lines.append("")
+        lines.append("runtime loop overhead (time outside engine calls per step):")
+        for name, row in results["loop_overhead"].items():
+            lines.append(f"  {name:<12} step {row['step_ms']:.2f} ms, outside "
+                         f"{row['outside_engine_ms']:.3f} ms ({100 * row['fraction']:.2f}%)")
+    scheduler = results.get("scheduler_overhead")
+    if scheduler:
+        low, high = scheduler["fraction_quartiles"]
+        lines.append(f"  Scheduler.step, {scheduler['requests']} requests top-k "
+                     f"{scheduler['top_k']}: step {scheduler['step_ms']:.2f} ms, outside "
+                     f"{scheduler['outside_engine_ms']:.3f} ms ({100 * scheduler['fraction']:.2f}%"
+                     f" of {scheduler['steps']} steps; quartiles {100 * low:.2f}-"
+                     f"{100 * high:.2f}%)")
+    if results.get("native_loop_overhead"):
+        lines.append("")
+        lines.append("native loop overhead (time outside engine calls per step, measured inside "
+                     "the C++ loop):")
+        for name, row in results["native_loop_overhead"].items():
+            lines.append(f"  {name:<12} step {row['step_ms']:.2f} ms, outside "
+                         f"{row['outside_engine_ms']:.3f} ms ({100 * row['fraction']:.2f}%)")
     for key, why in results.get("skipped", {}).items():
         lines.append(f"{key} skipped: {why}")
     if results.get("scaling"):

@@ -14,12 +14,15 @@ import subprocess
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from native_build import native_library, native_tool
-from sampling_v2 import spec_token, spec_uniform
 
 from compressive_rt.benchmarks.native_runtime import NativeSession
+from compressive_rt.benchmarks.native_runtime import sample as native_sample
 from compressive_rt.errors import EngineError
-from compressive_rt.runtime.generate import Sampling, generate
+from compressive_rt.runtime.generate import generate
+from compressive_rt.runtime.sampling import BatchSampler, Sampling
 from compressive_rt.runtime.score import score_documents, total_bits_per_byte
 from compressive_rt.runtime.session import Session
 
@@ -121,24 +124,36 @@ def test_greedy_generation_gives_identical_tokens(engine):
     assert json.loads(done.stdout)["requests"][0]["tokens"] == list(expected)
 
 
-@pytest.mark.parametrize("settings", [dict(), dict(top_k=5), dict(top_p=0.8, temperature=0.7),
-                                      dict(top_k=20, top_p=0.9, temperature=1.3)])
-def test_seeded_sampling_draws_the_same_tokens(engine, settings):
-    """Sampling version 2: the native runtime's tokens equal the spec's (tests/sampling_v2.py)
-    drawn by a Python loop on the Python Session, token for token."""
+SETTINGS = [dict(), dict(top_k=5), dict(top_p=0.8, temperature=0.7),
+            dict(top_k=20, top_p=0.9, temperature=1.3)]
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_seeded_sampling_generates_the_same_tokens(engine, settings):
+    """Sampling version 2 in both runtimes: `generate` (the Python scheduler) and the native
+    generation draw the same tokens for the same seed."""
     _, engine_dir = engine("conv")
     python, native = sessions(engine_dir, threads=1)
-    seed = 2**64 - 12345
-    prompt = np.frombuffer(b"class Stream:\n", np.uint8)
-    stream = python.add_stream()
-    python.feed({stream: prompt}, want_logits=False)
-    expected = []
-    for n in range(48):
-        token = spec_token(python.last_logits(stream), spec_uniform(seed, n), **settings)
-        expected.append(token)
-        python.feed({stream: [token]}, want_logits=False)
-    got = native.generate(native.add_stream(), prompt.tobytes(), 48, seed=seed, **settings)
-    assert got == expected
+    seed, prompt = 2**64 - 12345, b"class Stream:\n"
+    expected = generate(python, prompt, 48, Sampling(seed=seed, **settings))
+    got = native.generate(native.add_stream(), prompt, 48, seed=seed, **settings)
+    assert bytes(got) == expected
+
+
+@given(logits=st.lists(st.sampled_from([-3.0, -0.5, 0.0, 0.25, 1.0, 2.5, 40.0]) | st.floats(
+           -30, 30, width=32), min_size=2, max_size=300),
+       seed=st.integers(0, 2**64 - 1), drawn=st.integers(0, 2**40),
+       top_k=st.integers(0, 310), top_p=st.sampled_from([1.0, 0.95, 0.5, 0.1]),
+       temperature=st.sampled_from([1.0, 0.3, 2.0]))
+def test_the_native_sampler_draws_what_the_python_sampler_draws(logits, seed, drawn, top_k,
+                                                                 top_p, temperature):
+    """One token for the same logits (ties included), settings, seed and counter."""
+    array = np.array(logits, dtype=np.float32)
+    sampler = BatchSampler(1, array.size)
+    sampler.assign(0, Sampling(temperature=temperature, top_k=top_k, top_p=top_p), seed, drawn)
+    expected = int(sampler.sample(array[None], np.array([0]))[0])
+    assert native_sample(array, drawn, temperature=temperature, top_k=top_k, top_p=top_p,
+                         seed=seed, library=native_library()) == expected
 
 
 @pytest.mark.parametrize("damage", ["manifest", "graph", "weights"])

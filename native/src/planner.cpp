@@ -1,13 +1,22 @@
 #include "ctrt/planner.hpp"
 
 #include <algorithm>
-#include <set>
 
 namespace ctrt {
 
-std::vector<PlannedCall> plan_feed(const std::vector<FeedStream>& feed,
-                                   const std::vector<int64_t>& other_full, int64_t seg_len) {
+std::vector<PlannedCall> plan_feed(const std::vector<FeedStream>& feed, int64_t seg_len) {
   std::vector<PlannedCall> calls;
+  if (feed.empty()) return calls;
+  // the decoding step: every stream appends the same few tokens inside its partial segment
+  const int64_t pending = feed[0].pending;
+  bool one_extend = true;
+  for (const auto& s : feed) one_extend = one_extend && s.pending == pending && s.fill + pending < seg_len;
+  if (one_extend) {
+    PlannedCall call{Entry::extend, {}, pending};
+    for (const auto& s : feed) call.streams.push_back(s.stream);
+    calls.push_back(std::move(call));
+    return calls;
+  }
   std::vector<FeedStream> left = feed;  // fill and pending as the calls go
   // 1. streams whose commit failed in an earlier feed are committed first
   PlannedCall waiting{Entry::commit, {}, 0};
@@ -17,17 +26,12 @@ std::vector<PlannedCall> plan_feed(const std::vector<FeedStream>& feed,
       s.fill = 0;
     }
   }
-  if (!waiting.streams.empty()) calls.push_back(waiting);
-  // the decoding path: one stream whose tokens fit in its partial segment, one extend
-  if (left.size() == 1 && left[0].fill + left[0].pending < seg_len) {
-    calls.push_back({Entry::extend, {left[0].stream}, left[0].pending});
-    return calls;
-  }
-  std::set<int64_t> full(other_full.begin(), other_full.end());
+  if (!waiting.streams.empty()) calls.push_back(std::move(waiting));
   while (!left.empty()) {
     PlannedCall call{Entry::segment, {}, seg_len};
     for (const auto& s : left)
       if (s.pending >= seg_len && s.fill == 0) call.streams.push_back(s.stream);
+    PlannedCall rotated{Entry::commit, {}, 0};
     if (call.streams.empty()) {
       int64_t filled = 0, fewest = left[0].pending;
       for (const auto& s : left) {
@@ -38,7 +42,10 @@ std::vector<PlannedCall> plan_feed(const std::vector<FeedStream>& feed,
       call = {Entry::extend, call.streams, std::min(fewest, seg_len - filled)};
       for (auto& s : left) {
         s.fill += call.tokens;
-        if (s.fill == seg_len) full.insert(s.stream);
+        if (s.fill == seg_len) {
+          s.fill = 0;
+          rotated.streams.push_back(s.stream);
+        }
       }
     }
     for (auto& s : left)
@@ -47,12 +54,7 @@ std::vector<PlannedCall> plan_feed(const std::vector<FeedStream>& feed,
     left.erase(std::remove_if(left.begin(), left.end(), [](const FeedStream& s) { return s.pending == 0; }),
                left.end());
     calls.push_back(std::move(call));
-    if (!full.empty()) {
-      calls.push_back({Entry::commit, std::vector<int64_t>(full.begin(), full.end()), 0});
-      for (auto& s : left)
-        if (full.count(s.stream)) s.fill = 0;
-      full.clear();
-    }
+    if (!rotated.streams.empty()) calls.push_back(std::move(rotated));
   }
   return calls;
 }

@@ -322,12 +322,10 @@ void Session::run_planned(const std::vector<StreamTokens>& feed, std::vector<siz
     feed_index_.emplace_back(feed[i].stream, i);
   }
   if (planned_.empty()) return;
-  // The decoding path: streams with the same token count that all fit in their partial
-  // segments, while no stream waits for a commit, are one extend call (what plan_feed plans for
-  // them), made without the planner's allocations.
+  // The decoding step (streams with the same few tokens, all inside their partial segments) is
+  // the one extend plan_feed plans for it, made here without the planner's allocations.
   const int64_t pending = planned_[0].pending;
-  bool one_extend = std::none_of(seg_len_.begin(), seg_len_.begin() + static_cast<std::ptrdiff_t>(row_streams_.size()),
-                                 [&](int32_t fill) { return fill == seg_len; });
+  bool one_extend = true;
   call_streams_.clear();
   for (const FeedStream& s : planned_) {
     one_extend = one_extend && s.pending == pending && s.fill + pending < seg_len;
@@ -337,14 +335,7 @@ void Session::run_planned(const std::vector<StreamTokens>& feed, std::vector<siz
     run_tokens(Entry::extend, call_streams_, pending, feed, done);
     return;
   }
-  std::vector<int64_t> other_full;
-  for (size_t row = 0; row < row_streams_.size(); ++row) {
-    const int64_t stream = row_streams_[row];
-    const bool in_feed = std::any_of(feed_index_.begin(), feed_index_.end(),
-                                     [&](const auto& entry) { return entry.first == stream; });
-    if (seg_len_[row] == seg_len && !in_feed) other_full.push_back(stream);
-  }
-  for (const PlannedCall& call : plan_feed(planned_, other_full, seg_len)) {
+  for (const PlannedCall& call : plan_feed(planned_, seg_len)) {
     if (call.entry == Entry::commit) commit(call.streams);
     else run_tokens(call.entry, call.streams, call.tokens, feed, done);
   }

@@ -1,5 +1,6 @@
-// Call planning (SPECS.md "Call planning"; runtime/planner.py in Python): which engine calls a
-// feed makes, as a pure function of each stream's partial fill and pending token count.
+// Call planning (SPECS.md "Call planning"; runtime/planner.py in Python, the same rules): which
+// engine calls a feed makes, as a pure function of each stream's partial fill and pending
+// token count.
 #pragma once
 
 #include <cstdint>
@@ -22,11 +23,9 @@ struct PlannedCall {
 };
 
 // The calls of one feed, in order, when every call succeeds (the session stops at the first
-// that fails). `feed` is in the feed's order; `other_full` are the session's streams outside
-// the feed whose partial segment is full (a commit failed in an earlier feed): the first commit
-// after a segment or extend call takes them along, as runtime/session.py does. Commits list
-// their streams by ascending id.
-std::vector<PlannedCall> plan_feed(const std::vector<FeedStream>& feed,
-                                   const std::vector<int64_t>& other_full, int64_t seg_len);
+// that fails). `feed` holds the streams with tokens pending, in the feed's order; a call lists
+// its streams in that order. Streams outside the feed take no part, even when their partial
+// segment is full.
+std::vector<PlannedCall> plan_feed(const std::vector<FeedStream>& feed, int64_t seg_len);
 
 }  // namespace ctrt
