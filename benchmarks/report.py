@@ -20,7 +20,7 @@ outside_engine_ms; decode rows add amortized_ms (= median_ms), step_ms, commit_t
            [{concurrency, generated_tokens, <key>: row + tokens_per_s, tokens_per_s_min,
              tokens_per_s_max, runtime_vs_cached}]},
   capacity {contender, max_streams [1, S], decode_step {"1": row, "S": row}, ratio},
-  scaling, xl_comparison, ort, quantization (extras),
+  scaling, xl_comparison, ort, quantization (extras; its cpu: runtime.cpu.CpuFeatures.to_dict),
   targets [{target, want ">= x", measured, spread (ratio or null), met, note}], total_seconds.
 """
 
@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from compressive_rt.runtime.cpu import CpuFeatures
 
 JSON_NAME = "bench.json"
 PLOT_NAME = "bench.png"
@@ -111,6 +113,17 @@ def _experiment_rows(results: dict) -> list[str]:
                       f"{capacity['decode_step'][str(small)]['median_ms']:.2f} ms, ratio "
                       f"{ratio['median']:.2f} [{ratio['min']:.2f}, {ratio['max']:.2f}]"]
     return lines
+
+
+def quantization_rows(q: dict) -> list[str]:
+    """The int8 experiment's line and, beside it, the CPU features that chose its kernels."""
+    if "error" in q:
+        return [f"int8 dynamic quantization: error {q['error'][:200]}"]
+    bpb = q["bits_per_byte"]
+    return [f"  int8 dynamic quantization          segment {q['segment_b1_ms']:8.1f}"
+            f"  decode {q['decode_b1_ms']:7.2f}  bits/byte fp32 {bpb['fp32']:.4f} "
+            f"int8 {bpb['int8']:.4f} (delta {q['bpb_delta']:+.4f}) on {q['text']}",
+            f"    int8 ISA: {CpuFeatures.from_dict(q['cpu']).describe()}"]
 
 
 def table(results: dict) -> str:
@@ -201,15 +214,8 @@ def table(results: dict) -> str:
                              f"  max|dlogit| {row['check']['max_abs_logit_diff']:.1e}")
                 lines.append(f"  {name:<34} segment {row['segment_b1_ms']:8.1f}  decode "
                              f"{row['decode_b1_ms']:7.2f}{extra}")
-    q = results.get("quantization")
-    if q:
-        if "error" in q:
-            lines.append(f"int8 dynamic quantization: error {q['error'][:200]}")
-        else:
-            bpb = q["bits_per_byte"]
-            lines.append(f"  int8 dynamic quantization          segment {q['segment_b1_ms']:8.1f}"
-                         f"  decode {q['decode_b1_ms']:7.2f}  bits/byte fp32 {bpb['fp32']:.4f} "
-                         f"int8 {bpb['int8']:.4f} (delta {q['bpb_delta']:+.4f}) on {q['text']}")
+    if results.get("quantization"):
+        lines += quantization_rows(results["quantization"])
     lines.append("")
     lines.append("targets:")
     for t in results["targets"]:
