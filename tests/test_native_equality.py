@@ -74,6 +74,27 @@ def test_one_thread_gives_bitwise_equal_logits_and_state(engine, compress_fn):
     assert (logit, state) == (0.0, 0.0), f"largest differences: logits {logit}, state {state}"
 
 
+@pytest.fixture(scope="module")
+def int8_engine(tmp_path_factory):
+    """A tiny conv engine exported with --precision int8 (int8 MatMul weights)."""
+    from engines import random_model, tiny_config
+
+    from compressive_rt.export.pipeline import export_model
+
+    out = tmp_path_factory.mktemp("int8") / "engine"
+    export_model(random_model(tiny_config("conv")), out, precision="int8", log=lambda *_: None)
+    return out
+
+
+def test_an_int8_engine_gives_bitwise_equal_logits_and_state(int8_engine):
+    python, native = sessions(int8_engine, threads=1)
+    streams = [python.add_stream(), python.add_stream()]
+    native.add_stream(), native.add_stream()
+    logit, _, state = worst_differences(python, native, streams, 25,
+                                        np.random.default_rng(3))
+    assert (logit, state) == (0.0, 0.0), f"largest differences: logits {logit}, state {state}"
+
+
 @pytest.mark.parametrize("compress_fn", ["conv", "most_used"])
 def test_two_threads_agree_within_the_design_tolerance(engine, compress_fn):
     _, engine_dir = engine(compress_fn)
