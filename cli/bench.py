@@ -35,6 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="instead of speed: the quality experiment (benchmarks/quality.py), "
                             "held-out bits/byte of each compression function vs Transformer-XL "
                             "at equal span, written to <--out>/quality")
+    bench.add_argument("--serve", action="store_true",
+                       help="instead of the engine's speed: ctrt serve on loopback beside the "
+                            "in-process scheduler (concurrent streaming clients, a long-lived "
+                            "stream's spill and resume, a burst against a small queue), "
+                            "written to <--out>/serve.json (benchmarks/serve.py)")
     add_quality_arguments(bench)
     bench.set_defaults(handler=run_bench)
 
@@ -48,9 +53,14 @@ def run_bench(args: argparse.Namespace) -> int:
         run_quality(QualitySettings(steps=args.steps, seeds=args.seeds, jobs=args.jobs),
                     Path(args.out) / "quality")
         return 0
+    check_output_directory(args.out)
+    if args.serve:
+        from compressive_rt.benchmarks.serve import run_serve_benchmark
+
+        run_serve_benchmark(Path(args.out), args.threads, "quick" if args.quick else "full")
+        return 0
     from compressive_rt.benchmarks.bench import run_benchmark
 
-    check_output_directory(args.out)
     run_benchmark(quick=args.quick, out_dir=Path(args.out), threads=args.threads,
                   checkpoint=Path(args.checkpoint) if args.checkpoint else None)
     return 0

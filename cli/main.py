@@ -14,9 +14,14 @@ import sys
 
 from compressive_rt.errors import CtrtError
 
+# What only the `train` extra installs: a command that needs one of these in a plain install
+# says so instead of a traceback.
+TRAIN_EXTRA = {"torch", "safetensors", "matplotlib", "onnxconverter_common",
+               "compressive_transformer_pytorch"}
+
 COMMAND_MODULES = [
     "compressive_rt.cli.train", "compressive_rt.cli.import_checkpoint", "compressive_rt.cli.engine",
-    "compressive_rt.cli.run", "compressive_rt.cli.bench"]
+    "compressive_rt.cli.run", "compressive_rt.cli.serve", "compressive_rt.cli.bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except CtrtError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAIN_EXTRA:
+            raise
+        print(f"error: ctrt {args.command} needs {exc.name}, which a plain install leaves out: "
+              f"pip install 'compressive-rt[train]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

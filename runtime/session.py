@@ -25,7 +25,7 @@ from compressive_rt.runtime.contract import Dims
 from compressive_rt.runtime.manifest import load_manifest
 from compressive_rt.runtime.planner import COMMIT, EXTEND, SEGMENT, plan_feed
 from compressive_rt.runtime.slots import SlotPool
-from compressive_rt.runtime.snapshot import read_snapshot, write_snapshot
+from compressive_rt.runtime.snapshot import encode_snapshot, read_snapshot, write_snapshot
 
 
 class ConcurrentUseError(RuntimeInputError):
@@ -294,29 +294,37 @@ class Session:
         return state
 
     @one_thread_at_a_time
-    def snapshot(self, stream_id: int, path: str | Path) -> None:
-        """Write one stream's full state to `path` atomically (runtime/snapshot.py). A stream
-        whose commit failed in an earlier feed is committed first, so a snapshot always holds
-        a partial segment shorter than L."""
+    def snapshot(self, stream_id: int, path: str | Path | None = None) -> bytes | None:
+        """One stream's full state and last logits as a snapshot (runtime/snapshot.py, format
+        version 2): written to `path` atomically, or returned as bytes when no path is given.
+        A stream whose commit failed in an earlier feed is committed first, so a snapshot
+        always holds a partial segment shorter than L."""
         if self.buffers.fills[self.slots.row(stream_id)] == self.dims.seg_len:
             self._run_commit(self._to_front([stream_id]))
-        write_snapshot(path, self.manifest, self.stream_state(stream_id),
-                       self.positions[stream_id])
+        state = self.stream_state(stream_id)
+        last_logits = self.buffers.last_logits[self.slots.row(stream_id)].copy() \
+            if stream_id in self._fed else None
+        if path is None:
+            return encode_snapshot(self.manifest, state, self.positions[stream_id], last_logits)
+        write_snapshot(path, self.manifest, state, self.positions[stream_id], last_logits)
+        return None
 
     @one_thread_at_a_time
-    def restore(self, path: str | Path, stream_id: int | None = None) -> int:
-        """Load a snapshot into a new stream (or over `stream_id`); returns the stream id.
+    def restore(self, source: str | Path | bytes, stream_id: int | None = None) -> int:
+        """Load a snapshot (a path, or its bytes) into a new stream (or over `stream_id`);
+        returns the stream id.
 
-        Every check (engine identity, names, shapes, dtypes, counts, position) runs before a
-        slot is taken or a row written: a refused snapshot changes nothing. Restoring over a
-        stream replaces all of it, its last logits included."""
+        Every check (archive structure, engine identity, names, shapes, dtypes, counts,
+        position) runs before a slot is taken or a row written: a refused snapshot changes
+        nothing. Restoring over a stream replaces all of it: its last logits become the
+        snapshot's (a snapshot without them leaves the stream unfed, like a new one)."""
         if stream_id is not None:
             self.slots.row(stream_id)
         buffers = self.buffers
         expected = {name: (buffers.row_shape(name),
                            np.dtype(NUMPY_DTYPES[buffers.specs[name].dtype]))
                     for name in (*buffers.row_state, FILL_INPUT)}
-        snapshot = read_snapshot(path, self.manifest, expected)
+        snapshot = read_snapshot(source, self.manifest, expected)
         if stream_id is None:
             stream_id = self.add_stream()
         row = self.slots.row(stream_id)
@@ -324,5 +332,9 @@ class Session:
             self.backend.set_row(buffers.current(name), row, snapshot.state[name])
         buffers.fills[row] = snapshot.state[FILL_INPUT]
         self.positions[stream_id] = snapshot.position
-        self._fed.discard(stream_id)
+        if snapshot.last_logits is None:
+            self._fed.discard(stream_id)
+        else:
+            buffers.last_logits[row] = snapshot.last_logits
+            self._fed.add(stream_id)
         return stream_id

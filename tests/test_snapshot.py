@@ -34,13 +34,13 @@ def edited(path, tmp_path, meta_changes=None, drop_meta=(), **tensors):
     """A copy of the snapshot at `path` with meta fields and tensors replaced."""
     with np.load(path, allow_pickle=False) as archive:
         data = {name: archive[name] for name in archive.files}
-    meta = json.loads(str(data.pop(META)))
+    meta = json.loads(data.pop(META).tobytes())
     meta.update(meta_changes or {})
     for key in drop_meta:
         del meta[key]
     data.update(tensors)
     out = tmp_path / "edited.npz"
-    np.savez(out, **{META: np.array(json.dumps(meta))}, **data)
+    np.savez(out, **{META: np.frombuffer(json.dumps(meta).encode(), np.uint8)}, **data)
     return out
 
 
@@ -51,7 +51,9 @@ def states_equal(a, b):
 def test_the_snapshot_records_the_engine_identity_and_its_format(taken):
     engine_dir, path = taken
     with np.load(path, allow_pickle=False) as archive:
-        meta = json.loads(str(archive[META]))
+        meta = json.loads(archive[META].tobytes())
+        assert archive[META].dtype == np.uint8 and archive[META].ndim == 1
+        assert archive["last_logits"].shape == (256,) and meta["last_logits"] is True
         assert int(archive["seg_len"]) == 5 and archive["seg_len"].dtype == np.int32
     manifest = json.loads((engine_dir / MANIFEST_NAME).read_text())
     assert meta["format_version"] == SNAPSHOT_FORMAT_VERSION and meta["position"] == 37
@@ -93,7 +95,7 @@ def test_counts_of_a_live_stream_match_its_position(engine):
     ({"mem": np.full((2, 16, 32), np.nan, np.float32)}, "tensor mem holds NaN or infinity"),
     ({"mem_k": np.zeros((2, 20, 32), np.float64)}, "tensor mem_k has dtype float64, expected "
                                                    "float32"),
-    ({"usage": np.zeros((2, 16), np.float32)}, "holds tensors"),
+    ({"usage": np.zeros((2, 16), np.float32)}, "holds an unexpected member 'usage.npy'"),
 ])
 def test_a_bad_tensor_is_refused_and_leaves_the_stream_it_would_replace_untouched(
         taken, tmp_path, change, message):
@@ -117,8 +119,12 @@ def test_a_bad_tensor_is_refused_and_leaves_the_stream_it_would_replace_untouche
     ({"position": -8}, (), "position must be an integer >= 0, got -8"),
     ({"position": 21}, (), "position 21 implies cmem_len 0, mem_len 16, seg_len 5; the "
                           "snapshot holds cmem_len 4"),
-    ({"format_version": 0}, (), "has format_version 0; this runtime reads version 1: take the "
-                                "snapshot again"),
+    ({"format_version": 0}, (), "has format_version 0; this runtime reads versions 1 and 2: "
+                                "take the snapshot again"),
+    ({"format_version": 1}, (), "a version 1 snapshot holds its __meta__ record as a unicode "
+                                "string"),
+    ({"last_logits": "yes"}, (), "last_logits must be true or false, got 'yes'"),
+    ({"last_logits": False}, (), r"holds tensors \[.*'last_logits'.*\], expected \[(?!.*last_)"),
     ({}, ("format_version",), "has format_version None"),
     ({"format": "other"}, (), "is not a compressive-rt stream snapshot"),
 ])
@@ -140,11 +146,10 @@ def test_restoring_over_a_stream_replaces_all_of_it_including_its_last_logits(ta
     session.feed({stream: np.full(3, 7, np.int32)})
     assert session.restore(path, stream) == stream
     assert session.position(stream) == 37
-    with pytest.raises(RuntimeInputError, match=f"stream {stream} has not been fed any tokens"):
-        session.last_logits(stream)
     fresh = Session(engine_dir)
     alone = fresh.add_stream()
     fresh.feed({alone: TOKENS})  # the same calls as the stream the snapshot was taken of
+    np.testing.assert_array_equal(session.last_logits(stream), fresh.last_logits(alone))
     expected = fresh.feed({alone: [9, 10]})[alone]
     np.testing.assert_array_equal(session.feed({stream: [9, 10]})[stream], expected)
 
@@ -170,7 +175,7 @@ def test_a_snapshot_from_other_weights_of_the_same_config_is_refused_naming_both
 def test_another_contract_version_is_refused_naming_both(taken, tmp_path):
     engine_dir, path = taken
     with np.load(path, allow_pickle=False) as archive:
-        engine = json.loads(str(archive[META]))["engine"]
+        engine = json.loads(archive[META].tobytes())["engine"]
     bad = edited(path, tmp_path, {"engine": {**engine, "contract_version": 99}})
     with pytest.raises(RuntimeInputError, match="written for another engine contract: "
                                                 "snapshot engine contract v99, .*; this engine "

@@ -1,0 +1,114 @@
+"""`ctrt serve`: the runtime as a network service (a thin shell over serving.server).
+
+Only argparse at import time; the server's imports (FastAPI, uvicorn, onnxruntime) happen in
+the handler, and nothing here imports torch."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from compressive_rt.cli.options import check_options
+from compressive_rt.cli.run import _add_engine_args
+from compressive_rt.errors import CtrtError
+
+API_KEY_VARIABLE = "CTRT_API_KEY"
+DEFAULT_STORE = "ctrt_store"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from compressive_rt.serving.settings import ServeSettings
+
+    defaults = ServeSettings()
+    serve = subparsers.add_parser(
+        "serve", help="serve an engine over HTTP: OpenAI-compatible completions and "
+                      "persistent streams",
+        description="Serve an exported engine over HTTP: POST /v1/completions and GET "
+                    "/v1/models (OpenAI-compatible, SSE with stream: true), persistent streams "
+                    "(POST /v1/streams, .../append scores text, .../generate continues it, "
+                    "GET/PUT .../snapshot) that survive restarts (a write-ahead log and "
+                    "snapshots in --store, fsync'ed before each answer), GET /health, /ready "
+                    "and /metrics (Prometheus). SIGTERM finishes in-flight requests within "
+                    "--grace seconds, stores every stream and exits 0.")
+    _add_engine_args(serve)
+    serve.add_argument("--host", default=defaults.host,
+                       help=f"address to listen on (default {defaults.host}: this machine only)")
+    serve.add_argument("--port", type=int, default=defaults.port,
+                       help=f"port (default {defaults.port}; 0: any free port, printed)")
+    serve.add_argument("--streams", type=int, default=defaults.streams,
+                       help=f"streams held in memory at once: running requests and resident "
+                            f"persistent streams (default {defaults.streams}); beyond, the "
+                            f"least recently used idle stream is spilled to the store")
+    serve.add_argument("--store", default=DEFAULT_STORE, metavar="DIR",
+                       help=f"directory of the persistent streams (SQLite in WAL mode; created "
+                            f"if missing; default ./{DEFAULT_STORE})")
+    serve.add_argument("--api-key", default=None, metavar="KEY",
+                       help=f"require Authorization: Bearer KEY on /v1/ routes (also from "
+                            f"--api-key-file or ${API_KEY_VARIABLE}; default: no key)")
+    serve.add_argument("--api-key-file", default=None, metavar="PATH",
+                       help="read the API key from this file (its first line)")
+    serve.add_argument("--model-name", default=None,
+                       help="the model id clients name (default: the engine directory's name)")
+    serve.add_argument("--queue-size", type=int, default=defaults.queue_size,
+                       help=f"requests that may wait for the engine; beyond, 429 with "
+                            f"Retry-After (default {defaults.queue_size})")
+    serve.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
+                       metavar="SECONDS",
+                       help=f"a request not answered within this time is cancelled, 504 "
+                            f"(default {defaults.request_timeout_s:g})")
+    serve.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes,
+                       help=f"largest request body, 413 beyond (default "
+                            f"{defaults.max_body_bytes}; an uploaded snapshot may be as large "
+                            f"as a snapshot of this engine)")
+    serve.add_argument("--max-prompt-bytes", type=int, default=defaults.max_prompt_bytes,
+                       help=f"largest prompt, 400 beyond (default {defaults.max_prompt_bytes})")
+    serve.add_argument("--max-tokens", type=int, default=defaults.max_tokens_limit,
+                       help=f"largest max_tokens a request may ask for (default "
+                            f"{defaults.max_tokens_limit})")
+    serve.add_argument("--snapshot-every", type=int, default=defaults.snapshot_every,
+                       metavar="TOKENS",
+                       help=f"store a stream's snapshot after this many acknowledged tokens "
+                            f"(its log replays at most that many on a restart; default "
+                            f"{defaults.snapshot_every})")
+    serve.add_argument("--grace", type=float, default=defaults.grace_s, metavar="SECONDS",
+                       help=f"SIGTERM: time in-flight requests get to finish (default "
+                            f"{defaults.grace_s:g})")
+    serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    serve.set_defaults(handler=run_serve)
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    """--api-key, else --api-key-file's first line, else $CTRT_API_KEY, else None."""
+    if args.api_key is not None:
+        return args.api_key
+    if args.api_key_file is not None:
+        path = Path(args.api_key_file)
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CtrtError(f"--api-key-file {path} cannot be read: {exc}") from None
+        if not lines or not lines[0].strip():
+            raise CtrtError(f"--api-key-file {path} is empty: put the key on its first line")
+        return lines[0].strip()
+    return os.environ.get(API_KEY_VARIABLE) or None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from compressive_rt.serving.server import serve
+    from compressive_rt.serving.settings import ServeSettings
+
+    check_options(args, {"threads": 1, "port": 0, "streams": 1, "queue_size": 1,
+                         "max_body_bytes": 1, "max_prompt_bytes": 1, "max_tokens": 1,
+                         "snapshot_every": 1, "grace": 0}, positive=("request_timeout",))
+    if args.port > 65535:
+        raise CtrtError(f"--port must be in [0, 65535], got {args.port}")
+    settings = ServeSettings(
+        host=args.host, port=args.port, streams=args.streams,
+        model_name=args.model_name or Path(args.engine_dir).resolve().name,
+        api_key=api_key(args), queue_size=args.queue_size,
+        request_timeout_s=args.request_timeout, max_body_bytes=args.max_body_bytes,
+        max_prompt_bytes=args.max_prompt_bytes, max_tokens_limit=args.max_tokens,
+        snapshot_every=args.snapshot_every, grace_s=args.grace)
+    return serve(args.engine_dir, settings, args.store, backend=args.backend,
+                 threads=args.threads, prepack=args.prepack, access_log=not args.no_access_log)

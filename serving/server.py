@@ -1,0 +1,93 @@
+"""`ctrt serve` as a library call: open the engine and the store, bind, run uvicorn until
+SIGTERM or SIGINT, shut down gracefully (uvicorn finishes in-flight requests within the grace
+period, then the engine cancels what is left and spills every stream), exit 0."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import uvicorn
+
+from compressive_rt.errors import CtrtError
+from compressive_rt.runtime.session import Session
+from compressive_rt.runtime.snapshot import engine_identity, most_snapshot_bytes
+from compressive_rt.serving.app import create_app
+from compressive_rt.serving.engine import Engine, row_specs
+from compressive_rt.serving.metrics import Metrics
+from compressive_rt.serving.settings import LOOPBACK, ServeSettings
+from compressive_rt.serving.sqlite_store import SQLiteStore
+
+BYTE_VOCAB = 256
+
+
+def open_engine(engine_dir: str | Path, settings: ServeSettings, store_dir: str | Path,
+                backend: str = "auto", threads: int | None = None,
+                prepack: str = "all") -> tuple[object, Engine]:
+    """(the ASGI app, its engine, not started) for an engine directory and a store."""
+    session = Session(engine_dir, backend=backend, max_streams=settings.streams,
+                      threads=threads, prepack=prepack)
+    vocab = session.dims.vocab_size
+    if vocab != BYTE_VOCAB:
+        raise CtrtError(f"ctrt serve takes text (bytes), so it needs a byte-level engine "
+                        f"(vocab_size {BYTE_VOCAB}); {engine_dir} has vocab_size {vocab}")
+    identity = json.dumps(engine_identity(session.manifest), sort_keys=True)
+    store = SQLiteStore(store_dir, identity)
+    metrics = Metrics()
+    engine = Engine(session, store, settings, metrics)
+    limit = most_snapshot_bytes(session.manifest, row_specs(session))
+    return create_app(engine, settings, metrics, limit), engine
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket, bound before the server starts (a busy port is a user error)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CtrtError(f"cannot listen on {host}:{port}: {exc.strerror}: choose another "
+                        f"--port or --host") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(engine_dir: str | Path, settings: ServeSettings, store_dir: str | Path,
+          backend: str = "auto", threads: int | None = None, prepack: str = "all",
+          access_log: bool = True, say: Callable[[str], None] = print) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
+    app, engine = open_engine(engine_dir, settings, store_dir, backend, threads, prepack)
+    sock = listen(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    say(f"ctrt serve: {engine_dir} as model {settings.model_name!r} on "
+        f"{engine.session.backend.name}, {settings.streams} resident streams, "
+        f"{len(engine.streams)} stored in {store_dir}")
+    if settings.host != LOOPBACK and settings.api_key is None:
+        say(f"warning: listening on {settings.host} without an API key: anyone who reaches "
+            f"this port can use the server (--api-key)")
+    key = "API key required" if settings.api_key else "no API key"
+    say(f"listening on http://{host}:{port} ({key})")
+    config = uvicorn.Config(app, lifespan="on", log_level="info", access_log=access_log,
+                            timeout_graceful_shutdown=settings.grace_s)
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal it stopped for once it is done; for SIGTERM that graceful
+    # stop is this command's normal end, so it must not kill the process (exit 0)
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sock.close()
+    if not server.started:
+        raise CtrtError("the server did not start; see the messages above")
+    say("ctrt serve: stopped; every stream is in the store")
+    sys.stdout.flush()
+    return 0
