@@ -20,7 +20,7 @@ finds another holder asks it, over a pub/sub channel of that holder's own, to gi
 up; a live holder spills it (its snapshot stored) and `release`s it, and the taker goes on at
 once. A holder that is gone has no subscriber (the taker goes on at once), one that does not
 answer within `release_wait_s` (paused, partitioned) is taken from anyway: fencing makes its
-later writes fail rather than overwrite.
+later writes fail rather than overwrite, and the request it hears late is dropped.
 """
 
 from __future__ import annotations
@@ -76,12 +76,9 @@ local fields = redis.call('HMGET', KEYS[1], 'position', 'snapshot_position')
 local snapshot = redis.call('GET', KEYS[2])
 return {version, fields[1], fields[2], snapshot, redis.call('LRANGE', KEYS[3], 0, -1)}
 """
-# KEYS = s:{id}; ARGV = version, the holder's name
+# KEYS = s:{id}; ARGV = the holder's name (a release by a server taken from since is void)
 RELEASE = """
-if redis.call('HGET', KEYS[1], 'version') == ARGV[1]
-        and redis.call('HGET', KEYS[1], 'holder') == ARGV[2] then
-    redis.call('HDEL', KEYS[1], 'holder')
-end
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then redis.call('HDEL', KEYS[1], 'holder') end
 return 1
 """
 # KEYS = s:{id}, ids; ARGV = id
@@ -288,9 +285,9 @@ class RedisStore:
         self._call("put_snapshot", self._stream_keys(stream_id), [version, position, snapshot],
                    stream_id, version)
 
-    def release(self, stream_id: str, version: int) -> None:
-        self._call("release", [self._key("s", stream_id)], [version, self.name], stream_id,
-                   version)
+    def release(self, stream_id: str) -> None:
+        """This server no longer holds the stream (a no-op if another took it since)."""
+        self._call("release", [self._key("s", stream_id)], [self.name], stream_id)
 
     def on_release(self, listener: Callable[[str], None]) -> None:
         """Call `listener(stream_id)` (on a thread of the store's) when another server asks
@@ -308,8 +305,17 @@ class RedisStore:
                 from None
 
     def _released(self, message: dict) -> None:
-        if self._release_listener is not None:
-            self._release_listener(message["data"].decode())
+        """A request to give a stream up. One that comes late (this server was paused, and
+        the taker has taken the stream since) is dropped: fencing refuses this server's next
+        write to it, and that refusal (409) is what its client must see."""
+        stream_id = message["data"].decode()
+        try:
+            holder = self._client.hget(self._key("s", stream_id), "holder")
+        except self._errors as exc:
+            log.warning("stream %s: a release request could not be checked (%s)", stream_id, exc)
+            return
+        if holder is not None and holder.decode() == self.name and self._release_listener:
+            self._release_listener(stream_id)
 
     def _listener_failed(self, error: BaseException, pubsub: object, thread: object) -> None:
         """The connection broke: redis-py reconnects and subscribes again on the next read;

@@ -127,7 +127,7 @@ def test_a_live_holder_is_asked_to_give_the_stream_up(redis_server):
     def give_up(stream_id):  # what a server does: store its snapshot, then release
         asked.append(stream_id)
         holder.put_snapshot(stream_id, version, 2, b"SNAPSHOT@2")
-        holder.release(stream_id, version)
+        holder.release(stream_id)
 
     holder.on_release(lambda stream_id: threading.Thread(target=give_up,
                                                          args=(stream_id,)).start())
@@ -174,10 +174,10 @@ def test_a_holder_that_does_not_answer_is_taken_from_after_the_wait(redis_server
 
 def test_a_released_stream_keeps_its_holder_if_taken_since(redis_server, store):
     store.create("s")
-    old = store.take("s").version
+    store.take("s")
     other = RedisStore(redis_server.url, ENGINE)
     other.take("s")
-    store.release("s", old)  # a stale release must not clear the new holder
+    store.release("s")  # a stale release must not clear the new holder
     client = redis.Redis.from_url(redis_server.url)
     assert client.hget("ctrt:s:s", "holder").decode() == other.name
     client.close()
@@ -221,3 +221,24 @@ def test_the_store_replays_exactly_the_acknowledged_history(module_redis, operat
     store.close()
     assert taken.snapshot_position == snapshot_at
     assert (taken.snapshot or b"") + taken.tail == history
+
+
+def test_a_request_heard_after_the_taker_took_the_stream_is_dropped(redis_server):
+    """A paused holder hears the request when it resumes; the stream is no longer its own, so
+    it does not act on it (its next write is refused instead)."""
+    holder = RedisStore(redis_server.url, ENGINE)
+    heard = []
+    holder.on_release(heard.append)
+    for stream in ("s", "t"):
+        holder.create(stream)
+        holder.take(stream)
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset("ctrt:s:s", "holder", "another-server")  # s was taken since, t was not
+    client.publish(f"ctrt:release:{holder.name}", "s")
+    client.publish(f"ctrt:release:{holder.name}", "t")  # heard after s: one listener thread
+    deadline = time.monotonic() + 10
+    while not heard and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert heard == ["t"]
+    client.close()
+    holder.close()
