@@ -21,6 +21,7 @@ store=redis://HOST:PORT [replicas=N ...]` (the keys of `RayDeployment`).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -55,6 +56,12 @@ ROUTER, REPLICA = "StreamRouter", "StreamReplica"
 STREAM_PATH = re.compile(r"/v1/streams/([A-Za-z0-9_-]{1,64})(/|$)")
 # the replica or its node is gone, or Serve cannot reach one now: a retry will find another
 UNAVAILABLE = (RayActorError, BackPressureError, DeploymentUnavailableError)
+# Where Ray 2.60's serve.multiplexed keeps a replica's streams (ray/serve/multiplex.py,
+# _ModelMultiplexWrapper: `models`, and the flag that pushes the ids to the routers). Serve has
+# no call to drop one id; without it a stream given up here would stay routed here too, and
+# its requests would alternate between two replicas for good. Ray is pinned in the extra.
+MULTIPLEXER, MULTIPLEXED_IDS, PUSH_IDS = ("__serve_multiplex_wrapper", "models",
+                                           "_push_multiplexed_replica_info")
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,8 @@ class StreamReplica:
         self.app, self.engine = open_engine(
             deployment.engine_dir, deployment.settings, deployment.store, deployment.backend,
             deployment.threads, deployment.prepack)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the one requests run on
+        self.engine.on_give_up = self._given_up
         self.engine.start()
         session = self.engine.session
         self.largest_body = max(deployment.settings.max_body_bytes,
@@ -119,6 +128,7 @@ class StreamReplica:
     async def forward(self, method: str, path: str, query: bytes,
                       headers: list[tuple[bytes, bytes]],
                       body: bytes) -> AsyncIterator[Head | bytes]:
+        self.loop = asyncio.get_running_loop()
         stream_id = serve.get_multiplexed_model_id()
         if stream_id:  # `hold`: the deployment's multiplexed loader (build_app)
             await self.hold(stream_id)
@@ -126,6 +136,21 @@ class StreamReplica:
             if isinstance(part, Head):
                 part = dataclasses.replace(part, headers=part.headers + self.identity)
             yield part
+
+    def _given_up(self, stream_id: str) -> None:
+        """The engine gave the stream up (another replica took it): stop holding it in the
+        multiplexer, so the routers send its requests to the taker only."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._forget_held, stream_id)
+
+    def _forget_held(self, stream_id: str) -> None:
+        multiplexer = getattr(self, MULTIPLEXER, None)
+        if multiplexer is None:
+            return
+        held = getattr(multiplexer, MULTIPLEXED_IDS).pop(stream_id, None)
+        if held is not None:
+            held.evicted = True  # given up already: its __del__ must not ask again
+            setattr(multiplexer, PUSH_IDS, True)
 
     def body_limit(self) -> int:
         """The largest body a request may have (an uploaded snapshot's bound)."""

@@ -13,6 +13,7 @@ stream in the store, so a later taker need not ask.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from compressive_rt.serving.engine import Engine, log, store_failure
@@ -47,6 +48,8 @@ class SharedStoreEngine(Engine):
                  metrics: Metrics) -> None:
         super().__init__(session, store, settings, metrics)
         self._asked: set[StreamEntry] = set()  # streams another server asked for
+        # told (on the engine thread) of every stream given up: a router stops routing it here
+        self.on_give_up: Callable[[str], None] | None = None
         store.on_release(self.give_up)
 
     # ---- what the store knows -----------------------------------------------------------
@@ -96,6 +99,8 @@ class SharedStoreEngine(Engine):
         self._post(lambda: self._asked_for(stream_id))
 
     def _asked_for(self, stream_id: str) -> None:
+        if self.on_give_up is not None:
+            self.on_give_up(stream_id)
         entry = self.streams.get(stream_id)
         if entry is None or entry.slot is None:  # not held here (any more): say so
             self.store.submit(lambda store: store.release(stream_id), self._released)
