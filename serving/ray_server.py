@@ -44,12 +44,13 @@ def serve_on_ray(deployment: RayDeployment, address: str | None = None,
     import ray
     from ray import serve
 
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGTERM, signal.SIGINT)}
     started_here = address is None and not os.environ.get("RAY_ADDRESS")
     context = ray.init(address=address, include_dashboard=False,
                        logging_level=logging.WARNING)
+    # after ray.init, which installs handlers of its own that end the process at once
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         serve.start(proxy_location="HeadOnly",
                     http_options={"host": settings.host, "port": settings.port})
