@@ -118,7 +118,12 @@ def api_key(args: argparse.Namespace) -> str | None:
 def run_serve(args: argparse.Namespace) -> int:
     from compressive_rt.serving.settings import ServeSettings
 
-    check_options(args, {"threads": 1, "replicas": 1, "replicas_per_node": 1})
+    check_options(args, {"threads": 1, "port": 0, "streams": 1, "queue_size": 1,
+                         "max_body_bytes": 1, "max_prompt_bytes": 1, "max_tokens": 1,
+                         "snapshot_every": 1, "grace": 0, "replicas": 1,
+                         "replicas_per_node": 1}, positive=("request_timeout",))
+    if args.port > 65535:
+        raise CtrtError(f"--port must be in [0, 65535], got {args.port}")
     ray_only = [option for option, dest in [("--replicas", "replicas"),
                                             ("--replicas-per-node", "replicas_per_node"),
                                             ("--ray-address", "ray_address")]

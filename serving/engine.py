@@ -54,7 +54,16 @@ from compressive_rt.serving.metrics import Metrics
 from compressive_rt.serving.settings import ServeSettings
 from compressive_rt.serving.store import StaleVersion, StoreError, StreamStore, UnknownStream
 from compressive_rt.serving.store_worker import StoreWorker
-from compressive_rt.serving.tickets import Done, Failed, Finished, Started, Ticket, Token
+from compressive_rt.serving.tickets import (
+    Done,
+    Event,
+    Failed,
+    Finished,
+    Started,
+    Ticket,
+    Token,
+    deliver,
+)
 
 log = logging.getLogger("compressive_rt.serving")
 
@@ -97,10 +106,12 @@ class Engine:
         self._generations: dict[int, Generation] = {}  # driver request id -> generation
         self._appends: list[AppendRun] = []
         self._work: dict[Ticket, Any] = {}  # ticket -> its CompletionRequest or Job
+        self._outbox: list[tuple[Ticket, Event]] = []  # events of this loop turn (_send)
         self._pending: set[StreamEntry] = set()  # streams that may have jobs waiting
         self._resident: set[StreamEntry] = set()  # streams holding a slot
         self._stopping = False
         self.ready = False
+        self.failed = False  # the engine thread died of a bug: every request gets a 503
         self._thread = threading.Thread(target=self._run, name="ctrt-engine", daemon=True)
 
     # ---- the event loop's side ---------------------------------------------------------
@@ -109,8 +120,11 @@ class Engine:
         self.ready = True
 
     def submit(self, ticket: Ticket, method: Callable[..., None], *args: Any) -> None:
-        """Run `method(ticket, *args)` on the engine thread; an ApiError it raises (or any
-        other error) becomes the ticket's Failed event."""
+        """Run `method(ticket, *args)` on the engine thread; an ApiError it raises becomes the
+        ticket's Failed event (as does everything once the engine thread has failed)."""
+        if self.failed:
+            ticket.post(Failed(server_error("the engine failed; see the server log", 503)))
+            return
         self._inbox.put(lambda: self._guarded(ticket, method, *args))
 
     def cancel(self, ticket: Ticket) -> None:
@@ -141,7 +155,7 @@ class Engine:
             ticket.post(Failed(store_failure(error)) if error else
                         Done(self.stream_info(stream_id, resident=False, position=0)))
 
-        self.store.submit(lambda store: store.create(stream_id), created)
+        self._store(lambda store: store.create(stream_id), created)
 
     def _created(self, stream_id: str) -> None:
         self.streams[stream_id] = StreamEntry(stream_id, 0, 0)
@@ -149,10 +163,11 @@ class Engine:
 
     def describe_stream(self, ticket: Ticket, stream_id: str) -> None:
         entry = self._entry(stream_id)
-        ticket.post(Done(self.stream_info(stream_id, entry.slot is not None, entry.position)))
+        resident = entry.slot is not None
+        self._send(ticket, Done(self.stream_info(stream_id, resident, entry.position)))
 
     def list_streams(self, ticket: Ticket) -> None:
-        ticket.post(Done({"object": "list", "data": [
+        self._send(ticket, Done({"object": "list", "data": [
             self.stream_info(entry.stream_id, entry.slot is not None, entry.position)
             for entry in self.streams.values()]}))
 
@@ -178,14 +193,32 @@ class Engine:
     def _post(self, fn: Callable[[], None]) -> None:
         self._inbox.put(fn)
 
+    def _send(self, ticket: Ticket, event: Event) -> None:
+        """An event for the event loop: held until the end of the loop turn (or the next store
+        submission), then the turn's events go over in one call_soon_threadsafe (one wake-up of
+        the loop per step, not one per token)."""
+        self._outbox.append((ticket, event))
+
+    def _flush(self) -> None:
+        if self._outbox:
+            batch, self._outbox = self._outbox, []
+            deliver(batch)
+
+    def _store(self, operation: Callable[[StreamStore], Any],
+               done: Callable[[Any, BaseException | None], None]) -> None:
+        """Submit to the store thread; events sent so far go first, so that what the store
+        thread posts when the write is durable comes after them on the loop."""
+        self._flush()
+        self.store.submit(operation, done)
+
     def _guarded(self, ticket: Ticket, method: Callable[..., None], *args: Any) -> None:
         if self._stopping:
-            ticket.post(Failed(server_error("the server is shutting down", 503)))
+            self._send(ticket, Failed(server_error("the server is shutting down", 503)))
             return
         try:
             method(ticket, *args)
         except ApiError as exc:
-            ticket.post(Failed(exc))
+            self._send(ticket, Failed(exc))
 
     def _run(self) -> None:
         try:
@@ -195,16 +228,20 @@ class Engine:
                     self._admit()
                 if not (self.driver.busy or self._appends):
                     # nothing can run until a request or a store answer comes: wait for it
+                    self._flush()
                     self._drain(block=True)
                     continue
                 if self.driver.busy:
                     self._step_generation()
                 if self._appends:
                     self._step_appends()
+                self._flush()
+            self._flush()
             self._spill_all()
         except Exception:  # a bug: answer everyone rather than hang them
             log.exception("the engine thread failed")
-            self.ready = False
+            self.ready, self.failed = False, True
+            self._drain(block=False)  # requests that came meanwhile are answered below too
             for ticket in list(self._work):
                 ticket.post(Failed(server_error("the engine failed; see the server log")))
 
@@ -268,13 +305,13 @@ class Engine:
         """The job left the queue (its ticket hears it once)."""
         if not job.started:
             job.started = True
-            job.ticket.post(Started())
+            self._send(job.ticket, Started())
 
     # ---- completions and generation -----------------------------------------------------
     def _submit_choice(self, request: CompletionRequest) -> None:
         index = request.submitted
         if index == 0:
-            request.ticket.post(Started())
+            self._send(request.ticket, Started())
         generation = Generation(request.ticket, index, request.prompts[index])
         request.submitted += 1
         request.generations.append(generation)
@@ -292,21 +329,21 @@ class Engine:
     def _on_token(self, generation: Generation, event: TokenEvent) -> None:
         self.metrics.generated_tokens.inc()
         if not event.finished:
-            generation.ticket.post(Token(generation.index, event.token))
+            self._send(generation.ticket, Token(generation.index, event.token))
             return
         result = self.driver.result(generation.request_id)
         self.driver.forget(generation.request_id)
         del self._generations[generation.request_id]
         finished = Finished(generation.index, result.finish_reason, result.tokens, event.token)
         if generation.entry is None:
-            generation.ticket.post(finished)
+            self._send(generation.ticket, finished)
             request = self._work.get(generation.ticket)
             if request is None:
                 return
             request.finished += 1
             if request.finished == len(request.prompts):
                 del self._work[generation.ticket]
-                generation.ticket.post(Done())
+                self._send(generation.ticket, Done())
             return
         fed = generation.prompt.astype(np.uint8).tobytes() + bytes(result.tokens)
         self._log(generation.entry, generation.job, fed, [finished], {})
@@ -341,7 +378,7 @@ class Engine:
         if request in self._completions:
             self._completions.remove(request)
         if error is not None:
-            generation.ticket.post(Failed(error))
+            self._send(generation.ticket, Failed(error))
 
     # ---- persistent streams --------------------------------------------------------------
     def _start_job(self, entry: StreamEntry) -> None:
@@ -373,7 +410,7 @@ class Engine:
         entry.current = None
         entry.last_used = time.monotonic()
         self._work.pop(job.ticket, None)
-        job.ticket.post(Failed(error) if error else Done(result or {}))
+        self._send(job.ticket, Failed(error) if error else Done(result or {}))
 
     def _abandon(self, entry: StreamEntry, job: Job | None, error: ApiError | None) -> None:
         """A request on the stream failed or was cancelled: drop the resident copy (the store
@@ -390,7 +427,7 @@ class Engine:
         if job is not None:
             self._work.pop(job.ticket, None)
             if error is not None:
-                job.ticket.post(Failed(error))
+                self._send(job.ticket, Failed(error))
 
     def _log(self, entry: StreamEntry, job: Job, tokens: bytes, events: list,
              result: dict[str, Any]) -> None:
@@ -406,7 +443,7 @@ class Engine:
                     job.ticket.post(event)
                 job.ticket.post(Done({**result, "position": start + len(tokens)}))
 
-        self.store.submit(lambda store: store.append(entry.stream_id, version, start, tokens),
+        self._store(lambda store: store.append(entry.stream_id, version, start, tokens),
                           written)
 
     def _acknowledged(self, entry: StreamEntry, job: Job, count: int,
@@ -432,7 +469,7 @@ class Engine:
             else:
                 log.error("stream %s: a snapshot write failed: %s", entry.stream_id, error)
 
-        self.store.submit(
+        self._store(
             lambda store: store.put_snapshot(entry.stream_id, version, position, data), stored)
 
     def _replace(self, entry: StreamEntry, job: SnapshotInJob) -> None:
@@ -444,7 +481,7 @@ class Engine:
         def stored(_: Any, error: BaseException | None) -> None:
             self._post(lambda: self._replaced(entry, job, position, error))
 
-        self.store.submit(
+        self._store(
             lambda store: store.put_snapshot(entry.stream_id, version, position, job.data), stored)
 
     def _replaced(self, entry: StreamEntry, job: SnapshotInJob, position: int,
@@ -460,7 +497,7 @@ class Engine:
         def deleted(_: Any, error: BaseException | None) -> None:
             self._post(lambda: self._deleted(entry, job, error))
 
-        self.store.submit(lambda store: store.delete(entry.stream_id), deleted)
+        self._store(lambda store: store.delete(entry.stream_id), deleted)
 
     def _deleted(self, entry: StreamEntry, job: DeleteJob, error: BaseException | None) -> None:
         if error is not None and not isinstance(error, UnknownStream):
@@ -476,7 +513,7 @@ class Engine:
         self.streams.pop(entry.stream_id, None)
         for later in entry.jobs:
             self._work.pop(later.ticket, None)
-            later.ticket.post(Failed(unknown_stream(entry.stream_id)))
+            self._send(later.ticket, Failed(unknown_stream(entry.stream_id)))
         entry.jobs.clear()
         self._count_streams()
 
@@ -512,7 +549,7 @@ class Engine:
                 log.error("stream %s: its spill failed (%s); it reloads from its log",
                           entry.stream_id, error)
 
-        self.store.submit(
+        self._store(
             lambda store: store.put_snapshot(entry.stream_id, version, position, data), stored)
 
     def _spill_all(self) -> None:
@@ -532,7 +569,7 @@ class Engine:
         def taken(stored: Any, error: BaseException | None) -> None:
             self._post(lambda: self._taken(entry, stored, error))
 
-        self.store.submit(lambda store: store.take(entry.stream_id), taken)
+        self._store(lambda store: store.take(entry.stream_id), taken)
 
     def _taken(self, entry: StreamEntry, stored: Any, error: BaseException | None) -> None:
         if error is None and not self._stopping:
@@ -557,7 +594,7 @@ class Engine:
         elif error is not None and entry.jobs:  # the job that asked for the load fails
             job = entry.jobs.popleft()
             self._work.pop(job.ticket, None)
-            job.ticket.post(Failed(store_failure(error)))
+            self._send(job.ticket, Failed(store_failure(error)))
 
     # ---- appends -------------------------------------------------------------------------
     def _step_appends(self) -> None:
@@ -642,7 +679,7 @@ class Engine:
         error = server_error("the server is shutting down", 503)
         for request in list(self._completions):
             self._work.pop(request.ticket, None)
-            request.ticket.post(Failed(error))
+            self._send(request.ticket, Failed(error))
         self._completions.clear()
         for generation in list(self._generations.values()):
             self._drop_generation(generation, error)
@@ -652,5 +689,5 @@ class Engine:
         for entry in self.streams.values():
             for job in entry.jobs:
                 self._work.pop(job.ticket, None)
-                job.ticket.post(Failed(error))
+                self._send(job.ticket, Failed(error))
             entry.jobs.clear()

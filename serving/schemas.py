@@ -85,7 +85,7 @@ class GenerationFields(_Body):
         sampling = Sampling(greedy=True, seed=seed) if temperature == 0 else \
             Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         return GenerationParams(max_tokens, sampling,
-                                tuple(stop.encode() for stop in stops if stop))
+                                tuple(utf8(stop, "stop") for stop in stops if stop))
 
     @property
     def include_usage(self) -> bool:
@@ -119,12 +119,12 @@ class AppendBody(_Body):
     def tokens(self) -> np.ndarray:
         if not self.text:
             raise bad_request("text is empty: give the text to append", "text")
-        return np.frombuffer(self.text.encode(), dtype=np.uint8).astype(np.int32)
+        return np.frombuffer(utf8(self.text, "text"), dtype=np.uint8).astype(np.int32)
 
 
 def encode_prompt(prompt: str, settings: ServeSettings, allow_empty: bool) -> np.ndarray:
     """A prompt as byte tokens [P] int32, within --max-prompt-bytes."""
-    data = prompt.encode()
+    data = utf8(prompt, "prompt")
     if not data and not allow_empty:
         raise bad_request("prompt is empty: the model has no start-of-text token, so give at "
                           "least one byte", "prompt")
@@ -132,6 +132,15 @@ def encode_prompt(prompt: str, settings: ServeSettings, allow_empty: bool) -> np
         raise bad_request(f"the prompt is {len(data)} bytes; this server takes at most "
                           f"{settings.max_prompt_bytes} (--max-prompt-bytes)", "prompt")
     return np.frombuffer(data, dtype=np.uint8).astype(np.int32)
+
+
+def utf8(text: str, param: str) -> bytes:
+    """The text's UTF-8 bytes; JSON can carry lone surrogates ("\\ud800"), which have none."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise bad_request(f"{param} is not valid Unicode ({exc.reason} at character "
+                          f"{exc.start})", param) from None
 
 
 Body = TypeVar("Body", bound=BaseModel)

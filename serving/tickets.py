@@ -50,6 +50,23 @@ class Failed:
 Event = Union[Started, Token, Finished, Done, Failed]
 
 
+def deliver(batch: list[tuple[Ticket, Event]]) -> None:
+    """Hand many tickets' events to their event loop in one call (from any thread)."""
+    loops: dict[asyncio.AbstractEventLoop, list[tuple[Ticket, Event]]] = {}
+    for ticket, event in batch:
+        loops.setdefault(ticket.loop, []).append((ticket, event))
+    for loop, events in loops.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, events)
+        except RuntimeError:  # the loop is closed: the server is gone, nobody waits
+            pass
+
+
+def _put_all(events: list[tuple[Ticket, Event]]) -> None:
+    for ticket, event in events:
+        ticket.events.put_nowait(event)
+
+
 class Ticket:
     """One request: events from the engine thread, awaited on the loop. `cancelled` is set (on
     the engine thread) once the engine has let go of the request."""

@@ -110,6 +110,13 @@ CASES = [
      "max_new_tokens must be an integer >= 0, got -1"),
     ("generate ENGINE --prompt a --temperature -1", "temperature"),
     ("generate ENGINE --prompt a --top-p 0", "top_p"),
+    ("serve MISSING", "engine directory MISSING does not exist"),
+    ("serve CORRUPT_MANIFEST", "is not valid JSON"),
+    ("serve ENGINE --streams 0", "--streams must be >= 1, got 0"),
+    ("serve ENGINE --port 70000", "--port must be in [0, 65535], got 70000"),
+    ("serve ENGINE --request-timeout 0", "--request-timeout must be > 0, got 0"),
+    ("serve ENGINE --api-key-file MISSING", "--api-key-file MISSING cannot be read"),
+    ("serve ENGINE --store GARBAGE", "cannot open the stream store GARBAGE"),
     ("bench --checkpoint MISSING --out OUT", "checkpoint directory MISSING does not exist"),
     ("bench --checkpoint GARBAGE --out OUT", "checkpoint directory GARBAGE is not a directory"),
     ("bench --checkpoint CORRUPT_CKPT --out OUT", "is not a readable safetensors file"),
@@ -121,7 +128,7 @@ CASES = [
 def test_the_table_covers_every_subcommand():
     subcommands = build_parser()._subparsers._group_actions[0].choices
     assert {argv.split()[0] for argv, _ in CASES} == set(subcommands)
-    assert len(COMMAND_MODULES) == 5 and len(subcommands) == 10
+    assert len(COMMAND_MODULES) == 6 and len(subcommands) == 11
 
 
 @pytest.mark.parametrize("argv, message", CASES, ids=[argv for argv, _ in CASES])

@@ -10,7 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving_helpers import Reference, assert_close, greedy, sse_events
 from starlette.testclient import TestClient
 
+from compressive_rt.runtime.backends.ort import OrtCpuBackend
 from compressive_rt.runtime.generate import Sampling
+from compressive_rt.runtime.manifest import load_manifest
 from compressive_rt.runtime.scheduler import Scheduler
 from compressive_rt.runtime.session import Session
 from compressive_rt.serving.server import open_engine
@@ -156,6 +158,8 @@ def test_requests_waiting_for_a_slot_start_as_soon_as_one_frees(served, engine_d
     (b'{"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}', "stop", "at most 4"),
     (b'{"prompt": "a", "n": 2}', "n", "n=2 is not supported"),
     (b'{"prompt": "a", "stream": "yes"}', "stream", "input should be a valid boolean"),
+    (b'{"prompt": "\\ud800"}', "prompt", "prompt is not valid Unicode (surrogates not allowed"),
+    (b'{"prompt": "a", "stop": "\\udfff"}', "stop", "stop is not valid Unicode"),
 ])
 def test_bad_requests_get_400_naming_the_field(served, body, param, message):
     answer = served().post("/v1/completions", content=body,
@@ -361,6 +365,14 @@ def test_streams_survive_a_restart_of_the_server(served, engine_dir, tmp_path):
     assert_close(append(again, stream, TEXT_B)["bits_per_byte"], reference.bits_per_byte(TEXT_B))
 
 
+def test_an_append_of_a_lone_surrogate_is_400_naming_text(served):
+    client = served()
+    stream = new_stream(client)
+    answer = client.post(f"/v1/streams/{stream}/append", content=b'{"text": "a\\ud800"}')
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "text"
+    assert client.get(f"/v1/streams/{stream}").json()["position"] == 0
+
+
 def test_a_deleted_stream_is_gone(served):
     client = served()
     stream = new_stream(client)
@@ -382,3 +394,51 @@ def test_the_state_of_a_stream_is_constant_in_its_history(served, engine_dir):
     session = Session(engine_dir)
     state = session.stream_state(session.add_stream())
     assert sizes == {sum(array.nbytes for array in state.values())}
+
+
+class FailingBackend(OrtCpuBackend):
+    """Real ONNX Runtime that can be told to fail its next call (an engine call failing, as a
+    device error would: nothing else here can make ONNX Runtime fail on valid input)."""
+
+    def __init__(self, engine_dir) -> None:
+        super().__init__(load_manifest(engine_dir), threads=1)
+        self.fail_next = False
+
+    def run(self, entry, feeds, fetches, tokens=None):
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError(f"injected failure in {entry}")
+        super().run(entry, feeds, fetches, tokens)
+
+
+@pytest.fixture
+def failing(engine_dir, tmp_path):
+    backend = FailingBackend(engine_dir)
+    app, _ = open_engine(engine_dir, ServeSettings(model_name=MODEL, streams=2),
+                         tmp_path / "store", backend=backend)
+    with TestClient(app) as client:
+        yield client, backend
+
+
+def test_a_failed_engine_call_fails_its_request_and_the_stream_stays_as_acknowledged(
+        failing, engine_dir):
+    client, backend = failing
+    stream = new_stream(client)
+    append(client, stream, TEXT_A)
+    backend.fail_next = True
+    answer = client.post(f"/v1/streams/{stream}/append", json={"text": TEXT_B.decode()})
+    assert answer.status_code == 500 and "injected failure" in answer.json()["error"]["message"]
+    assert client.get(f"/v1/streams/{stream}").json()["position"] == len(TEXT_A)
+    reference = Reference(engine_dir)
+    reference.append(TEXT_A)
+    assert_close(append(client, stream, TEXT_B)["bits_per_byte"], reference.bits_per_byte(TEXT_B))
+
+
+def test_a_failed_engine_call_fails_the_completions_of_its_step_only(failing, engine_dir):
+    client, backend = failing
+    backend.fail_next = True
+    failed = client.post("/v1/completions", json={"prompt": "ab", "max_tokens": 4})
+    assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error"
+    answer = client.post("/v1/completions", json={"prompt": "ab", "max_tokens": 6,
+                                                  "temperature": 0}).json()
+    assert answer["choices"][0]["token_ids"] == list(greedy(engine_dir, b"ab", 6))

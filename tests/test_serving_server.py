@@ -163,6 +163,22 @@ def test_a_client_that_disconnects_mid_stream_cancels_and_frees_its_slot(server,
     assert answer["choices"][0]["token_ids"] == list(greedy(engine_dir, b"def ", 8))
 
 
+def test_a_generation_whose_client_leaves_leaves_its_stream_as_it_was(server, engine_dir):
+    running = server("--max-tokens", "100000")
+    stream = httpx.post(f"{running.url}/v1/streams").json()["id"]
+    text = b"before the generation that never finishes"
+    httpx.post(f"{running.url}/v1/streams/{stream}/append", json={"text": text.decode()})
+    with httpx.stream("POST", f"{running.url}/v1/streams/{stream}/generate", timeout=60,
+                      json={"max_tokens": 100000, "stream": True}) as response:
+        assert next(response.iter_lines()).startswith("data: ")
+    time.sleep(0.5)
+    assert httpx.get(f"{running.url}/v1/streams/{stream}").json()["position"] == len(text)
+    reference = Reference(engine_dir)
+    reference.append(text)
+    answer = httpx.post(f"{running.url}/v1/streams/{stream}/append", json={"text": "after"})
+    assert_close(answer.json()["bits_per_byte"], reference.bits_per_byte(b"after"))
+
+
 def test_a_burst_of_four_times_the_queue_completes_or_gets_429(server, engine_dir):
     running = server("--streams", "2", "--queue-size", "3")
     prompts = [f"prompt {i} " for i in range(12)]
