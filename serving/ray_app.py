@@ -157,8 +157,9 @@ class StreamReplica:
         return self.largest_body
 
     def check_health(self) -> None:
-        if not self.engine.ready and not self.stopped:
-            raise RuntimeError("the engine thread is not running; see the replica's log")
+        """Serve replaces a replica whose engine thread died of a bug."""
+        if self.engine.failed:
+            raise RuntimeError("the engine thread failed; see the replica's log")
 
     def __del__(self) -> None:
         """Serve's graceful shutdown: finish what runs, spill every stream to the store."""

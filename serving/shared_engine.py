@@ -62,7 +62,7 @@ class SharedStoreEngine(Engine):
     def describe_stream(self, ticket: Ticket, stream_id: str) -> None:
         entry = self._entry(stream_id)
         if entry.slot is not None and not entry.loading:
-            ticket.post(Done(self.stream_info(stream_id, True, entry.position)))
+            self._send(ticket, Done(self.stream_info(stream_id, True, entry.position)))
             return
 
         def known(position: Any, error: BaseException | None) -> None:
@@ -71,7 +71,7 @@ class SharedStoreEngine(Engine):
             ticket.post(Failed(store_failure(error)) if error else
                         Done(self.stream_info(stream_id, False, position)))
 
-        self.store.submit(lambda store: store.position(stream_id), known)
+        self._store(lambda store: store.position(stream_id), known)
 
     def _forget_unknown(self, entry: StreamEntry) -> None:
         if entry.slot is None and not entry.jobs and entry.current is None:
@@ -90,7 +90,7 @@ class SharedStoreEngine(Engine):
                                  resident.get(stream_id, position))
                 for stream_id, position in positions.items()]}))
 
-        self.store.submit(lambda store: store.positions(), listed)
+        self._store(lambda store: store.positions(), listed)
 
     # ---- giving streams up --------------------------------------------------------------
     def give_up(self, stream_id: str) -> None:
@@ -103,7 +103,7 @@ class SharedStoreEngine(Engine):
             self.on_give_up(stream_id)
         entry = self.streams.get(stream_id)
         if entry is None or entry.slot is None:  # not held here (any more): say so
-            self.store.submit(lambda store: store.release(stream_id), self._released)
+            self._store(lambda store: store.release(stream_id), self._released)
             return
         self._asked.add(entry)
 
@@ -119,7 +119,7 @@ class SharedStoreEngine(Engine):
     def _spill(self, entry: StreamEntry) -> None:
         stream_id = entry.stream_id
         super()._spill(entry)
-        self.store.submit(lambda store: store.release(stream_id), self._released)
+        self._store(lambda store: store.release(stream_id), self._released)
 
     @staticmethod
     def _released(_: Any, error: BaseException | None) -> None:
