@@ -187,10 +187,11 @@ class StreamRouter:
             if len(body) > self.largest_body:
                 error = too_large(len(body), self.largest_body)
                 return JSONResponse(error.body(), status_code=error.status)
-        match = STREAM_PATH.match(request.url.path)
+        path = app_path(request.scope)
+        match = STREAM_PATH.match(path)
         handle = self.replicas.options(stream=True,
                                        multiplexed_model_id=match[1] if match else "")
-        parts = handle.forward.remote(request.method, request.url.path,
+        parts = handle.forward.remote(request.method, path,
                                       request.scope.get("query_string", b""),
                                       list(request.scope["headers"]), bytes(body))
         try:
@@ -198,7 +199,7 @@ class StreamRouter:
         except UNAVAILABLE as exc:
             return self._unavailable(exc)
         except RayTaskError as exc:
-            log.error("a replica failed on %s %s: %s", request.method, request.url.path, exc)
+            log.error("a replica failed on %s %s: %s", request.method, path, exc)
             error = server_error("the replica failed; see its log")
             return JSONResponse(error.body(), status_code=error.status)
         if head.body is not None:
@@ -228,6 +229,15 @@ class StreamRouter:
             yield f"data: {json.dumps(error.body())}\n\n".encode()
         finally:
             parts.cancel()
+
+
+def app_path(scope: dict) -> str:
+    """The request's path inside the application (without the route prefix it was served
+    under), as `ctrt serve` sees it."""
+    path, prefix = scope["path"], scope.get("root_path", "").rstrip("/")
+    if prefix and (path == prefix or path.startswith(prefix + "/")):
+        return path[len(prefix):] or "/"
+    return path
 
 
 def build_app(deployment: RayDeployment) -> Any:

@@ -10,7 +10,7 @@ import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redis_helpers import RedisServer
+from redis_helpers import RedisServer, need_binary
 from test_serving_store import (  # noqa: F401 - the same contract, collected here on Redis
     test_a_record_that_does_not_follow_the_stored_position_is_refused,
     test_a_writer_whose_stream_was_taken_since_writes_nothing,
@@ -97,6 +97,7 @@ def test_a_password_is_required_and_never_shown(tmp_path):
 
 
 def test_tls_with_a_certificate_the_client_checks(tmp_path):
+    need_binary("openssl", "openssl")
     certificate, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
