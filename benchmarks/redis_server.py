@@ -32,7 +32,8 @@ class RedisServer:
         if self.binary is None:
             raise BenchError("redis-server is not installed (Debian: apt-get install "
                             "redis-server)")
-        self.directory, self.password, self.tls, self.fsync = directory, password, tls, fsync
+        self.directory = directory.resolve()  # redis-server changes into it before its log
+        self.password, self.tls, self.fsync = password, tls, fsync
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.process: subprocess.Popen | None = None
