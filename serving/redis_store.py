@@ -18,7 +18,8 @@ position, 8 bytes big-endian, then the tokens).
 Hand-over between replicas: `take` records the taker as the stream's holder. A taker that
 finds another holder asks it, over a pub/sub channel of that holder's own, to give the stream
 up; a live holder spills it (its snapshot stored) and `release`s it, and the taker goes on at
-once. A holder that is gone has no subscriber (the taker goes on at once), one that does not
+once. A holder that is gone has no subscriber (the taker goes on at once, or as soon as a dying
+holder's connection closes), one that does not
 answer within `release_wait_s` (paused, partitioned) is taken from anyway: fencing makes its
 later writes fail rather than overwrite, and the request it hears late is dropped.
 """
@@ -262,10 +263,13 @@ class RedisStore:
             holder = self._client.hget(key, "holder")
             if holder is None or holder.decode() == self.name:
                 return
-            if not self._client.publish(self._key("release", holder.decode()), stream_id):
+            channel = self._key("release", holder.decode())
+            if not self._client.publish(channel, stream_id):
                 return  # nobody listens there: the holder is gone
             deadline = time.monotonic() + self.release_wait_s
             while self._client.hget(key, "holder") == holder:
+                if not self._client.pubsub_numsub(channel)[0][1]:
+                    return  # its connection closed while we waited: it died
                 if time.monotonic() > deadline:
                     log.warning("stream %s: its holder %s did not give it up within %g s; "
                                 "taken from it (its later writes are refused)", stream_id,

@@ -156,6 +156,24 @@ def test_a_gone_holder_is_taken_from_at_once(redis_server):
     taker.close()
 
 
+def test_a_holder_that_dies_while_asked_is_taken_from_when_its_connection_closes(
+        redis_server):
+    holder = RedisStore(redis_server.url, ENGINE)
+    holder.on_release(lambda stream_id: None)  # hears the request, dies before it answers
+    holder.create("s")
+    holder.take("s")
+    taker = RedisStore(redis_server.url, ENGINE, release_wait_s=30)
+    taken = []
+    thread = threading.Thread(target=lambda: taken.append(taker.take("s")))
+    started = time.monotonic()
+    thread.start()
+    time.sleep(0.5)
+    holder.close()
+    thread.join(30)
+    assert taken and time.monotonic() - started < 5  # not the 30 s bound
+    taker.close()
+
+
 def test_a_holder_that_does_not_answer_is_taken_from_after_the_wait(redis_server):
     holder = RedisStore(redis_server.url, ENGINE)
     holder.on_release(lambda stream_id: None)  # hears the request, never gives it up
