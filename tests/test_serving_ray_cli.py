@@ -41,6 +41,24 @@ def test_option_errors_are_one_line_and_exit_2(engine_dir, args, message):
     assert message in done.stderr
 
 
+def test_serve_run_builds_the_deployment_from_its_arguments(engine_dir):
+    need_ray()
+    from ray.serve import Application
+
+    from compressive_rt.errors import CtrtError
+    from compressive_rt.serving.ray_app import app_builder
+
+    built = app_builder({"engine_dir": str(engine_dir), "store": "redis://127.0.0.1:6380",
+                         "replicas": "3", "streams": "4"})
+    assert isinstance(built, Application)
+    with pytest.raises(CtrtError, match=r"unknown arguments \['replica'\]"):
+        app_builder({"engine_dir": str(engine_dir), "store": "redis://h:1", "replica": "3"})
+    with pytest.raises(CtrtError, match="an argument is not a number"):
+        app_builder({"engine_dir": str(engine_dir), "store": "redis://h:1", "replicas": "two"})
+    with pytest.raises(CtrtError, match="need a store they share"):
+        app_builder({"engine_dir": str(engine_dir), "store": "/tmp/store"})
+
+
 def test_an_unreachable_store_is_refused_before_ray_starts(engine_dir):
     done = ctrt("serve", engine_dir, "--ray", "--store", f"redis://127.0.0.1:{free_port()}",
                 "--port", str(free_port()))
