@@ -84,41 +84,72 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`ctrt serve` in a subprocess on 127.0.0.1 (a context manager: SIGTERM at the end,
-    SIGKILL if it does not stop)."""
+    """`ctrt serve ENGINE --port P --store STORE ...` in a subprocess on 127.0.0.1 on a free
+    port (`ctrt`: that executable; default: this Python's `-m compressive_rt.cli.main`).
+    `start` waits for /ready; as a context manager it stops the server at the end (SIGTERM,
+    then SIGKILL if it does not stop). Its output goes to a log file beside the store."""
 
-    def __init__(self, engine_dir: Path, store: Path, threads: int, *options: str) -> None:
+    def __init__(self, engine_dir: Path, store: Path, *options: str, threads: int = 1,
+                 ctrt: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = store.parent / f"{store.name}.log"
-        command = [sys.executable, "-m", "compressive_rt.cli.main", "serve", str(engine_dir),
-                   "--port", str(self.port), "--store", str(store), "--threads", str(threads),
-                   "--no-access-log", *options]
-        with self.log_path.open("wb") as log_file:
-            self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        self.log_path = store.parent / f"{store.name}.{self.port}.log"
+        program = [str(ctrt)] if ctrt else [sys.executable, "-m", "compressive_rt.cli.main"]
+        self.command = [*program, "serve", str(engine_dir), "--port", str(self.port),
+                        "--store", str(store), "--threads", str(threads), *options]
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> ServerProcess:
-        deadline = time.monotonic() + READY_TIMEOUT_S
+    def start(self, timeout_s: float = READY_TIMEOUT_S) -> ServerProcess:
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(self.command, stdout=log_file,
+                                            stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise BenchError(f"ctrt serve exited: {self.log_path.read_text()[-2000:]}")
+                raise BenchError(f"ctrt serve exited with {self.process.returncode}:\n"
+                                 f"{self.log()[-3000:]}")
             try:
                 if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
-            time.sleep(0.1)
-        self.__exit__()
-        raise BenchError(f"ctrt serve was not ready within {READY_TIMEOUT_S} s")
+            time.sleep(0.05)
+        self.kill()
+        raise BenchError(f"ctrt serve was not ready within {timeout_s} s:\n{self.log()[-3000:]}")
 
-    def __exit__(self, *exc_info: object) -> None:
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """kill -9."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, then wait for the exit; returns the exit code."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def stop(self) -> None:
+        """Whatever happened: SIGTERM, then kill -9 if it does not stop in time."""
+        if self.process is not None and self.process.poll() is None:
             try:
-                self.process.wait(60)
+                self.terminate(60)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(30)
+                pass
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -189,9 +220,10 @@ def concurrency_curve(engine_dir: Path, settings: ServeBenchSettings, threads: i
                range(max(settings.concurrency))]
     session = Session(engine_dir, max_streams=max(settings.concurrency), threads=threads)
     rows = []
-    with ServerProcess(engine_dir, work / "store_concurrency", threads,
+    with ServerProcess(engine_dir, work / "store_concurrency", "--no-access-log",
                        "--streams", str(max(settings.concurrency)),
-                       "--queue-size", str(4 * max(settings.concurrency))) as server:
+                       "--queue-size", str(4 * max(settings.concurrency)),
+                       threads=threads) as server:
         for clients in settings.concurrency:
             batch = prompts[:clients]
             units = {"http": lambda b=batch: asyncio.run(
@@ -283,9 +315,9 @@ def long_lived_stream(engine_dir: Path, settings: ServeBenchSettings, threads: i
 def burst(engine_dir: Path, settings: ServeBenchSettings, threads: int, work: Path) -> dict:
     count = 4 * settings.burst_queue
     prompts = [f"request {i}: ".encode() for i in range(count)]
-    with ServerProcess(engine_dir, work / "store_burst", threads,
+    with ServerProcess(engine_dir, work / "store_burst", "--no-access-log",
                        "--streams", str(settings.burst_streams),
-                       "--queue-size", str(settings.burst_queue)) as server:
+                       "--queue-size", str(settings.burst_queue), threads=threads) as server:
         async def fire() -> list:
             limits = httpx.Limits(max_connections=count + 4)
             async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, limits=limits) as client:

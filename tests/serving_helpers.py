@@ -4,17 +4,11 @@ and a real `ctrt serve` subprocess on 127.0.0.1 (always stopped by its fixture).
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
+from compressive_rt.benchmarks.serve import ServerProcess
 from compressive_rt.runtime.generate import Sampling, generate
 from compressive_rt.runtime.score import target_bits
 from compressive_rt.runtime.session import Session
@@ -78,70 +72,5 @@ def sse_events(lines) -> list:
     return events
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`ctrt serve ENGINE --port P --store STORE ...` in a subprocess; `start` waits for
-    /ready. Logs go to a file (read them with `log()`)."""
-
-    def __init__(self, engine_dir: Path, store: Path, *args: str,
-                 env: dict[str, str] | None = None, ctrt: Path | None = None) -> None:
-        self.engine_dir, self.store, self.args = engine_dir, store, list(args)
-        self.ctrt = ctrt or Path(sys.executable).parent / "ctrt"
-        self.env = {**os.environ, **(env or {})}
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = store.parent / f"{store.name}.{self.port}.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 120.0) -> Server:
-        with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(
-                [str(self.ctrt), "serve", str(self.engine_dir), "--port", str(self.port),
-                 "--store", str(self.store), "--threads", "1", *self.args],
-                stdout=log_file, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ctrt serve exited with {self.process.returncode}:\n"
-                                   f"{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"ctrt serve was not ready within {timeout_s} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill(self) -> None:
-        """kill -9."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
-
-    def terminate(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM and wait for the exit; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    def stop(self) -> None:
-        """At the end of a test, whatever happened: SIGTERM, then kill -9 if it hangs."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            self.terminate(30)
-        except subprocess.TimeoutExpired:
-            pass
+# the benchmark's subprocess runner: a free port on 127.0.0.1, /ready, SIGTERM or kill -9
+Server = ServerProcess
