@@ -39,7 +39,7 @@ from compressive_rt.benchmarks.contenders import random_model
 from compressive_rt.benchmarks.engines import export_engine
 from compressive_rt.benchmarks.measure import ratio_stats
 from compressive_rt.benchmarks.redis_server import RedisServer
-from compressive_rt.benchmarks.serve import ServerProcess
+from compressive_rt.benchmarks.serve import ServerProcess, free_port
 from compressive_rt.benchmarks.settings import SEED, BenchError, log
 from compressive_rt.benchmarks.workloads import interleave
 from compressive_rt.ct_reference.config import ModelConfig
@@ -49,6 +49,7 @@ from compressive_rt.serving.redis_store import RedisStore
 from compressive_rt.serving.sqlite_store import SQLiteStore
 
 TIMEOUT_S = 300
+OBJECT_STORE_BYTES = 200 << 20  # per node: a snapshot (15 MiB at the default config) at a time
 FSYNC_POLICIES = ("always", "everysec", "no")
 
 
@@ -142,8 +143,8 @@ def store_costs(identity: str, snapshot_bytes: int, settings: RayBenchSettings,
 def stream_move(engine_dir: Path, settings: RayBenchSettings, threads: int, work: Path) -> dict:
     redis_server = RedisServer(work / "redis_move").start()
     try:
-        servers = [ServerProcess(engine_dir, work / name, threads, "--store", redis_server.url)
-                   for name in ("move_a", "move_b")]
+        servers = [ServerProcess(engine_dir, work / name, "--store", redis_server.url,
+                                 threads=threads) for name in ("move_a", "move_b")]
         with servers[0] as a, servers[1] as b:
             with httpx.Client(timeout=TIMEOUT_S) as client:
                 stream = client.post(f"{a.url}/v1/streams").json()["id"]
@@ -187,15 +188,15 @@ def append(client: httpx.Client, url: str, stream: str, text: str) -> float:
 
 # ---- on a Ray cluster ------------------------------------------------------------------------
 class RayCluster:
-    """A head (Serve's controller, proxy and routers) and two nodes of `cpus` CPUs, one
-    redis-server, the applications deployed on them; shut down at the end."""
+    """A local Ray cluster (ray.cluster_utils): a head with no CPUs for replicas (Serve's
+    controller, proxy on 127.0.0.1 and routers run there) and two nodes of `cpus` CPUs each,
+    one redis-server (appendfsync always), the applications `deploy`ed on them; everything
+    shut down at the end (a context manager). The tests use it too."""
 
     def __init__(self, work: Path, cpus: int) -> None:
-        from compressive_rt.benchmarks.redis_server import free_port
-
         self.work, self.cpus, self.port = work, cpus, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.cluster = None
+        self.cluster = self.redis = None
 
     def __enter__(self) -> RayCluster:
         import ray
@@ -205,9 +206,10 @@ class RayCluster:
         self.redis = RedisServer(self.work / "redis_ray").start()
         try:
             self.cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": 0, "include_dashboard": False, "object_store_memory": 200 << 20})
+                "num_cpus": 0, "include_dashboard": False,
+                "object_store_memory": OBJECT_STORE_BYTES})
             for _ in range(2):
-                self.cluster.add_node(num_cpus=self.cpus, object_store_memory=200 << 20)
+                self.cluster.add_node(num_cpus=self.cpus, object_store_memory=OBJECT_STORE_BYTES)
             ray.init(address=self.cluster.address, logging_level="WARNING",
                      log_to_driver=False)
             serve.start(proxy_location="HeadOnly",
@@ -235,7 +237,8 @@ class RayCluster:
         finally:
             if self.cluster is not None:
                 self.cluster.shutdown()
-            self.redis.stop()
+            if self.redis is not None:
+                self.redis.stop()
 
 
 def failover(cluster: RayCluster, app: str, prefix: str, settings: RayBenchSettings) -> dict:

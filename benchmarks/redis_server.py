@@ -6,20 +6,14 @@ stopped by its owner."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
+from compressive_rt.benchmarks.serve import free_port
 from compressive_rt.benchmarks.settings import BenchError
 
 STARTUP_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RedisServer:

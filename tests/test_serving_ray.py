@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from ray_helpers import LocalCluster, need_ray, tree_rss_bytes
+from ray_helpers import need_ray, tree_rss_bytes
 from serving_helpers import Reference, assert_close, greedy
 
 MEMORY_BOUND = 6 << 30  # measured here: about 2.5 GiB for the whole cluster
@@ -33,19 +33,21 @@ def engine_dir(engine):
 @pytest.fixture(scope="module")
 def served(engine_dir, tmp_path_factory):
     need_ray()
-    from compressive_rt.serving.ray_app import RayDeployment
+    from redis_helpers import need_binary
+
+    from compressive_rt.benchmarks.ray_serve import RayCluster
+    from compressive_rt.serving.ray_app import APP_NAME, RayDeployment
     from compressive_rt.serving.settings import ServeSettings
 
-    cluster = LocalCluster(tmp_path_factory.mktemp("ray"))
-    try:
-        yield cluster.start(lambda store: RayDeployment(
-            str(engine_dir), store, ServeSettings(model_name="tiny", streams=8),
-            replicas=2, replicas_per_node=1, threads=1))
+    need_binary("redis-server", "redis-server")
+    with RayCluster(tmp_path_factory.mktemp("ray"), cpus=1) as cluster:
+        cluster.deploy(APP_NAME, RayDeployment(
+            str(engine_dir), cluster.redis.url, ServeSettings(model_name="tiny", streams=8),
+            replicas=2, replicas_per_node=1, threads=1), "/")
+        yield cluster
         resident = tree_rss_bytes(os.getpid())
         print(f"the cluster's processes and this one: {resident / 2**30:.2f} GiB resident")
         assert resident < MEMORY_BOUND
-    finally:
-        cluster.stop()
 
 
 def text_of(rng: random.Random) -> str:

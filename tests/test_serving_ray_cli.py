@@ -11,8 +11,9 @@ import httpx
 import pytest
 from ray_helpers import need_ray
 from redis_helpers import RedisServer
-from serving_helpers import Reference, assert_close, free_port
+from serving_helpers import Reference, assert_close
 
+from compressive_rt.benchmarks.serve import free_port
 from compressive_rt.serving.redis_store import RedisStore
 
 CTRT = Path(sys.executable).parent / "ctrt"
