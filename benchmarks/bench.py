@@ -4,8 +4,9 @@ ORT intra_op threads T), contenders interleaved round-robin within each repeat.
 
 Experiments (EXPERIMENTS, in this order): the main table (eager, torch.compile, eager cached
 steps and the ORT engine, the latter two under the same Session), the same model built in
-compressive-transformer-pytorch and imported, the serving curve, capacity independence, sizes
-and peak RSS (benchmarks/memory.py, each in a fresh process), and the extras (scaling grid,
+compressive-transformer-pytorch and imported, the serving curve, the scheduler's own time per
+step, capacity independence, sizes and peak RSS (benchmarks/memory.py, each in a fresh
+process), and the extras (scaling grid,
 Transformer-XL comparison, ORT variants, int8). Beside them: the machine's fp32 GEMM rate and
 copy bandwidth (the physical limits) and the runtime's loop overhead.
 """
@@ -25,7 +26,7 @@ from compressive_rt.benchmarks.contenders import MAIN_CONTENDERS, Bench, build, 
 from compressive_rt.benchmarks.settings import PROFILES, SEED, BenchError, log
 
 EXTRAS = ("scaling", "xl", "ort", "quantization")
-EXPERIMENTS = ("main", "lucidrains", "serving", "capacity", "memory", *EXTRAS)
+EXPERIMENTS = ("main", "lucidrains", "serving", "scheduler", "capacity", "memory", *EXTRAS)
 
 
 def add_efficiency(contenders: dict, cfg, gemm_gflops: float) -> None:
@@ -152,6 +153,9 @@ def run_benchmark(quick: bool, out_dir: Path, threads: int, checkpoint: Path | N
             gc.collect()
         if "serving" in experiments:
             results["serving"] = exp.serving_curve(bench, settings)
+            gc.collect()
+        if "scheduler" in experiments:
+            results["scheduler_overhead"] = exp.scheduler_overhead(bench, settings)
             gc.collect()
         if "capacity" in experiments:
             results["capacity"] = exp.capacity_independence(bench, settings)

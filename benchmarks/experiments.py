@@ -21,7 +21,7 @@ from compressive_rt.benchmarks.workloads import (
     random_tokens,
     summarize,
 )
-from compressive_rt.runtime.generate import Sampling
+from compressive_rt.runtime.sampling import Sampling
 from compressive_rt.runtime.session import Session
 
 
@@ -101,50 +101,99 @@ def lucidrains_comparison(cfg, threads: int, work: Path, settings: Settings,
                       "logit_scale": float(np.abs(want).max())}, **result}
 
 
+TOP_K = 40  # the sampled serving line and the scheduler-overhead row
+
+
+def serving_contenders(keys: tuple[str, ...]) -> dict[str, tuple[str, Sampling | None]]:
+    """Serving-curve lines: (session contender, sampling; None = top-k with a seed per
+    request). The runtime serves greedy and top-k requests; other contenders greedy only."""
+    lines = {key: (key, Sampling(greedy=True)) for key in keys}
+    if "runtime" in keys:
+        lines[f"runtime_top{TOP_K}"] = ("runtime", None)
+    return lines
+
+
 def serving_curve(bench: Bench, settings: Settings,
                   keys: tuple[str, ...] = ("runtime", "cached")) -> dict:
     """Generated tokens per second against concurrent requests, through runtime.scheduler on
-    the engine (runtime) and on the eager cached steps (cached), interleaved per repeat."""
+    the engine (runtime: greedy and top-k 40 with a seed per request) and on the eager cached
+    steps (cached), interleaved per repeat."""
     from compressive_rt.runtime.scheduler import Scheduler
 
     rng = np.random.default_rng(SEED + 7)
     prompts = [bytes(rng.integers(0, 256, settings.serving_prompt_bytes).astype(np.uint8))
                for _ in range(max(settings.serving_concurrency))]
     new_tokens = settings.serving_new_tokens
+    lines = serving_contenders(keys)
     rows = []
     for concurrency in settings.serving_concurrency:
-        sessions = {key: Session(bench.engine_dir, backend=open_backend(key, bench),
-                                 max_streams=concurrency) for key in keys}
+        sessions = {line: Session(bench.engine_dir, backend=open_backend(key, bench),
+                                  max_streams=concurrency) for line, (key, _) in lines.items()}
 
-        def serve(session: Session, concurrency: int = concurrency) -> dict:
-            scheduler = Scheduler(session)
-            for prompt in prompts[:concurrency]:
-                scheduler.submit(prompt, new_tokens, Sampling(greedy=True))
+        def serve(line: str, concurrency: int = concurrency) -> dict:
+            scheduler = Scheduler(sessions[line])
+            sampling = lines[line][1]
+            for i, prompt in enumerate(prompts[:concurrency]):
+                scheduler.submit(prompt, new_tokens, sampling or Sampling(top_k=TOP_K, seed=i))
             started = time.perf_counter()
             for _ in scheduler.run():
                 pass
             return {"seconds": time.perf_counter() - started}
 
-        for session in sessions.values():
-            serve(session)  # warm-up: first calls of each batch and token count
-        runs = interleave({key: (lambda s=sessions[key]: serve(s)) for key in keys},
+        for line in lines:
+            serve(line)  # warm-up: first calls of each batch and token count
+        runs = interleave({line: (lambda line=line: serve(line)) for line in lines},
                           settings.serving_repeats)
         generated = concurrency * new_tokens
         row: dict = {"concurrency": concurrency, "generated_tokens": generated}
-        for key, repeats in runs.items():
+        for line, repeats in runs.items():
             seconds = [r["seconds"] for r in repeats]
-            row[key] = {**summarize(repeats),
-                        "tokens_per_s": generated / float(np.median(seconds)),
-                        "tokens_per_s_min": generated / max(seconds),
-                        "tokens_per_s_max": generated / min(seconds)}
+            row[line] = {**summarize(repeats),
+                         "tokens_per_s": generated / float(np.median(seconds)),
+                         "tokens_per_s_min": generated / max(seconds),
+                         "tokens_per_s_max": generated / min(seconds)}
         if "runtime" in runs and "cached" in runs:
             row["runtime_vs_cached"] = ratio_stats([r["seconds"] for r in runs["cached"]],
                                                    [r["seconds"] for r in runs["runtime"]])
         rows.append(row)
         log(f"serving {concurrency} requests: " + ", ".join(
-            f"{key} {row[key]['tokens_per_s']:.0f} tokens/s" for key in runs))
+            f"{line} {row[line]['tokens_per_s']:.0f} tokens/s" for line in runs))
     return {"prompt_bytes": settings.serving_prompt_bytes, "new_tokens": new_tokens,
-            "sampling": "greedy", "keys": list(keys), "rows": rows}
+            "sampling": f"greedy; runtime_top{TOP_K}: top-k {TOP_K}, a seed per request",
+            "keys": list(lines), "rows": rows}
+
+
+def scheduler_overhead(bench: Bench, settings: Settings, requests: int = 8,
+                       key: str = "runtime") -> dict:
+    """Scheduler.step with `requests` running requests (top-k 40, distinct seeds, no
+    callbacks): wall time minus the time inside Backend.run, over steps that cross commits."""
+    from compressive_rt.runtime.scheduler import Scheduler
+
+    cfg = bench.model.config
+    backend = open_backend(key, bench)
+    session = Session(bench.engine_dir, backend=backend, max_streams=requests)
+    rng = np.random.default_rng(SEED + 9)
+    scheduler = Scheduler(session)
+    for i in range(requests):
+        prompt = bytes(rng.integers(0, 256, settings.serving_prompt_bytes).astype(np.uint8))
+        scheduler.submit(prompt, 1 << 30, Sampling(top_k=TOP_K, seed=i))
+    for _ in range(cfg.seg_len + 2):  # warm-up: the prompts, every fill, a commit
+        scheduler.step()
+    walls, outside = [], []
+    for _ in range(settings.scheduler_steps):
+        engine_before = backend.engine_seconds
+        started = time.perf_counter()
+        scheduler.step()
+        wall = time.perf_counter() - started
+        walls.append(wall)
+        outside.append(wall - (backend.engine_seconds - engine_before))
+    scheduler.close()
+    fractions = np.array(outside) / np.array(walls)
+    return {"contender": key, "requests": requests, "top_k": TOP_K, "steps": len(walls),
+            "step_ms": float(np.median(walls)) * 1e3,
+            "outside_engine_ms": float(np.median(outside)) * 1e3,
+            "fraction": float(np.sum(outside) / np.sum(walls)),
+            "fraction_quartiles": [float(q) for q in np.percentile(fractions, (25, 75))]}
 
 
 def capacity_independence(bench: Bench, settings: Settings, key: str = "runtime") -> dict:

@@ -146,13 +146,15 @@ def check_engine_equal(engine_a: Path, engine_b: Path, threads: int, cfg) -> dic
 def quantization(engine_dir: Path, threads: int, cfg, work: Path, settings: Settings) -> dict:
     """int8 dynamic quantization, as `ctrt export --precision int8` makes it: speed, and bits
     per byte on real text (this Python's os.py, split into `quant_streams` documents scored with
-    fresh memory) against fp32."""
+    fresh memory) against fp32, with the CPU features that select ONNX Runtime's int8 kernels."""
     import json
     import shutil
 
     from compressive_rt.benchmarks import engines
     from compressive_rt.benchmarks.memory import directory_bytes
+    from compressive_rt.export.onnx_export import QUANT_OPTIONS
     from compressive_rt.export.pipeline import convert_engine
+    from compressive_rt.runtime.cpu import cpu_features
     from compressive_rt.runtime.manifest import MANIFEST_NAME
     from compressive_rt.runtime.score import score_documents, total_bits_per_byte
     from compressive_rt.runtime.session import Session
@@ -173,8 +175,8 @@ def quantization(engine_dir: Path, threads: int, cfg, work: Path, settings: Sett
             bpb[label] = total_bits_per_byte(score_documents(session, docs))
             bpb[f"{label}_seconds"] = time.perf_counter() - started
         return {**timing, "bits_per_byte": bpb, "text": f"{os.__file__} first {len(text)} bytes",
-                "bpb_delta": bpb["int8"] - bpb["fp32"],
-                "engine_bytes": directory_bytes(derived)}
+                "bpb_delta": bpb["int8"] - bpb["fp32"], "quantization": QUANT_OPTIONS,
+                "cpu": cpu_features().to_dict(), "engine_bytes": directory_bytes(derived)}
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"[:400]}
     finally:

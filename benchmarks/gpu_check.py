@@ -169,18 +169,18 @@ def runtime_calls(engine_dir: Path, backend: Backend, batch: int,
                   seg_len: int) -> dict[str, Callable[[], object]]:
     contract = load_manifest(engine_dir).contract
 
-    def bound(entry: str) -> tuple[dict, dict]:
+    def bound(entry: str) -> object:
         spec = contract[entry]
         feeds = {s.name: backend.allocate(s, batch, 1) for s in spec.inputs}
         fetches = {s.name: backend.allocate(s, batch, 1) for s in spec.outputs}
-        return feeds, fetches
+        return backend.bind(entry, feeds, fetches, 1 if entry == "extend" else None)
 
     segment, extend = bound("segment"), bound("extend")
     session = Session(engine_dir, backend=backend, max_streams=batch)
     rng = np.random.default_rng(1)
     tokens = {session.add_stream(): rng.integers(0, 256, seg_len) for _ in range(batch)}
-    return {"segment call": lambda: backend.run("segment", *segment),
-            "decode call": lambda: backend.run("extend", *extend, tokens=1),
+    return {"segment call": lambda: backend.run(segment),
+            "decode call": lambda: backend.run(extend),
             "segment feed": lambda: session.feed(tokens)}
 
 

@@ -12,11 +12,14 @@ outside_engine_ms; decode rows add amortized_ms (= median_ms), step_ms, commit_t
              compile_seconds?, error?}},
   ratios {"<workload> b<batch>: <fast> vs <other>": ratio}  (speed-up: other's time / fast's),
   loop_overhead {"<workload> b<batch>": {step_ms, outside_engine_ms, fraction}},
+  scheduler_overhead {contender, requests, top_k, steps, step_ms, outside_engine_ms, fraction,
+                      fraction_quartiles},
   lucidrains {arguments, config, check, contenders, ratios}  (the same shapes as above),
-  serving {prompt_bytes, new_tokens, sampling, keys, rows [{concurrency, generated_tokens,
-           <key>: row + tokens_per_s, tokens_per_s_min, tokens_per_s_max, runtime_vs_cached}]},
+  serving {prompt_bytes, new_tokens, sampling, keys (runtime, runtime_top40, cached), rows
+           [{concurrency, generated_tokens, <key>: row + tokens_per_s, tokens_per_s_min,
+             tokens_per_s_max, runtime_vs_cached}]},
   capacity {contender, max_streams [1, S], decode_step {"1": row, "S": row}, ratio},
-  scaling, xl_comparison, ort, quantization (extras),
+  scaling, xl_comparison, ort, quantization (extras; its cpu: runtime.cpu.CpuFeatures.to_dict),
   targets [{target, want ">= x", measured, spread (ratio or null), met, note}], total_seconds.
 """
 
@@ -25,11 +28,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from compressive_rt.runtime.cpu import CpuFeatures
+
 JSON_NAME = "bench.json"
 PLOT_NAME = "bench.png"
 COLORS = {"eager": "tab:blue", "eager+compile": "tab:orange", "eager cached": "tab:green",
           "runtime (ORT)": "tab:red", "compressive-transformer-pytorch": "tab:purple"}
-SERVING_NAMES = {"runtime": "runtime (ORT)", "cached": "eager cached"}
+SERVING_NAMES = {"runtime": "runtime (ORT)", "runtime_top40": "runtime (ORT) top-k 40",
+                 "cached": "eager cached"}
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -107,6 +113,17 @@ def _experiment_rows(results: dict) -> list[str]:
     return lines
 
 
+def quantization_rows(q: dict) -> list[str]:
+    """The int8 experiment's line and, beside it, the CPU features that chose its kernels."""
+    if "error" in q:
+        return [f"int8 dynamic quantization: error {q['error'][:200]}"]
+    bpb = q["bits_per_byte"]
+    return [f"  int8 dynamic quantization          segment {q['segment_b1_ms']:8.1f}"
+            f"  decode {q['decode_b1_ms']:7.2f}  bits/byte fp32 {bpb['fp32']:.4f} "
+            f"int8 {bpb['int8']:.4f} (delta {q['bpb_delta']:+.4f}) on {q['text']}",
+            f"    int8 ISA: {CpuFeatures.from_dict(q['cpu']).describe()}"]
+
+
 def table(results: dict) -> str:
     gemm = results["machine"]["gemm"]
     lines = [
@@ -141,6 +158,14 @@ def table(results: dict) -> str:
         for name, row in results["loop_overhead"].items():
             lines.append(f"  {name:<12} step {row['step_ms']:.2f} ms, outside "
                          f"{row['outside_engine_ms']:.3f} ms ({100 * row['fraction']:.2f}%)")
+    scheduler = results.get("scheduler_overhead")
+    if scheduler:
+        low, high = scheduler["fraction_quartiles"]
+        lines.append(f"  Scheduler.step, {scheduler['requests']} requests top-k "
+                     f"{scheduler['top_k']}: step {scheduler['step_ms']:.2f} ms, outside "
+                     f"{scheduler['outside_engine_ms']:.3f} ms ({100 * scheduler['fraction']:.2f}%"
+                     f" of {scheduler['steps']} steps; quartiles {100 * low:.2f}-"
+                     f"{100 * high:.2f}%)")
     if results.get("scaling"):
         lines.append("")
         lines.append("scaling (N={} layers; batch 1 unless noted; ms):".format(
@@ -178,15 +203,8 @@ def table(results: dict) -> str:
                              f"  max|dlogit| {row['check']['max_abs_logit_diff']:.1e}")
                 lines.append(f"  {name:<34} segment {row['segment_b1_ms']:8.1f}  decode "
                              f"{row['decode_b1_ms']:7.2f}{extra}")
-    q = results.get("quantization")
-    if q:
-        if "error" in q:
-            lines.append(f"int8 dynamic quantization: error {q['error'][:200]}")
-        else:
-            bpb = q["bits_per_byte"]
-            lines.append(f"  int8 dynamic quantization          segment {q['segment_b1_ms']:8.1f}"
-                         f"  decode {q['decode_b1_ms']:7.2f}  bits/byte fp32 {bpb['fp32']:.4f} "
-                         f"int8 {bpb['int8']:.4f} (delta {q['bpb_delta']:+.4f}) on {q['text']}")
+    if results.get("quantization"):
+        lines += quantization_rows(results["quantization"])
     lines.append("")
     lines.append("targets:")
     for t in results["targets"]:

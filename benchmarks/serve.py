@@ -40,7 +40,8 @@ from compressive_rt.benchmarks.measure import ratio_stats
 from compressive_rt.benchmarks.settings import SEED, BenchError, log
 from compressive_rt.benchmarks.workloads import interleave
 from compressive_rt.ct_reference.config import ModelConfig
-from compressive_rt.runtime.generate import Sampling, generate
+from compressive_rt.runtime.generate import generate
+from compressive_rt.runtime.sampling import Sampling
 from compressive_rt.runtime.scheduler import Scheduler
 from compressive_rt.runtime.session import Session
 from compressive_rt.runtime.snapshot import engine_identity

@@ -30,6 +30,7 @@ class Settings:
     serving_new_tokens: int = 32  # generated tokens per request
     serving_prompt_bytes: int = 16
     serving_repeats: int = 2
+    scheduler_steps: int = 384  # timed steps of the scheduler-overhead row (3 commits at L=128)
     capacity_streams: int = 32
     capacity_repeats: int = 20
     scaling_layers: int = 2  # the grid's models: per-layer cost does not depend on N
@@ -49,7 +50,7 @@ QUICK = Settings(
                 cmem_len=32),
     segment_batches=(1, 4, 8), segment_repeats=5, decode_tokens=12, decode_cycles=3,
     nocache_positions=4, compile_budget_s=60.0, lucidrains_batches=(1, 8),
-    serving_new_tokens=16, serving_repeats=2, capacity_repeats=12,
+    serving_new_tokens=16, serving_repeats=2, scheduler_steps=192, capacity_repeats=12,
     scaling_layers=1, scaling_mem=(64, 128), scaling_cmem=(16, 32), scaling_seg=(32, 64),
     scaling_batches=(1, 8), xl_seg_len=32, variant_repeats=3, quant_text_bytes=2048,
     quant_streams=4)
@@ -59,7 +60,8 @@ SMOKE = Settings(
     segment_batches=(1, 2), decode_batches=(1, 2), compile_batches=(1,), segment_repeats=3,
     decode_tokens=4, decode_cycles=2, nocache_positions=2, compile_budget_s=45.0,
     lucidrains_batches=(1,), serving_concurrency=(1, 2, 4),
-    serving_new_tokens=4, serving_prompt_bytes=8, serving_repeats=1, capacity_streams=8,
+    serving_new_tokens=4, serving_prompt_bytes=8, serving_repeats=1, scheduler_steps=20,
+    capacity_streams=8,
     capacity_repeats=4, scaling_layers=1, scaling_mem=(16, 32), scaling_cmem=(8,),
     scaling_seg=(16,), scaling_batches=(1, 2), xl_seg_len=8, variant_repeats=2,
     quant_text_bytes=512, quant_streams=2)

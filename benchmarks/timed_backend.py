@@ -23,10 +23,13 @@ class TimedBackend(Backend):
         self.engine_seconds = 0.0
         self.calls = 0
 
-    def run(self, entry: str, feeds: dict[str, Any], fetches: dict[str, Any],
-            tokens: int | None = None) -> None:
+    def bind(self, entry: str, feeds: dict[str, Any], fetches: dict[str, Any],
+             tokens: int | None = None) -> Any:
+        return self.inner.bind(entry, feeds, fetches, tokens)
+
+    def run(self, handle: Any) -> None:
         started = time.perf_counter()
-        self.inner.run(entry, feeds, fetches, tokens)
+        self.inner.run(handle)
         self.engine_seconds += time.perf_counter() - started
         self.calls += 1
 
@@ -45,8 +48,8 @@ class TimedBackend(Backend):
     def from_host(self, buffer: Any, array: np.ndarray) -> None:
         self.inner.from_host(buffer, array)
 
-    def write_rows(self, dst: Any, src: Any, row: int, offset: int, count: int) -> None:
-        self.inner.write_rows(dst, src, row, offset, count)
+    def write_new_rows(self, dst: Any, src: Any, offsets: int | np.ndarray, count: int) -> None:
+        self.inner.write_new_rows(dst, src, offsets, count)
 
     def copy_rows(self, dst: Any, dst_row: int, src: Any, src_row: int, count: int) -> None:
         self.inner.copy_rows(dst, dst_row, src, src_row, count)
@@ -57,9 +60,8 @@ class TimedBackend(Backend):
     def set_row(self, buffer: Any, row: int, values: np.ndarray | float) -> None:
         self.inner.set_row(buffer, row, values)
 
-    def copy_last_logits(self, logits: Any, rows: Any, index: int,
-                         host_out: np.ndarray) -> None:
-        self.inner.copy_last_logits(logits, rows, index, host_out)
+    def copy_last_logits(self, logits: Any, index: int, host_out: np.ndarray) -> None:
+        self.inner.copy_last_logits(logits, index, host_out)
 
     def close(self) -> None:
         self.inner.close()

@@ -127,7 +127,7 @@ def run_generate(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from compressive_rt.runtime.generate import Sampling
+    from compressive_rt.runtime.sampling import Sampling
     from compressive_rt.runtime.scheduler import Completion, Scheduler, TokenEvent
 
     prompts = [value.encode() if kind == "text" else read_file_argument(value, "prompt file")

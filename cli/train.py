@@ -220,7 +220,8 @@ def demo_score(results: dict) -> None:
 def demo_generate(results: dict) -> None:
     import sys
 
-    from compressive_rt.runtime.generate import Sampling, generate
+    from compressive_rt.runtime.generate import generate
+    from compressive_rt.runtime.sampling import Sampling
     from compressive_rt.runtime.session import Session
 
     prompt = b"def "

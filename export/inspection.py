@@ -1,7 +1,8 @@
 """`ctrt inspect`: what an engine directory holds, in one readable page.
 
-The manifest summary (config, opset, verification), per graph: file size, parameter count
-(initializer elements), an op histogram and the TensorRT lint result; and any TensorRT plans.
+The manifest summary (config, opset, verification and the CPU it ran on, quantization), per
+graph: file size, parameter count (initializer elements), an op histogram and the TensorRT lint
+result; and any TensorRT plans.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import onnx
 
 from compressive_rt.export.trt_lint import format_issues, lint_graph
+from compressive_rt.runtime.cpu import CpuFeatures
 from compressive_rt.runtime.manifest import load_manifest
 
 CONFIG_KEYS = ("n_layers", "d_model", "n_heads", "d_ff", "vocab_size", "seg_len", "mem_len",
@@ -61,6 +63,11 @@ def inspect_engine_dir(engine_dir: Path | str) -> str:
                      f"{verification.get('segment_max_abs_error', 0):.2e}, extend "
                      f"{verification.get('extend_max_abs_error', 0):.2e} (tolerance "
                      f"{verification.get('tolerance', 0):.2e})")
+        if "cpu" in verification:
+            lines.append("verified on " + CpuFeatures.from_dict(verification["cpu"]).describe())
+    quantization = data.get("quantization")
+    if quantization:
+        lines.append("quantization: " + ", ".join(f"{k}={v}" for k, v in quantization.items()))
     weights = data.get("weights")
     if weights:
         lines.append(f"weights: {weights['file']}, {_bytes(weights['bytes'])}, "

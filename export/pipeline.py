@@ -16,7 +16,7 @@ from compressive_rt.ct_reference.model import CompressiveTransformer
 from compressive_rt.errors import CtrtError
 from compressive_rt.export.onnx_export import (
     OPSET,
-    QUANT_WEIGHT_TYPE,
+    QUANT_OPTIONS,
     convert_to_fp16,
     export_graphs,
     load_graphs,
@@ -25,6 +25,7 @@ from compressive_rt.export.onnx_export import (
 )
 from compressive_rt.export.replace import replace_directory, staging_directory, tensorrt_plans
 from compressive_rt.export.verify import RELATIVE_TOLERANCE, verify_engine
+from compressive_rt.runtime.cpu import cpu_features
 from compressive_rt.runtime.manifest import (
     MANIFEST_NAME,
     new_manifest,
@@ -86,7 +87,8 @@ def export_model(model: CompressiveTransformer, out_dir: Path | str, checkpoint:
 
     precision "fp16" converts the verified fp32 graphs to fp16 weights and activations (fp32
     inputs and outputs), "int8" quantizes their MatMul weights to int8 (ONNX Runtime dynamic
-    quantization); either is verified again with its own stated tolerance."""
+    quantization, 7-bit range: the same integers on every x86 CPU, see QUANT_OPTIONS); either
+    is verified again with its own stated tolerance."""
     if precision not in RELATIVE_TOLERANCE:
         raise ExportError(f"precision must be one of {', '.join(RELATIVE_TOLERANCE)}, "
                           f"got {precision!r}")
@@ -123,7 +125,7 @@ def convert_engine(engine_dir: Path, manifest: dict, precision: str) -> None:
     else:
         graphs = {name: quantize_to_int8(graph, engine_dir) for name, graph in graphs.items()}
         manifest["quantization"] = {"method": "onnxruntime dynamic", "ops": ["MatMul"],
-                                    "weight_type": QUANT_WEIGHT_TYPE}
+                                    **QUANT_OPTIONS}
     record_graphs(manifest, write_graphs(graphs, engine_dir))
     manifest["precision"] = precision
     manifest["verification_fp32"] = manifest.pop("verification")
@@ -132,7 +134,8 @@ def convert_engine(engine_dir: Path, manifest: dict, precision: str) -> None:
 
 def _verify(model: CompressiveTransformer, engine_dir: Path, segments: int,
             precision: str) -> dict:
-    """Verification figures of the graphs in engine_dir; raises ExportError beyond tolerance."""
+    """Verification figures of the graphs in engine_dir and the CPU features they were
+    verified on; raises ExportError beyond tolerance."""
     started = time.perf_counter()
     check = verify_engine(model, engine_dir, segments=segments, precision=precision)
     if not check.passed:
@@ -141,7 +144,7 @@ def _verify(model: CompressiveTransformer, engine_dir: Path, segments: int,
             f"{check.tolerance:.2e}: segment {check.segment_max_abs_error:.2e}, extend "
             f"{check.extend_max_abs_error:.2e}, memory {check.memory_max_abs_error:.2e}, "
             f"bits per byte {check.bits_per_byte_error:.2e} (tolerance "
-            f"{check.bits_per_byte_tolerance}), counts equal: {check.counts_equal}; "
-            f"nothing was written")
-    return {**check.to_dict(), "precision": precision,
+            f"{check.bits_per_byte_tolerance}), counts equal: {check.counts_equal}, on "
+            f"{cpu_features().describe()}; nothing was written")
+    return {**check.to_dict(), "precision": precision, "cpu": cpu_features().to_dict(),
             "seconds": round(time.perf_counter() - started, 2)}

@@ -42,13 +42,17 @@ class TorchBackend(Backend):
     def view(self, buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         return buffer.view(-1)[:int(np.prod(shape))].view(shape)
 
-    def run(self, entry: str, feeds: dict[str, torch.Tensor], fetches: dict[str, torch.Tensor],
-            tokens: int | None = None) -> None:
+    def bind(self, entry: str, feeds: dict[str, torch.Tensor], fetches: dict[str, torch.Tensor],
+             tokens: int | None = None) -> tuple:
         spec = self.contract[entry]
+        return (self.steps[entry], [feeds[name] for name in spec.input_names],
+                [fetches[name] for name in spec.output_names])
+
+    def run(self, handle: tuple) -> None:
+        step, inputs, outputs = handle
         with torch.inference_mode():
-            outputs = self.steps[entry](*(feeds[name] for name in spec.input_names))
-            for name, value in zip(spec.output_names, outputs, strict=True):
-                fetches[name].copy_(value)
+            for out, value in zip(outputs, step(*inputs), strict=True):
+                out.copy_(value)
 
     def to_host(self, buffer: torch.Tensor) -> np.ndarray:
         return buffer.numpy()
@@ -56,9 +60,13 @@ class TorchBackend(Backend):
     def from_host(self, buffer: torch.Tensor, array: np.ndarray) -> None:
         buffer.copy_(torch.from_numpy(np.ascontiguousarray(array)))
 
-    def write_rows(self, dst: torch.Tensor, src: torch.Tensor, row: int, offset: int,
-                   count: int) -> None:
-        dst[row, ..., offset:offset + count, :] = src[row, ..., :count, :]
+    def write_new_rows(self, dst: torch.Tensor, src: torch.Tensor, offsets: int | np.ndarray,
+                       count: int) -> None:
+        if isinstance(offsets, int):
+            dst[:len(src), :, offsets:offsets + count] = src
+            return
+        for row, offset in enumerate(offsets.tolist()):
+            dst[row, :, offset:offset + count] = src[row]
 
     def copy_rows(self, dst: torch.Tensor, dst_row: int, src: torch.Tensor, src_row: int,
                   count: int) -> None:
@@ -70,3 +78,6 @@ class TorchBackend(Backend):
     def set_row(self, buffer: torch.Tensor, row: int, values: Any) -> None:
         target = buffer[row]
         target.copy_(torch.as_tensor(np.asarray(values), dtype=buffer.dtype).expand_as(target))
+
+    def copy_last_logits(self, logits: torch.Tensor, index: int, host_out: np.ndarray) -> None:
+        np.copyto(host_out[:logits.shape[0]], logits[:, index].numpy())

@@ -1,54 +1,12 @@
-"""Sampling, and the one-call generation of one prompt (a request of runtime.scheduler)."""
+"""The one-call generation of one prompt (a request of runtime.scheduler)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-import numpy as np
-
-from compressive_rt.errors import RuntimeInputError
+from compressive_rt.runtime.sampling import Sampling
+from compressive_rt.runtime.scheduler import Scheduler
 from compressive_rt.runtime.session import Session
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """greedy=True takes the argmax; otherwise temperature, then top-k, then top-p (nucleus)."""
-
-    greedy: bool = False
-    temperature: float = 1.0
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1.0: off
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise RuntimeInputError(f"temperature must be > 0, got {self.temperature} "
-                                    f"(use greedy decoding for a deterministic argmax)")
-        if self.top_k < 0:
-            raise RuntimeInputError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise RuntimeInputError(f"top_p must be in (0, 1], got {self.top_p}")
-
-
-def sample_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
-    """One token id from logits [V]."""
-    if sampling.greedy:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / sampling.temperature
-    if 0 < sampling.top_k < scaled.size:
-        kth = np.partition(scaled, -sampling.top_k)[-sampling.top_k]
-        scaled = np.where(scaled < kth, -np.inf, scaled)
-    probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
-    if sampling.top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        cumulative = np.cumsum(probs[order])
-        keep = order[:int(np.searchsorted(cumulative, sampling.top_p)) + 1]
-        nucleus = np.zeros_like(probs)
-        nucleus[keep] = probs[keep]
-        probs = nucleus / nucleus.sum()
-    return int(rng.choice(probs.size, p=probs))
 
 
 def generate(session: Session, prompt: bytes, max_new_tokens: int, sampling: Sampling,
@@ -61,10 +19,6 @@ def generate(session: Session, prompt: bytes, max_new_tokens: int, sampling: Sam
     UTF-8; the stop string is kept). `on_text` receives decoded text as it is produced (UTF-8
     split across bytes is held back).
     """
-    from compressive_rt.runtime.scheduler import (
-        Scheduler,  # deferred: the scheduler imports this module
-    )
-
     on_token = (lambda event: on_text(event.text)) if on_text else None
     with Scheduler(session) as scheduler:
         request = scheduler.submit(prompt, max_new_tokens, sampling, stop, on_token)

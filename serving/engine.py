@@ -1,4 +1,4 @@
-"""The engine thread: the one owner of the Session, the generation driver and the persistent
+"""The engine thread: the one owner of the Session, the generation scheduler and the persistent
 streams. The event loop hands it work through `submit` (a queue); it answers through each
 request's Ticket; store writes go to the store thread, whose answers come back through the
 same queue. It never waits on the loop or a disk.
@@ -32,9 +32,10 @@ import numpy as np
 
 from compressive_rt.errors import RuntimeInputError
 from compressive_rt.runtime.backends.base import NUMPY_DTYPES
-from compressive_rt.runtime.scheduler import TokenEvent
+from compressive_rt.runtime.buffers import FILL_INPUT
+from compressive_rt.runtime.scheduler import Scheduler, TokenEvent
 from compressive_rt.runtime.score import target_bits
-from compressive_rt.runtime.session import Session
+from compressive_rt.runtime.session import EngineCallError, Session
 from compressive_rt.serving.errors import ApiError, bad_request, server_error, unknown_stream
 from compressive_rt.serving.jobs import (
     AppendJob,
@@ -49,7 +50,6 @@ from compressive_rt.serving.jobs import (
     SnapshotOutJob,
     StreamEntry,
 )
-from compressive_rt.serving.kept_streams import GenerationDriver
 from compressive_rt.serving.metrics import Metrics
 from compressive_rt.serving.settings import ServeSettings
 from compressive_rt.serving.store import StaleVersion, StoreError, StreamStore, UnknownStream
@@ -67,6 +67,8 @@ from compressive_rt.serving.tickets import (
 
 log = logging.getLogger("compressive_rt.serving")
 
+FAILED_STEPS = 3  # generation steps failing in a row before their requests fail
+
 
 def store_failure(error: BaseException) -> ApiError:
     """The answer to a request whose store operation failed."""
@@ -79,9 +81,9 @@ def store_failure(error: BaseException) -> ApiError:
 
 def row_specs(session: Session) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """(shape, dtype) of one stream's row of every state tensor (what a snapshot holds)."""
-    return {name: (session.specs[name].concrete_shape(1)[1:],
-                   np.dtype(NUMPY_DTYPES[session.specs[name].dtype]))
-            for name in (*session.row_state, "seg_len")}
+    buffers = session.buffers
+    return {name: (buffers.row_shape(name), np.dtype(NUMPY_DTYPES[buffers.specs[name].dtype]))
+            for name in (*buffers.row_state, FILL_INPUT)}
 
 
 def state_bytes(session: Session) -> int:
@@ -99,11 +101,14 @@ class Engine:
         self.streams = {stream_id: StreamEntry(stream_id, position, -1)
                         for stream_id, position in store.positions().items()}
         self.store = StoreWorker(store)
-        self.driver = GenerationDriver(session)
+        self.scheduler = Scheduler(session)
+        self._unadmitted = 0  # fresh-stream requests submitted since the scheduler last admitted
+        self._step_failures = 0  # generation steps failed in a row
+        self._releasing: dict[int, StreamEntry] = {}  # cancelled request -> its kept stream
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._arrivals = itertools.count()
         self._completions: deque[CompletionRequest] = deque()  # choices waiting for a slot
-        self._generations: dict[int, Generation] = {}  # driver request id -> generation
+        self._generations: dict[int, Generation] = {}  # scheduler request id -> generation
         self._appends: list[AppendRun] = []
         self._work: dict[Ticket, Any] = {}  # ticket -> its CompletionRequest or Job
         self._outbox: list[tuple[Ticket, Event]] = []  # events of this loop turn (_send)
@@ -226,12 +231,12 @@ class Engine:
                 self._drain(block=False)
                 if not self._stopping:
                     self._admit()
-                if not (self.driver.busy or self._appends):
+                if not (self._generating() or self._appends):
                     # nothing can run until a request or a store answer comes: wait for it
                     self._flush()
                     self._drain(block=True)
                     continue
-                if self.driver.busy:
+                if self._generating():
                     self._step_generation()
                 if self._appends:
                     self._step_appends()
@@ -254,9 +259,12 @@ class Engine:
         except queue.Empty:
             pass
 
+    def _generating(self) -> bool:
+        return bool(self.scheduler.waiting or self.scheduler.running)
+
     def _quiet(self) -> bool:
         """Nothing is running and no store answer is due (shutdown waits for this)."""
-        return not (self.driver.busy or self._appends or any(
+        return not (self._generating() or self._appends or self._releasing or any(
             entry.current is not None or entry.loading for entry in self.streams.values()))
 
     def _count_streams(self) -> None:
@@ -269,7 +277,7 @@ class Engine:
         an idle stream if need be); once one cannot, later work needing a slot waits too."""
         self._pending = {entry for entry in self._pending if entry.jobs}
         heads = [(entry.jobs[0].arrival, entry) for entry in self._pending
-                 if entry.current is None and not entry.loading]
+                 if entry.current is None and not entry.loading and not entry.releasing]
         heads += [(request.arrival, request) for request in self._completions]
         slots_blocked = False
         for _, item in sorted(heads, key=lambda head: head[0]):
@@ -293,7 +301,7 @@ class Engine:
     def _make_room(self) -> bool:
         """True when a slot is free, spilling the least recently used idle stream if none is."""
         session = self.session
-        if len(session.streams) + self.driver.waiting < session.max_streams:
+        if len(session.streams) + self._unadmitted < session.max_streams:
             return True
         idle = [entry for entry in self._resident if entry.idle]
         if not idle:
@@ -322,17 +330,20 @@ class Engine:
         def on_token(event: TokenEvent) -> None:
             self._on_token(generation, event)
 
-        generation.request_id = self.driver.submit(
+        generation.request_id = self.scheduler.submit(
             generation.prompt, params.max_tokens, params.sampling, params.stop, on_token, stream)
         self._generations[generation.request_id] = generation
+        if stream is None:
+            self._unadmitted += 1
 
     def _on_token(self, generation: Generation, event: TokenEvent) -> None:
+        if generation.request_id not in self._generations:  # dropped (cancelled) meanwhile
+            return
         self.metrics.generated_tokens.inc()
         if not event.finished:
             self._send(generation.ticket, Token(generation.index, event.token))
             return
-        result = self.driver.result(generation.request_id)
-        self.driver.forget(generation.request_id)
+        result = self.scheduler.result(generation.request_id)
         del self._generations[generation.request_id]
         finished = Finished(generation.index, result.finish_reason, result.tokens, event.token)
         if generation.entry is None:
@@ -349,21 +360,41 @@ class Engine:
         self._log(generation.entry, generation.job, fed, [finished], {})
 
     def _step_generation(self) -> None:
+        """One scheduler step. A failed engine call loses no token (the scheduler's failure
+        semantics), so the step is retried on the next turn; after FAILED_STEPS failures in a
+        row every generation fails (500) rather than waiting for its timeout."""
         started = time.perf_counter()
         try:
-            self.driver.step()
-        except Exception as exc:  # noqa: BLE001 - an engine call failed: fail this step's work
+            self.scheduler.step()
+            self._step_failures = 0
+        except EngineCallError as exc:
+            self._step_failures += 1
+            log.error("a generation step failed (%d in a row): %s", self._step_failures, exc)
+            if self._step_failures >= FAILED_STEPS:
+                self._fail_generations(server_error(f"engine calls keep failing: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - the scheduler refused its own state: a bug
             log.exception("a generation step failed")
-            error = server_error(f"an engine call failed: {exc}")
-            for generation in list(self._generations.values()):
-                self._drop_generation(generation, error)
+            self._fail_generations(server_error(f"a generation step failed: {exc}"))
+        finally:
+            self._unadmitted = 0  # every step starts by admitting what waits
         self.metrics.engine_step.labels("generate").observe(time.perf_counter() - started)
+        for completion in self.scheduler.take_finished():
+            entry = self._releasing.pop(completion.request_id, None)
+            if entry is not None:  # a cancelled request's last token is in its stream now
+                entry.releasing = False
+                self._release(entry)
+
+    def _fail_generations(self, error: ApiError) -> None:
+        self._step_failures = 0
+        generations = list(self._generations.values())
+        self.scheduler.close()  # ends them all now: no kept stream waits for a feed
+        for generation in generations:
+            self._drop_generation(generation, error)
 
     def _drop_generation(self, generation: Generation, error: ApiError | None) -> None:
         """End a running generation; a persistent stream falls back to its durable state."""
-        self.driver.cancel(generation.request_id)
-        self.driver.forget(generation.request_id)
         self._generations.pop(generation.request_id, None)
+        self.scheduler.cancel(generation.request_id)
         if generation.entry is not None:
             self._abandon(generation.entry, generation.job, error)
             return
@@ -372,8 +403,7 @@ class Engine:
             return
         for other in request.generations:
             if other is not generation and other.request_id in self._generations:
-                self.driver.cancel(other.request_id)
-                self.driver.forget(other.request_id)
+                self.scheduler.cancel(other.request_id)
                 del self._generations[other.request_id]
         if request in self._completions:
             self._completions.remove(request)
@@ -416,11 +446,16 @@ class Engine:
         """A request on the stream failed or was cancelled: drop the resident copy (the store
         holds everything acknowledged) and answer the request with `error`."""
         self._appends = [run for run in self._appends if run.entry is not entry]
+        held = False
         for generation in [g for g in self._generations.values() if g.entry is entry]:
-            self.driver.cancel(generation.request_id)
-            self.driver.forget(generation.request_id)
             del self._generations[generation.request_id]
-        self._release(entry)
+            self.scheduler.cancel(generation.request_id)
+            if self.scheduler.result(generation.request_id).finish_reason is None:
+                # the scheduler feeds the token it sampled first: release after that step
+                self._releasing[generation.request_id] = entry
+                entry.releasing = held = True
+        if not held:
+            self._release(entry)
         entry.loading = False
         if job is not None and entry.current is job:
             entry.current = None
@@ -654,8 +689,7 @@ class Engine:
                 self._completions.remove(work)
             for generation in work.generations:
                 if generation.request_id in self._generations:
-                    self.driver.cancel(generation.request_id)
-                    self.driver.forget(generation.request_id)
+                    self.scheduler.cancel(generation.request_id)
                     del self._generations[generation.request_id]
             return
         if work is None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compressive_rt.runtime.generate import Sampling
+from compressive_rt.runtime.sampling import Sampling
 from compressive_rt.serving.tickets import Ticket
 
 
@@ -67,11 +67,13 @@ class StreamEntry:
     jobs: deque[Job] = field(default_factory=deque)
     current: Job | None = None  # started, not yet durable or failed
     loading: bool = False  # taking it from the store (and replaying its log)
+    releasing: bool = False  # a cancelled generation's last token is still to be fed
     last_used: float = 0.0
 
     @property
     def idle(self) -> bool:
-        return self.current is None and not self.loading and not self.jobs
+        return self.current is None and not self.loading and not self.releasing and \
+            not self.jobs
 
 
 @dataclass(eq=False)
@@ -89,7 +91,7 @@ class AppendRun:
 
 @dataclass(eq=False)
 class Generation:
-    """One running generation request of the driver: a completion's choice (entry None) or a
+    """One running generation request of the scheduler: a completion's choice (entry None) or a
     generation on a persistent stream."""
 
     ticket: Ticket
@@ -108,6 +110,6 @@ class CompletionRequest:
     prompts: list[np.ndarray]
     params: GenerationParams
     arrival: int = -1
-    submitted: int = 0  # choices handed to the driver
+    submitted: int = 0  # choices handed to the scheduler
     finished: int = 0
     generations: list[Generation] = field(default_factory=list)

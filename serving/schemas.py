@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from compressive_rt.runtime.generate import Sampling
+from compressive_rt.runtime.sampling import Sampling
 from compressive_rt.serving.errors import ApiError, bad_request
 from compressive_rt.serving.jobs import GenerationParams
 from compressive_rt.serving.settings import ServeSettings

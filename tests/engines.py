@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
 
 from compressive_rt.ct_reference.config import ModelConfig
 from compressive_rt.ct_reference.model import CompressiveTransformer
+from compressive_rt.runtime.backends.ort import OrtCpuBackend
+from compressive_rt.runtime.manifest import load_manifest
 
 COMPRESS_FNS = ("conv", "dilated_conv", "max_pool", "mean_pool", "most_used", "none")
 
@@ -35,3 +38,32 @@ def export_tiny(compress_fn: str, out_dir: Path, **changes) -> tuple[Compressive
     model = random_model(tiny_config(compress_fn, **changes))
     export_model(model, out_dir, verify_segments=20, log=lambda *_: None)
     return model, out_dir
+
+
+class RecordingBackend(OrtCpuBackend):
+    """Real ONNX Runtime that remembers (entry, batch, tokens) of every call, raises instead of
+    running the calls whose 1-based numbers are in `fail_on` (a failed call is not recorded
+    and does not count), and can be told to wait inside a call."""
+
+    def __init__(self, engine_dir: Path, fail_on: set[int] = frozenset()) -> None:
+        super().__init__(load_manifest(engine_dir), threads=1)
+        self.calls: list[tuple[str, int, int | None]] = []
+        self.attempts = 0
+        self.fail_on = set(fail_on)
+        self.inside = threading.Event()
+        self.release: threading.Event | None = None
+
+    def bind(self, entry, feeds, fetches, tokens=None):
+        signature = (entry, next(iter(feeds.values())).shape[0], tokens)
+        return signature, super().bind(entry, feeds, fetches, tokens)
+
+    def run(self, handle):
+        signature, inner = handle
+        self.attempts += 1
+        if self.attempts in self.fail_on:
+            raise RuntimeError(f"injected failure in {signature[0]}")
+        self.calls.append(signature)
+        if self.release is not None:
+            self.inside.set()
+            self.release.wait(timeout=30)
+        super().run(inner)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from compressive_rt.benchmarks.serve import ServerProcess
-from compressive_rt.runtime.generate import Sampling, generate
+from compressive_rt.runtime.generate import generate
+from compressive_rt.runtime.sampling import Sampling
 from compressive_rt.runtime.score import target_bits
 from compressive_rt.runtime.session import Session
 

@@ -26,7 +26,8 @@ from compressive_rt.ct_reference.importers import (  # noqa: E402
     lucidrains_config,
 )
 from compressive_rt.export.pipeline import export_model  # noqa: E402
-from compressive_rt.runtime.generate import Sampling, generate  # noqa: E402
+from compressive_rt.runtime.generate import generate  # noqa: E402
+from compressive_rt.runtime.sampling import Sampling  # noqa: E402
 from compressive_rt.runtime.session import Session  # noqa: E402
 
 SEGMENTS = 12

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from compressive_rt.cli.main import main
-from compressive_rt.runtime.generate import Sampling, generate
+from compressive_rt.runtime.generate import generate
+from compressive_rt.runtime.sampling import Sampling
 from compressive_rt.runtime.score import score_documents, total_bits_per_byte
 from compressive_rt.runtime.session import Session
 

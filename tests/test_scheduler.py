@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from compressive_rt.ct_reference.generate import greedy_generate
-from compressive_rt.runtime.generate import Sampling, generate
+from compressive_rt.runtime.generate import generate
+from compressive_rt.runtime.sampling import Sampling
 from compressive_rt.runtime.scheduler import Scheduler
 from compressive_rt.runtime.session import RuntimeInputError, Session
 

@@ -11,8 +11,8 @@ from serving_helpers import Reference, assert_close, greedy, sse_events
 from starlette.testclient import TestClient
 
 from compressive_rt.runtime.backends.ort import OrtCpuBackend
-from compressive_rt.runtime.generate import Sampling
 from compressive_rt.runtime.manifest import load_manifest
+from compressive_rt.runtime.sampling import Sampling
 from compressive_rt.runtime.scheduler import Scheduler
 from compressive_rt.runtime.session import Session
 from compressive_rt.serving.server import open_engine
@@ -397,18 +397,19 @@ def test_the_state_of_a_stream_is_constant_in_its_history(served, engine_dir):
 
 
 class FailingBackend(OrtCpuBackend):
-    """Real ONNX Runtime that can be told to fail its next call (an engine call failing, as a
-    device error would: nothing else here can make ONNX Runtime fail on valid input)."""
+    """Real ONNX Runtime that can be told to fail its next `fail_next` calls (an engine call
+    failing, as a device error would: nothing else here makes ONNX Runtime fail on valid
+    input)."""
 
     def __init__(self, engine_dir) -> None:
         super().__init__(load_manifest(engine_dir), threads=1)
-        self.fail_next = False
+        self.fail_next = 0
 
-    def run(self, entry, feeds, fetches, tokens=None):
+    def run(self, handle):
         if self.fail_next:
-            self.fail_next = False
-            raise RuntimeError(f"injected failure in {entry}")
-        super().run(entry, feeds, fetches, tokens)
+            self.fail_next -= 1
+            raise RuntimeError("injected failure")
+        super().run(handle)
 
 
 @pytest.fixture
@@ -420,12 +421,12 @@ def failing(engine_dir, tmp_path):
         yield client, backend
 
 
-def test_a_failed_engine_call_fails_its_request_and_the_stream_stays_as_acknowledged(
+def test_a_failed_engine_call_fails_its_append_and_the_stream_stays_as_acknowledged(
         failing, engine_dir):
     client, backend = failing
     stream = new_stream(client)
     append(client, stream, TEXT_A)
-    backend.fail_next = True
+    backend.fail_next = 1
     answer = client.post(f"/v1/streams/{stream}/append", json={"text": TEXT_B.decode()})
     assert answer.status_code == 500 and "injected failure" in answer.json()["error"]["message"]
     assert client.get(f"/v1/streams/{stream}").json()["position"] == len(TEXT_A)
@@ -434,11 +435,28 @@ def test_a_failed_engine_call_fails_its_request_and_the_stream_stays_as_acknowle
     assert_close(append(client, stream, TEXT_B)["bits_per_byte"], reference.bits_per_byte(TEXT_B))
 
 
-def test_a_failed_engine_call_fails_the_completions_of_its_step_only(failing, engine_dir):
+def test_a_generation_step_that_fails_once_is_retried_without_losing_a_token(failing,
+                                                                             engine_dir):
     client, backend = failing
-    backend.fail_next = True
+    stream = new_stream(client)
+    append(client, stream, TEXT_A)
+    backend.fail_next = 1
+    answer = client.post("/v1/completions", json={"prompt": "ab", "max_tokens": 6,
+                                                  "temperature": 0})
+    assert answer.json()["choices"][0]["token_ids"] == list(greedy(engine_dir, b"ab", 6))
+    backend.fail_next = 1
+    generated = client.post(f"/v1/streams/{stream}/generate",
+                            json={"max_tokens": 5, "temperature": 0}).json()
+    assert generated["choices"][0]["token_ids"] == list(greedy(engine_dir, TEXT_A, 5))
+    assert generated["position"] == len(TEXT_A) + 5
+
+
+def test_generation_steps_that_keep_failing_fail_their_requests(failing, engine_dir):
+    client, backend = failing
+    backend.fail_next = 3
     failed = client.post("/v1/completions", json={"prompt": "ab", "max_tokens": 4})
-    assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error"
+    assert failed.status_code == 500 and "engine calls keep failing" in \
+        failed.json()["error"]["message"]
     answer = client.post("/v1/completions", json={"prompt": "ab", "max_tokens": 6,
                                                   "temperature": 0}).json()
     assert answer["choices"][0]["token_ids"] == list(greedy(engine_dir, b"ab", 6))

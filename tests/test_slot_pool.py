@@ -9,32 +9,10 @@ import threading
 
 import numpy as np
 import pytest
+from engines import RecordingBackend
 
-from compressive_rt.runtime.backends.ort import OrtCpuBackend
-from compressive_rt.runtime.manifest import EngineError, load_manifest
+from compressive_rt.runtime.manifest import EngineError
 from compressive_rt.runtime.session import ConcurrentUseError, EngineCallError, Session
-
-
-class RecordingBackend(OrtCpuBackend):
-    """Real ONNX Runtime; remembers (entry, batch, tokens) of every call, and can be told to
-    raise on its k-th call or to wait inside a call."""
-
-    def __init__(self, engine_dir, fail_on_call: int | None = None) -> None:
-        super().__init__(load_manifest(engine_dir), threads=1)
-        self.calls: list[tuple[str, int, int | None]] = []
-        self.fail_on_call = fail_on_call
-        self.inside = threading.Event()
-        self.release: threading.Event | None = None
-
-    def run(self, entry, feeds, fetches, tokens=None):
-        if self.fail_on_call is not None and len(self.calls) + 1 == self.fail_on_call:
-            self.fail_on_call = None
-            raise RuntimeError(f"injected failure in {entry}")
-        self.calls.append((entry, next(iter(feeds.values())).shape[0], tokens))
-        if self.release is not None:
-            self.inside.set()
-            self.release.wait(timeout=30)
-        super().run(entry, feeds, fetches, tokens)
 
 
 def tokens(length: int, seed: int) -> np.ndarray:
@@ -94,7 +72,7 @@ def test_removing_a_stream_moves_the_last_row_into_the_hole_and_keeps_ids(engine
     session.feed({s: data[s][:-3] for s in (a, b, c)}, want_logits=False)
     before = {s: session.stream_state(s) for s in (b, c)}
     session.remove_stream(a)
-    assert session.streams == [b, c] and sorted(session.rows.values()) == [0, 1]
+    assert session.streams == [b, c] and sorted(session.slots.rows.values()) == [0, 1]
     for s in (b, c):
         after = session.stream_state(s)
         for name, value in before[s].items():
@@ -126,7 +104,7 @@ def test_a_failed_engine_call_leaves_positions_at_the_tokens_in_memory(engine, f
     # calls of the next feed (L = 8): segment [first] x3, extend [both] by 5, commit
     # [second] (its segment is full), segment [second]
     backend.calls.clear()
-    backend.fail_on_call = fail_on_call
+    backend.fail_on = {backend.attempts + fail_on_call}
     with pytest.raises(EngineCallError, match="tokens consumed before it: stream 0: ") as error:
         session.feed({first: data[0], second: data[1][3:]})
     assert isinstance(error.value.__cause__, RuntimeError)

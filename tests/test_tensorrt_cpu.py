@@ -568,7 +568,7 @@ def graph_backend(monkeypatch):
     backend.cudart, backend.use_cuda_graph = fake, True
     backend.stream, backend._allocations = cuda.CudaStream(), []
     backend.contexts, backend.engines = {"extend": FakeContext(events, fake)}, {"extend": None}
-    backend._bound, backend._seen, backend._graphs = {}, set(), {}
+    backend._bound, backend._graphs = {}, []
     return backend, events
 
 
@@ -585,9 +585,11 @@ def test_cuda_graph_is_captured_only_after_an_ordinary_enqueue_at_the_same_shape
     one, three = device_buffer((2, 1), 1000), device_buffer((2, 3), 1000)
     logits = {"logits": device_buffer((2, 1, 256), 2000)}
     logits3 = {"logits": device_buffer((2, 3, 256), 2000)}
-    for tokens, out in ((one, logits), (three, logits3), (one, logits), (one, logits),
-                        (three, logits3), (three, logits3), (one, logits), (three, logits3)):
-        backend.run("extend", {"tokens": tokens}, out, tokens=tokens.shape[1])
+    call_one = backend.bind("extend", {"tokens": one}, logits, tokens=1)  # bound once each,
+    call_three = backend.bind("extend", {"tokens": three}, logits3, tokens=3)  # as a Session
+    for call in (call_one, call_three, call_one, call_one, call_three, call_three, call_one,
+                 call_three):
+        backend.run(call)
     assert events == [
         ("shape", "tokens", (2, 1)), ("enqueue",),
         ("shape", "tokens", (2, 3)), ("enqueue",),
@@ -606,17 +608,18 @@ def test_close_destroys_graphs_executables_stream_and_frees_buffers(graph_backen
     backend, events = graph_backend
     tokens = backend.new_buffer((2, 1), np.dtype(np.int32))
     logits = {"logits": device_buffer((2, 1, 256), 2000)}
+    call = backend.bind("extend", {"tokens": tokens}, logits, tokens=1)
     for _ in range(2):
-        backend.run("extend", {"tokens": tokens}, logits, tokens=1)
+        backend.run(call)
     events.clear()
     backend.close()
     backend.close()  # idempotent
     assert events == [("destroy", "exec of graph1"), ("destroy", "graph1"),
                       ("destroy", "stream")]
-    assert backend.cudart.blocks == {} and backend._graphs == {}
+    assert backend.cudart.blocks == {} and backend._graphs == []
 
 
-def test_copy_last_logits_copies_only_the_asked_rows_at_the_index(monkeypatch, engine_dir):
+def test_copy_last_logits_copies_each_row_at_the_index_in_one_copy(monkeypatch, engine_dir):
     import numpy as np
 
     from compressive_rt.runtime.backends import cuda
@@ -627,19 +630,20 @@ def test_copy_last_logits_copies_only_the_asked_rows_at_the_index(monkeypatch, e
     stream = cuda.CudaStream()
     host = np.arange(4 * 3 * 5, dtype=np.float32).reshape(4, 3, 5)  # [B, T, V]
     memory = cuda.DeviceMemory(host.nbytes)
-    buffer = cuda.DeviceBuffer(memory.ptr, host.shape, host.dtype, memory)
-    stream.from_host(buffer, host)
     cpu = OrtCpuBackend(load_manifest(engine_dir))
-    for rows in ([1, 2], [3, 0], [2]):  # packed rows (one 2D copy) and scattered rows
-        want = host[rows, 1]
-        got, got_cpu = np.zeros((len(rows), 5), np.float32), np.zeros((len(rows), 5), np.float32)
-        stream.copy_rows_to_host(buffer, rows, 1, got)
-        cpu.copy_last_logits(host, rows, 1, got_cpu)
+    for batch in (1, 3, 4):  # the call's rows [0, batch) into a host array with room for 6
+        buffer = cuda.DeviceBuffer(memory.ptr, (batch, 3, 5), host.dtype, memory)
+        stream.from_host(buffer, host[:batch])
+        got = np.full((6, 5), -1, np.float32)
+        got_cpu = got.copy()
+        stream.copy_rows_to_host(buffer, 1, got)
+        cpu.copy_last_logits(host[:batch], 1, got_cpu)
+        want = np.concatenate([host[:batch, 1], np.full((6 - batch, 5), -1, np.float32)])
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(got_cpu, want)
     with pytest.raises(ValueError, match=r"host_out must be a C-contiguous float32 array of "
-                                         r"shape \(2, 5\)"):
-        stream.copy_rows_to_host(buffer, [0, 1], 2, np.zeros((2, 4), np.float32))
+                                         r"shape \(4 or more, 5\)"):
+        stream.copy_rows_to_host(buffer, 2, np.zeros((4, 4), np.float32))
 
 
 def test_session_closes_its_backend_at_the_end_of_a_with_block(engine_dir):

@@ -11,7 +11,6 @@ handles and implement the same methods.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -54,11 +53,17 @@ class Backend(ABC):
         """The first prod(shape) elements of a buffer, as a C-contiguous tensor of `shape`."""
 
     @abstractmethod
-    def run(self, entry: str, feeds: dict[str, Any], fetches: dict[str, Any],
-            tokens: int | None = None) -> None:
-        """Run one entry point reading `feeds` and writing into the preallocated `fetches`.
+    def bind(self, entry: str, feeds: dict[str, Any], fetches: dict[str, Any],
+             tokens: int | None = None) -> Any:
+        """Prepare calls of one entry point reading `feeds` and writing into the preallocated
+        `fetches`; returns the handle that `run` takes. The Session binds each (entry point,
+        rows, tokens, banks) once and keeps the handle: backends keep no cache of their own.
 
         `tokens` is the new-token count of `extend` (the second dynamic axis)."""
+
+    @abstractmethod
+    def run(self, handle: Any) -> None:
+        """Run one bound call (the per-step work: nothing is looked up or bound here)."""
 
     @abstractmethod
     def to_host(self, buffer: Any) -> np.ndarray:
@@ -69,9 +74,11 @@ class Backend(ABC):
         """Overwrite the whole buffer with a host array of the same shape."""
 
     @abstractmethod
-    def write_rows(self, dst: Any, src: Any, row: int, offset: int, count: int) -> None:
-        """dst[row, ..., offset:offset+count, :] = src[row, ..., :count, :] for batch-first
-        buffers [B, ..., S, w] (the new rows of extend into the partial segment)."""
+    def write_new_rows(self, dst: Any, src: Any, offsets: int | np.ndarray, count: int) -> None:
+        """dst[r, :, o_r:o_r+count] = src[r] for every row r of src, with dst [B, n, S, w] and
+        src [b, n, count, w] (extend's new rows into the partial segment) and o_r = offsets (one
+        int: every row at the same fill) or offsets[r] (an int array [b]): one operation per
+        tensor where the device allows."""
 
     @abstractmethod
     def copy_rows(self, dst: Any, dst_row: int, src: Any, src_row: int, count: int) -> None:
@@ -86,15 +93,11 @@ class Backend(ABC):
     def set_row(self, buffer: Any, row: int, values: np.ndarray | float) -> None:
         """Overwrite one stream's row of a batch-first state buffer from the host."""
 
-    def copy_last_logits(self, logits: Any, rows: Sequence[int], index: int,
-                         host_out: np.ndarray) -> None:
-        """host_out[i] = logits[rows[i], index] for a logits buffer [B, T, V] and a host array
-        [len(rows), V]: the one device-to-host copy that decoding needs (the last position of
-        the rows that decoded). Host backends copy from the array itself; device backends
-        copy only those rows."""
-        host = self.to_host(logits)
-        for i, row in enumerate(rows):  # row by row: a fancy index would allocate
-            host_out[i] = host[row, index]
+    @abstractmethod
+    def copy_last_logits(self, logits: Any, index: int, host_out: np.ndarray) -> None:
+        """host_out[r] = logits[r, index] for every row r of a logits buffer [B, T, V] into a
+        host array [B, V]: the one device-to-host copy decoding needs (the rows of a call are
+        [0, B), packed)."""
 
     def close(self) -> None:
         """Release device memory, streams and CUDA graphs; host backends hold none."""

@@ -7,7 +7,7 @@ and the first use without a GPU stack raises GpuUnavailable naming the extra to 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from math import prod
 from typing import Any
@@ -185,29 +185,20 @@ class CudaStream:
             self.cudart.cudaStreamDestroy(self.handle)
             self.handle = None
 
-    def copy_rows_to_host(self, buffer: DeviceBuffer, rows: Sequence[int], index: int,
-                          host_out: np.ndarray) -> None:
-        """host_out[i] = buffer[rows[i], index] for a [B, T, V] buffer: one 2D copy when the
-        rows are consecutive (the slot pool keeps active rows packed), else one per row."""
+    def copy_rows_to_host(self, buffer: DeviceBuffer, index: int, host_out: np.ndarray) -> None:
+        """host_out[r] = buffer[r, index] for every row r of a [B, T, V] buffer into a host
+        array [>= B, V]: one 2D copy (the rows of a call are packed)."""
         batch, tokens, vocab = buffer.shape
-        if host_out.shape != (len(rows), vocab) or host_out.dtype != buffer.dtype or \
-                not host_out.flags.c_contiguous:
+        if host_out.ndim != 2 or host_out.shape[0] < batch or host_out.shape[1] != vocab or \
+                host_out.dtype != buffer.dtype or not host_out.flags.c_contiguous:
             raise ValueError(f"host_out must be a C-contiguous {buffer.dtype} array of shape "
-                             f"{(len(rows), vocab)}, got {host_out.dtype} {host_out.shape}")
-        if not rows:
-            return
+                             f"({batch} or more, {vocab}), got {host_out.dtype} {host_out.shape}")
         item = buffer.dtype.itemsize
-        row_pitch, width = tokens * vocab * item, vocab * item
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        first = buffer.ptr + (rows[0] * tokens + index) * vocab * item
-        if list(rows) == list(range(rows[0], rows[0] + len(rows))):
-            check(self.cudart.cudaMemcpy2DAsync(host_out.ctypes.data, width, first, row_pitch,
-                                                width, len(rows), kind, self.handle))
-        else:
-            for i, row in enumerate(rows):
-                src = buffer.ptr + (row * tokens + index) * vocab * item
-                check(self.cudart.cudaMemcpyAsync(host_out.ctypes.data + i * width, src, width,
-                                                  kind, self.handle))
+        check(self.cudart.cudaMemcpy2DAsync(host_out.ctypes.data, vocab * item,
+                                            buffer.ptr + index * vocab * item,
+                                            tokens * vocab * item, vocab * item, batch, kind,
+                                            self.handle))
         self.synchronize()
 
     def to_host(self, buffer: DeviceBuffer) -> np.ndarray:
@@ -226,19 +217,21 @@ class CudaStream:
                                           self.handle))
         self.synchronize()  # pageable source: it must outlive the copy
 
-    def write_rows(self, dst: DeviceBuffer, src: DeviceBuffer, row: int, offset: int,
-                   count: int) -> None:
-        """dst[row, ..., offset:offset+count, :] = src[row, ..., :count, :] for batch-first
-        [B, ..., S, w] buffers: one 2D copy, prod(...) blocks of count*w contiguous elements."""
-        blocks, dst_len, width = prod(dst.shape[1:-2]), dst.shape[-2], dst.shape[-1]
-        src_len = src.shape[-2]
+    def write_rows(self, dst: DeviceBuffer, src: DeviceBuffer, first: int, rows: int,
+                   offset: int, count: int) -> None:
+        """dst[r, :, offset:offset+count] = src[r] for rows r in [first, first + rows) of dst
+        [B, n, S, w] and src [b, n, count, w]: one 2D copy of rows x n blocks of count*w
+        contiguous elements."""
+        blocks, dst_len, width = dst.shape[1], dst.shape[2], dst.shape[3]
+        src_len = src.shape[2]
         item = dst.dtype.itemsize
-        dst_ptr = dst.ptr + (row * blocks * dst_len + offset) * width * item
-        src_ptr = src.ptr + row * blocks * src_len * width * item
+        dst_ptr = dst.ptr + (first * blocks * dst_len + offset) * width * item
+        src_ptr = src.ptr + first * blocks * src_len * width * item
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
         check(self.cudart.cudaMemcpy2DAsync(dst_ptr, dst_len * width * item,
                                             src_ptr, src_len * width * item,
-                                            count * width * item, blocks, kind, self.handle))
+                                            count * width * item, rows * blocks, kind,
+                                            self.handle))
 
     def copy_rows(self, dst: DeviceBuffer, dst_row: int, src: DeviceBuffer, src_row: int,
                   count: int) -> None:
@@ -266,9 +259,8 @@ class DeviceBuffers:
         self._allocations.append(memory)
         return DeviceBuffer(memory.ptr, shape, dtype, memory)
 
-    def copy_last_logits(self, logits: DeviceBuffer, rows: Sequence[int], index: int,
-                         host_out: np.ndarray) -> None:
-        self.stream.copy_rows_to_host(logits, rows, index, host_out)
+    def copy_last_logits(self, logits: DeviceBuffer, index: int, host_out: np.ndarray) -> None:
+        self.stream.copy_rows_to_host(logits, index, host_out)
 
     def release_device(self) -> None:
         """Free every buffer this backend allocated and destroy its stream (idempotent)."""
@@ -288,9 +280,13 @@ class DeviceBuffers:
     def from_host(self, buffer: DeviceBuffer, array: np.ndarray) -> None:
         self.stream.from_host(buffer, array)
 
-    def write_rows(self, dst: DeviceBuffer, src: DeviceBuffer, row: int, offset: int,
-                   count: int) -> None:
-        self.stream.write_rows(dst, src, row, offset, count)
+    def write_new_rows(self, dst: DeviceBuffer, src: DeviceBuffer, offsets: int | np.ndarray,
+                       count: int) -> None:
+        if isinstance(offsets, int):  # streams in step: one copy
+            self.stream.write_rows(dst, src, 0, src.shape[0], offsets, count)
+            return
+        for row, offset in enumerate(offsets.tolist()):
+            self.stream.write_rows(dst, src, row, 1, offset, count)
 
     def copy_rows(self, dst: DeviceBuffer, dst_row: int, src: DeviceBuffer, src_row: int,
                   count: int) -> None:

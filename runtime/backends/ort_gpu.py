@@ -80,7 +80,6 @@ class OrtGpuBackend(DeviceBuffers, Backend):
                 raise EngineError(f"{path}: graph inputs {names_in} do not match the "
                                   f"contract's {spec.input_names}")
             self.sessions[entry] = session
-        self._bindings: dict[tuple, Any] = {}
 
     def cuda_options(self) -> dict:
         # use_tf32=0: TF32 GEMMs are too coarse for the contract's fp32 tolerance.
@@ -91,28 +90,26 @@ class OrtGpuBackend(DeviceBuffers, Backend):
         return [(CUDA_EP, self.cuda_options())]
 
     def close(self) -> None:
-        """Drop the ONNX Runtime sessions and bindings, then free the buffers and the stream."""
-        self._bindings.clear()
+        """Drop the ONNX Runtime sessions, then free the buffers and the stream."""
         self.sessions.clear()
         self.release_device()
 
 
-    def run(self, entry: str, feeds: dict[str, DeviceBuffer], fetches: dict[str, DeviceBuffer],
-            tokens: int | None = None) -> None:
-        key = (entry, *((n, b.ptr, b.shape) for n, b in feeds.items()),
-               *((n, b.ptr, b.shape) for n, b in fetches.items()))
-        binding = self._bindings.get(key)
-        if binding is None:
-            binding = self.sessions[entry].io_binding()
-            for name, b in feeds.items():
-                binding.bind_input(name, self.device_type, self.device, b.dtype,
-                                   list(b.shape), b.ptr)
-            for name, b in fetches.items():
-                binding.bind_output(name, self.device_type, self.device, b.dtype,
-                                    list(b.shape), b.ptr)
-            self._bindings[key] = binding
+    def bind(self, entry: str, feeds: dict[str, DeviceBuffer], fetches: dict[str, DeviceBuffer],
+             tokens: int | None = None) -> tuple[Any, Any]:
+        session = self.sessions[entry]
+        binding = session.io_binding()
+        for name, b in feeds.items():
+            binding.bind_input(name, self.device_type, self.device, b.dtype, list(b.shape), b.ptr)
+        for name, b in fetches.items():
+            binding.bind_output(name, self.device_type, self.device, b.dtype, list(b.shape),
+                                b.ptr)
+        return session, binding
+
+    def run(self, handle: tuple[Any, Any]) -> None:
+        session, binding = handle
         self.stream.synchronize()  # row writes and uploads on our stream come first
-        self.sessions[entry].run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
 
 
 class OrtCudaBackend(OrtGpuBackend):

@@ -5,11 +5,12 @@ Buffers come from Backend.allocate: every tensor the Session asks for gets its o
 allocation (the Session holds the two ping-pong sets of the memory state and swaps them), and
 tensors with a token axis (extend's tokens, logits, new_h/k/v) are views of one allocation per
 name sized for T = L, so every token count shares it. Shapes come from the contract's specs,
-wherever their batch axis is. A call binds addresses and, for `extend`, the token count with
-`set_input_shape`; bindings are cached per call signature, so a steady-state decode step only
-enqueues `execute_async_v3`.
+wherever their batch axis is. A bound call (`bind`, once per call signature: the
+Session keeps the handles) carries its addresses and, for `extend`, its token count; `run` sets
+them on the entry point's context only when another call ran on it in between, so a
+steady-state decode step only enqueues `execute_async_v3`.
 
-With use_cuda_graph, a signature is captured into a CUDA graph on its second call and
+With use_cuda_graph, a bound call is captured into a CUDA graph on its second run and
 replayed from then on, but never in a call that changed the context's input shapes or
 addresses: TensorRT may set up resources on the first enqueue after a shape change, which a
 capture must not record, so such a call enqueues normally and the next call of that signature
@@ -19,6 +20,7 @@ buffers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from compressive_rt.errors import EngineError
@@ -36,6 +38,19 @@ from compressive_rt.runtime.backends.cuda import (
 )
 from compressive_rt.runtime.contract import TensorSpec
 from compressive_rt.runtime.manifest import Manifest, sha256_file
+
+
+@dataclass(eq=False)
+class TensorRTCall:
+    """A bound call: its context, the (name, address, shape) of every input and output, and
+    once captured its CUDA graph (graph, executable)."""
+
+    entry: str
+    context: Any
+    inputs: tuple[tuple[str, int, tuple[int, ...]], ...]
+    outputs: tuple[tuple[str, int, tuple[int, ...]], ...]
+    enqueued: bool = False  # run once as an ordinary enqueue at its own shapes
+    graph: tuple[Any, Any] | None = None
 
 
 class TensorRTBackend(DeviceBuffers, Backend):
@@ -86,9 +101,8 @@ class TensorRTBackend(DeviceBuffers, Backend):
             self._check_io(engine, spec, path)
             self.engines[entry] = engine
             self.contexts[entry] = engine.create_execution_context()
-        self._bound: dict[str, tuple] = {}
-        self._seen: set[tuple] = set()
-        self._graphs: dict[tuple, Any] = {}
+        self._bound: dict[str, TensorRTCall] = {}  # entry point -> the call its context holds
+        self._graphs: list[tuple[Any, Any]] = []  # every captured (graph, executable)
 
     def _check_io(self, engine: Any, entry: Any, path: Any) -> None:
         trt = self.trt
@@ -116,34 +130,40 @@ class TensorRTBackend(DeviceBuffers, Backend):
 
 
     # ---- calls -----------------------------------------------------------------------------
-    def run(self, entry: str, feeds: dict[str, DeviceBuffer], fetches: dict[str, DeviceBuffer],
-            tokens: int | None = None) -> None:
-        context = self.contexts[entry]
-        key = (entry, *((n, b.ptr, b.shape) for n, b in feeds.items()),
-               *((n, b.ptr) for n, b in fetches.items()))
-        rebound = self._bound.get(entry) != key
+    def bind(self, entry: str, feeds: dict[str, DeviceBuffer], fetches: dict[str, DeviceBuffer],
+             tokens: int | None = None) -> TensorRTCall:
+        return TensorRTCall(entry, self.contexts[entry],
+                            tuple((n, b.ptr, b.shape) for n, b in feeds.items()),
+                            tuple((n, b.ptr, b.shape) for n, b in fetches.items()))
+
+    def run(self, handle: TensorRTCall) -> None:
+        context = handle.context
+        # One context per entry point holds the addresses and shapes of the call last run on
+        # it: a call sets them only when another call of the same entry point ran in between.
+        rebound = self._bound.get(handle.entry) is not handle
         if rebound:
-            for name, buffer in feeds.items():
-                if not context.set_input_shape(name, buffer.shape):
-                    raise EngineError(f"{entry}: input {name} shape {buffer.shape} is outside "
+            for name, ptr, shape in handle.inputs:
+                if not context.set_input_shape(name, shape):
+                    raise EngineError(f"{handle.entry}: input {name} shape {shape} is outside "
                                       f"the plan's optimization profile")
-                context.set_tensor_address(name, buffer.ptr)
-            for name, buffer in fetches.items():
+                context.set_tensor_address(name, ptr)
+            for name, ptr, shape in handle.outputs:
                 got = tuple(context.get_tensor_shape(name))
-                if got != buffer.shape:
-                    raise EngineError(f"{entry}: output {name} has shape {got}, the bound "
-                                      f"buffer {buffer.shape}")
-                context.set_tensor_address(name, buffer.ptr)
-            self._bound[entry] = key
-        graph = self._graphs.get(key)
-        if graph is None and self.use_cuda_graph and key in self._seen and not rebound:
-            self._graphs[key] = graph = self._capture(context)
-        if graph is not None:
-            check(self.cudart.cudaGraphLaunch(graph[1], self.stream.handle))
+                if got != shape:
+                    raise EngineError(f"{handle.entry}: output {name} has shape {got}, the "
+                                      f"bound buffer {shape}")
+                context.set_tensor_address(name, ptr)
+            self._bound[handle.entry] = handle
+        if handle.graph is None and self.use_cuda_graph and handle.enqueued and not rebound:
+            handle.graph = self._capture(context)
+            self._graphs.append(handle.graph)
+        if handle.graph is not None:
+            check(self.cudart.cudaGraphLaunch(handle.graph[1], self.stream.handle))
             return
         if not context.execute_async_v3(int(self.stream)):
-            raise EngineError(f"TensorRT failed to enqueue {entry}; see the TensorRT log above")
-        self._seen.add(key)
+            raise EngineError(f"TensorRT failed to enqueue {handle.entry}; see the TensorRT log "
+                              f"above")
+        handle.enqueued = True
 
     def _capture(self, context: Any) -> tuple[Any, Any]:
         """One enqueue captured into a CUDA graph: (graph, instantiated executable)."""
@@ -169,12 +189,11 @@ class TensorRTBackend(DeviceBuffers, Backend):
         then free the buffers and the stream. Idempotent."""
         if self.stream is not None and self.stream.handle is not None:
             self.stream.synchronize()  # no replay may still be running
-        for graph, executable in self._graphs.values():
+        for graph, executable in self._graphs:
             self.cudart.cudaGraphExecDestroy(executable)
             self.cudart.cudaGraphDestroy(graph)
         self._graphs.clear()
         self._bound.clear()
-        self._seen.clear()
         self.contexts.clear()
         self.engines.clear()
         self.release_device()

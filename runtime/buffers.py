@@ -1,0 +1,169 @@
+"""Every buffer of a Session, allocated once for max_streams, and the calls bound over them.
+
+Two banks of each memory-state tensor (ping-pong: a call reads bank p and writes bank 1-p; the
+bank flips only after the call succeeded, so a failed call leaves the committed state as it
+was), one bank of the partial-segment tensors (written by slice), scratch for the token axis
+sized for T = L, and host arrays per row: the partial fill of each row and its last logits.
+A call on rows [0, r) binds views of the first r rows: its cost follows the streams taking part.
+
+Calls are bound once per (entry point, rows, tokens, banks) and kept: the one cache of bound
+calls, so a steady-state step looks up a handle and runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from compressive_rt.runtime.backends.base import Backend
+from compressive_rt.runtime.contract import (
+    MEMORY_STATE,
+    NEW_ROWS,
+    OUT_SUFFIX,
+    PARTIAL_STATE,
+    TOKENS,
+    Dims,
+    state_specs,
+)
+from compressive_rt.runtime.manifest import Manifest
+
+FILL_INPUT = "seg_len"  # the contract's name for the partial fill of each row, [B] int32
+
+
+def blocks(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """A batch-first [B, ..., S, w] shape as [B, n, S, w]: n blocks of S rows of width w."""
+    return shape[0], int(np.prod(shape[1:-2])), shape[-2], shape[-1]
+
+
+class BoundCall(NamedTuple):
+    feeds: dict[str, Any]  # input name -> view of a buffer
+    fetches: dict[str, Any]  # output name -> view of a buffer
+    handle: Any  # what Backend.run takes
+    host_tokens: np.ndarray  # the host rows staged for the tokens input: [batch, T]
+    host_fills: np.ndarray  # the partial fills of the call's rows: [batch]
+    new_rows: tuple[tuple[Any, Any], ...]  # extend: (partial [S, n, L, w], new [batch, n, T, w])
+
+
+class StateBuffers:
+    def __init__(self, backend: Backend, manifest: Manifest, max_streams: int) -> None:
+        self.backend = backend
+        self.contract = manifest.contract
+        dims = self.dims = Dims.from_config(manifest.config)
+        specs = self.specs = state_specs(dims)
+        self.memory_names = tuple(n for n in MEMORY_STATE if n in specs)
+        allocate = backend.allocate
+        # [bank][name] -> buffer [max_streams, ...]; parity[name]: the bank holding the current
+        # value of rows [0, k)
+        self.memory = [{n: allocate(specs[n], max_streams) for n in self.memory_names}
+                       for _ in range(2)]
+        self.parity = dict.fromkeys(self.memory_names, 0)
+        self._banks = tuple(self.parity.values())  # the parities as a cache key
+        self.partial = {n: allocate(specs[n], max_streams) for n in PARTIAL_STATE}
+        self.row_state = (*self.memory_names, *PARTIAL_STATE)  # one stream's row of each
+        # one row per state tensor: the middle stop when two streams swap rows
+        self.row_scratch = {n: allocate(specs[n], 1) for n in self.row_state}
+        self.fill_buffer = allocate(specs[FILL_INPUT], max_streams)
+        seg_len = dims.seg_len
+        extend = self.contract["extend"]
+        # shared by segment and extend (one call at a time): [max_streams, L, ...]
+        self.scratch = {spec.name: allocate(spec, max_streams, seg_len)
+                        for spec in (extend.inputs[0], *extend.outputs) if TOKENS in spec.shape}
+        self.host_tokens = np.zeros((max_streams, seg_len), dtype=np.int32)  # [S, L]
+        self.fills = np.zeros(max_streams, dtype=np.int32)  # [S] tokens in each partial segment
+        self.last_logits = np.zeros((max_streams, dims.vocab_size), dtype=np.float32)  # [S, V]
+        # [S, n, L, w] views of the partial segment: each tensor's blocks of L rows of width w
+        self._partial_blocks = {name: backend.view(buffer, blocks(buffer.shape))
+                                for name, buffer in self.partial.items()}
+        self._calls: dict[tuple, BoundCall] = {}
+
+    def current(self, name: str) -> Any:
+        """The buffer holding the current value of a state tensor."""
+        if name in self.parity:
+            return self.memory[self.parity[name]][name]
+        return self.partial[name]
+
+    def row_shape(self, name: str) -> tuple[int, ...]:
+        return self.specs[name].concrete_shape(1)[1:]
+
+    # ---- rows --------------------------------------------------------------------------------
+    def clear_row(self, row: int) -> None:
+        for name in self.row_state:
+            self.backend.set_row(self.current(name), row, 0)
+        self.fills[row] = 0
+
+    def move_row(self, src: int, dst: int) -> None:
+        """One stream's whole state from row src to row dst (current banks only)."""
+        for name in self.row_state:
+            buffer = self.current(name)
+            self.backend.copy_rows(buffer, dst, buffer, src, 1)
+        self.fills[dst] = self.fills[src]
+        self.last_logits[dst] = self.last_logits[src]
+
+    def swap_rows(self, a: int, b: int) -> None:
+        copy = self.backend.copy_rows
+        for name in self.row_state:
+            buffer, scratch = self.current(name), self.row_scratch[name]
+            copy(scratch, 0, buffer, a, 1)
+            copy(buffer, a, buffer, b, 1)
+            copy(buffer, b, scratch, 0, 1)
+        for host in (self.fills, self.last_logits):
+            host[[a, b]] = host[[b, a]]
+
+    def flip(self, names: Iterable[str], batch: int, rows: int) -> None:
+        """The call on rows [0, batch) succeeded: the bank it wrote becomes current; rows
+        [batch, rows) that sat out are copied into it (one block copy per tensor)."""
+        for name in names:
+            old = self.parity[name]
+            if batch < rows:
+                self.backend.copy_rows(self.memory[1 - old][name], batch, self.memory[old][name],
+                                       batch, rows - batch)
+            self.parity[name] = 1 - old
+        self._banks = tuple(self.parity.values())
+
+    # ---- calls -------------------------------------------------------------------------------
+    def call(self, entry: str, batch: int, tokens: int | None = None) -> BoundCall:
+        """The call of `entry` on rows [0, batch) over the current banks, bound once."""
+        key = (entry, batch, tokens, self._banks)
+        bound = self._calls.get(key)
+        if bound is None:
+            bound = self._calls[key] = self._bind(entry, batch, tokens)
+        return bound
+
+    def _bind(self, entry: str, batch: int, tokens: int | None) -> BoundCall:
+        spec = self.contract[entry]
+        view = self.backend.view
+
+        def buffer_of(name: str) -> Any:
+            base = name[:-len(OUT_SUFFIX)] if name.endswith(OUT_SUFFIX) else None
+            if base in self.parity:  # an output of the memory state: the other bank
+                return self.memory[1 - self.parity[base]][base]
+            if name in self.parity:
+                return self.memory[self.parity[name]][name]
+            if name == FILL_INPUT:
+                return self.fill_buffer
+            return self.partial.get(name, self.scratch.get(name))
+
+        feeds = {t.name: view(buffer_of(t.name), t.concrete_shape(batch, tokens))
+                 for t in spec.inputs}
+        fetches = {t.name: view(buffer_of(t.name), t.concrete_shape(batch, tokens))
+                   for t in spec.outputs}
+        new_rows = []
+        for name, new in NEW_ROWS.items():
+            if new in fetches:
+                rows = fetches[new]
+                new_rows.append((self._partial_blocks[name], view(rows, blocks(rows.shape))))
+        return BoundCall(feeds, fetches, self.backend.bind(entry, feeds, fetches, tokens),
+                         self.host_tokens[:batch, :tokens or self.dims.seg_len],
+                         self.fills[:batch], tuple(new_rows))
+
+    def write_new_rows(self, call: BoundCall, count: int) -> None:
+        """extend's new rows into the partial segment of the call's rows, each at its fill
+        (one write per tensor), and the fills grow by count."""
+        fills = call.host_fills
+        first = int(fills[0])
+        offsets = first if len(fills) == 1 or (fills == first).all() else fills
+        for partial, new in call.new_rows:
+            self.backend.write_new_rows(partial, new, offsets, count)
+        fills += count
