@@ -23,6 +23,7 @@ from pathlib import Path
 
 from compressive_rt.benchmarks import measure
 from compressive_rt.benchmarks.contenders import MAIN_CONTENDERS, Bench, build, random_model
+from compressive_rt.benchmarks.native_contender import ContenderUnavailable
 from compressive_rt.benchmarks.settings import PROFILES, SEED, BenchError, log
 
 EXTRAS = ("scaling", "xl", "ort", "quantization")
@@ -143,7 +144,13 @@ def run_benchmark(quick: bool, out_dir: Path, threads: int, checkpoint: Path | N
         bench = Bench(model, engine_dir, threads)
         rng = np.random.default_rng(SEED + 1)
         if "main" in experiments:
-            contenders = {key: build(key, bench) for key in MAIN_CONTENDERS if key in backends}
+            contenders = {}
+            for key in (k for k in MAIN_CONTENDERS if k in backends):
+                try:
+                    contenders[key] = build(key, bench)
+                except ContenderUnavailable as exc:
+                    results.setdefault("skipped", {})[key] = str(exc)
+                    log(f"{key} skipped: {exc}")
             results.update(compare(contenders, cfg, settings, rng, settings.segment_batches,
                                    settings.decode_batches))
             del contenders
@@ -177,6 +184,9 @@ def run_benchmark(quick: bool, out_dir: Path, threads: int, checkpoint: Path | N
 
             add_efficiency(results["lucidrains"]["contenders"],
                            ModelConfig.from_dict(results["lucidrains"]["config"]), gemm["gflops"])
+        native = results.get("contenders", {}).get("native")
+        if native:  # measured inside the native loop
+            results["native_loop_overhead"] = loop_overhead(native)
         runtime = results.get("contenders", {}).get("runtime")
         if runtime:
             results["loop_overhead"] = loop_overhead(runtime)

@@ -6,6 +6,8 @@
 - cached: the engine's entry points (`export.step`) run eagerly by `export.torch_backend`
   under `runtime.Session`, the same scheduler as the engine.
 - runtime: `runtime.Session` on ONNX Runtime CPU.
+- native: the C++ runtime (native/) on the same engine, through its C API
+  (benchmarks/native_contender.py); skipped with the reason when the library is not built.
 - lucidrains: compressive-transformer-pytorch 0.4.0, the package's forward per segment and its
   `AutoregressiveWrapper.generate` per token (only with a model built in that package).
 
@@ -212,6 +214,12 @@ def _package_model(bench: Bench) -> PackageModel:
     return PackageModel(bench.their_net)
 
 
+def _native(bench: Bench) -> Any:
+    from compressive_rt.benchmarks.native_contender import NativeContender
+
+    return NativeContender(bench.engine_dir, bench.threads)
+
+
 # Session contenders: key -> (name, backend opener). The serving and capacity experiments
 # open their own Sessions through the same openers.
 SESSION_BACKENDS: dict[str, tuple[str, Callable[[Bench], Callable[[Manifest], Backend]]]] = {
@@ -225,8 +233,9 @@ CONTENDERS: dict[str, Callable[[Bench], Any]] = {
         SESSION_BACKENDS[key][0], bench.engine_dir, lambda: open_backend(key, bench)))
        for key in SESSION_BACKENDS},
     "lucidrains": _package_model,
+    "native": _native,
 }
-MAIN_CONTENDERS = ("eager", "compile", "cached", "runtime")
+MAIN_CONTENDERS = ("eager", "compile", "cached", "runtime", "native")
 
 
 def build(key: str, bench: Bench) -> Any:

@@ -12,6 +12,7 @@ outside_engine_ms; decode rows add amortized_ms (= median_ms), step_ms, commit_t
              compile_seconds?, error?}},
   ratios {"<workload> b<batch>: <fast> vs <other>": ratio}  (speed-up: other's time / fast's),
   loop_overhead {"<workload> b<batch>": {step_ms, outside_engine_ms, fraction}},
+  native_loop_overhead (the same, measured inside the native loop), skipped {key: why},
   scheduler_overhead {contender, requests, top_k, steps, step_ms, outside_engine_ms, fraction,
                       fraction_quartiles},
   lucidrains {arguments, config, check, contenders, ratios}  (the same shapes as above),
@@ -33,7 +34,8 @@ from compressive_rt.runtime.cpu import CpuFeatures
 JSON_NAME = "bench.json"
 PLOT_NAME = "bench.png"
 COLORS = {"eager": "tab:blue", "eager+compile": "tab:orange", "eager cached": "tab:green",
-          "runtime (ORT)": "tab:red", "compressive-transformer-pytorch": "tab:purple"}
+          "runtime (ORT)": "tab:red", "compressive-transformer-pytorch": "tab:purple",
+          "native (C++)": "tab:brown"}
 SERVING_NAMES = {"runtime": "runtime (ORT)", "runtime_top40": "runtime (ORT) top-k 40",
                  "cached": "eager cached"}
 
@@ -166,6 +168,15 @@ def table(results: dict) -> str:
                      f"{scheduler['outside_engine_ms']:.3f} ms ({100 * scheduler['fraction']:.2f}%"
                      f" of {scheduler['steps']} steps; quartiles {100 * low:.2f}-"
                      f"{100 * high:.2f}%)")
+    if results.get("native_loop_overhead"):
+        lines.append("")
+        lines.append("native loop overhead (time outside engine calls per step, measured inside "
+                     "the C++ loop):")
+        for name, row in results["native_loop_overhead"].items():
+            lines.append(f"  {name:<12} step {row['step_ms']:.2f} ms, outside "
+                         f"{row['outside_engine_ms']:.3f} ms ({100 * row['fraction']:.2f}%)")
+    for key, why in results.get("skipped", {}).items():
+        lines.append(f"{key} skipped: {why}")
     if results.get("scaling"):
         lines.append("")
         lines.append("scaling (N={} layers; batch 1 unless noted; ms):".format(

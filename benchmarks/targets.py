@@ -72,4 +72,8 @@ def evaluate_targets(results: dict) -> list[dict]:
     targets.append(_target("Scheduler.step, 8 requests top-k 40: time outside Backend.run "
                            "(fraction of step)", "<", threshold,
                            _get(results, "scheduler_overhead", "fraction")))
+    for batch in ("1", "8"):
+        native = _get(results, "native_loop_overhead", f"decode b{batch}", "fraction")
+        targets.append(_target(f"native loop overhead decode b{batch} (fraction of step)", "<",
+                               0.01, native, note="measured inside the C++ loop around Run"))
     return targets

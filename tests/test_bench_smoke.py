@@ -49,7 +49,7 @@ def test_smoke_benchmark_writes_json_and_png(smoke):
 
 def test_every_contender_reports_positive_latencies(smoke):
     results, _ = smoke
-    assert set(results["contenders"]) == set(MAIN_CONTENDERS)
+    assert set(results["contenders"]) == set(MAIN_CONTENDERS) - set(results.get("skipped", {}))
     for key, res in results["contenders"].items():
         if key == "compile" and "error" in res:
             continue  # torch.compile may fail on a machine without a compiler; reported as text
@@ -113,13 +113,16 @@ def test_capacity_compares_two_session_sizes(smoke):
 def test_every_target_is_recorded_as_met_or_missed(smoke):
     results, _ = smoke
     targets = {t["target"]: t for t in results["targets"]}
-    assert len(targets) == 13
+    assert len(targets) == 15
     unmeasured = {name for name, t in targets.items() if t["measured"] is None}
     # the smoke profile has no batch 8 and no serving curve up to 16 requests
+    native_b1 = {"native loop overhead decode b1 (fraction of step)"} \
+        if "native" in results.get("skipped", {}) else set()
     assert unmeasured == {"segment b8: runtime speed-up vs eager",
                           "segment b8: runtime fraction of the measured GEMM rate",
                           "serving: tokens/s at 16 concurrent requests vs 1 (runtime, greedy)",
-                          "serving: tokens/s at 16 concurrent requests vs 1 (runtime, top-k 40)"}
+                          "serving: tokens/s at 16 concurrent requests vs 1 (runtime, top-k 40)",
+                          "native loop overhead decode b8 (fraction of step)", *native_b1}
     for target in targets.values():
         want, threshold = target["want"].split()
         measured = target["measured"]

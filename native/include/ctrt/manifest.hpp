@@ -1,0 +1,36 @@
+// manifest.json of an engine directory, read and checked as runtime/manifest.py does: format
+// and version, the contract of the config, every graph's and the weights file's SHA-256.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "ctrt/contract.hpp"
+
+namespace ctrt {
+
+constexpr int kManifestFormatVersion = 2;  // contract v2, batch-first, no per-row masks
+
+struct Manifest {
+  std::string engine_dir;
+  std::shared_ptr<const nlohmann::json> document;  // manifest.json as read
+  Dims dims;
+  std::map<std::string, EntryPoint> contract;
+
+  const nlohmann::json& data() const { return *document; }
+  const nlohmann::json& config() const;
+  std::string graph_path(const std::string& entry) const;
+  std::string weights_path() const;
+  std::string precision() const;  // "fp32" unless the manifest says otherwise
+};
+
+// Reads and checks everything before anything is loaded; throws EngineError naming the file.
+Manifest load_manifest(const std::string& engine_dir, bool verify_hashes = true);
+
+// Hex SHA-256 of a file (OpenSSL EVP).
+std::string sha256_file(const std::string& path);
+
+}  // namespace ctrt

@@ -1,0 +1,110 @@
+#include "ort.hpp"
+
+#include <dlfcn.h>
+#include <glob.h>
+
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "ctrt/error.hpp"
+
+#ifndef CTRT_DEFAULT_ONNXRUNTIME_LIBRARY
+#define CTRT_DEFAULT_ONNXRUNTIME_LIBRARY ""
+#endif
+
+namespace ctrt::ort {
+
+namespace {
+
+using GetApiBase = const OrtApiBase* (*)();
+
+std::string loaded_path;
+std::unique_ptr<Ort::Env> shared_env;
+
+std::vector<std::string> venv_libraries() {
+  std::vector<std::string> out;
+  const char* venv = std::getenv("VIRTUAL_ENV");
+  if (!venv || !*venv) return out;
+  const std::string pattern =
+      std::string(venv) + "/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*";
+  glob_t found{};
+  if (glob(pattern.c_str(), 0, nullptr, &found) == 0) {
+    for (size_t i = 0; i < found.gl_pathc; ++i) out.emplace_back(found.gl_pathv[i]);
+  }
+  globfree(&found);
+  return out;
+}
+
+// dlopen + OrtGetApiBase + GetApi(ORT_API_VERSION); "" on success, else why not.
+std::string try_load(const std::string& path, const OrtApi** api) {
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!handle) {
+    const char* why = dlerror();
+    return why ? why : "dlopen failed";
+  }
+  auto get_base = reinterpret_cast<GetApiBase>(dlsym(handle, "OrtGetApiBase"));
+  if (!get_base) {
+    dlclose(handle);
+    return "no OrtGetApiBase symbol: not an ONNX Runtime library";
+  }
+  const OrtApiBase* base = get_base();
+  *api = base->GetApi(ORT_API_VERSION);
+  if (!*api) {
+    std::string version = base->GetVersionString();
+    dlclose(handle);
+    return "ONNX Runtime " + version + " is older than the headers (API version " +
+           std::to_string(ORT_API_VERSION) + ")";
+  }
+  return "";  // the handle stays open for the life of the process
+}
+
+void load() {
+  std::vector<std::string> candidates;
+  const char* forced = std::getenv("CTRT_ONNXRUNTIME_LIBRARY");
+  if (forced && *forced) {
+    candidates.emplace_back(forced);
+  } else {
+    candidates = venv_libraries();
+    if (*CTRT_DEFAULT_ONNXRUNTIME_LIBRARY) candidates.emplace_back(CTRT_DEFAULT_ONNXRUNTIME_LIBRARY);
+    candidates.emplace_back("libonnxruntime.so.1");
+    candidates.emplace_back("libonnxruntime.so");
+  }
+  std::string tried;
+  for (const auto& path : candidates) {
+    const OrtApi* api = nullptr;
+    const std::string why = try_load(path, &api);
+    if (why.empty()) {
+      Ort::InitApi(api);
+      shared_env = std::make_unique<Ort::Env>(ORT_LOGGING_LEVEL_ERROR, "ctrt");
+      loaded_path = path;
+      return;
+    }
+    tried += "\n  " + path + ": " + why;
+  }
+  throw BackendUnavailable(
+      "cannot load ONNX Runtime; tried:" + tried +
+      "\nactivate the venv that has the onnxruntime wheel, or set CTRT_ONNXRUNTIME_LIBRARY to its "
+      "onnxruntime/capi/libonnxruntime.so.<version>");
+}
+
+}  // namespace
+
+Ort::Env& env() {
+  static std::once_flag once;
+  static std::string failure;
+  std::call_once(once, [] {
+    try {
+      load();
+    } catch (const Error& exc) {
+      failure = exc.what();
+    }
+  });
+  if (!shared_env) throw BackendUnavailable(failure);
+  return *shared_env;
+}
+
+const std::string& library_path() { return loaded_path; }
+
+}  // namespace ctrt::ort

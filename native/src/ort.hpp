@@ -1,0 +1,24 @@
+// ONNX Runtime, loaded at run time: the wheel's versioned libonnxruntime.so.<version> is
+// dlopen'ed and the C++ API initialized from its OrtGetApiBase (ORT_API_MANUAL_INIT), so the
+// binary is tied to no particular wheel. Search order (README "Native runtime"):
+//   1. CTRT_ONNXRUNTIME_LIBRARY (a path; an error when it cannot be loaded)
+//   2. the active venv: $VIRTUAL_ENV/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*
+//   3. the path recorded at build time (the venv cmake saw)
+//   4. libonnxruntime.so.1 / libonnxruntime.so through the dynamic loader (LD_LIBRARY_PATH, system)
+// Any library whose API version is at least the headers' (ORT_API_VERSION) works.
+#pragma once
+
+#include <onnxruntime_cxx_api.h>
+
+#include <string>
+
+namespace ctrt::ort {
+
+// Loads the library once per process (thread-safe) and returns the shared environment; throws
+// BackendUnavailable naming every place it looked.
+Ort::Env& env();
+
+// The path of the loaded library ("" before env() first succeeded).
+const std::string& library_path();
+
+}  // namespace ctrt::ort
