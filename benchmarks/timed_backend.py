@@ -20,6 +20,7 @@ class TimedBackend(Backend):
         super().__init__(inner.manifest)
         self.inner = inner
         self.name = inner.name
+        self.host_buffers = inner.host_buffers
         self.engine_seconds = 0.0
         self.calls = 0
 

@@ -41,8 +41,9 @@ class BoundCall(NamedTuple):
     feeds: dict[str, Any]  # input name -> view of a buffer
     fetches: dict[str, Any]  # output name -> view of a buffer
     handle: Any  # what Backend.run takes
-    host_tokens: np.ndarray  # the host rows staged for the tokens input: [batch, T]
+    host_tokens: np.ndarray  # where the runtime writes the tokens input: [batch, T]
     host_fills: np.ndarray  # the partial fills of the call's rows: [batch]
+    uploads: tuple[tuple[Any, np.ndarray], ...]  # (input, host array) copied in before a run
     new_rows: tuple[tuple[Any, Any], ...]  # extend: (partial [S, n, L, w], new [batch, n, T, w])
 
 
@@ -65,13 +66,15 @@ class StateBuffers:
         # one row per state tensor: the middle stop when two streams swap rows
         self.row_scratch = {n: allocate(specs[n], 1) for n in self.row_state}
         self.fill_buffer = allocate(specs[FILL_INPUT], max_streams)
+        # [S] tokens in each partial segment; a host backend binds it as the engine input
+        self.fills = self.fill_buffer if backend.host_buffers else \
+            np.zeros(max_streams, dtype=np.int32)
         seg_len = dims.seg_len
         extend = self.contract["extend"]
         # shared by segment and extend (one call at a time): [max_streams, L, ...]
         self.scratch = {spec.name: allocate(spec, max_streams, seg_len)
                         for spec in (extend.inputs[0], *extend.outputs) if TOKENS in spec.shape}
         self.host_tokens = np.zeros((max_streams, seg_len), dtype=np.int32)  # [S, L]
-        self.fills = np.zeros(max_streams, dtype=np.int32)  # [S] tokens in each partial segment
         self.last_logits = np.zeros((max_streams, dims.vocab_size), dtype=np.float32)  # [S, V]
         # [S, n, L, w] views of the partial segment: each tensor's blocks of L rows of width w
         self._partial_blocks = {name: backend.view(buffer, blocks(buffer.shape))
@@ -154,9 +157,17 @@ class StateBuffers:
             if new in fetches:
                 rows = fetches[new]
                 new_rows.append((self._partial_blocks[name], view(rows, blocks(rows.shape))))
+        host_tokens = self.host_tokens[:batch, :tokens or self.dims.seg_len]
+        uploads = []
+        if "tokens" in feeds:
+            if self.backend.host_buffers:  # the runtime writes the input itself
+                host_tokens = feeds["tokens"]
+            else:
+                uploads.append((feeds["tokens"], host_tokens))
+        if FILL_INPUT in feeds and not self.backend.host_buffers:
+            uploads.append((feeds[FILL_INPUT], self.fills[:batch]))
         return BoundCall(feeds, fetches, self.backend.bind(entry, feeds, fetches, tokens),
-                         self.host_tokens[:batch, :tokens or self.dims.seg_len],
-                         self.fills[:batch], tuple(new_rows))
+                         host_tokens, self.fills[:batch], tuple(uploads), tuple(new_rows))
 
     def write_new_rows(self, call: BoundCall, count: int) -> None:
         """extend's new rows into the partial segment of the call's rows, each at its fill
@@ -166,4 +177,7 @@ class StateBuffers:
         offsets = first if len(fills) == 1 or (fills == first).all() else fills
         for partial, new in call.new_rows:
             self.backend.write_new_rows(partial, new, offsets, count)
-        fills += count
+        if offsets is fills:
+            fills += count
+        else:  # a slice assignment, as the writes above: its code is warm after the call
+            fills[:] = first + count

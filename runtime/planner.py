@@ -33,11 +33,12 @@ def plan_feed(fills: Sequence[int], pending: Sequence[int], seg_len: int) -> lis
     """The calls that feed pending[i] tokens to stream i, whose partial segment holds fills[i]
     tokens (0 <= fill <= seg_len, the segment length L)."""
     count = len(pending)
-    if count and min(pending) == max(pending) and max(fills) + pending[0] < seg_len:
-        # the decoding step: every stream appends the same few tokens inside its segment
-        if pending[0]:
-            return [Call(EXTEND, tuple(range(count)), pending[0])]
-        return []
+    if count and min(pending) == max(pending):
+        if max(fills) + pending[0] < seg_len:
+            # the decoding step: every stream appends the same few tokens inside its segment
+            return [Call(EXTEND, tuple(range(count)), pending[0])] if pending[0] else []
+        if pending[0] == seg_len and not any(fills):  # scoring: one whole segment each
+            return [Call(SEGMENT, tuple(range(count)), seg_len)]
     fills = list(fills)
     left = list(pending)
     calls = []

@@ -20,7 +20,7 @@ import numpy as np
 from compressive_rt.errors import EngineError, RuntimeInputError
 from compressive_rt.runtime.backends.base import NUMPY_DTYPES, Backend
 from compressive_rt.runtime.backends.registry import open_backend
-from compressive_rt.runtime.buffers import FILL_INPUT, StateBuffers
+from compressive_rt.runtime.buffers import FILL_INPUT, BoundCall, StateBuffers
 from compressive_rt.runtime.contract import Dims
 from compressive_rt.runtime.manifest import load_manifest
 from compressive_rt.runtime.planner import COMMIT, EXTEND, SEGMENT, plan_feed
@@ -150,17 +150,17 @@ class Session:
         array = np.asarray(tokens)
         if array.ndim != 1:
             raise RuntimeInputError(f"tokens must be a 1-D sequence, got shape {array.shape}")
-        if array.size and array.dtype.kind not in "iu":
+        kind = array.dtype.kind
+        if array.size and kind not in "iu":
             raise RuntimeInputError(f"tokens must be integers, got dtype {array.dtype}")
-        if not array.size:
-            return array
-        # a decode step's one token: Python's min/max beat two numpy reductions
-        low, high = (min(values := array.tolist()), max(values)) if array.size <= 8 \
-            else (array.min(), array.max())
-        if low < 0 or high >= self.dims.vocab_size:
-            bad = array[(array < 0) | (array >= self.dims.vocab_size)][0]
-            raise RuntimeInputError(
-                f"token id {int(bad)} is out of range [0, {self.dims.vocab_size})")
+        vocab = self.dims.vocab_size
+        if not array.size or (kind == "u" and 1 << 8 * array.itemsize <= vocab):
+            return array  # bytes for a byte vocabulary: every value is a token
+        # one reduction: seen unsigned, a negative id is larger than any vocabulary
+        unsigned = array.view(array.dtype.str.replace("i", "u"))
+        if int(unsigned.max()) >= vocab:
+            bad = array[(array < 0) | (array >= vocab)][0]
+            raise RuntimeInputError(f"token id {int(bad)} is out of range [0, {vocab})")
         return array
 
     @one_thread_at_a_time
@@ -205,16 +205,19 @@ class Session:
         fills = buffers.fills.tolist()
         plan = plan_feed([fills[rows[s]] for s in streams], [len(a) for a in arrays],
                          self.dims.seg_len)
-        host_tokens, positions = buffers.host_tokens, self.positions
+        positions = self.positions
         for entry, members, count in plan:
             ids = [streams[i] for i in members]
             batch = self._to_front(ids)
             if entry == COMMIT:
                 self._run_commit(batch)
                 continue
+            call = buffers.call(entry, batch, count if entry == EXTEND else None)
+            tokens = call.host_tokens
             for i in members:
-                host_tokens[rows[streams[i]], :count] = arrays[i][done[i]:done[i] + count]
-            out = self._run_segment(batch) if entry == SEGMENT else self._run_extend(batch, count)
+                tokens[rows[streams[i]], :count] = arrays[i][done[i]:done[i] + count]
+            out = self._run_segment(call, batch) if entry == SEGMENT else \
+                self._run_extend(call, batch, count)
             # The call's effect is in the state: its tokens count as consumed from here on.
             backend.copy_last_logits(out, count - 1, buffers.last_logits)
             if logits:
@@ -227,25 +230,24 @@ class Session:
                 positions[streams[i]] += count
             self._fed.update(ids)
 
-    def _run_segment(self, batch: int) -> Any:
+    def _run_segment(self, call: BoundCall, batch: int) -> Any:
         """Score and rotate rows [0, batch); returns the logits buffer [batch, L, V]."""
-        call = self.buffers.call(SEGMENT, batch)
-        self.backend.from_host(call.feeds["tokens"], call.host_tokens)
+        for device, host in call.uploads:
+            self.backend.from_host(device, host)
         self.backend.run(call.handle)
         self.buffers.flip(self.buffers.memory_names, batch, len(self.slots))
         return call.fetches["logits"]
 
-    def _run_extend(self, batch: int, count: int) -> Any:
+    def _run_extend(self, call: BoundCall, batch: int, count: int) -> Any:
         """Extend rows [0, batch) by `count` tokens; returns the logits buffer
         [batch, count, V]. Their partial fills grow by count (a full one is committed next)."""
-        buffers, backend = self.buffers, self.backend
-        call = buffers.call(EXTEND, batch, count)
-        backend.from_host(call.feeds["tokens"], call.host_tokens)
-        backend.from_host(call.feeds[FILL_INPUT], call.host_fills)
+        backend = self.backend
+        for device, host in call.uploads:
+            backend.from_host(device, host)
         backend.run(call.handle)
         if self.dims.most_used:
-            buffers.flip(("usage",), batch, len(self.slots))
-        buffers.write_new_rows(call, count)
+            self.buffers.flip(("usage",), batch, len(self.slots))
+        self.buffers.write_new_rows(call, count)
         return call.fetches["logits"]
 
     def _run_commit(self, batch: int) -> None:

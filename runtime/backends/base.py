@@ -24,6 +24,9 @@ NUMPY_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
 
 class Backend(ABC):
     name: str = "abstract"
+    # True when buffers are numpy arrays in host memory: the Session then writes the tokens
+    # and partial fills into the bound inputs themselves instead of uploading host copies.
+    host_buffers: bool = False
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
