@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "in-process scheduler (concurrent streaming clients, a long-lived "
                             "stream's spill and resume, a burst against a small queue), "
                             "written to <--out>/serve.json (benchmarks/serve.py)")
+    bench.add_argument("--ray", action="store_true",
+                       help="instead of the engine's speed: the shared Redis store (the cost "
+                            "of appendfsync always), moving a stream between servers, failover "
+                            "and 1 vs 2 replicas on a local Ray cluster, written to "
+                            "<--out>/ray.json (benchmarks/ray_serve.py; needs the ray extra and "
+                            "redis-server)")
     add_quality_arguments(bench)
     bench.set_defaults(handler=run_bench)
 
@@ -54,6 +60,11 @@ def run_bench(args: argparse.Namespace) -> int:
                     Path(args.out) / "quality")
         return 0
     check_output_directory(args.out)
+    if args.ray:
+        from compressive_rt.benchmarks.ray_serve import run_ray_benchmark
+
+        run_ray_benchmark(Path(args.out), args.threads, "quick" if args.quick else "full")
+        return 0
     if args.serve:
         from compressive_rt.benchmarks.serve import run_serve_benchmark
 

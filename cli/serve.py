@@ -13,11 +13,13 @@ from compressive_rt.cli.options import check_options
 from compressive_rt.cli.run import _add_engine_args
 from compressive_rt.errors import CtrtError
 
+DEFAULT_REPLICAS = 2
 API_KEY_VARIABLE = "CTRT_API_KEY"
 DEFAULT_STORE = "ctrt_store"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from compressive_rt.serving.redis_store import PASSWORD_VARIABLE
     from compressive_rt.serving.settings import ServeSettings
 
     defaults = ServeSettings()
@@ -40,9 +42,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"streams held in memory at once: running requests and resident "
                             f"persistent streams (default {defaults.streams}); beyond, the "
                             f"least recently used idle stream is spilled to the store")
-    serve.add_argument("--store", default=DEFAULT_STORE, metavar="DIR",
-                       help=f"directory of the persistent streams (SQLite in WAL mode; created "
-                            f"if missing; default ./{DEFAULT_STORE})")
+    serve.add_argument("--store", default=DEFAULT_STORE, metavar="DIR|URL",
+                       help=f"where the persistent streams live: a directory (SQLite in WAL "
+                            f"mode, one server; created if missing; default ./{DEFAULT_STORE}) "
+                            f"or a Redis server shared by several servers, "
+                            f"redis://[:PASSWORD@]HOST:PORT[/DB] (rediss:// for TLS; the "
+                            f"password also from ${PASSWORD_VARIABLE}); Redis must run "
+                            f"appendonly yes, appendfsync always for appends to survive its "
+                            f"own crash")
     serve.add_argument("--api-key", default=None, metavar="KEY",
                        help=f"require Authorization: Bearer KEY on /v1/ routes (also from "
                             f"--api-key-file or ${API_KEY_VARIABLE}; default: no key)")
@@ -75,6 +82,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"SIGTERM: time in-flight requests get to finish (default "
                             f"{defaults.grace_s:g})")
     serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    ray = serve.add_argument_group(
+        "replicas on Ray Serve", "--ray serves the same API from several replicas (each one "
+        "engine, --threads threads, --streams resident streams) on a Ray cluster, behind "
+        "Serve's proxy on the head node at --host:--port; needs --store redis://... and "
+        "pip install 'compressive-rt[ray]'")
+    ray.add_argument("--ray", action="store_true", help="serve on Ray Serve")
+    ray.add_argument("--replicas", type=int, default=None,
+                     help=f"replicas of the engine (default {DEFAULT_REPLICAS})")
+    ray.add_argument("--replicas-per-node", type=int, default=None,
+                     help="at most this many replicas on one node (default: no bound)")
+    ray.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                     help="the cluster to join: auto (the one `ray start` made on this "
+                          "node) or HOST:PORT (default: $RAY_ADDRESS, else a Ray of this "
+                          "process's own, stopped at exit)")
     serve.set_defaults(handler=run_serve)
 
 
@@ -95,14 +116,20 @@ def api_key(args: argparse.Namespace) -> str | None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from compressive_rt.serving.server import serve
     from compressive_rt.serving.settings import ServeSettings
 
     check_options(args, {"threads": 1, "port": 0, "streams": 1, "queue_size": 1,
                          "max_body_bytes": 1, "max_prompt_bytes": 1, "max_tokens": 1,
-                         "snapshot_every": 1, "grace": 0}, positive=("request_timeout",))
+                         "snapshot_every": 1, "grace": 0, "replicas": 1,
+                         "replicas_per_node": 1}, positive=("request_timeout",))
     if args.port > 65535:
         raise CtrtError(f"--port must be in [0, 65535], got {args.port}")
+    ray_only = [option for option, dest in [("--replicas", "replicas"),
+                                            ("--replicas-per-node", "replicas_per_node"),
+                                            ("--ray-address", "ray_address")]
+                if getattr(args, dest) is not None]
+    if ray_only and not args.ray:
+        raise CtrtError(f"{', '.join(ray_only)} only apply with --ray")
     settings = ServeSettings(
         host=args.host, port=args.port, streams=args.streams,
         model_name=args.model_name or Path(args.engine_dir).resolve().name,
@@ -110,5 +137,23 @@ def run_serve(args: argparse.Namespace) -> int:
         request_timeout_s=args.request_timeout, max_body_bytes=args.max_body_bytes,
         max_prompt_bytes=args.max_prompt_bytes, max_tokens_limit=args.max_tokens,
         snapshot_every=args.snapshot_every, grace_s=args.grace)
+    if args.ray:
+        return run_on_ray(args, settings)
+    from compressive_rt.serving.server import serve
+
     return serve(args.engine_dir, settings, args.store, backend=args.backend,
                  threads=args.threads, prepack=args.prepack, access_log=not args.no_access_log)
+
+
+def run_on_ray(args: argparse.Namespace, settings: object) -> int:
+    try:
+        from compressive_rt.serving.ray_app import RayDeployment
+        from compressive_rt.serving.ray_server import serve_on_ray
+    except ImportError as exc:
+        raise CtrtError(f"--ray needs Ray Serve ({exc.name} is missing): pip install "
+                        f"'compressive-rt[ray]'") from None
+    deployment = RayDeployment(
+        engine_dir=str(Path(args.engine_dir).resolve()), store=args.store, settings=settings,
+        replicas=args.replicas or DEFAULT_REPLICAS, replicas_per_node=args.replicas_per_node,
+        threads=args.threads or 1, backend=args.backend, prepack=args.prepack)
+    return serve_on_ray(deployment, args.ray_address)

@@ -21,7 +21,8 @@ from compressive_rt.serving.app import create_app
 from compressive_rt.serving.engine import Engine, row_specs
 from compressive_rt.serving.metrics import Metrics
 from compressive_rt.serving.settings import LOOPBACK, ServeSettings
-from compressive_rt.serving.sqlite_store import SQLiteStore
+from compressive_rt.serving.shared_engine import SharedStoreEngine
+from compressive_rt.serving.stores import describe_store, open_store
 
 BYTE_VOCAB = 256
 
@@ -29,7 +30,8 @@ BYTE_VOCAB = 256
 def open_engine(engine_dir: str | Path, settings: ServeSettings, store_dir: str | Path,
                 backend: str = "auto", threads: int | None = None,
                 prepack: str = "all") -> tuple[object, Engine]:
-    """(the ASGI app, its engine, not started) for an engine directory and a store."""
+    """(the ASGI app, its engine, not started) for an engine directory and a store (a
+    directory, or the URL of a store shared with other servers: serving/stores.py)."""
     session = Session(engine_dir, backend=backend, max_streams=settings.streams,
                       threads=threads, prepack=prepack)
     vocab = session.dims.vocab_size
@@ -37,9 +39,10 @@ def open_engine(engine_dir: str | Path, settings: ServeSettings, store_dir: str 
         raise CtrtError(f"ctrt serve takes text (bytes), so it needs a byte-level engine "
                         f"(vocab_size {BYTE_VOCAB}); {engine_dir} has vocab_size {vocab}")
     identity = json.dumps(engine_identity(session.manifest), sort_keys=True)
-    store = SQLiteStore(store_dir, identity)
+    store = open_store(store_dir, identity)
     metrics = Metrics()
-    engine = Engine(session, store, settings, metrics)
+    engine_type = SharedStoreEngine if getattr(store, "shared", False) else Engine
+    engine = engine_type(session, store, settings, metrics)
     limit = most_snapshot_bytes(session.manifest, row_specs(session))
     return create_app(engine, settings, metrics, limit), engine
 
@@ -69,7 +72,7 @@ def serve(engine_dir: str | Path, settings: ServeSettings, store_dir: str | Path
     host, port = sock.getsockname()[:2]
     say(f"ctrt serve: {engine_dir} as model {settings.model_name!r} on "
         f"{engine.session.backend.name}, {settings.streams} resident streams, "
-        f"{len(engine.streams)} stored in {store_dir}")
+        f"{len(engine.streams)} stored in {describe_store(store_dir)}")
     if settings.host != LOOPBACK and settings.api_key is None:
         say(f"warning: listening on {settings.host} without an API key: anyone who reaches "
             f"this port can use the server (--api-key)")

@@ -1,0 +1,284 @@
+"""`ctrt serve` on Ray Serve: the same HTTP API served by several replicas, each one Session and
+its engine thread (the `ctrt serve` app in-process), on a store they share (Redis).
+
+Two deployments. `StreamRouter` (the HTTP ingress, no engine) reads a request, and forwards it
+to a `StreamReplica` through a DeploymentHandle; a request on a persistent stream
+(/v1/streams/{id}/...) carries the stream id as its multiplexed model id, so Serve routes it to
+the replica that holds the stream when it can (best effort). Correctness does not depend on
+that: a replica that gets a stream it does not hold takes it from the store (the holder is
+asked to give it up first, and fenced out if it does not answer), and when the multiplexer
+evicts a stream (more streams than `streams` routed to a replica) the replica spills it.
+
+Failures a client sees: a replica that dies (or cannot be reached) before its answer is
+complete gives a 503 with Retry-After; its streams are taken by the other replicas from the
+store on their next request, with every acknowledged append. A streamed answer (SSE) cut off
+by a replica's death ends with an error event instead of `[DONE]`. Never a wrong answer: an
+answer is only sent once the replica that computed it has made it durable in the store.
+
+Also run with `serve run compressive_rt.serving.ray_app:app_builder engine_dir=DIR
+store=redis://HOST:PORT [replicas=N ...]` (the keys of `RayDeployment`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from compressive_rt.errors import CtrtError
+from compressive_rt.runtime.snapshot import most_snapshot_bytes
+from compressive_rt.serving.asgi_call import Head, call_asgi
+from compressive_rt.serving.engine import row_specs
+from compressive_rt.serving.errors import ApiError, server_error
+from compressive_rt.serving.middleware import too_large
+from compressive_rt.serving.redis_store import is_redis_url
+from compressive_rt.serving.server import open_engine
+from compressive_rt.serving.settings import ServeSettings
+
+log = logging.getLogger("compressive_rt.serving")
+
+APP_NAME = "ctrt"
+ROUTER, REPLICA = "StreamRouter", "StreamReplica"
+STREAM_PATH = re.compile(r"/v1/streams/([A-Za-z0-9_-]{1,64})(/|$)")
+# the replica or its node is gone, or Serve cannot reach one now: a retry will find another
+UNAVAILABLE = (RayActorError, BackPressureError, DeploymentUnavailableError)
+# Where Ray 2.60's serve.multiplexed keeps a replica's streams (ray/serve/multiplex.py,
+# _ModelMultiplexWrapper: `models`, and the flag that pushes the ids to the routers). Serve has
+# no call to drop one id; without it a stream given up here would stay routed here too, and
+# its requests would alternate between two replicas for good. Ray is pinned in the extra.
+MULTIPLEXER, MULTIPLEXED_IDS, PUSH_IDS = ("__serve_multiplex_wrapper", "models",
+                                           "_push_multiplexed_replica_info")
+
+
+@dataclass(frozen=True)
+class RayDeployment:
+    """What `ctrt serve --ray` (or `serve run ...:app_builder`) deploys."""
+
+    engine_dir: str  # the same path on every node
+    store: str  # redis://HOST:PORT (rediss:// for TLS): the replicas' shared store
+    settings: ServeSettings = field(default_factory=ServeSettings)
+    replicas: int = 2
+    replicas_per_node: int | None = None  # at most this many on one node (None: no bound)
+    threads: int = 1  # ONNX Runtime threads of each replica (and its CPUs for Ray)
+    backend: str = "auto"
+    prepack: str = "all"
+
+    def __post_init__(self) -> None:
+        if not is_redis_url(self.store):
+            raise CtrtError(f"replicas on Ray need a store they share: --store "
+                            f"redis://HOST:PORT (got {self.store!r})")
+        if self.replicas < 1:
+            raise CtrtError(f"replicas must be >= 1, got {self.replicas}")
+        if self.replicas_per_node is not None and self.replicas_per_node < 1:
+            raise CtrtError(f"replicas-per-node must be >= 1, got {self.replicas_per_node}")
+        if self.threads < 1:
+            raise CtrtError(f"threads must be >= 1, got {self.threads}")
+        if not Path(self.engine_dir).is_dir():
+            raise CtrtError(f"the engine directory {self.engine_dir} does not exist")
+
+
+class HeldStream:
+    """What the multiplexer holds for a stream routed to this replica; evicted, it asks the
+    engine to spill the stream."""
+
+    def __init__(self, engine: Any, stream_id: str) -> None:
+        self.engine, self.stream_id, self.evicted = engine, stream_id, False
+
+    def __del__(self) -> None:
+        if not self.evicted:
+            self.evicted = True
+            self.engine.give_up(self.stream_id)
+
+
+class StreamReplica:
+    """One replica: one Session, its engine thread and the `ctrt serve` app, in-process."""
+
+    def __init__(self, deployment: RayDeployment) -> None:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(levelname)s: %(name)s: %(message)s")
+        self.app, self.engine = open_engine(
+            deployment.engine_dir, deployment.settings, deployment.store, deployment.backend,
+            deployment.threads, deployment.prepack)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the one requests run on
+        self.engine.on_give_up = self._given_up
+        self.engine.start()
+        session = self.engine.session
+        self.largest_body = max(deployment.settings.max_body_bytes,
+                                most_snapshot_bytes(session.manifest, row_specs(session)))
+        replica = serve.get_replica_context().replica_id.unique_id
+        self.identity = [(b"x-ctrt-replica", replica.encode()),
+                         (b"x-ctrt-node", ray.get_runtime_context().get_node_id().encode()),
+                         (b"x-ctrt-pid", str(os.getpid()).encode())]
+        self.stopped = False
+
+    async def forward(self, method: str, path: str, query: bytes,
+                      headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> AsyncIterator[Head | bytes]:
+        self.loop = asyncio.get_running_loop()
+        stream_id = serve.get_multiplexed_model_id()
+        if stream_id:  # `hold`: the deployment's multiplexed loader (build_app)
+            await self.hold(stream_id)
+        async for part in call_asgi(self.app, method, path, query, headers, body):
+            if isinstance(part, Head):
+                part = dataclasses.replace(part, headers=part.headers + self.identity)
+            yield part
+
+    def _given_up(self, stream_id: str) -> None:
+        """The engine gave the stream up (another replica took it): stop holding it in the
+        multiplexer, so the routers send its requests to the taker only."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._forget_held, stream_id)
+
+    def _forget_held(self, stream_id: str) -> None:
+        multiplexer = getattr(self, MULTIPLEXER, None)
+        if multiplexer is None:
+            return
+        held = getattr(multiplexer, MULTIPLEXED_IDS).pop(stream_id, None)
+        if held is not None:
+            held.evicted = True  # given up already: its __del__ must not ask again
+            setattr(multiplexer, PUSH_IDS, True)
+
+    def body_limit(self) -> int:
+        """The largest body a request may have (an uploaded snapshot's bound)."""
+        return self.largest_body
+
+    def check_health(self) -> None:
+        """Serve replaces a replica whose engine thread died of a bug."""
+        if self.engine.failed:
+            raise RuntimeError("the engine thread failed; see the replica's log")
+
+    def __del__(self) -> None:
+        """Serve's graceful shutdown: finish what runs, spill every stream to the store."""
+        if not getattr(self, "stopped", True):
+            self.stopped = True
+            self.engine.stop()
+
+
+class StreamRouter:
+    """The HTTP ingress: forwards each request to a replica, by stream id when it has one."""
+
+    def __init__(self, replicas: Any, retry_after_s: int) -> None:
+        self.replicas, self.retry_after_s = replicas, retry_after_s
+        self.largest_body: int | None = None
+
+    async def __call__(self, request: Request) -> Response:
+        if self.largest_body is None:
+            try:
+                self.largest_body = await self.replicas.body_limit.remote()
+            except UNAVAILABLE as exc:
+                return self._unavailable(exc)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.largest_body:
+                error = too_large(len(body), self.largest_body)
+                return JSONResponse(error.body(), status_code=error.status)
+        path = app_path(request.scope)
+        match = STREAM_PATH.match(path)
+        handle = self.replicas.options(stream=True,
+                                       multiplexed_model_id=match[1] if match else "")
+        parts = handle.forward.remote(request.method, path,
+                                      request.scope.get("query_string", b""),
+                                      list(request.scope["headers"]), bytes(body))
+        try:
+            head = await parts.__anext__()
+        except UNAVAILABLE as exc:
+            return self._unavailable(exc)
+        except RayTaskError as exc:
+            log.error("a replica failed on %s %s: %s", request.method, path, exc)
+            error = server_error("the replica failed; see its log")
+            return JSONResponse(error.body(), status_code=error.status)
+        if head.body is not None:
+            response = Response(head.body, status_code=head.status)
+        else:
+            response = StreamingResponse(self._rest(parts), status_code=head.status)
+        response.raw_headers = list(head.headers)
+        return response
+
+    def _unavailable(self, exc: BaseException) -> JSONResponse:
+        log.warning("no replica answered: %s", type(exc).__name__)
+        error = ApiError(503, f"the replica serving this request is gone or busy; retry after "
+                              f"{self.retry_after_s} s (its streams continue on another "
+                              f"replica from the store)", "server_error",
+                         code="replica_unavailable",
+                         headers={"Retry-After": str(self.retry_after_s)})
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    async def _rest(self, parts: Any) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in parts:
+                yield chunk
+        except (*UNAVAILABLE, RayTaskError) as exc:  # the status is sent: say it in the stream
+            log.warning("a replica failed mid-stream: %s", type(exc).__name__)
+            error = server_error("the replica serving this stream failed before the answer "
+                                 "was complete; nothing of it was acknowledged: retry", 503)
+            yield f"data: {json.dumps(error.body())}\n\n".encode()
+        finally:
+            parts.cancel()
+
+
+def app_path(scope: dict) -> str:
+    """The request's path inside the application (without the route prefix it was served
+    under), as `ctrt serve` sees it."""
+    path, prefix = scope["path"], scope.get("root_path", "").rstrip("/")
+    if prefix and (path == prefix or path.startswith(prefix + "/")):
+        return path[len(prefix):] or "/"
+    return path
+
+
+def build_app(deployment: RayDeployment) -> Any:
+    """The Serve application: the router bound to `deployment.replicas` replicas."""
+    settings = deployment.settings
+
+    class Replica(StreamReplica):
+        @serve.multiplexed(max_num_models_per_replica=settings.streams)
+        async def hold(self, stream_id: str) -> HeldStream:
+            return HeldStream(self.engine, stream_id)
+
+    replica_options: dict[str, Any] = {"num_cpus": deployment.threads}
+    replicas = serve.deployment(
+        Replica, name=REPLICA, num_replicas=deployment.replicas,
+        max_replicas_per_node=deployment.replicas_per_node,
+        # the engine's own queue (429 beyond queue_size) is the backpressure, not Serve's
+        max_ongoing_requests=settings.queue_size + settings.streams,
+        ray_actor_options=replica_options,
+        graceful_shutdown_timeout_s=settings.grace_s + 30,
+        health_check_period_s=5, health_check_timeout_s=30)
+    router = serve.deployment(StreamRouter, name=ROUTER, num_replicas=1,
+                              max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+    return router.bind(replicas.bind(deployment), settings.retry_after_s)
+
+
+SETTINGS_KEYS = {"streams": int, "queue_size": int, "request_timeout_s": float,
+                 "snapshot_every": int, "api_key": str, "model_name": str}
+DEPLOYMENT_KEYS = {"engine_dir": str, "store": str, "replicas": int, "replicas_per_node": int,
+                   "threads": int, "backend": str, "prepack": str}
+
+
+def app_builder(args: dict[str, str]) -> Any:
+    """For `serve run compressive_rt.serving.ray_app:app_builder engine_dir=... store=...`."""
+    unknown = set(args) - set(SETTINGS_KEYS) - set(DEPLOYMENT_KEYS)
+    if unknown:
+        raise CtrtError(f"unknown arguments {sorted(unknown)}; known: "
+                        f"{sorted({*SETTINGS_KEYS, *DEPLOYMENT_KEYS})}")
+    try:
+        settings = {key: kind(args[key]) for key, kind in SETTINGS_KEYS.items() if key in args}
+        fields = {key: kind(args[key]) for key, kind in DEPLOYMENT_KEYS.items() if key in args}
+    except ValueError as exc:
+        raise CtrtError(f"an argument is not a number: {exc}") from None
+    settings.setdefault("model_name", Path(args.get("engine_dir", "")).resolve().name)
+    return build_app(RayDeployment(settings=ServeSettings(**settings), **fields))

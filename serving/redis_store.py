@@ -1,0 +1,349 @@
+"""The shared stream store: one Redis server (or a managed one) that every replica reads and
+writes, behind the same interface and durability contract as the local store (store.py).
+
+Every write is one Lua script, so Redis runs it atomically: the compare-and-set on a stream's
+version (fencing) and on its position, the log record and the position together. A snapshot
+and the log it covers are replaced in one script too. Durability is Redis's: an acknowledged
+append survives a replica's death as soon as Redis has it, and Redis's own death only with
+append-only persistence and `appendfsync always` (Redis then fsyncs its log before it answers:
+the reply to a script is the acknowledgement). `open` says in its `durability` which setting
+the server runs; a server that is not `always` is logged as a warning, not refused (a managed
+Redis may forbid CONFIG, or run replicas that make `everysec` good enough for its owner).
+
+Keys, under `ctrt:` in the URL's database: `engine` and `schema` (what the store holds), `ids`
+(a set of stream ids), and per stream `s:{id}` (a hash: version, position, snapshot_position,
+holder), `snap:{id}` (the snapshot's bytes) and `wal:{id}` (a list of records: the start
+position, 8 bytes big-endian, then the tokens).
+
+Hand-over between replicas: `take` records the taker as the stream's holder. A taker that
+finds another holder asks it, over a pub/sub channel of that holder's own, to give the stream
+up; a live holder spills it (its snapshot stored) and `release`s it, and the taker goes on at
+once. A holder that is gone has no subscriber (the taker goes on at once, or as soon as a dying
+holder's connection closes), one that does not
+answer within `release_wait_s` (paused, partitioned) is taken from anyway: fencing makes its
+later writes fail rather than overwrite, and the request it hears late is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from compressive_rt.serving.store import StaleVersion, StoredStream, StoreError, UnknownStream
+
+log = logging.getLogger("compressive_rt.serving")
+
+PREFIX = "ctrt:"
+SCHEMA_VERSION = "1"
+START = struct.Struct(">Q")  # a log record's start position
+RELEASE_WAIT_S = 2.0
+POLL_S = 0.02
+LISTEN_S = 0.2  # the listener's wait for a message: how long closing it may take
+PASSWORD_VARIABLE = "CTRT_REDIS_PASSWORD"
+
+# KEYS[1] = s:{id}, KEYS[2] = wal:{id}; ARGV = version, start, record, count
+APPEND = """
+local version = redis.call('HGET', KEYS[1], 'version')
+if not version then return redis.error_reply('UNKNOWN') end
+if version ~= ARGV[1] then return redis.error_reply('STALE ' .. version) end
+local position = redis.call('HGET', KEYS[1], 'position')
+if position ~= ARGV[2] then return redis.error_reply('GAP ' .. position) end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'position', ARGV[4])
+return 1
+"""
+# KEYS = s:{id}, snap:{id}, wal:{id}; ARGV = version, position, snapshot
+PUT_SNAPSHOT = """
+local version = redis.call('HGET', KEYS[1], 'version')
+if not version then return redis.error_reply('UNKNOWN') end
+if version ~= ARGV[1] then return redis.error_reply('STALE ' .. version) end
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[1], 'position', ARGV[2], 'snapshot_position', ARGV[2])
+return 1
+"""
+# KEYS = s:{id}, snap:{id}, wal:{id}; ARGV = the taker's name
+TAKE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('UNKNOWN') end
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'holder', ARGV[1])
+local fields = redis.call('HMGET', KEYS[1], 'position', 'snapshot_position')
+local snapshot = redis.call('GET', KEYS[2])
+return {version, fields[1], fields[2], snapshot, redis.call('LRANGE', KEYS[3], 0, -1)}
+"""
+# KEYS = s:{id}; ARGV = the holder's name (a release by a server taken from since is void)
+RELEASE = """
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then redis.call('HDEL', KEYS[1], 'holder') end
+return 1
+"""
+# KEYS = s:{id}, ids; ARGV = id
+CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('EXISTS') end
+redis.call('HSET', KEYS[1], 'version', 0, 'position', 0, 'snapshot_position', 0)
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+# KEYS = s:{id}, snap:{id}, wal:{id}, ids; ARGV = id
+DELETE = """
+if redis.call('DEL', KEYS[1]) == 0 then return redis.error_reply('UNKNOWN') end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('SREM', KEYS[4], ARGV[1])
+return 1
+"""
+# KEYS = engine, schema; ARGV = engine key, schema version
+CLAIM = """
+redis.call('SETNX', KEYS[1], ARGV[1])
+redis.call('SETNX', KEYS[2], ARGV[2])
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
+"""
+
+
+def is_redis_url(store: str) -> bool:
+    return store.startswith(("redis://", "rediss://", "unix://"))
+
+
+def public_address(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or parts.path
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "") + \
+        (parts.path if parts.hostname and parts.path not in ("", "/") else "")
+
+
+class RedisStore:
+    """StreamStore on the Redis server at `url` (redis://[:PASSWORD@]HOST:PORT[/DB],
+    rediss:// for TLS, with redis-py's query options such as ssl_ca_certs) for the engine
+    named by `engine_key`. `password` (or $CTRT_REDIS_PASSWORD) is used when the URL has none.
+    """
+
+    shared = True  # other servers use this store at the same time
+
+    def __init__(self, url: str, engine_key: str, password: str | None = None,
+                 release_wait_s: float = RELEASE_WAIT_S) -> None:
+        try:
+            import redis
+        except ImportError:
+            raise StoreError("a Redis store needs the redis client: pip install "
+                             "'compressive-rt[ray]'") from None
+
+        self.url, self.address = url, public_address(url)
+        self.release_wait_s = release_wait_s
+        self.name = f"{socket.gethostname()}-{secrets.token_hex(6)}"  # this server, as holder
+        self._errors = (redis.RedisError, OSError)
+        self._refusal = redis.ResponseError  # a script's error reply
+        self._release_listener: Callable[[str], None] | None = None
+        self._listening = None
+        try:
+            options = {"password": password} if password and "@" not in url else {}
+            self._client = redis.Redis.from_url(url, socket_timeout=60,
+                                                socket_connect_timeout=10, **options)
+            self._scripts = {name: self._client.register_script(source) for name, source in
+                             [("append", APPEND), ("put_snapshot", PUT_SNAPSHOT),
+                              ("take", TAKE), ("release", RELEASE), ("create", CREATE),
+                              ("delete", DELETE), ("claim", CLAIM)]}
+            stored_engine, stored_schema = self._scripts["claim"](
+                [self._key("engine"), self._key("schema")], [engine_key, SCHEMA_VERSION])
+        except redis.AuthenticationError as exc:
+            raise StoreError(f"the Redis store {self.address} refused the password ({exc}): "
+                             f"give it in the URL (redis://:PASSWORD@HOST:PORT) or "
+                             f"${PASSWORD_VARIABLE}") from None
+        except (ValueError, *self._errors) as exc:
+            raise StoreError(f"the Redis store {self.address} cannot be used: {exc}") from None
+        if stored_schema.decode() != SCHEMA_VERSION:
+            raise StoreError(f"the Redis store {self.address} has schema version "
+                             f"{stored_schema.decode()}; this server reads {SCHEMA_VERSION}")
+        if stored_engine.decode() != engine_key:
+            raise StoreError(f"the Redis store {self.address} holds streams of another engine "
+                             f"({_graphs(stored_engine.decode())}; this engine: "
+                             f"{_graphs(engine_key)}): give this engine its own database "
+                             f"(redis://HOST:PORT/N)")
+        self.durability = self._durability()
+
+    def _key(self, name: str, stream_id: str | None = None) -> str:
+        return PREFIX + name + ("" if stream_id is None else ":" + stream_id)
+
+    def _stream_keys(self, stream_id: str) -> list[str]:
+        return [self._key("s", stream_id), self._key("snap", stream_id),
+                self._key("wal", stream_id)]
+
+    def _durability(self) -> str:
+        """What survives Redis's own death, from its configuration (if it shows it)."""
+        try:
+            config = {**self._client.config_get("appendonly"),
+                      **self._client.config_get("appendfsync")}
+        except self._errors:
+            log.info("the Redis store %s does not show its persistence settings (CONFIG): "
+                     "make sure it runs appendonly yes with appendfsync always", self.address)
+            return "unknown (CONFIG GET refused)"
+        setting = f"appendonly {config.get('appendonly')}, appendfsync " \
+                  f"{config.get('appendfsync')}"
+        if config.get("appendonly") != "yes" or config.get("appendfsync") != "always":
+            log.warning("the Redis store %s runs %s: an acknowledged append survives a "
+                        "replica's death but not Redis's own (appendonly yes, appendfsync "
+                        "always makes it durable)", self.address, setting)
+        return setting
+
+    def _call(self, script: str, keys: list[str], args: list, stream_id: str,
+              version: int | None = None, start: int | None = None):
+        """Run a script; its error replies become the store's errors."""
+        try:
+            return self._scripts[script](keys, args)
+        except self._refusal as exc:
+            kind, _, detail = str(exc).partition(" ")
+            if kind == "UNKNOWN":
+                raise UnknownStream(f"no stream {stream_id} in the store") from None
+            if kind == "STALE":
+                raise StaleVersion(f"stream {stream_id} was taken by another server (version "
+                                   f"{detail}, this server holds {version}): nothing was "
+                                   f"written") from None
+            if kind == "GAP":
+                raise StoreError(f"stream {stream_id}: a record at position {start} does not "
+                                 f"follow its stored position {detail}") from None
+            if kind == "EXISTS":
+                raise StoreError(f"stream {stream_id} exists already") from None
+            raise StoreError(f"the Redis store {self.address} failed: {exc}") from None
+        except self._errors as exc:
+            raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
+                from None
+
+    # ---- StreamStore ---------------------------------------------------------------------
+    def create(self, stream_id: str) -> None:
+        self._call("create", [self._key("s", stream_id), self._key("ids")], [stream_id],
+                   stream_id)
+
+    def positions(self) -> dict[str, int]:
+        try:
+            ids = sorted(member.decode() for member in self._client.smembers(self._key("ids")))
+            pipe = self._client.pipeline(transaction=False)
+            for stream_id in ids:
+                pipe.hget(self._key("s", stream_id), "position")
+            found = pipe.execute()
+        except self._errors as exc:
+            raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
+                from None
+        return {stream_id: int(position) for stream_id, position in zip(ids, found)
+                if position is not None}
+
+    def position(self, stream_id: str) -> int:
+        try:
+            position = self._client.hget(self._key("s", stream_id), "position")
+        except self._errors as exc:
+            raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
+                from None
+        if position is None:
+            raise UnknownStream(f"no stream {stream_id} in the store")
+        return int(position)
+
+    def take(self, stream_id: str) -> StoredStream:
+        self._ask_holder(stream_id)
+        version, position, snapshot_position, snapshot, records = self._call(
+            "take", self._stream_keys(stream_id), [self.name], stream_id)
+        expected, tail = int(snapshot_position), bytearray()
+        for record in records:
+            (start,) = START.unpack_from(record)
+            if start != expected:
+                raise StoreError(f"stream {stream_id}: its log has a record at {start} where "
+                                 f"{expected} was due: the store is inconsistent")
+            tail += record[START.size:]
+            expected += len(record) - START.size
+        return StoredStream(stream_id, int(version), int(position), snapshot,
+                            int(snapshot_position), bytes(tail))
+
+    def _ask_holder(self, stream_id: str) -> None:
+        """If another server holds the stream, ask it to give it up, and wait (bounded) for it
+        to do so; a holder that is gone or does not answer is taken from anyway."""
+        key = self._key("s", stream_id)
+        try:
+            holder = self._client.hget(key, "holder")
+            if holder is None or holder.decode() == self.name:
+                return
+            channel = self._key("release", holder.decode())
+            if not self._client.publish(channel, stream_id):
+                return  # nobody listens there: the holder is gone
+            deadline = time.monotonic() + self.release_wait_s
+            while self._client.hget(key, "holder") == holder:
+                if not self._client.pubsub_numsub(channel)[0][1]:
+                    return  # its connection closed while we waited: it died
+                if time.monotonic() > deadline:
+                    log.warning("stream %s: its holder %s did not give it up within %g s; "
+                                "taken from it (its later writes are refused)", stream_id,
+                                holder.decode(), self.release_wait_s)
+                    return
+                time.sleep(POLL_S)
+        except self._errors as exc:
+            raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
+                from None
+
+    def append(self, stream_id: str, version: int, start: int, tokens: bytes) -> None:
+        self._call("append", self._stream_keys(stream_id)[::2],
+                   [version, start, START.pack(start) + tokens, len(tokens)], stream_id,
+                   version, start)
+
+    def put_snapshot(self, stream_id: str, version: int, position: int, snapshot: bytes) -> None:
+        self._call("put_snapshot", self._stream_keys(stream_id), [version, position, snapshot],
+                   stream_id, version)
+
+    def release(self, stream_id: str) -> None:
+        """This server no longer holds the stream (a no-op if another took it since)."""
+        self._call("release", [self._key("s", stream_id)], [self.name], stream_id)
+
+    def on_release(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(stream_id)` (on a thread of the store's) when another server asks
+        for a stream this one holds."""
+        self._release_listener = listener
+        if self._listening is not None:
+            return
+        try:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(**{self._key("release", self.name): self._released})
+            self._listening = pubsub.run_in_thread(
+                sleep_time=LISTEN_S, daemon=True, exception_handler=self._listener_failed)
+        except self._errors as exc:
+            raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
+                from None
+
+    def _released(self, message: dict) -> None:
+        """A request to give a stream up. One that comes late (this server was paused, and
+        the taker has taken the stream since) is dropped: fencing refuses this server's next
+        write to it, and that refusal (409) is what its client must see."""
+        stream_id = message["data"].decode()
+        try:
+            holder = self._client.hget(self._key("s", stream_id), "holder")
+        except self._errors as exc:
+            log.warning("stream %s: a release request could not be checked (%s)", stream_id, exc)
+            return
+        if holder is not None and holder.decode() == self.name and self._release_listener:
+            self._release_listener(stream_id)
+
+    def _listener_failed(self, error: BaseException, pubsub: object, thread: object) -> None:
+        """The connection broke: redis-py reconnects and subscribes again on the next read;
+        meanwhile other servers take this one's streams after their wait."""
+        if self._listening is not None:
+            log.warning("the Redis store %s: release requests are not heard (%s); "
+                        "reconnecting", self.address, error)
+            time.sleep(LISTEN_S)
+
+    def delete(self, stream_id: str) -> None:
+        self._call("delete", [*self._stream_keys(stream_id), self._key("ids")], [stream_id],
+                   stream_id)
+
+    def close(self) -> None:
+        listening, self._listening = self._listening, None
+        if listening is not None:
+            listening.stop()  # its thread closes the subscription when it ends
+            listening.join()
+        self._client.close()
+
+
+def _graphs(engine_key: str) -> str:
+    try:
+        graphs = json.loads(engine_key).get("graphs", {})
+        return ", ".join(f"{name} {str(sha)[:12]}" for name, sha in sorted(graphs.items()))
+    except (ValueError, AttributeError):
+        return repr(engine_key)

@@ -1,0 +1,28 @@
+"""Which store a server's `--store` names: a Redis URL (redis://, rediss://, unix://) is the
+shared store (redis_store.py), anything else a local directory (sqlite_store.py)."""
+
+from __future__ import annotations
+
+import os
+
+from compressive_rt.serving.redis_store import PASSWORD_VARIABLE, RedisStore, is_redis_url
+from compressive_rt.serving.sqlite_store import SQLiteStore
+from compressive_rt.serving.store import StreamStore
+
+
+def open_store(location: str, engine_key: str) -> StreamStore:
+    """The store at `location` for the engine named by `engine_key` (a Redis store's password:
+    in its URL or $CTRT_REDIS_PASSWORD)."""
+    if is_redis_url(str(location)):
+        return RedisStore(str(location), engine_key,
+                          password=os.environ.get(PASSWORD_VARIABLE) or None)
+    return SQLiteStore(location, engine_key)
+
+
+def describe_store(location: str) -> str:
+    """`location` for messages (a Redis URL without its password)."""
+    if is_redis_url(str(location)):
+        from compressive_rt.serving.redis_store import public_address
+
+        return public_address(str(location))
+    return str(location)

@@ -1,0 +1,26 @@
+"""A real redis-server for the tests (benchmarks/redis_server.py: Debian's package, which
+`.ci/run` installs, on 127.0.0.1 on a free port, appendfsync always, stopped by its owner).
+Missing on a developer machine, the test skips with the reason; under CI=true it fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from compressive_rt.benchmarks.redis_server import RedisServer as _RedisServer
+
+
+def need_binary(name: str, package: str) -> None:
+    if shutil.which(name) is None:
+        reason = f"{name} is not installed (Debian: apt-get install {package})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+class RedisServer(_RedisServer):
+    def __init__(self, *args, **kwargs) -> None:
+        need_binary("redis-server", "redis-server")
+        super().__init__(*args, **kwargs)

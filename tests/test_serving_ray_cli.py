@@ -1,0 +1,131 @@
+"""`ctrt serve --ray` as a user runs it: a subprocess that starts its own Ray, serves the API
+through Serve's proxy on 127.0.0.1, and on SIGTERM spills every stream to the Redis store,
+stops Ray and exits 0; and the option errors it gives before starting anything."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from ray_helpers import need_ray
+from redis_helpers import RedisServer
+from serving_helpers import Reference, assert_close
+
+from compressive_rt.benchmarks.serve import free_port
+from compressive_rt.serving.redis_store import RedisStore
+
+CTRT = Path(sys.executable).parent / "ctrt"
+
+
+@pytest.fixture(scope="module")
+def engine_dir(engine):
+    return engine("conv")[1]
+
+
+def ctrt(*args, timeout=120):
+    return subprocess.run([str(CTRT), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ray"], "replicas on Ray need a store they share: --store redis://HOST:PORT"),
+    (["--ray", "--store", "redis://127.0.0.1:1", "--replicas", "0"], "--replicas must be >= 1"),
+    (["--replicas", "3"], "--replicas only apply with --ray"),
+    (["--ray", "--store", "redis://127.0.0.1:1", "--port", "0"], "--ray needs a fixed --port"),
+])
+def test_option_errors_are_one_line_and_exit_2(engine_dir, args, message):
+    done = ctrt("serve", engine_dir, *args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert message in done.stderr
+
+
+def test_serve_run_builds_the_deployment_from_its_arguments(engine_dir):
+    need_ray()
+    from ray.serve import Application
+
+    from compressive_rt.errors import CtrtError
+    from compressive_rt.serving.ray_app import app_builder
+
+    built = app_builder({"engine_dir": str(engine_dir), "store": "redis://127.0.0.1:6380",
+                         "replicas": "3", "streams": "4"})
+    assert isinstance(built, Application)
+    with pytest.raises(CtrtError, match=r"unknown arguments \['replica'\]"):
+        app_builder({"engine_dir": str(engine_dir), "store": "redis://h:1", "replica": "3"})
+    with pytest.raises(CtrtError, match="an argument is not a number"):
+        app_builder({"engine_dir": str(engine_dir), "store": "redis://h:1", "replicas": "two"})
+    with pytest.raises(CtrtError, match="need a store they share"):
+        app_builder({"engine_dir": str(engine_dir), "store": "/tmp/store"})
+
+
+def test_an_unreachable_store_is_refused_before_ray_starts(engine_dir):
+    done = ctrt("serve", engine_dir, "--ray", "--store", f"redis://127.0.0.1:{free_port()}",
+                "--port", str(free_port()))
+    assert done.returncode == 2
+    assert "error: the Redis store redis://127.0.0.1:" in done.stderr
+    assert "cannot be used" in done.stderr
+
+
+def test_serve_ray_answers_and_spills_every_stream_at_sigterm(engine_dir, tmp_path):
+    need_ray()
+    redis_server = RedisServer(tmp_path / "redis").start()
+    try:
+        stream, output = serve_one_stream_then_sigterm(engine_dir, redis_server, tmp_path)
+        assert "listening on http://127.0.0.1:" in output
+        assert "appendonly yes, appendfsync always" in output
+        assert "stopped; every stream is in the store" in output
+        store = RedisStore(redis_server.url, _identity(engine_dir))
+        taken = store.take(stream)
+        store.close()
+        assert (taken.position, taken.snapshot_position, taken.tail) == (12, 12, b"")
+        assert taken.snapshot is not None  # spilled at the stop, not only logged
+    finally:
+        redis_server.stop()
+
+
+def serve_one_stream_then_sigterm(engine_dir, redis_server, tmp_path):
+    """(the stream it appended to, the command's output)."""
+    port, log = free_port(), tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [str(CTRT), "serve", str(engine_dir), "--ray", "--replicas", "1", "--threads", "1",
+             "--store", redis_server.url, "--port", str(port), "--model-name", "tiny"],
+            stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        stream = httpx.post(f"{url}/v1/streams", timeout=60).json()["id"]
+        answer = httpx.post(f"{url}/v1/streams/{stream}/append", json={"text": "to the store"},
+                            timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert_close(answer.json()["bits_per_byte"],
+                     Reference(engine_dir).bits_per_byte(b"to the store"))
+        models = httpx.get(f"{url}/v1/models", timeout=60).json()
+        assert [model["id"] for model in models["data"]] == ["tiny"]
+        server.terminate()
+        assert server.wait(180) == 0, log.read_text()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(60)
+    return stream, log.read_text()
+
+
+def _identity(engine_dir):
+    import json
+
+    from compressive_rt.runtime.manifest import load_manifest
+    from compressive_rt.runtime.snapshot import engine_identity
+
+    return json.dumps(engine_identity(load_manifest(engine_dir)), sort_keys=True)

@@ -1,0 +1,263 @@
+"""The shared stream store on a real redis-server (serving/redis_store.py): the local store's
+contract (fencing, gaps, unknown streams; the same tests), durable across kill -9 of Redis
+itself with appendfsync always, the hand-over between holders, passwords and TLS."""
+
+import subprocess
+import threading
+import time
+
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from redis_helpers import RedisServer, need_binary
+from test_serving_store import (  # noqa: F401 - the same contract, collected here on Redis
+    test_a_record_that_does_not_follow_the_stored_position_is_refused,
+    test_a_writer_whose_stream_was_taken_since_writes_nothing,
+    test_unknown_and_deleted_streams,
+)
+
+from compressive_rt.serving.redis_store import RedisStore
+from compressive_rt.serving.store import StaleVersion, StoreError
+
+ENGINE = '{"graphs": {"segment": "aaaa"}}'
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store(redis_server):
+    opened = RedisStore(redis_server.url, ENGINE)
+    yield opened
+    opened.close()
+
+
+def test_the_store_says_it_runs_appendfsync_always(store):
+    assert store.durability == "appendonly yes, appendfsync always"
+
+
+def test_an_acknowledged_append_survives_kill_9_of_redis(redis_server, store):
+    """appendfsync always: Redis answers a script after its log is fsync'ed."""
+    store.create("s")
+    version = store.take("s").version
+    store.append("s", version, 0, b"abc")
+    store.put_snapshot("s", version, 3, b"SNAPSHOT@3")
+    store.append("s", version, 3, b"de")
+    redis_server.kill()
+    redis_server.start()
+    reopened = RedisStore(redis_server.url, ENGINE)
+    taken = reopened.take("s")
+    reopened.close()
+    assert (taken.position, taken.snapshot, taken.snapshot_position, taken.tail) == \
+        (5, b"SNAPSHOT@3", 3, b"de")
+    assert taken.version == version + 1
+
+
+def test_a_store_of_another_engine_is_refused(redis_server, store):
+    with pytest.raises(StoreError, match=r"holds streams of another engine \(segment aaaa; "
+                                         r"this engine: segment bbbb\).*redis://HOST:PORT/N"):
+        RedisStore(redis_server.url, '{"graphs": {"segment": "bbbb"}}')
+    other_database = redis_server.url.rsplit("/", 1)[0] + "/1"
+    RedisStore(other_database, '{"graphs": {"segment": "bbbb"}}').close()
+
+
+def test_an_unreachable_store_is_a_clear_error(redis_server):
+    redis_server.stop()
+    with pytest.raises(StoreError, match=f"the Redis store redis://127.0.0.1:"
+                                         f"{redis_server.port}/0 cannot be used"):
+        RedisStore(redis_server.url, ENGINE)
+
+
+def test_a_password_is_required_and_never_shown(tmp_path):
+    server = RedisServer(tmp_path / "redis", password="s3cret").start()
+    try:
+        without = server.url.replace(":s3cret@", "")
+        with pytest.raises(StoreError, match="refused the password") as refused:
+            RedisStore(without, ENGINE)
+        with pytest.raises(StoreError, match="refused the password") as wrong:
+            RedisStore(without, ENGINE, password="wrong")
+        assert "s3cret" not in str(refused.value) + str(wrong.value)
+        for store in (RedisStore(server.url, ENGINE), RedisStore(without, ENGINE, "s3cret")):
+            store.create(f"s{id(store)}")
+            store.close()
+    finally:
+        server.stop()
+
+
+def test_tls_with_a_certificate_the_client_checks(tmp_path):
+    need_binary("openssl", "openssl")
+    certificate, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(certificate)],
+                   check=True, capture_output=True, timeout=60)
+    server = RedisServer(tmp_path / "redis", tls=(certificate, key)).start()
+    try:
+        with pytest.raises(StoreError, match="cannot be used"):  # not trusted by default
+            RedisStore(server.url, ENGINE)
+        store = RedisStore(f"{server.url}?ssl_ca_certs={certificate}", ENGINE)
+        store.create("s")
+        version = store.take("s").version
+        store.append("s", version, 0, b"over tls")
+        assert store.take("s").tail == b"over tls"
+        store.close()
+    finally:
+        server.stop()
+
+
+def test_a_live_holder_is_asked_to_give_the_stream_up(redis_server):
+    holder = RedisStore(redis_server.url, ENGINE)
+    taker = RedisStore(redis_server.url, ENGINE, release_wait_s=30)
+    holder.create("s")
+    version = holder.take("s").version
+    holder.append("s", version, 0, b"ab")
+    asked = []
+
+    def give_up(stream_id):  # what a server does: store its snapshot, then release
+        asked.append(stream_id)
+        holder.put_snapshot(stream_id, version, 2, b"SNAPSHOT@2")
+        holder.release(stream_id)
+
+    holder.on_release(lambda stream_id: threading.Thread(target=give_up,
+                                                         args=(stream_id,)).start())
+    started = time.monotonic()
+    taken = taker.take("s")
+    assert time.monotonic() - started < 10  # it did not wait for the 30 s bound
+    assert asked == ["s"]
+    assert (taken.snapshot, taken.snapshot_position, taken.tail) == (b"SNAPSHOT@2", 2, b"")
+    with pytest.raises(StaleVersion):
+        holder.append("s", version, 2, b"LOST")
+    holder.close()
+    taker.close()
+
+
+def test_a_gone_holder_is_taken_from_at_once(redis_server):
+    holder = RedisStore(redis_server.url, ENGINE)
+    holder.on_release(lambda stream_id: None)
+    holder.create("s")
+    holder.take("s")
+    holder.close()  # its subscription ends as a dead process's connection does
+    taker = RedisStore(redis_server.url, ENGINE, release_wait_s=30)
+    started = time.monotonic()
+    taker.take("s")
+    assert time.monotonic() - started < 5
+    taker.close()
+
+
+def test_a_holder_that_dies_while_asked_is_taken_from_when_its_connection_closes(
+        redis_server):
+    holder = RedisStore(redis_server.url, ENGINE)
+    holder.on_release(lambda stream_id: None)  # hears the request, dies before it answers
+    holder.create("s")
+    holder.take("s")
+    taker = RedisStore(redis_server.url, ENGINE, release_wait_s=30)
+    taken = []
+    thread = threading.Thread(target=lambda: taken.append(taker.take("s")))
+    started = time.monotonic()
+    thread.start()
+    time.sleep(0.5)
+    holder.close()
+    thread.join(30)
+    assert taken and time.monotonic() - started < 5  # not the 30 s bound
+    taker.close()
+
+
+def test_a_holder_that_does_not_answer_is_taken_from_after_the_wait(redis_server):
+    holder = RedisStore(redis_server.url, ENGINE)
+    holder.on_release(lambda stream_id: None)  # hears the request, never gives it up
+    holder.create("s")
+    version = holder.take("s").version
+    taker = RedisStore(redis_server.url, ENGINE, release_wait_s=0.5)
+    started = time.monotonic()
+    taken = taker.take("s")
+    assert 0.5 <= time.monotonic() - started < 5
+    assert taken.version == version + 1
+    with pytest.raises(StaleVersion, match="nothing was written"):
+        holder.append("s", version, 0, b"LOST")
+    assert taker.take("s").tail == b""
+    holder.close()
+    taker.close()
+
+
+def test_a_released_stream_keeps_its_holder_if_taken_since(redis_server, store):
+    store.create("s")
+    store.take("s")
+    other = RedisStore(redis_server.url, ENGINE)
+    other.take("s")
+    store.release("s")  # a stale release must not clear the new holder
+    client = redis.Redis.from_url(redis_server.url)
+    assert client.hget("ctrt:s:s", "holder").decode() == other.name
+    client.close()
+    other.close()
+
+
+OPERATIONS = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.binary(min_size=1, max_size=9)),
+    st.tuples(st.just("snapshot"), st.just(b"")),
+    st.tuples(st.just("take"), st.just(b"")),
+    st.tuples(st.just("stale"), st.binary(min_size=1, max_size=3)),
+    st.tuples(st.just("reopen"), st.just(b""))), max_size=30)
+
+
+@settings(max_examples=25)
+@given(OPERATIONS)
+def test_the_store_replays_exactly_the_acknowledged_history(module_redis, operations):
+    """Whatever the order of appends, snapshots, takes, stale writes and reconnections, taking
+    the stream yields its history: snapshot + log = every acknowledged token, in order."""
+    store = RedisStore(module_redis.url, ENGINE)
+    stream = f"s{time.monotonic_ns()}"
+    store.create(stream)
+    version, history, snapshot_at = store.take(stream).version, b"", 0
+    for kind, data in operations:
+        if kind == "append":
+            store.append(stream, version, len(history), data)
+            history += data
+        elif kind == "snapshot":
+            store.put_snapshot(stream, version, len(history), history)
+            snapshot_at = len(history)
+        elif kind == "take":
+            version = store.take(stream).version
+        elif kind == "stale":
+            with pytest.raises(StaleVersion):
+                store.append(stream, version - 1, len(history), data)
+        else:
+            store.close()
+            store = RedisStore(module_redis.url, ENGINE)
+    taken = store.take(stream)
+    assert store.positions()[stream] == len(history) == store.position(stream)
+    store.close()
+    assert taken.snapshot_position == snapshot_at
+    assert (taken.snapshot or b"") + taken.tail == history
+
+
+def test_a_request_heard_after_the_taker_took_the_stream_is_dropped(redis_server):
+    """A paused holder hears the request when it resumes; the stream is no longer its own, so
+    it does not act on it (its next write is refused instead)."""
+    holder = RedisStore(redis_server.url, ENGINE)
+    heard = []
+    holder.on_release(heard.append)
+    for stream in ("s", "t"):
+        holder.create(stream)
+        holder.take(stream)
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset("ctrt:s:s", "holder", "another-server")  # s was taken since, t was not
+    client.publish(f"ctrt:release:{holder.name}", "s")
+    client.publish(f"ctrt:release:{holder.name}", "t")  # heard after s: one listener thread
+    deadline = time.monotonic() + 10
+    while not heard and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert heard == ["t"]
+    client.close()
+    holder.close()

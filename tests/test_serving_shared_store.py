@@ -1,0 +1,91 @@
+"""Two `ctrt serve` processes on one Redis store (what each Ray replica is: one Session and its
+engine thread on the shared store): each serves the other's streams from the store, equal to
+an uninterrupted stream, and a holder paused past its claim (SIGSTOP) is fenced out: resumed
+and sent an append, it answers 409 and writes nothing."""
+
+import signal
+import time
+
+import httpx
+import pytest
+from redis_helpers import RedisServer
+from serving_helpers import Reference, Server, assert_close
+
+
+@pytest.fixture(scope="module")
+def engine_dir(engine):
+    return engine("conv")[1]
+
+
+@pytest.fixture
+def servers(engine_dir, tmp_path):
+    """Two started servers on one fresh redis-server; all stopped at the end."""
+    redis_server = RedisServer(tmp_path / "redis").start()
+    # --store given again after the helper's own: the last one counts (its path names the logs)
+    started = [Server(engine_dir, tmp_path / name, "--store", redis_server.url, "--streams", "2")
+               for name in ("a", "b")]
+    try:
+        yield [server.start() for server in started]
+    finally:
+        for server in started:
+            server.stop()
+        redis_server.stop()
+
+
+def append(server, stream, text):
+    return httpx.post(f"{server.url}/v1/streams/{stream}/append", json={"text": text},
+                      timeout=60)
+
+
+def test_each_server_serves_the_others_streams_from_the_store(servers, engine_dir):
+    a, b = servers
+    stream = httpx.post(f"{a.url}/v1/streams").json()["id"]
+    reference = Reference(engine_dir)
+    for server, text in [(a, "def main():\n"), (b, "    return 0\n"), (a, "# end\n"),
+                         (b, "print(main())\n")]:
+        answer = append(server, stream, text)
+        assert answer.status_code == 200, answer.text
+        assert_close(answer.json()["bits_per_byte"], reference.bits_per_byte(text.encode()))
+    position = len("def main():\n    return 0\n# end\nprint(main())\n")
+    for server in servers:
+        assert httpx.get(f"{server.url}/v1/streams/{stream}").json()["position"] == position
+        listed = httpx.get(f"{server.url}/v1/streams").json()["data"]
+        assert [(s["id"], s["position"]) for s in listed] == [(stream, position)]
+    assert httpx.delete(f"{b.url}/v1/streams/{stream}").status_code == 200
+    for server in servers:
+        gone = httpx.get(f"{server.url}/v1/streams/{stream}")
+        assert gone.status_code == 404, gone.text
+        assert append(server, stream, "x").status_code == 404
+
+
+def test_a_stream_another_server_never_created_is_404(servers):
+    answer = httpx.get(f"{servers[1].url}/v1/streams/st_nothing")
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "stream_not_found"
+
+
+def test_a_holder_paused_past_its_claim_answers_409_and_writes_nothing(servers, engine_dir):
+    a, b = servers
+    stream = httpx.post(f"{a.url}/v1/streams").json()["id"]
+    reference = Reference(engine_dir)
+    assert_close(append(a, stream, "held by a; ").json()["bits_per_byte"],
+                 reference.bits_per_byte(b"held by a; "))
+    a.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        taken = append(b, stream, "taken by b; ")  # b asks a, which cannot answer, then takes
+        waited = time.monotonic() - started
+    finally:
+        a.process.send_signal(signal.SIGCONT)
+    assert taken.status_code == 200, taken.text
+    assert_close(taken.json()["bits_per_byte"], reference.bits_per_byte(b"taken by b; "))
+    assert waited >= 2.0  # the store's bounded wait for a holder that hears but does not answer
+    refused = append(a, stream, "STALE WRITE")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "stream_taken"
+    assert httpx.get(f"{b.url}/v1/streams/{stream}").json()["position"] == \
+        len(b"held by a; taken by b; ")
+    for server, text in [(b, "b again; "), (a, "a again")]:  # a takes it back from the store
+        answer = append(server, stream, text)
+        assert answer.status_code == 200, answer.text
+        assert_close(answer.json()["bits_per_byte"], reference.bits_per_byte(text.encode()))
