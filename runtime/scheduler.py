@@ -206,9 +206,14 @@ class Scheduler:
         return self._request(request_id).stream
 
     def take_finished(self) -> list[Completion]:
-        """Every request that ended since the last call, in the order they ended."""
+        """Every request that ended since the last call, in the order they ended; the
+        scheduler then forgets them (a long-running server keeps no record of old requests),
+        so `result` no longer knows them."""
         done, self._finished = self._finished, []
-        return [self.result(request_id) for request_id in done]
+        completions = [self.result(request_id) for request_id in done]
+        for request_id in done:
+            del self._requests[request_id]
+        return completions
 
     def cancel(self, request_id: int) -> None:
         """Stop a waiting or running request (a finished one stays as it is). A fresh stream
@@ -235,7 +240,14 @@ class Scheduler:
 
     @property
     def waiting(self) -> int:
+        """Requests not yet running: those waiting for a fresh stream, and those on kept
+        streams that start at the next step."""
         return len(self._waiting) + len(self._continuing)
+
+    @property
+    def waiting_for_stream(self) -> int:
+        """Requests waiting for a fresh stream: each takes a free slot at the next step."""
+        return len(self._waiting)
 
     @property
     def running(self) -> int:

@@ -102,7 +102,6 @@ class Engine:
                         for stream_id, position in store.positions().items()}
         self.store = StoreWorker(store)
         self.scheduler = Scheduler(session)
-        self._unadmitted = 0  # fresh-stream requests submitted since the scheduler last admitted
         self._step_failures = 0  # generation steps failed in a row
         self._releasing: dict[int, StreamEntry] = {}  # cancelled request -> its kept stream
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -301,7 +300,7 @@ class Engine:
     def _make_room(self) -> bool:
         """True when a slot is free, spilling the least recently used idle stream if none is."""
         session = self.session
-        if len(session.streams) + self._unadmitted < session.max_streams:
+        if len(session.streams) + self.scheduler.waiting_for_stream < session.max_streams:
             return True
         idle = [entry for entry in self._resident if entry.idle]
         if not idle:
@@ -333,8 +332,6 @@ class Engine:
         generation.request_id = self.scheduler.submit(
             generation.prompt, params.max_tokens, params.sampling, params.stop, on_token, stream)
         self._generations[generation.request_id] = generation
-        if stream is None:
-            self._unadmitted += 1
 
     def _on_token(self, generation: Generation, event: TokenEvent) -> None:
         if generation.request_id not in self._generations:  # dropped (cancelled) meanwhile
@@ -375,8 +372,6 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - the scheduler refused its own state: a bug
             log.exception("a generation step failed")
             self._fail_generations(server_error(f"a generation step failed: {exc}"))
-        finally:
-            self._unadmitted = 0  # every step starts by admitting what waits
         self.metrics.engine_step.labels("generate").observe(time.perf_counter() - started)
         for completion in self.scheduler.take_finished():
             entry = self._releasing.pop(completion.request_id, None)

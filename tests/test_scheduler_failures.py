@@ -226,6 +226,8 @@ def test_an_empty_prompt_continues_a_fed_stream_from_its_last_logits(engine):
     assert session.position(stream) == len(history) + 9
     assert [c.request_id for c in scheduler.take_finished()] == [first, second]
     assert scheduler.take_finished() == []
+    with pytest.raises(RuntimeInputError, match=f"no request {first} in this scheduler"):
+        scheduler.result(first)  # a long-running server keeps no record of old requests
 
 
 def test_cancelling_a_request_on_a_kept_stream_feeds_the_token_it_already_returned(engine):
