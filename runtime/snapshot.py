@@ -344,13 +344,14 @@ def _check_values(label: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def expected_counts(config: Mapping, position: int) -> dict[str, int]:
-    """The counts of a stream that has consumed `position` tokens since it was empty."""
-    seg_len, mem_len, cmem_len = config["seg_len"], config["mem_len"], config["cmem_len"]
-    committed = position // seg_len * seg_len  # tokens rotated into memory
-    counts = {"mem_len": min(committed, mem_len), "seg_len": position % seg_len}
-    if cmem_len:
-        evicted = max(committed - mem_len, 0)
-        counts["cmem_len"] = min(evicted // config["compress_rate"], cmem_len)
+    """The counts (the contract's mem_len, cmem_len and seg_len tensors) of a stream that has
+    consumed `position` tokens since it was empty."""
+    dims = Dims.from_config(config)
+    L, M, C = dims.seg_len, dims.mem_len, dims.cmem_len  # the sizes: the paper's n_s, n_m, n_cm
+    committed = position // L * L  # tokens rotated into memory
+    counts = {"mem_len": min(committed, M), "seg_len": position % L}
+    if C:
+        counts["cmem_len"] = min(max(committed - M, 0) // config["compress_rate"], C)
     return counts
 
 
