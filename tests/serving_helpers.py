@@ -7,12 +7,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+from hypothesis import strategies as st
 
 from compressive_rt.benchmarks.serve import ServerProcess
 from compressive_rt.runtime.generate import generate
 from compressive_rt.runtime.sampling import Sampling
 from compressive_rt.runtime.score import target_bits
 from compressive_rt.runtime.session import Session
+from compressive_rt.serving.store import StaleVersion
 
 REL = 1e-4  # the project's equality rule for logits, applied to bits here
 
@@ -75,3 +78,37 @@ def sse_events(lines) -> list:
 
 # the benchmark's subprocess runner: a free port on 127.0.0.1, /ready, SIGTERM or kill -9
 Server = ServerProcess
+
+
+# A stream store's operations in any order; `replay` runs them and returns what was acknowledged.
+STORE_OPERATIONS = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.binary(min_size=1, max_size=9)),
+    st.tuples(st.just("snapshot"), st.just(b"")),
+    st.tuples(st.just("take"), st.just(b"")),
+    st.tuples(st.just("stale"), st.binary(min_size=1, max_size=3)),
+    st.tuples(st.just("reopen"), st.just(b""))), max_size=30)
+
+
+def replay(open_store, stream: str, operations: list) -> tuple:
+    """Run the operations on a new stream of open_store() (reopened on "reopen"); a stale
+    write must be refused. Returns (the open store, every acknowledged byte, the position of
+    the last snapshot); the "state" a snapshot holds is the history's bytes."""
+    store = open_store()
+    store.create(stream)
+    version, history, snapshot_at = store.take(stream).version, b"", 0
+    for kind, data in operations:
+        if kind == "append":
+            store.append(stream, version, len(history), data)
+            history += data
+        elif kind == "snapshot":
+            store.put_snapshot(stream, version, len(history), history)
+            snapshot_at = len(history)
+        elif kind == "take":
+            version = store.take(stream).version
+        elif kind == "stale":
+            with pytest.raises(StaleVersion):
+                store.append(stream, version - 1, len(history), data)
+        else:
+            store.close()
+            store = open_store()
+    return store, history, snapshot_at

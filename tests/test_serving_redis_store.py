@@ -9,8 +9,8 @@ import time
 import pytest
 import redis
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from redis_helpers import RedisServer, need_binary
+from serving_helpers import STORE_OPERATIONS, replay
 from test_serving_store import (  # noqa: F401 - the same contract, collected here on Redis
     test_a_record_that_does_not_follow_the_stored_position_is_refused,
     test_a_writer_whose_stream_was_taken_since_writes_nothing,
@@ -203,38 +203,14 @@ def test_a_released_stream_keeps_its_holder_if_taken_since(redis_server, store):
     other.close()
 
 
-OPERATIONS = st.lists(st.one_of(
-    st.tuples(st.just("append"), st.binary(min_size=1, max_size=9)),
-    st.tuples(st.just("snapshot"), st.just(b"")),
-    st.tuples(st.just("take"), st.just(b"")),
-    st.tuples(st.just("stale"), st.binary(min_size=1, max_size=3)),
-    st.tuples(st.just("reopen"), st.just(b""))), max_size=30)
-
-
 @settings(max_examples=25)
-@given(OPERATIONS)
+@given(STORE_OPERATIONS)
 def test_the_store_replays_exactly_the_acknowledged_history(module_redis, operations):
     """Whatever the order of appends, snapshots, takes, stale writes and reconnections, taking
     the stream yields its history: snapshot + log = every acknowledged token, in order."""
-    store = RedisStore(module_redis.url, ENGINE)
     stream = f"s{time.monotonic_ns()}"
-    store.create(stream)
-    version, history, snapshot_at = store.take(stream).version, b"", 0
-    for kind, data in operations:
-        if kind == "append":
-            store.append(stream, version, len(history), data)
-            history += data
-        elif kind == "snapshot":
-            store.put_snapshot(stream, version, len(history), history)
-            snapshot_at = len(history)
-        elif kind == "take":
-            version = store.take(stream).version
-        elif kind == "stale":
-            with pytest.raises(StaleVersion):
-                store.append(stream, version - 1, len(history), data)
-        else:
-            store.close()
-            store = RedisStore(module_redis.url, ENGINE)
+    store, history, snapshot_at = replay(lambda: RedisStore(module_redis.url, ENGINE), stream,
+                                         operations)
     taken = store.take(stream)
     assert store.positions()[stream] == len(history) == store.position(stream)
     store.close()

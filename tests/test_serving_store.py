@@ -5,7 +5,7 @@ import multiprocessing
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
+from serving_helpers import STORE_OPERATIONS, replay
 
 from compressive_rt.serving.sqlite_store import SQLiteStore
 from compressive_rt.serving.store import StaleVersion, StoreError, UnknownStream
@@ -99,38 +99,13 @@ def test_a_store_of_another_engine_is_refused(store):
         SQLiteStore(store.directory, '{"graphs": {"segment": "bbbb"}}')
 
 
-OPERATIONS = st.lists(st.one_of(
-    st.tuples(st.just("append"), st.binary(min_size=1, max_size=9)),
-    st.tuples(st.just("snapshot"), st.just(b"")),
-    st.tuples(st.just("take"), st.just(b"")),
-    st.tuples(st.just("stale"), st.binary(min_size=1, max_size=3)),
-    st.tuples(st.just("reopen"), st.just(b""))), max_size=30)
-
-
 @settings(max_examples=40)
-@given(OPERATIONS)
+@given(STORE_OPERATIONS)
 def test_the_store_replays_exactly_the_acknowledged_history(tmp_path_factory, operations):
     """Whatever the order of appends, snapshots, takes, stale writes and reopenings, taking the
     stream yields its history: snapshot + log = every acknowledged token, in order."""
     path = tmp_path_factory.mktemp("store")
-    store = SQLiteStore(path, ENGINE)
-    store.create("s")
-    version, history, snapshot_at = store.take("s").version, b"", 0
-    for kind, data in operations:
-        if kind == "append":
-            store.append("s", version, len(history), data)
-            history += data
-        elif kind == "snapshot":
-            store.put_snapshot("s", version, len(history), history)  # the "state" is its bytes
-            snapshot_at = len(history)
-        elif kind == "take":
-            version = store.take("s").version
-        elif kind == "stale":
-            with pytest.raises(StaleVersion):
-                store.append("s", version - 1, len(history), data)
-        else:
-            store.close()
-            store = SQLiteStore(path, ENGINE)
+    store, history, snapshot_at = replay(lambda: SQLiteStore(path, ENGINE), "s", operations)
     taken = store.take("s")
     store.close()
     assert taken.snapshot_position == snapshot_at
