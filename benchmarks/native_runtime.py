@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -114,6 +115,9 @@ def load_library(path: str | Path | None = None) -> ctypes.CDLL:
             raise BackendUnavailable(
                 f"the native runtime library {path} is not built: run `cmake -S . -B build && "
                 f"cmake --build build` in the checkout, or set {LIBRARY_ENV}")
+        # the library finds the onnxruntime wheel through VIRTUAL_ENV: the interpreter's own
+        # environment when none is activated (its python run directly)
+        os.environ.setdefault("VIRTUAL_ENV", sys.prefix)
         library = ctypes.CDLL(str(path))
         for name, (restype, argtypes) in _SIGNATURES.items():
             function = getattr(library, name)
