@@ -22,16 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import platform
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from compressive_rt.benchmarks.jobs import run_jobs
 from compressive_rt.ct_reference.config import PRESETS, ModelConfig
 from compressive_rt.errors import CtrtError
 
@@ -126,8 +125,6 @@ def run_quality(settings: QualitySettings, out_dir: Path, base: ModelConfig = QU
 
     from compressive_rt.ct_reference.data import read_documents
 
-    if settings.jobs < 1:
-        raise CtrtError(f"--jobs must be >= 1, got {settings.jobs}")
     if settings.steps < 1 or settings.seeds < 1:
         raise CtrtError(f"--steps and --seeds must be >= 1, got {settings.steps} and "
                         f"{settings.seeds}")
@@ -146,18 +143,9 @@ def run_quality(settings: QualitySettings, out_dir: Path, base: ModelConfig = QU
         "paper_table5_enwik8_bpc": PAPER_TABLE5, "variants": {}}
     runs = {(name, seed): None for name in configs for seed in range(settings.seeds)}
     job_args = [(name, configs[name], seed, settings, data, document) for name, seed in runs]
-    if settings.jobs > 1:
-        context = multiprocessing.get_context("spawn")  # no fork of a process that ran torch
-        with ProcessPoolExecutor(settings.jobs, mp_context=context,
-                                 initializer=_one_thread) as pool:
-            for name, seed, run in pool.map(_train_and_score, job_args):
-                runs[name, seed] = run
-                _log_run(log, name, run)
-    else:
-        for args in job_args:
-            name, seed, run = _train_and_score(args)
-            runs[name, seed] = run
-            _log_run(log, name, run)
+    for name, seed, run in run_jobs(_train_and_score, job_args, settings.jobs):
+        runs[name, seed] = run
+        _log_run(log, name, run)
     for name, config in configs.items():
         results["variants"][name] = summarize(
             name, config, [runs[name, seed] for seed in range(settings.seeds)])
@@ -185,12 +173,6 @@ def _train_and_score(args: tuple) -> tuple[str, int, dict]:
     long_doc = score_long_document(outcome.model, document)
     return name, seed, {"seed": seed, "val_bpb": outcome.history[-1]["val_bpb"],
                         "seconds": round(time.monotonic() - start, 1), **long_doc}
-
-
-def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def _log_run(log: Callable[[str], None], name: str, run: dict) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 
-from compressive_rt.benchmarks.quality import add_quality_arguments
 from compressive_rt.cli.options import check_output_directory
 
 DEFAULT_OUT = "bench_out"
@@ -35,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="instead of speed: the quality experiment (benchmarks/quality.py), "
                             "held-out bits/byte of each compression function vs Transformer-XL "
                             "at equal span, written to <--out>/quality")
+    bench.add_argument("--recall", action="store_true",
+                       help="instead of speed: the recall experiment (benchmarks/recall.py), "
+                            "value recall against distance for the Compressive Transformer, "
+                            "a pooling variant and Transformer-XLs of equal span and range, "
+                            "eager and through the engine, written to <--out>/recall "
+                            "(--quick: seconds, a pipeline check)")
     bench.add_argument("--serve", action="store_true",
                        help="instead of the engine's speed: ctrt serve on loopback beside the "
                             "in-process scheduler (concurrent streaming clients, a long-lived "
@@ -46,7 +51,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "and 1 vs 2 replicas on a local Ray cluster, written to "
                             "<--out>/ray.json (benchmarks/ray_serve.py; needs the ray extra and "
                             "redis-server)")
-    add_quality_arguments(bench)
+    training = bench.add_argument_group("training experiments (--quality, --recall)")
+    training.add_argument("--steps", type=int, help="training steps per run (default: quality "
+                          "60, recall 8000, recall --quick 12)")
+    training.add_argument("--seeds", type=int, help="seeds per model (default: quality 1, "
+                          "recall 2, recall --quick 1)")
+    training.add_argument("--jobs", type=int, default=1,
+                          help="runs trained at once, one process and one torch thread each "
+                               "(default 1)")
+    training.add_argument("--distances", type=_distances, metavar="D,D,...",
+                          help="recall: the distances scored (default: one per regime of the "
+                               "model's reach, see benchmarks/recall.py)")
     bench.set_defaults(handler=run_bench)
 
 
@@ -56,8 +71,17 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.quality:
         from compressive_rt.benchmarks.quality import QualitySettings, run_quality
 
-        run_quality(QualitySettings(steps=args.steps, seeds=args.seeds, jobs=args.jobs),
-                    Path(args.out) / "quality")
+        defaults = QualitySettings()
+        run_quality(QualitySettings(steps=defaults.steps if args.steps is None else args.steps,
+                                    seeds=defaults.seeds if args.seeds is None else args.seeds,
+                                    jobs=args.jobs), Path(args.out) / "quality")
+        return 0
+    if args.recall:
+        from compressive_rt.benchmarks.recall import recall_settings, run_recall
+
+        settings, base = recall_settings(args.quick, args.steps, args.seeds, args.jobs,
+                                         args.distances)
+        run_recall(settings, Path(args.out) / "recall", base)
         return 0
     check_output_directory(args.out)
     if args.ray:
@@ -75,3 +99,14 @@ def run_bench(args: argparse.Namespace) -> int:
     run_benchmark(quick=args.quick, out_dir=Path(args.out), threads=args.threads,
                   checkpoint=Path(args.checkpoint) if args.checkpoint else None)
     return 0
+
+
+def _distances(text: str) -> tuple[int, ...]:
+    try:
+        distances = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
+            from None
+    if not distances or min(distances) < 1:
+        raise argparse.ArgumentTypeError(f"distances must be positive, got {text!r}")
+    return distances
