@@ -14,11 +14,13 @@ def run_jobs(function: Callable[[Any], Any], job_args: Sequence[Any], jobs: int)
     """function(args) for each of job_args, in order. With jobs > 1 up to `jobs` run at once,
     each in a spawned process (no fork of a process that ran torch) with one torch thread, so
     that the runs share the cores instead of oversubscribing them."""
-    if jobs < 1:
+    if jobs < 1:  # checked at the call, before any run starts
         raise CtrtError(f"--jobs must be >= 1, got {jobs}")
-    if jobs == 1:
-        yield from map(function, job_args)
-        return
+    return map(function, job_args) if jobs == 1 else _in_processes(function, job_args, jobs)
+
+
+def _in_processes(function: Callable[[Any], Any], job_args: Sequence[Any],
+                  jobs: int) -> Iterator[Any]:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_thread) as pool:
         yield from pool.map(function, job_args)

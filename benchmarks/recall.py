@@ -410,14 +410,15 @@ def run_recall(settings: RecallSettings, out_dir: Path, base: ModelConfig = RECA
     log(f"recall: {len(configs)} models x {settings.seeds} seed(s), {settings.steps} steps of "
         f"{settings.batch} x {base.seg_len} tokens each; distances {', '.join(map(str, distances))}"
         f"; reaches {reaches(base)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     distance, prompt, expected = example_prompt(settings, base, held_out, distances)
-    (out_dir / "prompt.bin").write_bytes(prompt)
     job_args = [(name, configs[name], seed, settings, distances, filler, held_out,
                  out_dir / "engines" / name, prompt)
                 for name in configs for seed in range(settings.seeds)]
+    results_of_runs = run_jobs(_train_and_score, job_args, settings.jobs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "prompt.bin").write_bytes(prompt)
     runs: dict[str, list[dict]] = {name: [] for name in configs}
-    for name, seed, run in run_jobs(_train_and_score, job_args, settings.jobs):
+    for name, seed, run in results_of_runs:
         runs[name].append(run)
         accuracies = ", ".join(f"D={d}: {row['eager']['accuracy']:.2f}"
                                for d, row in run["distances"].items())

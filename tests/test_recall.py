@@ -153,6 +153,7 @@ def test_ctrt_bench_recall_with_a_bad_setting_is_exit_2_and_one_error_line(tmp_p
     for extra, message in ((["--steps", "0"], "error: --steps, --seeds and the batch must be "
                                               ">= 1, got 0"),
                            (["--distances", "3,40"], "error: distances must be >= 7 for 4 pairs"),
+                           (["--jobs", "0"], "error: --jobs must be >= 1, got 0"),
                            (["--distances", "x"], "argument --distances: expected "
                                                   "comma-separated integers")):
         result = subprocess.run([sys.executable, "-m", "compressive_rt.cli.main", "bench",
