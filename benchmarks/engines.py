@@ -138,7 +138,8 @@ def ort_option_variants(threads: int) -> dict[str, Callable[[Any], Any]]:
         "opt level EXTENDED": setter(graph_optimization_level=level.ORT_ENABLE_EXTENDED),
         "no mem pattern": setter(enable_mem_pattern=False),
         "no cpu mem arena": setter(enable_cpu_mem_arena=False),
-        "no spinning": setter(**{"config:session.intra_op.allow_spinning": "0"}),
+        # the default turns spinning off (cpu_session_options); ORT warns that it is overwritten
+        "spinning on": setter(**{"config:session.intra_op.allow_spinning": "1"}),
     }
     if threads > 1:
         variants["intra_op threads 1"] = setter(intra_op_num_threads=1)
