@@ -115,15 +115,25 @@ class StateBuffers:
             host[[a, b]] = host[[b, a]]
 
     def flip(self, names: Iterable[str], batch: int, rows: int) -> None:
-        """The call on rows [0, batch) succeeded: the bank it wrote becomes current; rows
-        [batch, rows) that sat out are copied into it (one block copy per tensor)."""
+        """The call on rows [0, batch) succeeded and wrote the other bank. Whichever is fewer
+        moves: the `batch` written rows are copied back into the current bank, or the
+        `rows - batch` rows that sat out are copied into the written bank, which becomes
+        current (one block copy per tensor either way). So a call of one stream among many
+        costs a copy of one stream's state, not of all the others'."""
+        copy = self.backend.copy_rows
+        flipped = False
         for name in names:
-            old = self.parity[name]
+            current = self.parity[name]
+            written, kept = self.memory[1 - current][name], self.memory[current][name]
+            if batch < rows - batch:
+                copy(kept, 0, written, 0, batch)
+                continue
             if batch < rows:
-                self.backend.copy_rows(self.memory[1 - old][name], batch, self.memory[old][name],
-                                       batch, rows - batch)
-            self.parity[name] = 1 - old
-        self._banks = tuple(self.parity.values())
+                copy(written, batch, kept, batch, rows - batch)
+            self.parity[name] = 1 - current
+            flipped = True
+        if flipped:
+            self._banks = tuple(self.parity.values())
 
     # ---- calls -------------------------------------------------------------------------------
     def call(self, entry: str, batch: int, tokens: int | None = None) -> BoundCall:

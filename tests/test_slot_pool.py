@@ -64,6 +64,45 @@ def test_calls_run_only_the_streams_taking_part_and_results_equal_each_stream_al
                                    atol=1e-5, rtol=0)
 
 
+class CopyCountingBackend(RecordingBackend):
+    """Counts the rows of state each copy_rows call moves."""
+
+    def __init__(self, engine_dir) -> None:
+        super().__init__(engine_dir)
+        self.copied: list[int] = []
+
+    def copy_rows(self, dst, dst_row, src, src_row, count):
+        self.copied.append(count)
+        super().copy_rows(dst, dst_row, src, src_row, count)
+
+
+def test_a_call_copies_the_fewer_of_its_rows_and_the_rows_that_sat_out(engine):
+    """After a segment, one stream of seven copies its one row back (its bank stays current);
+    six of seven copy the one idle row into the written bank; all seven copy nothing. Every
+    stream's logits equal its single-stream run's."""
+    _, engine_dir = engine("conv")
+    backend = CopyCountingBackend(engine_dir)
+    session = Session(engine_dir, backend=backend, max_streams=8)
+    streams = [session.add_stream() for _ in range(7)]  # rows 0..6: no call below moves them
+    data = {s: tokens(24, 10 + s) for s in streams}
+    fed = dict.fromkeys(streams, 0)
+    got = {s: [] for s in streams}
+    memory_tensors = len(session.buffers.memory_names)
+    for members, copied in ((streams[:1], [1] * memory_tensors),
+                            (streams[:6], [1] * memory_tensors), (streams, [])):
+        backend.copied.clear()
+        out = session.feed({s: data[s][fed[s]:fed[s] + 8] for s in members})
+        assert backend.copied == copied
+        for stream in members:
+            got[stream].append(out[stream])
+            fed[stream] += 8
+    assert list(fed.values()) == [24, 16, 16, 16, 16, 16, 8]
+    for stream in streams:
+        np.testing.assert_allclose(np.concatenate(got[stream]),
+                                   alone(engine_dir, data[stream][:fed[stream]]), atol=1e-5,
+                                   rtol=0)
+
+
 def test_removing_a_stream_moves_the_last_row_into_the_hole_and_keeps_ids(engine):
     _, engine_dir = engine("most_used")
     session = Session(engine_dir, max_streams=3)

@@ -467,18 +467,24 @@ void Session::write_new_rows(int batch, int64_t count) {
   }
 }
 
-// The call on rows [0, batch) succeeded: its written bank becomes current; rows [batch, k)
-// that sat out are copied into it (one block copy per tensor).
+// The call on rows [0, batch) succeeded and wrote the other bank. Whichever is fewer moves:
+// its rows are copied back into the current bank, or the rows [batch, k) that sat out are
+// copied into the written bank, which becomes current (one block copy per tensor).
 void Session::flip(const std::vector<int>& memory_indices, int batch) {
   const int streams = static_cast<int>(row_streams_.size());
   for (int i : memory_indices) {
-    const int old = parity_[static_cast<size_t>(i)];
-    if (batch < streams) {
-      const Buffer& from = *memory_[old][static_cast<size_t>(i)];
-      Buffer& to = *memory_[1 - old][static_cast<size_t>(i)];
-      std::memcpy(to.row(batch), from.row(batch), from.row_bytes * static_cast<size_t>(streams - batch));
+    const int current = parity_[static_cast<size_t>(i)];
+    Buffer& kept = *memory_[current][static_cast<size_t>(i)];
+    Buffer& written = *memory_[1 - current][static_cast<size_t>(i)];
+    if (batch < streams - batch) {
+      std::memcpy(kept.row(0), written.row(0), written.row_bytes * static_cast<size_t>(batch));
+      continue;
     }
-    parity_[static_cast<size_t>(i)] = 1 - old;
+    if (batch < streams) {
+      std::memcpy(written.row(batch), kept.row(batch),
+                  kept.row_bytes * static_cast<size_t>(streams - batch));
+    }
+    parity_[static_cast<size_t>(i)] = 1 - current;
   }
 }
 
