@@ -45,6 +45,7 @@ import numpy as np
 from compressive_rt.benchmarks.jobs import run_jobs
 from compressive_rt.ct_reference.config import ModelConfig
 from compressive_rt.errors import CtrtError
+from compressive_rt.export.tolerances import RELATIVE_TOLERANCE
 
 KEY_BASE, VALUE_BASE = 0xF0, 0x80  # key i is KEY_BASE + i; key i's values follow VALUE_BASE
 COMPRESSIVE, POOLING = "conv+attention", "mean_pool"
@@ -106,9 +107,8 @@ class RecallTask:
         return doc, query
 
 
-def ascii_filler(documents: list[bytes]) -> np.ndarray:
-    """The corpus' bytes below 0x80 joined: text in which no key or value byte occurs."""
-    tokens = np.frombuffer(b"".join(documents), dtype=np.uint8)
+def ascii_filler(tokens: np.ndarray) -> np.ndarray:
+    """The bytes below 0x80 of tokens [n] uint8: text in which no key or value byte occurs."""
     return tokens[tokens < VALUE_BASE]
 
 
@@ -144,14 +144,13 @@ def default_distances(config: ModelConfig, task: RecallTask) -> tuple[int, ...]:
     Transformer-XL's memory; beyond that (for every phase) but inside one compressive layer's
     reach; beyond every direct reach but inside the compressive model's temporal range; beyond
     everything."""
-    reach = reaches(config)
-    span = config.mem_len + config.cmem_len
-    txl_range_end = config.n_layers * span + config.seg_len - 1
+    reach, txl = reaches(config), reaches(variant_configs(config)[TRANSFORMER_XL])
     candidates = [
         config.mem_len // 2,
-        span,
-        (span + config.seg_len + reach["direct_every_phase"]) // 2,
-        (max(reach["direct_some_phase"], txl_range_end) + reach["temporal_range"]) // 2 + 1,
+        txl["raw_every_phase"],
+        (txl["raw_some_phase"] + 1 + reach["direct_every_phase"]) // 2,
+        (max(reach["direct_some_phase"], txl["range_some_phase"]) + reach["temporal_range"]) // 2
+        + 1,
         reach["range_some_phase"] + config.seg_len]
     return tuple(sorted({max(d, task.min_distance) for d in candidates}))
 
@@ -334,7 +333,7 @@ def example_prompt(settings: RecallSettings, config: ModelConfig, filler: np.nda
     """The first evaluation document at the first distance beyond the equal-span
     Transformer-XL's reach (for every phase) and inside one compressive layer's, cut after its
     first query: (distance, prompt, expected answer byte)."""
-    span_end = config.mem_len + config.cmem_len + config.seg_len - 1
+    span_end = reaches(variant_configs(config)[TRANSFORMER_XL])["raw_some_phase"]
     beyond = [d for d in distances if span_end < d <= reaches(config)["direct_every_phase"]]
     distance = (beyond or list(distances))[0]
     docs, queries = evaluation_documents(settings, config.seg_len, filler, distance)
@@ -383,7 +382,7 @@ def engine_agreement(runs: list[dict]) -> dict:
             total += len(eager["argmax"])
     return {"max_rel_answer_bits": worst_answer, "max_rel_bpb": worst_bpb,
             "argmax_differing": differing, "answers": total,
-            "within_1e-4": worst_answer <= 1e-4 and worst_bpb <= 1e-4}
+            "within_1e-4": max(worst_answer, worst_bpb) <= RELATIVE_TOLERANCE["fp32"]}
 
 
 def run_recall(settings: RecallSettings, out_dir: Path, base: ModelConfig = RECALL_BASE,
@@ -402,7 +401,7 @@ def run_recall(settings: RecallSettings, out_dir: Path, base: ModelConfig = RECA
         raise CtrtError(f"distances must be >= {settings.task.min_distance} for "
                         f"{settings.task.pairs} pairs, got {min(distances)}")
     train_text, held_out_text = split_documents(read_documents(data))
-    filler, held_out = ascii_filler([train_text.tobytes()]), ascii_filler([held_out_text.tobytes()])
+    filler, held_out = ascii_filler(train_text), ascii_filler(held_out_text)
     longest = settings.task.length(base.seg_len, max(max(distances), settings.train_distance))
     if min(len(filler), len(held_out)) <= longest + base.seg_len:
         raise CtrtError(f"the corpus' text is too short for documents of {longest} bytes")

@@ -30,10 +30,11 @@ from compressive_rt.ct_reference.model import CompressiveTransformer
 from compressive_rt.errors import CtrtError
 
 TEXT = b"def f(x):\n    return x + 1  # the filler is real text\n" * 400
+TEXT_TOKENS = np.frombuffer(TEXT, dtype=np.uint8)
 
 
 def test_a_documents_first_query_is_its_distance_after_the_queried_value():
-    task, filler = RecallTask(pairs=4, values=16), ascii_filler([TEXT])
+    task, filler = RecallTask(pairs=4, values=16), ascii_filler(TEXT_TOKENS)
     rng = np.random.default_rng(0)
     phases = set()
     for distance in (7, 8, 9, 30, 77):
@@ -58,13 +59,13 @@ def test_a_documents_first_query_is_its_distance_after_the_queried_value():
 def test_a_distance_shorter_than_the_pairs_or_a_task_too_large_is_refused():
     task = RecallTask(pairs=4)
     with pytest.raises(CtrtError, match="distance 6 is shorter than the pairs allow"):
-        task.document(np.random.default_rng(0), ascii_filler([TEXT]), 16, 6, 64)
+        task.document(np.random.default_rng(0), ascii_filler(TEXT_TOKENS), 16, 6, 64)
     with pytest.raises(CtrtError, match="must fit the 112 value bytes"):
         RecallTask(pairs=8, values=16)
 
 
 def test_filler_holds_no_key_or_value_byte():
-    filler = ascii_filler([TEXT + bytes(range(256))])
+    filler = ascii_filler(np.frombuffer(TEXT + bytes(range(256)), dtype=np.uint8))
     assert filler.max() < VALUE_BASE and len(filler) == len(TEXT) + VALUE_BASE
 
 
@@ -126,7 +127,7 @@ def test_the_quick_runs_figures_are_the_kept_engines_outputs(quick_run):
     from compressive_rt.benchmarks.recall import evaluation_documents
     from compressive_rt.ct_reference.data import read_documents, split_documents
 
-    held_out = ascii_filler([split_documents(read_documents(None))[1].tobytes()])
+    held_out = ascii_filler(split_documents(read_documents(None))[1])
     for name, model in results["models"].items():
         for distance, row in model["runs"][0]["distances"].items():
             docs, queries = evaluation_documents(QUICK, QUICK_BASE.seg_len, held_out,
