@@ -1,8 +1,9 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY
+from helpers import TINY, skip_or_fail
 from hypothesis import HealthCheck, settings
 
 from compressive_rt.ct_reference.config import ModelConfig
@@ -15,6 +16,22 @@ settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True
 settings.register_profile("long", max_examples=500, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+NATIVE_NOT_CONFIGURED = (
+    "native runtime: build/ is not configured. Run `cmake -S . -B build` once: it downloads "
+    "ONNX Runtime's C++ headers (Debian's libonnxruntime-dev) into build/_deps (README, "
+    "\"Native runtime (C++)\"); the native tests then compile the library themselves. Or set "
+    "CTRT_NATIVE_LIBRARY to a built libctrt.so")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked `native` never start the download that configuring CMake does: that is a
+    separate step (CI's `.ci/run` takes it before pytest)."""
+    if (item.get_closest_marker("native") and not os.environ.get("CTRT_NATIVE_LIBRARY")
+            and not (CHECKOUT / "build" / "CMakeCache.txt").is_file()):
+        skip_or_fail(NATIVE_NOT_CONFIGURED)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 import torch
 
 from compressive_rt.ct_reference.config import ModelConfig
@@ -13,6 +14,14 @@ from compressive_rt.runtime.backends.ort import OrtCpuBackend
 from compressive_rt.runtime.manifest import load_manifest
 
 COMPRESS_FNS = ("conv", "dilated_conv", "max_pool", "mean_pool", "most_used", "none")
+# The inner loop (`pytest -m "not slow"`) exports engines of these only.
+INNER_LOOP_FNS = ("conv", "mean_pool", "most_used", "none")
+
+
+def each_compress_fn() -> list:
+    """COMPRESS_FNS as test parameters, those outside INNER_LOOP_FNS marked slow."""
+    return [fn if fn in INNER_LOOP_FNS else pytest.param(fn, marks=pytest.mark.slow)
+            for fn in COMPRESS_FNS]
 
 
 def tiny_config(compress_fn: str = "conv", **changes) -> ModelConfig:

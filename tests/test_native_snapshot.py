@@ -16,6 +16,8 @@ from compressive_rt.benchmarks.native_runtime import NativeSession
 from compressive_rt.errors import RuntimeInputError
 from compressive_rt.runtime.session import Session
 
+pytestmark = [pytest.mark.native, pytest.mark.slow]
+
 
 @pytest.fixture
 def fed(engine):

@@ -43,6 +43,7 @@ operations = st.one_of(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compress_fn", ["conv", "most_used"])
 @given(program=st.lists(operations, min_size=1, max_size=14))
 def test_random_stream_operations_equal_the_eager_model_per_stream(engine, compress_fn,

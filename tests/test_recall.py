@@ -77,6 +77,7 @@ def test_the_reaches_of_the_readme():
     assert default_distances(RECALL_BASE, RecallTask()) == (16, 48, 80, 152, 223)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compress_fn, cmem_len", [("none", 0), ("mean_pool", 4)])
 def test_a_one_layer_models_query_depends_on_a_byte_exactly_within_the_reach(compress_fn,
                                                                             cmem_len):
@@ -108,6 +109,7 @@ def quick_run(tmp_path_factory):
     return out, results, lines
 
 
+@pytest.mark.slow
 def test_the_quick_run_writes_its_table_json_plot_engines_and_prompt(quick_run):
     out, results, lines = quick_run
     assert json.loads((out / "recall.json").read_text()) == json.loads(json.dumps(results))
@@ -120,6 +122,7 @@ def test_the_quick_run_writes_its_table_json_plot_engines_and_prompt(quick_run):
     assert prompt[-1] == example["key"] and KEY_BASE <= example["key"] < KEY_BASE + 4
 
 
+@pytest.mark.slow
 def test_the_quick_runs_figures_are_the_kept_engines_outputs(quick_run):
     """Recomputed here through each kept engine: the same argmax answers, accuracy and answer
     bits as recall.json; eager equals the engine under the 1e-4 rule."""
@@ -140,6 +143,7 @@ def test_the_quick_runs_figures_are_the_kept_engines_outputs(quick_run):
     assert results["engine_vs_eager"]["within_1e-4"]
 
 
+@pytest.mark.slow
 def test_masking_the_compressed_memory_changes_the_answers_beyond_the_fifo_memory(quick_run):
     _, results, _ = quick_run
     beyond = [d for d in results["settings"]["distances"]
@@ -150,6 +154,7 @@ def test_masking_the_compressed_memory_changes_the_answers_beyond_the_fifo_memor
         assert row["masked"]["answer_bits"] != row["eager"]["answer_bits"]
 
 
+@pytest.mark.slow
 def test_ctrt_bench_recall_with_a_bad_setting_is_exit_2_and_one_error_line(tmp_path):
     for extra, message in ((["--steps", "0"], "error: --steps, --seeds and the batch must be "
                                               ">= 1, got 0"),

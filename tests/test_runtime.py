@@ -36,6 +36,7 @@ def eager_bits(model, data: bytes) -> float:
     return target_bits(logits[0, :-1], tokens[0, 1:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compress_fn", COMPRESS_FNS)
 def test_scoring_long_documents_equals_eager_bits_per_byte_and_memory(engine, compress_fn):
     model, engine_dir = engine(compress_fn)

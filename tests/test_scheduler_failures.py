@@ -127,6 +127,7 @@ requests = st.lists(st.tuples(
 ), min_size=1, max_size=6)
 
 
+@pytest.mark.slow
 @given(requests, st.integers(1, 4), st.sets(st.integers(1, 60), max_size=4),
        st.integers(0, 2**16))
 def test_any_mix_of_requests_failures_and_raising_callbacks_ends_as_the_clean_runs(

@@ -393,6 +393,7 @@ def test_tensorrt_10_builds_fp16_from_fp32_graphs_with_the_weak_typing_flags(fak
     assert (built["typing"], built["graph_precision"]) == ("weak", "fp32")
 
 
+@pytest.mark.slow
 def test_tensorrt_10_builds_fp16_graphs_strongly_typed(fake_tensorrt, fp16_engine_dir,
                                                        tmp_path):
     engine = tmp_path / "engine16"
@@ -414,6 +415,7 @@ def test_tensorrt_11_builds_fp32_strongly_typed_with_tf32_cleared(fake_tensorrt,
     assert section["engines"]["fp32"]["typing"] == "strong"
 
 
+@pytest.mark.slow
 def test_tensorrt_11_builds_fp16_plans_from_fp16_graphs(fake_tensorrt, fp16_engine_dir,
                                                         tmp_path):
     engine = tmp_path / "engine16"
@@ -436,6 +438,7 @@ def test_tensorrt_11_refuses_reduced_precision_from_fp32_graphs(fake_tensorrt, o
     assert trt.builds == 0 and directory_bytes(own_engine) == before
 
 
+@pytest.mark.slow
 def test_fp16_graphs_build_only_fp16_plans(fake_tensorrt, fp16_engine_dir):
     fake_tensorrt("10.8.0.43")
     with pytest.raises(EngineError, match=r"holds fp16 graphs .*build --precision fp16, or "
