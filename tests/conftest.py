@@ -1,12 +1,14 @@
+"""The suite's shared fixtures (engines exported once per session), the hypothesis profiles, and
+the rule that keeps the native tests from configuring CMake themselves. Helpers the tests
+import: engines.py (the tiny config, models, engines) and helpers.py (skip_or_fail, FP32)."""
+
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, skip_or_fail
+from helpers import skip_or_fail
 from hypothesis import HealthCheck, settings
-
-from compressive_rt.ct_reference.config import ModelConfig
 
 # Property tests (tests/test_properties.py): "ci" keeps them under two minutes on two cores;
 # HYPOTHESIS_PROFILE=long tries twenty times as many, freshly random cases. "ci" is derandomized
@@ -32,11 +34,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if (item.get_closest_marker("native") and not os.environ.get("CTRT_NATIVE_LIBRARY")
             and not (CHECKOUT / "build" / "CMakeCache.txt").is_file()):
         skip_or_fail(NATIVE_NOT_CONFIGURED)
-
-
-@pytest.fixture
-def tiny_config() -> ModelConfig:
-    return TINY
 
 
 @pytest.fixture(autouse=True)

@@ -8,12 +8,7 @@ import os
 
 import pytest
 
-from compressive_rt.ct_reference.config import ModelConfig
 from compressive_rt.export.tolerances import RELATIVE_TOLERANCE
-
-# N=2, d=32, H=4, L=8, M=16, C=4, c=2: every behaviour shows within a few segments.
-TINY = ModelConfig(vocab_size=256, n_layers=2, d_model=32, n_heads=4, d_ff=64, seg_len=8,
-                   mem_len=16, cmem_len=4, compress_rate=2, compress_fn="mean_pool")
 
 # export/tolerances.py's fp32 rule: max |error| <= FP32 * max(1, max |logit|)
 FP32 = RELATIVE_TOLERANCE["fp32"]

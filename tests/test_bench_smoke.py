@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import FP32
 
 from compressive_rt.benchmarks.bench import EXPERIMENTS, EXTRAS, run_benchmark
 from compressive_rt.benchmarks.contenders import MAIN_CONTENDERS
@@ -167,7 +168,7 @@ def test_torch_backend_under_the_session_equals_the_onnx_engine(small_engine):
         runs.append((logits[a], logits[b], more[a], more[b], session.stream_state(a)["mem_k"],
                      session.stream_state(b)["seg_k"]))
     for onnx_value, torch_value in zip(*runs):
-        np.testing.assert_allclose(torch_value, onnx_value, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(torch_value, onnx_value, atol=FP32, rtol=0)
 
 
 def test_timed_backend_counts_engine_calls_and_their_seconds(small_engine):

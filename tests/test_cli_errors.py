@@ -15,18 +15,17 @@ from compressive_rt.cli.main import COMMAND_MODULES, build_parser, main
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    """Placeholders of the table: real files, directories, checkpoints and engines."""
+def paths(engine, tmp_path_factory):
+    """Placeholders of the table: real files, directories, checkpoints and engines (ENGINE is
+    the session's conv engine: the table only reads it)."""
     from compressive_rt.ct_reference.checkpoint import save_checkpoint
-    from compressive_rt.export.pipeline import export_model
 
     root = tmp_path_factory.mktemp("cli_errors")
-    checkpoint = save_checkpoint(root / "ckpt", random_model(tiny_config("conv")))
+    model, engine = engine("conv")
+    checkpoint = save_checkpoint(root / "ckpt", model)
     corrupt_checkpoint = save_checkpoint(root / "corrupt_ckpt", random_model(tiny_config()))
     weights = corrupt_checkpoint / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
-    engine = root / "engine"
-    export_model(random_model(tiny_config("conv")), engine, log=lambda *_: None)
     corrupt_manifest = root / "corrupt_manifest"
     corrupt_manifest.mkdir()
     (corrupt_manifest / "manifest.json").write_bytes(b"\x00\xffnot json")

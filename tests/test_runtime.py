@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from engines import COMPRESS_FNS
+from helpers import FP32
 
 from compressive_rt.ct_reference.generate import greedy_generate
 from compressive_rt.export.verify import eager_logits
@@ -70,8 +71,8 @@ def test_final_memory_after_a_long_document_at_mixed_positions_equals_eager(engi
     for i, s in enumerate(ids):
         _, memory = eager_logits(model, tokens[i][None].astype(np.int64))
         state = session.stream_state(s)
-        np.testing.assert_allclose(state["mem"], memory.mem[:, 0].numpy(), atol=1e-4, rtol=0)
-        np.testing.assert_allclose(state["cmem"], memory.cmem[:, 0].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(state["mem"], memory.mem[:, 0].numpy(), atol=FP32, rtol=0)
+        np.testing.assert_allclose(state["cmem"], memory.cmem[:, 0].numpy(), atol=FP32, rtol=0)
         assert int(state["cmem_len"]) == int(memory.cmem_len[0])
 
 
