@@ -1,9 +1,12 @@
-"""The README's examples run as printed (the blocks tagged `<!-- runnable -->`, in order,
-against a small trained checkpoint and its engine where `ctrt demo` puts them)."""
+"""The documents are true to the repository: the README's examples run as printed (the blocks
+tagged `<!-- runnable -->`, in order, against a small trained checkpoint and its engine where
+`ctrt demo` puts them), its layout table names the modules that exist, and every document the
+code cites is in the repository."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -72,3 +75,83 @@ def test_the_readmes_runnable_blocks_run_as_printed(demo_dir):
         done = subprocess.run(command, cwd=demo_dir, env=env, capture_output=True, text=True,
                               timeout=BLOCK_TIMEOUT_S)
         assert done.returncode == 0, f"README.md:{line}\n{code}\n{done.stderr[-3000:]}"
+
+
+# ---- the README's layout table and the documents the code cites ----------------------------
+FILE_NAME = re.compile(r"^[\w./-]+\.(py|h|hpp|cpp|md)$|^[\w-]+/$")
+# rows whose every module the table must name (benchmarks/ and tests/ name their main ones)
+NAMES_EVERY_MODULE = {"compressive_rt/", "ct_reference/", "export/", "runtime/", "serving/", "cli/"}
+CITATION = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.md)\b")
+# documents of other projects, cited as their sources: onnx-tensorrt's operator table
+EXTERNAL_CITATIONS = {("export/trt_ops.py", "docs/operators.md"),
+                      ("export/trt_ops.py", "operators.md"),
+                      ("tests/test_trt_lint.py", "docs/operators.md")}
+CITING_SUFFIXES = {".py", ".h", ".hpp", ".cpp", ".c", ".txt", ".cmake", ".toml", ".md", ".sh"}
+SKIPPED = {".git", ".venv", "build", "demo_out", "checkpoints", "__pycache__", "egg-info"}
+
+
+def layout_rows() -> dict[str, list[str]]:
+    """{the row's folder: the file and folder names its "what" cell puts in backticks}."""
+    text = README.read_text()
+    section = text[text.index("\n## Layout\n"):]
+    section = section[:section.index("\n## ", 1)]
+    rows = {}
+    for line in section.splitlines():
+        cells = line.split(" | ")
+        if not line.startswith("| `") or len(cells) < 4:
+            continue
+        folder = [name for name in re.findall(r"`([^`]+)`", cells[0]) if name.endswith("/")][0]
+        rows[folder] = [name for name in re.findall(r"`([^`]+)`", cells[2])
+                        if FILE_NAME.match(name)]
+    return rows
+
+
+def named_path_exists(folder: str, name: str) -> bool:
+    """A name is a path from the checkout ("native/src/") or a file or folder in the row's
+    folder, at any depth (`base.py` of runtime/ lives in runtime/backends/)."""
+    if (CHECKOUT / name).exists() and "/" in name.rstrip("/"):
+        return True
+    return any((CHECKOUT / folder).rglob(name.rstrip("/")))
+
+
+def test_every_module_the_readmes_layout_table_names_exists():
+    rows = layout_rows()
+    assert set(NAMES_EVERY_MODULE) < set(rows)
+    missing = {folder: [name for name in names if not named_path_exists(folder, name)]
+               for folder, names in rows.items()}
+    assert {folder: names for folder, names in missing.items() if names} == {}
+
+
+def test_the_layout_table_names_every_module_of_the_library_layers():
+    rows = layout_rows()
+    unnamed = {folder: sorted(path.relative_to(CHECKOUT / folder).as_posix()
+                              for path in (CHECKOUT / folder).rglob("*.py")
+                              if path.name != "__init__.py" and path.name not in rows[folder])
+               for folder in NAMES_EVERY_MODULE}
+    assert {folder: names for folder, names in unnamed.items() if names} == {}
+
+
+def citing_files() -> list[Path]:
+    files = []
+    for path in CHECKOUT.rglob("*"):
+        parts = path.relative_to(CHECKOUT).parts
+        if any(part in SKIPPED or part.endswith("egg-info") for part in parts):
+            continue
+        if path == Path(__file__).resolve():
+            continue  # names citations as data
+        if path.is_file() and (path.suffix in CITING_SUFFIXES or parts == (".ci", "run")):
+            files.append(path)
+    return files
+
+
+def test_every_document_the_code_cites_is_in_the_repository():
+    dangling = set()
+    for path in citing_files():
+        source = path.relative_to(CHECKOUT).as_posix()
+        for cited in CITATION.findall(path.read_text(errors="replace")):
+            # from the checkout's root, or (a link in a document) from the citing file's folder
+            targets = [(base / cited).resolve() for base in (CHECKOUT, path.parent)]
+            found = any(t.is_relative_to(CHECKOUT) and t.is_file() for t in targets)
+            if (source, cited) not in EXTERNAL_CITATIONS and not found:
+                dangling.add((source, cited))
+    assert sorted(dangling) == []

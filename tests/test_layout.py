@@ -1,4 +1,4 @@
-"""The import graph runs one way and the wheel holds every package (DESIGN's layout table).
+"""The import graph runs one way and the wheel holds every package (docs/DESIGN.md's layout table).
 
 ct_reference <- export <- cli/benchmarks, runtime <- export, serving; runtime and serving never
 import torch; compressive_rt.errors and compressive_rt.progress are the modules every layer may

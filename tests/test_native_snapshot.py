@@ -1,4 +1,4 @@
-"""The native runtime writes and reads stream snapshots in format version 2 (SPECS.md): a plain
+"""The native runtime writes and reads stream snapshots in version 2 (docs/DESIGN.md): a plain
 numpy .npz that numpy reads, and archives written by numpy to the spec restore natively; the
 reader refuses damaged or foreign archives with a message and changes nothing."""
 

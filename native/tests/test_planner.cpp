@@ -1,4 +1,4 @@
-// plan_feed follows SPECS.md's call planning (runtime/session.py's splitting), L = 8 here.
+// plan_feed follows docs/DESIGN.md, "Call planning" (runtime/planner.py), L = 8 here.
 #include <gtest/gtest.h>
 
 #include "ctrt/planner.hpp"

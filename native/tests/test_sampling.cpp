@@ -1,4 +1,4 @@
-// Sampling version 2 (COMMON.md): splitmix64's outputs and the token rule, with real numbers.
+// Sampling version 2 (docs/DESIGN.md, "Sampling"): splitmix64's outputs and the token rule, with real numbers.
 #include <gtest/gtest.h>
 
 #include <cmath>
