@@ -24,9 +24,35 @@ COMMAND_MODULES = [
     "compressive_rt.cli.run", "compressive_rt.cli.serve", "compressive_rt.cli.bench"]
 
 
+class VersionAction(argparse.Action):
+    """`ctrt --version`: the package and the versions of what it reads and writes (imported only
+    when asked, so building the parser stays cheap)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="print the package version, the engine contract's, the snapshot "
+                      "format's and the sampling version, and exit") -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def version_text() -> str:
+    from importlib.metadata import version
+
+    from compressive_rt.runtime.manifest import FORMAT_VERSION
+    from compressive_rt.runtime.sampling import SAMPLING_VERSION
+    from compressive_rt.runtime.snapshot import SNAPSHOT_FORMAT_VERSION
+
+    return (f"ctrt {version('compressive-rt')} (engine contract v{FORMAT_VERSION}, snapshot "
+            f"format {SNAPSHOT_FORMAT_VERSION}, sampling version {SAMPLING_VERSION})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctrt", description="Compressive Transformer: train, export, run, benchmark.")
+    parser.add_argument("--version", action=VersionAction)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

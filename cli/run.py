@@ -98,16 +98,14 @@ def _bpb_text(bits_per_byte: float | None) -> str:
 def run_score(args: argparse.Namespace) -> int:
     import json
 
-    from tqdm import tqdm
-
+    from compressive_rt.progress import progress_bar
     from compressive_rt.runtime.score import score_documents, total_bits_per_byte
 
     check_options(args, {"threads": 1, "streams": 1})
     documents = [(name, read_file_argument(name, "document")) for name in args.files]
     session = _open_session(args, max(1, min(args.streams, len(documents))))
     total = sum(len(data) for _, data in documents)
-    with tqdm(total=total, unit="B", unit_scale=True, disable=args.json or None,
-              file=sys.stderr) as bar:
+    with progress_bar(total=total, unit="B", unit_scale=True, disable=args.json) as bar:
         scores = score_documents(session, documents, on_tokens=bar.update)
     overall = total_bits_per_byte(scores)
     if args.json:

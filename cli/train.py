@@ -66,9 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
         "demo", help="train a tiny model, export it, score and generate with the runtime",
         description="Stages: train (preset tiny on the default corpus), evaluate on held-out "
-                    "data, export to ONNX next to the checkpoint (verified), score a held-out "
-                    "document with the eager model and the runtime, generate a sample. Prints "
-                    "the numbers of every stage.")
+                    "data, export to ONNX next to the checkpoint (verified, with the "
+                    "checkpoint's SHA-256 in the manifest), score a held-out file that no "
+                    "earlier stage read with the eager model and the runtime, generate a "
+                    "sample. Prints the numbers of every stage.")
     demo.add_argument("--minutes", type=float, default=3.0, help="training time (default 3)")
     demo.add_argument("--out", default=DEFAULT_DEMO_OUT,
                       help=f"checkpoint directory (default {DEFAULT_DEMO_OUT})")
@@ -166,11 +167,16 @@ def demo_train(results: dict) -> None:
 
     args = results["args"]
     print(f"== demo: train (preset tiny, {args.minutes:g} minutes)")
-    outcome = train(TrainOptions(config=PRESETS["tiny"], data=args.data, out=args.out,
-                                 minutes=args.minutes, steps=100_000, batch=8, seed=args.seed,
-                                 warmup_steps=100, lr=1e-3, val_every=200))
+    options = TrainOptions(config=PRESETS["tiny"], data=args.data, out=args.out,
+                           minutes=args.minutes, steps=100_000, batch=8, seed=args.seed,
+                           warmup_steps=100, lr=1e-3, val_every=200)
+    outcome = train(options)
     results["checkpoint"] = outcome.checkpoint
     results["train"] = outcome
+    results["train_options"] = options
+
+
+DEMO_EVAL_SEGMENTS = 64
 
 
 def demo_evaluate(results: dict) -> None:
@@ -179,22 +185,25 @@ def demo_evaluate(results: dict) -> None:
     outcome = results["train"]
     validation = split_documents(read_documents(results["args"].data))[1]
     print("== demo: evaluate (held-out documents, one stream, memory carried)")
-    bpb = bits_per_byte(outcome.model, validation, batch=1, max_segments=64)
+    bpb = bits_per_byte(outcome.model, validation, batch=1, max_segments=DEMO_EVAL_SEGMENTS)
     first = outcome.history[0]["val_bpb"]
     print(f"validation bits/byte: {first:.3f} before training -> {bpb:.3f} after "
           f"{outcome.step} steps ({outcome.tokens_seen} tokens); checkpoint {outcome.checkpoint}")
     results["val_bpb"] = bpb
+    results["validation_bytes"] = len(validation)
 
 
 def demo_export(results: dict) -> None:
     from pathlib import Path
 
+    from compressive_rt.ct_reference.checkpoint import checkpoint_sha256
     from compressive_rt.export.pipeline import export_model
 
     engine_dir = Path(results["args"].out).parent / "engine"
     print(f"== demo: export to {engine_dir} (ONNX, verified against the eager model)")
+    checkpoint = results["checkpoint"]
     manifest = export_model(results["train"].model, engine_dir, checkpoint={
-        "path": str(results["checkpoint"])})
+        "path": str(Path(checkpoint).resolve()), "sha256": checkpoint_sha256(checkpoint)})
     check = manifest["verification"]
     print(f"max |logit error| over {check['segments']} segments: segment graph "
           f"{check['segment_max_abs_error']:.2e}, extend+commit "
@@ -203,16 +212,31 @@ def demo_export(results: dict) -> None:
 
 
 def demo_score(results: dict) -> None:
-    from compressive_rt.ct_reference.data import bits_per_byte, read_documents, split_documents
+    from compressive_rt.ct_reference.data import (
+        bits_per_byte,
+        scored_stream_length,
+        unread_held_out_document,
+    )
     from compressive_rt.runtime.score import score_documents
     from compressive_rt.runtime.session import Session
 
-    model, seg_len = results["train"].model, results["train"].model.config.seg_len
-    document = split_documents(read_documents(results["args"].data))[1][:64 * seg_len + 1]
-    print(f"== demo: score a held-out document ({len(document)} bytes) eager vs runtime")
+    model, options = results["train"].model, results["train_options"]
+    seg_len = model.config.seg_len
+    # what the earlier stages read of the validation split: training's periodic validation
+    # (val_batch contiguous streams from its start) and the evaluate stage (one stream)
+    n_validation = results["validation_bytes"]
+    read_bytes = max(
+        options.val_batch * scored_stream_length(n_validation, seg_len, options.val_batch,
+                                                 options.val_segments),
+        scored_stream_length(n_validation, seg_len, 1, DEMO_EVAL_SEGMENTS)) + 1
+    name, document = unread_held_out_document(results["args"].data, read_bytes,
+                                              min_bytes=16 * seg_len + 1)
+    document = document[:DEMO_EVAL_SEGMENTS * seg_len + 1]
+    print(f"== demo: score {name} ({len(document)} bytes), eager vs runtime: a held-out file "
+          f"that neither training nor its validation nor the evaluate stage read")
     eager = bits_per_byte(model, document, batch=1)
     session = Session(results["engine_dir"])
-    runtime = score_documents(session, [("held-out", document.tobytes())])[0].bits_per_byte
+    runtime = score_documents(session, [(name, document.tobytes())])[0].bits_per_byte
     print(f"bits/byte: eager PyTorch {eager:.6f}, runtime ({session.backend.name}) "
           f"{runtime:.6f}, difference {abs(eager - runtime):.2e}")
 

@@ -8,8 +8,10 @@ at the repository's top level and are mapped here by setuptools' `package-dir` (
     compressive_rt.ct_reference  <- ct_reference/   the PyTorch model (torch, numpy)
     compressive_rt.export        <- export/         checkpoint -> ONNX graphs, TensorRT plans
     compressive_rt.runtime       <- runtime/        the torch-free loop and its backends
+    compressive_rt.serving       <- serving/        `ctrt serve`: HTTP API, engine thread, stores
     compressive_rt.cli           <- cli/            the `ctrt` command, the only cross-layer code
     compressive_rt.benchmarks    <- benchmarks/     side-by-side measurements
 
-`compressive_rt.errors` (this folder) is the one error root that every layer imports.
+`compressive_rt.errors` (this folder) is the one error root that every layer imports, and
+`compressive_rt.progress` the progress bars every layer may use. docs/DESIGN.md has the layout.
 """

@@ -48,6 +48,11 @@ def corpus_files(data: str | Path | None) -> list[Path]:
 
 def read_documents(data: str | Path | None) -> list[bytes]:
     """Every file of the corpus as one document of bytes (empty files skipped)."""
+    return [content for _, content in read_named_documents(data)]
+
+
+def read_named_documents(data: str | Path | None) -> list[tuple[Path, bytes]]:
+    """read_documents' documents with the file each came from."""
     documents = []
     for path in corpus_files(data):
         try:
@@ -55,7 +60,7 @@ def read_documents(data: str | Path | None) -> list[bytes]:
         except OSError as exc:
             raise CtrtError(f"cannot read {path}: {exc.strerror}") from exc
         if content:
-            documents.append(content)
+            documents.append((path, content))
     if not documents:
         raise CtrtError(f"corpus {data} holds no bytes")
     return documents
@@ -75,6 +80,35 @@ def split_documents(documents: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     train = [doc for i, doc in enumerate(documents) if i not in held_out]
     validation = [doc for i, doc in enumerate(documents) if i in held_out]
     return _tokens(train), _tokens(validation)
+
+
+def unread_held_out_document(data: str | Path | None, read_bytes: int,
+                             min_bytes: int = 2) -> tuple[str, np.ndarray]:
+    """(what it is, its tokens): a held-out document that starts at or after byte `read_bytes`
+    of the validation split, so that nothing which read at most that prefix (validation during
+    training, an evaluation) has seen it: the first of at least `min_bytes`, else the longest.
+    A single-document corpus gives the rest of its held-out tail."""
+    named = read_named_documents(data)
+    validation = split_documents([content for _, content in named])[1]
+    unread = []
+    if len(named) == 1:
+        start = len(named[0][1]) - len(validation) + read_bytes
+        unread.append((f"{named[0][0]} from byte {start}", validation[read_bytes:].tobytes()))
+    else:
+        offset = 0
+        for index in sorted(held_out_indices(len(named))):
+            path, content = named[index]
+            if offset >= read_bytes:
+                unread.append((str(path), content))
+            offset += len(content)
+    unread = [(name, content) for name, content in unread if len(content) >= 2]
+    if not unread:
+        raise CtrtError(f"the corpus holds {len(validation)} held-out bytes and the first "
+                        f"{read_bytes} were read already, so no held-out document is left "
+                        f"unread; give --data a larger corpus")
+    name, content = next((doc for doc in unread if len(doc[1]) >= min_bytes),
+                         max(unread, key=lambda doc: len(doc[1])))
+    return name, np.frombuffer(content, dtype=np.uint8)
 
 
 def held_out_indices(n_documents: int) -> set[int]:
@@ -118,6 +152,16 @@ class SegmentStreams:
 
 
 @torch.no_grad()
+def scored_stream_length(n_tokens: int, seg_len: int, batch: int = 1,
+                         max_segments: int | None = None) -> int:
+    """Tokens each of bits_per_byte's streams predicts; its streams are contiguous from the
+    first token, so it reads the first batch * this + 1 tokens."""
+    stream_len = (n_tokens - 1) // batch
+    if stream_len < 1:
+        raise CtrtError(f"{n_tokens} bytes are too few to score in {batch} stream(s)")
+    return stream_len if max_segments is None else min(stream_len, max_segments * seg_len)
+
+
 def bits_per_byte(model: torch.nn.Module, tokens: np.ndarray, batch: int = 1,
                   max_segments: int | None = None) -> float:
     """Stream `tokens` through the model segment by segment with memory (from empty), split
@@ -127,11 +171,7 @@ def bits_per_byte(model: torch.nn.Module, tokens: np.ndarray, batch: int = 1,
     segment may be shorter than L.
     """
     seg_len = model.config.seg_len
-    stream_len = (len(tokens) - 1) // batch  # predicted tokens per stream
-    if stream_len < 1:
-        raise CtrtError(f"{len(tokens)} bytes are too few to score in {batch} stream(s)")
-    if max_segments is not None:
-        stream_len = min(stream_len, max_segments * seg_len)
+    stream_len = scored_stream_length(len(tokens), seg_len, batch, max_segments)
     rows = torch.from_numpy(np.stack([
         tokens[b * stream_len:(b + 1) * stream_len + 1] for b in range(batch)]).astype(np.int64))
     was_training = model.training

@@ -3,7 +3,7 @@
 Readable reference: every segment recomputes keys and values of the whole memory. The cached
 step functions that the engine runs live in `export/step.py` and are proven equal to this.
 
-Memory layout per layer i (the engine contract, ../shared/DESIGN.md):
+Memory layout per layer i (the engine contract, docs/DESIGN.md):
   cmem[i] [B, C, d] compressed slots, mem[i] [B, M, d] the last M inputs h^(i) to layer i.
   Valid slots are right-aligned (newest last); mem_len / cmem_len [B] count them, the rest is
   padding masked out of attention. With right alignment the distance from query i of the

@@ -17,7 +17,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from compressive_rt.ct_reference.checkpoint import load_model, load_optimizer, save_checkpoint
 from compressive_rt.ct_reference.config import ModelConfig
@@ -29,6 +28,7 @@ from compressive_rt.ct_reference.data import (
 )
 from compressive_rt.ct_reference.model import CompressiveTransformer
 from compressive_rt.errors import CtrtError
+from compressive_rt.progress import progress_bar
 
 MIN_LR = 1e-6
 
@@ -115,9 +115,10 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> TrainResult
     deadline = time.monotonic() + opts.minutes * 60 if opts.minutes is not None else math.inf
     start_step, start_time = step, time.monotonic()
     # With a time budget the step total is only a cap: show a count and a rate, not a false ETA.
-    bar = tqdm(total=opts.steps if opts.minutes is None else None, initial=step,
-               disable=not opts.progress, unit="step", dynamic_ncols=True,
-               desc=f"training ({opts.minutes:g} min)" if opts.minutes is not None else "training")
+    bar = progress_bar(total=opts.steps if opts.minutes is None else None, initial=step,
+                       disable=not opts.progress, unit="step",
+                       desc=(f"training ({opts.minutes:g} min)" if opts.minutes is not None
+                             else "training"))
     model.train()
     while step < opts.steps and time.monotonic() < deadline:
         if streams.position >= streams.segments_per_stream:
@@ -141,7 +142,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> TrainResult
         rate = (step - start_step) * batch.shape[0] * config.seg_len / (
             time.monotonic() - start_time)
         bar.set_postfix(loss=f"{loss.item():.3f}", bpb=f"{lm_loss.item() / math.log(2):.3f}",
-                        tok_s=f"{rate:.0f}", lr=f"{lr:.1e}")
+                        tok_s=f"{rate:.0f}", lr=f"{lr:.1e}", refresh=False)
         if opts.val_every and step % opts.val_every == 0:
             validate()
     bar.close()

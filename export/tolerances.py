@@ -1,7 +1,7 @@
 """The one tolerance table: `ctrt export` verification, benchmarks/gpu_check.py and
 tests/test_gpu.py all judge an engine against the fp32 eager model by these numbers.
 
-Logits: max |logit error| <= RELATIVE_TOLERANCE[precision] * max(1, max |logit|) (DESIGN.md's
+Logits: max |logit error| <= RELATIVE_TOLERANCE[precision] * max(1, max |logit|) (docs/DESIGN.md's
 equality rule for fp32). Bits per byte: |bpb(engine) - bpb(eager)| over the same text, in
 bits, <= BITS_PER_BYTE_TOLERANCE[precision]: what a user of `ctrt score` would see change.
 fp32 has no bits-per-byte rule of its own: its logit rule is the contract, and a model with a

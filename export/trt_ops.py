@@ -134,7 +134,7 @@ UNSUPPORTED = frozenset([
     "StringNormalizer", "StringSplit", "TfIdfVectorizer", "Unique",
 ])
 
-# TensorRT parses these, but the engine contract (DESIGN.md) forbids control flow and
+# TensorRT parses these, but the engine contract (docs/DESIGN.md) forbids control flow and
 # data-dependent shapes in an engine graph.
 CONTRACT_FORBIDDEN = {
     "Loop": "control flow (Loop) is forbidden by the engine contract",

@@ -88,8 +88,10 @@ class SQLiteStore:
         if rows.get("engine") != engine_key:
             raise StoreError(
                 f"the stream store {self.directory} holds streams of another engine (stored: "
-                f"{_short(rows.get('engine'))}; this engine: {_short(engine_key)}): their "
-                f"snapshots fit no other engine; give this engine its own --store")
+                f"{_short(rows.get('engine'))}; this engine: {_short(engine_key)}), and their "
+                f"snapshots fit no other engine (a re-export or a second `ctrt demo` makes "
+                f"another engine): serve this one from a store of its own (a new --store folder), "
+                f"or delete {self.directory} if the old engine's streams are not wanted any more")
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db, self.directory)

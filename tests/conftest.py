@@ -1,11 +1,14 @@
+"""The suite's shared fixtures (engines exported once per session), the hypothesis profiles, and
+the rule that keeps the native tests from configuring CMake themselves. Helpers the tests
+import: engines.py (the tiny config, models, engines) and helpers.py (skip_or_fail, FP32)."""
+
 import os
+from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY
+from helpers import skip_or_fail
 from hypothesis import HealthCheck, settings
-
-from compressive_rt.ct_reference.config import ModelConfig
 
 # Property tests (tests/test_properties.py): "ci" keeps them under two minutes on two cores;
 # HYPOTHESIS_PROFILE=long tries twenty times as many, freshly random cases. "ci" is derandomized
@@ -17,9 +20,20 @@ settings.register_profile("long", max_examples=500, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-@pytest.fixture
-def tiny_config() -> ModelConfig:
-    return TINY
+CHECKOUT = Path(__file__).resolve().parents[1]
+NATIVE_NOT_CONFIGURED = (
+    "native runtime: build/ is not configured. Run `cmake -S . -B build` once: it downloads "
+    "ONNX Runtime's C++ headers (Debian's libonnxruntime-dev) into build/_deps (README, "
+    "\"Native runtime (C++)\"); the native tests then compile the library themselves. Or set "
+    "CTRT_NATIVE_LIBRARY to a built libctrt.so")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked `native` never start the download that configuring CMake does: that is a
+    separate step (CI's `.ci/run` takes it before pytest)."""
+    if (item.get_closest_marker("native") and not os.environ.get("CTRT_NATIVE_LIBRARY")
+            and not (CHECKOUT / "build" / "CMakeCache.txt").is_file()):
+        skip_or_fail(NATIVE_NOT_CONFIGURED)
 
 
 @pytest.fixture(autouse=True)

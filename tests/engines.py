@@ -1,10 +1,13 @@
-"""Shared helpers for the export and runtime tests: tiny random models and their engines."""
+"""The tests' one tiny config, random models and their engines (exported once per session by
+conftest.py's `engine`), and a recording backend. native/tests/export_engines.py exports the
+C++ tests' engines from here too."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
+import pytest
 import torch
 
 from compressive_rt.ct_reference.config import ModelConfig
@@ -13,13 +16,26 @@ from compressive_rt.runtime.backends.ort import OrtCpuBackend
 from compressive_rt.runtime.manifest import load_manifest
 
 COMPRESS_FNS = ("conv", "dilated_conv", "max_pool", "mean_pool", "most_used", "none")
+# The inner loop (`pytest -m "not slow"`) exports engines of these only.
+INNER_LOOP_FNS = ("conv", "mean_pool", "most_used", "none")
+
+
+def each_compress_fn() -> list:
+    """COMPRESS_FNS as test parameters, those outside INNER_LOOP_FNS marked slow."""
+    return [fn if fn in INNER_LOOP_FNS else pytest.param(fn, marks=pytest.mark.slow)
+            for fn in COMPRESS_FNS]
 
 
 def tiny_config(compress_fn: str = "conv", **changes) -> ModelConfig:
+    """N=2, d=32, H=4, L=8, M=16, C=4, c=2: every behaviour shows within a few segments."""
     fields = dict(n_layers=2, d_model=32, n_heads=4, d_ff=64, seg_len=8, mem_len=16,
                   cmem_len=0 if compress_fn == "none" else 4, compress_rate=2,
                   compress_fn=compress_fn, dilation_rates=(1, 2))
     return ModelConfig(**{**fields, **changes})
+
+
+# The reference tests' model: the tiny config with parameter-free compression.
+TINY = tiny_config("mean_pool")
 
 
 def random_model(config: ModelConfig, seed: int = 0, std: float = 0.3) -> CompressiveTransformer:

@@ -1,6 +1,7 @@
 """Attention reads [cmem, mem, segment] with padding masked and a causal mask on the segment."""
 
 import torch
+from engines import TINY
 
 from compressive_rt.ct_reference.model import CompressiveTransformer, Memory, attention_mask
 
@@ -27,8 +28,8 @@ def full_memory(model: CompressiveTransformer) -> Memory:
 
 
 @torch.no_grad()
-def test_future_tokens_in_the_segment_do_not_change_earlier_logits(tiny_config):
-    model = CompressiveTransformer(tiny_config).eval()
+def test_future_tokens_in_the_segment_do_not_change_earlier_logits():
+    model = CompressiveTransformer(TINY).eval()
     memory = full_memory(model)
     tokens = torch.randint(0, 256, (1, 8))
     changed = tokens.clone()
@@ -39,8 +40,8 @@ def test_future_tokens_in_the_segment_do_not_change_earlier_logits(tiny_config):
 
 
 @torch.no_grad()
-def test_padded_memory_slots_change_nothing(tiny_config):
-    model = CompressiveTransformer(tiny_config).eval()
+def test_padded_memory_slots_change_nothing():
+    model = CompressiveTransformer(TINY).eval()
     memory = model(torch.randint(0, 256, (1, 8)), model.init_memory(1)).memory
     assert memory.mem_len.tolist() == [8] and memory.cmem_len.tolist() == [0]
     tokens = torch.randint(0, 256, (1, 8))
@@ -51,8 +52,8 @@ def test_padded_memory_slots_change_nothing(tiny_config):
 
 
 @torch.no_grad()
-def test_a_valid_compressed_slot_changes_the_logits(tiny_config):
-    model = CompressiveTransformer(tiny_config).eval()
+def test_a_valid_compressed_slot_changes_the_logits():
+    model = CompressiveTransformer(TINY).eval()
     memory = full_memory(model)
     tokens = torch.randint(0, 256, (1, 8))
     changed = Memory(memory.mem, memory.cmem.clone(), memory.mem_len, memory.cmem_len,

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import FP32
 
 from compressive_rt.benchmarks.bench import EXPERIMENTS, EXTRAS, run_benchmark
 from compressive_rt.benchmarks.contenders import MAIN_CONTENDERS
@@ -41,12 +42,14 @@ def small_engine(tmp_path_factory):
     return model, export_engine(model, tmp_path_factory.mktemp("engine") / "engine")
 
 
+@pytest.mark.slow
 def test_smoke_benchmark_writes_json_and_png(smoke):
     results, out = smoke
     assert json.loads((out / "bench.json").read_text())["profile"] == "smoke"
     assert (out / "bench.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_every_contender_reports_positive_latencies(smoke):
     results, _ = smoke
     assert set(results["contenders"]) == set(MAIN_CONTENDERS) - set(results.get("skipped", {}))
@@ -66,6 +69,7 @@ def test_every_contender_reports_positive_latencies(smoke):
             assert _positive(res["decode"]["1"]["amortized_ms"])
 
 
+@pytest.mark.slow
 def test_sizes_and_peak_rss_are_measured_for_one_and_eight_streams(smoke):
     memory = smoke[0]["memory"]
     assert [run["streams"] for run in memory["runs"]] == [1, 8]
@@ -77,6 +81,7 @@ def test_sizes_and_peak_rss_are_measured_for_one_and_eight_streams(smoke):
     assert eight["state_mib"] == pytest.approx(8 * one["state_mib"])
 
 
+@pytest.mark.slow
 def test_ratios_are_taken_per_repeat_with_their_spread(smoke):
     results, _ = smoke
     ratio = results["ratios"]["segment b1: runtime vs eager"]
@@ -84,6 +89,7 @@ def test_ratios_are_taken_per_repeat_with_their_spread(smoke):
     assert "decode b1: runtime vs cached" in results["ratios"]
 
 
+@pytest.mark.slow
 def test_session_contenders_report_time_outside_the_engine(smoke):
     results, _ = smoke
     for key in ("runtime", "cached"):
@@ -92,6 +98,7 @@ def test_session_contenders_report_time_outside_the_engine(smoke):
     assert 0 <= results["loop_overhead"]["decode b1"]["fraction"] < 1
 
 
+@pytest.mark.slow
 def test_lucidrains_model_is_timed_beside_its_import(smoke):
     results, _ = smoke
     lucid = results["lucidrains"]
@@ -103,6 +110,7 @@ def test_lucidrains_model_is_timed_beside_its_import(smoke):
         set(lucid["ratios"])
 
 
+@pytest.mark.slow
 def test_capacity_compares_two_session_sizes(smoke):
     results, _ = smoke
     capacity = results["capacity"]
@@ -110,6 +118,7 @@ def test_capacity_compares_two_session_sizes(smoke):
     assert capacity["ratio"]["n"] == 4 and _positive(capacity["ratio"]["median"])
 
 
+@pytest.mark.slow
 def test_every_target_is_recorded_as_met_or_missed(smoke):
     results, _ = smoke
     targets = {t["target"]: t for t in results["targets"]}
@@ -132,6 +141,7 @@ def test_every_target_is_recorded_as_met_or_missed(smoke):
         assert target["met"] is expected
 
 
+@pytest.mark.slow
 def test_machine_limits_and_engine_check_are_sane(smoke):
     results, _ = smoke
     assert 0.5 < results["machine"]["gemm"]["gflops"] < 100_000
@@ -158,7 +168,7 @@ def test_torch_backend_under_the_session_equals_the_onnx_engine(small_engine):
         runs.append((logits[a], logits[b], more[a], more[b], session.stream_state(a)["mem_k"],
                      session.stream_state(b)["seg_k"]))
     for onnx_value, torch_value in zip(*runs):
-        np.testing.assert_allclose(torch_value, onnx_value, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(torch_value, onnx_value, atol=FP32, rtol=0)
 
 
 def test_timed_backend_counts_engine_calls_and_their_seconds(small_engine):

@@ -39,3 +39,12 @@ def test_bad_config_json_is_exit_2_and_one_error_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: d_model (512) must be divisible by n_heads (5)")
     assert "Traceback" not in result.stderr
+
+
+def test_version_names_the_package_the_contract_the_snapshots_and_sampling():
+    from importlib.metadata import version
+
+    result = ctrt("--version")
+    assert result.returncode == 0
+    assert result.stdout == (f"ctrt {version('compressive-rt')} (engine contract v2, snapshot "
+                             f"format 2, sampling version 2)\n")

@@ -15,18 +15,18 @@ from compressive_rt.cli.main import COMMAND_MODULES, build_parser, main
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    """Placeholders of the table: real files, directories, checkpoints and engines."""
+def paths(engine, tmp_path_factory):
+    """Placeholders of the table: real files, directories, checkpoints and engines (ENGINE is
+    the session's conv engine: the table only reads it)."""
     from compressive_rt.ct_reference.checkpoint import save_checkpoint
-    from compressive_rt.export.pipeline import export_model
+    from compressive_rt.serving.sqlite_store import SQLiteStore
 
     root = tmp_path_factory.mktemp("cli_errors")
-    checkpoint = save_checkpoint(root / "ckpt", random_model(tiny_config("conv")))
+    model, engine = engine("conv")
+    checkpoint = save_checkpoint(root / "ckpt", model)
     corrupt_checkpoint = save_checkpoint(root / "corrupt_ckpt", random_model(tiny_config()))
     weights = corrupt_checkpoint / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
-    engine = root / "engine"
-    export_model(random_model(tiny_config("conv")), engine, log=lambda *_: None)
     corrupt_manifest = root / "corrupt_manifest"
     corrupt_manifest.mkdir()
     (corrupt_manifest / "manifest.json").write_bytes(b"\x00\xffnot json")
@@ -45,10 +45,12 @@ def paths(tmp_path_factory):
     doc.write_bytes(b"hello compressive transformer " * 10)
     folder = root / "folder"
     (folder / "empty_subfolder").mkdir(parents=True)
+    SQLiteStore(root / "other_store", engine_key="another engine").close()
     return {"CKPT": checkpoint, "CORRUPT_CKPT": corrupt_checkpoint, "ENGINE": engine,
             "CORRUPT_MANIFEST": corrupt_manifest, "CORRUPT_GRAPH": corrupt_graph,
             "GARBAGE": garbage, "DOC": doc, "DIR": folder, "ARGS": constructor_args,
-            "MISSING": root / "no_such_path", "OUT": root / "out"}
+            "MISSING": root / "no_such_path", "OUT": root / "out",
+            "OTHER_STORE": root / "other_store"}
 
 
 CASES = [
@@ -117,6 +119,10 @@ CASES = [
     ("serve ENGINE --request-timeout 0", "--request-timeout must be > 0, got 0"),
     ("serve ENGINE --api-key-file MISSING", "--api-key-file MISSING cannot be read"),
     ("serve ENGINE --store GARBAGE", "cannot open the stream store GARBAGE"),
+    ("serve ENGINE --store OTHER_STORE", "the stream store OTHER_STORE holds streams of another "
+     "engine"),
+    ("serve ENGINE --store OTHER_STORE", "serve this one from a store of its own (a new --store "
+     "folder), or delete OTHER_STORE if the old engine's streams are not wanted any more"),
     ("bench --checkpoint MISSING --out OUT", "checkpoint directory MISSING does not exist"),
     ("bench --checkpoint GARBAGE --out OUT", "checkpoint directory GARBAGE is not a directory"),
     ("bench --checkpoint CORRUPT_CKPT --out OUT", "is not a readable safetensors file"),

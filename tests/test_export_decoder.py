@@ -2,6 +2,7 @@
 
 import numpy as np
 import onnx
+import pytest
 from engines import random_model, tiny_config
 from onnx import numpy_helper
 
@@ -20,6 +21,7 @@ def graphs(engine_dir):
     return found
 
 
+@pytest.mark.slow
 def test_autoencoding_model_exports_the_same_graphs_without_its_decoder(tmp_path):
     with_decoder = random_model(tiny_config("dilated_conv", aux_loss="autoencoding"))
     without = CompressiveTransformer(with_decoder.config.replace(aux_loss="attention")).eval()

@@ -22,6 +22,8 @@ from compressive_rt.runtime.backends.ort import OrtCpuBackend
 from compressive_rt.runtime.manifest import load_manifest
 from compressive_rt.runtime.session import Session
 
+pytestmark = pytest.mark.gpu
+
 
 def tensorrt_ready() -> bool:
     from compressive_rt.runtime.backends.tensorrt import tensorrt_available

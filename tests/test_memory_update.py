@@ -1,7 +1,7 @@
 """Algorithm 1: FIFO memory and compressed memory after k segments, by hand."""
 
 import torch
-from helpers import TINY
+from engines import TINY
 
 from compressive_rt.ct_reference.model import CompressiveTransformer, Memory
 
@@ -72,8 +72,8 @@ def test_streams_with_different_memory_fill_rotate_independently():
         assert torch.equal(new.cmem[layer, 1], memory.cmem[layer, 1])
 
 
-def test_partial_segment_leaves_memory_contents_unrotated(tiny_config):
-    model = CompressiveTransformer(tiny_config).eval()
+def test_partial_segment_leaves_memory_contents_unrotated():
+    model = CompressiveTransformer(TINY).eval()
     memory = model.init_memory(1)
     with torch.no_grad():
         memory = model(torch.randint(0, 256, (1, 8)), memory).memory

@@ -2,6 +2,7 @@
 time outside engine calls measured inside the native loop."""
 
 import numpy as np
+import pytest
 from native_build import native_library
 
 from compressive_rt.benchmarks.contenders import Bench, build, random_model
@@ -9,6 +10,8 @@ from compressive_rt.benchmarks.engines import export_engine
 from compressive_rt.benchmarks.settings import SMOKE
 from compressive_rt.benchmarks.workloads import compare
 from compressive_rt.ct_reference.config import ModelConfig
+
+pytestmark = [pytest.mark.native, pytest.mark.slow]
 
 
 def test_native_contender_runs_interleaved_with_the_python_runtime(tmp_path):

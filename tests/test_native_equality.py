@@ -26,6 +26,8 @@ from compressive_rt.runtime.sampling import BatchSampler, Sampling
 from compressive_rt.runtime.score import score_documents, total_bits_per_byte
 from compressive_rt.runtime.session import Session
 
+pytestmark = [pytest.mark.native, pytest.mark.slow]
+
 CHUNKS = (1, 3, 17, 64, 2, 5, 8, 11, 1, 30)  # irregular: inside, across and at segment ends
 
 

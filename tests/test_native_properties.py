@@ -5,6 +5,7 @@ same streams, positions, last logits and, bitwise, every state tensor of every s
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from native_build import native_library
@@ -12,6 +13,8 @@ from native_build import native_library
 from compressive_rt.benchmarks.native_runtime import NativeSession
 from compressive_rt.errors import RuntimeInputError
 from compressive_rt.runtime.session import Session
+
+pytestmark = [pytest.mark.native, pytest.mark.slow]
 
 MAX_STREAMS = 3
 

@@ -1,4 +1,4 @@
-"""The native runtime writes and reads stream snapshots in format version 2 (SPECS.md): a plain
+"""The native runtime writes and reads stream snapshots in version 2 (docs/DESIGN.md): a plain
 numpy .npz that numpy reads, and archives written by numpy to the spec restore natively; the
 reader refuses damaged or foreign archives with a message and changes nothing."""
 
@@ -15,6 +15,8 @@ from native_build import native_library
 from compressive_rt.benchmarks.native_runtime import NativeSession
 from compressive_rt.errors import RuntimeInputError
 from compressive_rt.runtime.session import Session
+
+pytestmark = [pytest.mark.native, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ from redis_helpers import need_binary
 
 from compressive_rt.benchmarks.ray_serve import SMOKE, run_ray_benchmark
 
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):

@@ -77,6 +77,7 @@ def test_a_failed_swap_puts_the_old_directory_back(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["staged", "target"]
 
 
+@pytest.mark.slow
 def test_an_export_failing_verification_leaves_the_old_engine_byte_for_byte(
         old_engine, monkeypatch):
     import compressive_rt.export.pipeline as pipeline
@@ -92,6 +93,7 @@ def test_an_export_failing_verification_leaves_the_old_engine_byte_for_byte(
     assert sorted(p.name for p in target.parent.iterdir()) == ["engine"]
 
 
+@pytest.mark.slow
 def test_an_export_failing_at_the_final_swap_leaves_the_old_engine_byte_for_byte(
         old_engine, monkeypatch):
     target, before = old_engine
@@ -104,6 +106,7 @@ def test_an_export_failing_at_the_final_swap_leaves_the_old_engine_byte_for_byte
     load_manifest(target)  # still a working engine
 
 
+@pytest.mark.slow
 def test_an_export_over_tensorrt_plans_says_they_were_removed(old_engine):
     target, _ = old_engine
     manifest = json.loads((target / MANIFEST_NAME).read_text())

@@ -24,6 +24,7 @@ def alone(engine_dir, prompt: bytes, max_new_tokens: int, sampling: Sampling = G
     return generate(Session(engine_dir), prompt, max_new_tokens, sampling, stop=stop)
 
 
+@pytest.mark.slow
 def test_many_requests_on_few_streams_each_equal_generating_it_alone(engine):
     model, engine_dir = engine("conv")  # seg_len 8: prompts cross 0 to 3 segment boundaries
     budgets = {1: 30, 5: 7, 8: 19, 13: 40, 17: 3, 30: 25}  # prompt length -> max_new_tokens

@@ -18,6 +18,8 @@ from compressive_rt.runtime.session import Session
 from compressive_rt.serving.server import open_engine
 from compressive_rt.serving.settings import ServeSettings
 
+pytestmark = pytest.mark.serving
+
 MODEL = "tiny"
 TEXT_A = b"The Compressive Transformer keeps old memories " * 3
 TEXT_B = "and compresses them: \u00e9t\u00e9, caf\u00e9, na\u00efve.\n".encode()

@@ -8,6 +8,8 @@ import pytest
 
 from compressive_rt.benchmarks.serve import run_serve_benchmark
 
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):

@@ -16,6 +16,8 @@ import httpx
 import pytest
 from serving_helpers import Reference, Server, assert_close
 
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
 KILLS = 10
 CLIENTS = 3
 ALPHABET = "abcdefghij klmnopqrstuvwxyz.,;\n(){}=+-*/0123456789éü€"

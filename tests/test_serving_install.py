@@ -17,6 +17,8 @@ from serving_helpers import Server, greedy
 from compressive_rt.runtime.score import score_documents
 from compressive_rt.runtime.session import Session
 
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_PARTS = ("pyproject.toml", "README.md", "compressive_rt", "ct_reference", "export",
                 "runtime", "serving", "cli", "benchmarks")

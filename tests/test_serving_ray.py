@@ -19,6 +19,8 @@ import pytest
 from ray_helpers import need_ray, tree_rss_bytes
 from serving_helpers import Reference, assert_close, greedy
 
+pytestmark = [pytest.mark.serving, pytest.mark.ray, pytest.mark.slow]
+
 MEMORY_BOUND = 6 << 30  # measured here: about 2.5 GiB for the whole cluster
 STREAMS = 16
 TIMEOUT_S = 120

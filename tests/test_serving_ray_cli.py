@@ -16,6 +16,8 @@ from serving_helpers import Reference, assert_close
 from compressive_rt.benchmarks.serve import free_port
 from compressive_rt.serving.redis_store import RedisStore
 
+pytestmark = [pytest.mark.serving, pytest.mark.ray, pytest.mark.slow]
+
 CTRT = Path(sys.executable).parent / "ctrt"
 
 

@@ -20,6 +20,8 @@ from test_serving_store import (  # noqa: F401 - the same contract, collected he
 from compressive_rt.serving.redis_store import RedisStore
 from compressive_rt.serving.store import StaleVersion, StoreError
 
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
 ENGINE = '{"graphs": {"segment": "aaaa"}}'
 
 

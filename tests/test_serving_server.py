@@ -18,6 +18,8 @@ import openai
 import pytest
 from serving_helpers import Reference, Server, assert_close, greedy, sse_events
 
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def engine_dir(engine):

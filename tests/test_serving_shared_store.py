@@ -11,6 +11,8 @@ import pytest
 from redis_helpers import RedisServer
 from serving_helpers import Reference, Server, assert_close
 
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def engine_dir(engine):

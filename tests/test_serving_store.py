@@ -10,6 +10,8 @@ from serving_helpers import STORE_OPERATIONS, replay
 from compressive_rt.serving.sqlite_store import SQLiteStore
 from compressive_rt.serving.store import StaleVersion, StoreError, UnknownStream
 
+pytestmark = pytest.mark.serving
+
 ENGINE = '{"graphs": {"segment": "aaaa"}}'
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import onnx
 import pytest
+from engines import tiny_config
 
-from compressive_rt.ct_reference.config import ModelConfig
-from compressive_rt.ct_reference.model import CompressiveTransformer
 from compressive_rt.export.inspection import inspect_engine_dir
 from compressive_rt.export.pipeline import export_model
 from compressive_rt.export.tensorrt_build import (
@@ -30,16 +29,14 @@ from compressive_rt.runtime.backends.cuda import gpu_available
 from compressive_rt.runtime.contract import entry_points
 from compressive_rt.runtime.manifest import EngineError, load_manifest, sha256_file
 
-CONFIG = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_ff=64, seg_len=8, mem_len=16,
-                     cmem_len=4, compress_rate=2, compress_fn="conv")
+CONFIG = tiny_config("conv")
 NO_GPU_STACK = pytest.mark.skipif(gpu_available(), reason="a GPU stack is present here")
 
 
-@pytest.fixture(scope="module")
-def engine_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("engine") / "tiny"
-    export_model(CompressiveTransformer(CONFIG), out, verify_segments=2, log=lambda *_: None)
-    return out
+@pytest.fixture
+def engine_dir(engine):
+    """The session's tiny conv engine (read only: a build works on a copy, `own_engine`)."""
+    return engine("conv")[1]
 
 
 # ---- optimization profiles ------------------------------------------------------------------
@@ -172,7 +169,7 @@ class HostCudart:
 
 
 @pytest.mark.parametrize("compress_fn", ["conv", "most_used"])
-def test_device_buffer_layout_matches_the_cpu_backend(tmp_path, monkeypatch, compress_fn):
+def test_device_buffer_layout_matches_the_cpu_backend(engine, monkeypatch, compress_fn):
     """Shared scratch arenas, 2D row writes and address bindings, exercised through ONNX
     Runtime CPU on host pointers: same logits and state as the numpy CPU backend."""
     import numpy as np
@@ -193,9 +190,7 @@ def test_device_buffer_layout_matches_the_cpu_backend(tmp_path, monkeypatch, com
         def providers(self, entry, profile):
             return ["CPUExecutionProvider"]
 
-    out = tmp_path / "engine"
-    cfg = CONFIG.replace(compress_fn=compress_fn)
-    export_model(CompressiveTransformer(cfg), out, verify_segments=2, log=lambda *_: None)
+    out = engine(compress_fn)[1]
     rng = np.random.default_rng(0)
     docs = [rng.integers(0, 256, n) for n in (29, 22)]
     results = []
@@ -365,9 +360,9 @@ def own_engine(engine_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def fp16_engine_dir(tmp_path_factory):
+def fp16_engine_dir(engine, tmp_path_factory):
     out = tmp_path_factory.mktemp("engine16") / "tiny"
-    export_model(CompressiveTransformer(CONFIG), out, verify_segments=2, precision="fp16",
+    export_model(engine("conv")[0], out, verify_segments=2, precision="fp16",
                  log=lambda *_: None)
     return out
 
@@ -393,6 +388,7 @@ def test_tensorrt_10_builds_fp16_from_fp32_graphs_with_the_weak_typing_flags(fak
     assert (built["typing"], built["graph_precision"]) == ("weak", "fp32")
 
 
+@pytest.mark.slow
 def test_tensorrt_10_builds_fp16_graphs_strongly_typed(fake_tensorrt, fp16_engine_dir,
                                                        tmp_path):
     engine = tmp_path / "engine16"
@@ -414,6 +410,7 @@ def test_tensorrt_11_builds_fp32_strongly_typed_with_tf32_cleared(fake_tensorrt,
     assert section["engines"]["fp32"]["typing"] == "strong"
 
 
+@pytest.mark.slow
 def test_tensorrt_11_builds_fp16_plans_from_fp16_graphs(fake_tensorrt, fp16_engine_dir,
                                                         tmp_path):
     engine = tmp_path / "engine16"
@@ -436,6 +433,7 @@ def test_tensorrt_11_refuses_reduced_precision_from_fp32_graphs(fake_tensorrt, o
     assert trt.builds == 0 and directory_bytes(own_engine) == before
 
 
+@pytest.mark.slow
 def test_fp16_graphs_build_only_fp16_plans(fake_tensorrt, fp16_engine_dir):
     fake_tensorrt("10.8.0.43")
     with pytest.raises(EngineError, match=r"holds fp16 graphs .*build --precision fp16, or "

@@ -2,7 +2,8 @@
 
 import json
 
-from helpers import TINY
+import pytest
+from engines import TINY
 
 from compressive_rt.ct_reference.train import TrainOptions, learning_rate, train
 
@@ -27,6 +28,7 @@ def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_the_floor():
     assert learning_rate(100, 100, 3e-4, 10) == 1e-6
 
 
+@pytest.mark.slow
 def test_a_few_hundred_steps_lower_validation_bits_per_byte(tmp_path):
     opts = TrainOptions(config=TINY, data=str(small_corpus(tmp_path / "corpus")),
                         out=str(tmp_path / "ckpt"), steps=300, batch=4, lr=3e-3,

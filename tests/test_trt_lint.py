@@ -26,6 +26,7 @@ def exported(tmp_path_factory) -> dict:
     return graphs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compress_fn", COMPRESS_FNS)
 def test_every_exported_graph_passes_the_lint(exported, compress_fn):
     cfg, paths = exported[compress_fn]
@@ -35,6 +36,7 @@ def test_every_exported_graph_passes_the_lint(exported, compress_fn):
         assert found == [], f"{compress_fn}/{entry}: {found}"
 
 
+@pytest.mark.slow
 def test_most_used_graphs_raise_no_lint_warning(exported):
     cfg, paths = exported["most_used"]
     for path in paths.values():
@@ -115,6 +117,7 @@ def test_pad_wrap_is_accepted_and_opset_21_is_refused():
     assert [i.where for i in errors(lint_graph(newer))] == ["graph"]
 
 
+@pytest.mark.slow
 def test_table_names_its_source_and_covers_every_op_we_export(exported):
     assert "onnx-tensorrt" in trt_ops.SOURCE["repository"]
     assert trt_ops.SOURCE["file"] == "docs/operators.md"

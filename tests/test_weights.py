@@ -34,7 +34,7 @@ def wide_engine(tmp_path_factory):
                          mem_len=64, cmem_len=32)
     model = random_model(config, std=0.05)
     out = tmp_path_factory.mktemp("wide") / "engine"
-    export_model(model, out, log=quiet)
+    export_model(model, out, verify_segments=2, log=quiet)  # it is here for its size
     return model, out
 
 
@@ -71,6 +71,7 @@ def test_a_tensor_several_graphs_use_is_stored_once(engine):
     assert len(set(contents)) == len(contents)  # no two stored tensors hold the same bytes
 
 
+@pytest.mark.slow
 def test_engine_directory_is_within_1_1x_the_weights(wide_engine):
     model, engine_dir = wide_engine
     parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -119,6 +120,7 @@ def test_a_manifest_without_its_weights_entry_is_refused(engine, tmp_path):
         Session(copy)
 
 
+@pytest.mark.slow
 def test_a_session_without_prepacking_holds_one_copy_of_the_weights(wide_engine):
     model, engine_dir = wide_engine
     weights_mib = (engine_dir / "weights.bin").stat().st_size / MIB
@@ -128,6 +130,7 @@ def test_a_session_without_prepacking_holds_one_copy_of_the_weights(wide_engine)
     assert grown <= weights_mib + state_mib + RSS_MARGIN_MIB, (grown, weights_mib, state_mib)
 
 
+@pytest.mark.slow
 def test_prepacking_every_session_costs_at_least_one_more_copy_of_the_weights(wide_engine):
     _, engine_dir = wide_engine
     weights_mib = (engine_dir / "weights.bin").stat().st_size / MIB
@@ -136,12 +139,14 @@ def test_prepacking_every_session_costs_at_least_one_more_copy_of_the_weights(wi
     assert peak["all"] - peak["none"] >= weights_mib, (peak, weights_mib)
 
 
+@pytest.mark.slow
 def test_an_unknown_prepack_mode_is_refused(wide_engine):
     with pytest.raises(RuntimeInputError, match="prepack must be one of all, decode, none, "
                                                 "got 'some'"):
         Session(wide_engine[1], prepack="some")
 
 
+@pytest.mark.slow
 def test_fp16_engine_has_its_own_weights_file_at_half_the_size(tmp_path, engine):
     _, fp32_dir = engine("conv")
     model = random_model(tiny_config("conv"))

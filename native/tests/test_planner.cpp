@@ -1,9 +1,15 @@
-// plan_feed follows SPECS.md's call planning (runtime/session.py's splitting), L = 8 here.
+// plan_feed follows docs/DESIGN.md, "Call planning" (runtime/planner.py), L = 8 here.
 #include <gtest/gtest.h>
+
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
 
 #include "ctrt/planner.hpp"
 
 using ctrt::Entry;
+using ctrt::FeedStream;
 using ctrt::PlannedCall;
 
 namespace {
@@ -81,4 +87,29 @@ TEST(Planner, EveryTokenIsPlannedExactlyOnce) {
         EXPECT_EQ(tokens[0], pending);
         EXPECT_EQ(tokens[1], 2 * L + 1 - pending % 5);
       }
+}
+
+// tests/golden/cases.json, the cases runtime/planner.py is held to (tests/test_golden.py). The
+// caller hands plan_feed only the streams with tokens pending (session.cpp), so a stream with
+// none, even one whose partial segment is full, is left out here: its index is its stream id.
+TEST(Planner, TheGoldenCasesPlanAsInPython) {
+  std::ifstream file(CTRT_GOLDEN_CASES);
+  ASSERT_TRUE(file) << "cannot read " << CTRT_GOLDEN_CASES;
+  const auto cases = nlohmann::json::parse(file).at("planner");
+  ASSERT_FALSE(cases.empty());
+  const std::map<std::string, Entry> entries = {
+      {"segment", Entry::segment}, {"extend", Entry::extend}, {"commit", Entry::commit}};
+  for (const auto& golden : cases) {
+    SCOPED_TRACE(golden.at("why").get<std::string>() + ": " + golden.dump());
+    std::vector<FeedStream> feed;
+    for (size_t i = 0; i < golden.at("pending").size(); ++i)
+      if (golden["pending"][i].get<int64_t>() > 0)
+        feed.push_back({static_cast<int64_t>(i), golden["fills"][i].get<int64_t>(),
+                        golden["pending"][i].get<int64_t>()});
+    std::vector<PlannedCall> want;
+    for (const auto& call : golden.at("calls"))
+      want.push_back({entries.at(call[0].get<std::string>()), call[1].get<std::vector<int64_t>>(),
+                      call[2].get<int64_t>()});
+    expect_calls(ctrt::plan_feed(feed, golden.at("seg_len").get<int64_t>()), want);
+  }
 }

@@ -1,7 +1,9 @@
-// Sampling version 2 (COMMON.md): splitmix64's outputs and the token rule, with real numbers.
+// Sampling version 2 (docs/DESIGN.md, "Sampling"): splitmix64's outputs and the token rule, with real numbers.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "ctrt/error.hpp"
@@ -61,5 +63,34 @@ TEST(Sampling, BadSettingsAreRefusedWithWhatToChange) {
     FAIL() << "top_p 1.5 was accepted";
   } catch (const ctrt::InputError& exc) {
     EXPECT_NE(std::string(exc.what()).find("top_p must be in (0, 1]"), std::string::npos);
+  }
+}
+
+// tests/golden/cases.json, the streams runtime/sampling.py draws (tests/test_golden.py): the
+// n-th uniform of a seed, exactly, and the first tokens a request draws from fixed logits.
+TEST(Sampling, TheGoldenStreamsDrawAsInPython) {
+  std::ifstream file(CTRT_GOLDEN_CASES);
+  ASSERT_TRUE(file) << "cannot read " << CTRT_GOLDEN_CASES;
+  const auto cases = nlohmann::json::parse(file);
+  for (const auto& golden : cases.at("uniforms"))
+    for (size_t i = 0; i < golden.at("n").size(); ++i)
+      EXPECT_EQ(ctrt::sampling_uniform(golden.at("seed").get<uint64_t>(), golden["n"][i].get<uint64_t>()),
+                golden.at("u")[i].get<double>())
+          << "seed " << golden["seed"] << ", n " << golden["n"][i];
+  ASSERT_FALSE(cases.at("sampling").empty());
+  for (const auto& golden : cases.at("sampling")) {
+    SCOPED_TRACE(golden.dump());
+    const auto logits = golden.at("logits").get<std::vector<float>>();
+    ctrt::Sampling sampling;
+    sampling.greedy = golden.at("greedy").get<bool>();
+    sampling.temperature = golden.at("temperature").get<double>();
+    sampling.top_k = golden.at("top_k").get<int64_t>();
+    sampling.top_p = golden.at("top_p").get<double>();
+    const auto seed = golden.at("seed").get<uint64_t>();
+    std::vector<int64_t> drawn;
+    for (uint64_t n = 0; n < golden.at("tokens").size(); ++n)
+      drawn.push_back(ctrt::sample_token(logits.data(), logits.size(), sampling,
+                                         ctrt::sampling_uniform(seed, n)));
+    EXPECT_EQ(drawn, golden.at("tokens").get<std::vector<int64_t>>());
   }
 }

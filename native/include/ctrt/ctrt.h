@@ -60,7 +60,7 @@ typedef struct ctrt_tensor_info {
   size_t bytes;
 } ctrt_tensor_info;
 
-/* Sampling version 2 (COMMON.md): greedy takes the first index of the maximum; otherwise
+/* Sampling version 2 (docs/DESIGN.md, "Sampling"): greedy takes the first index of the maximum; otherwise
  * temperature, top-k (0: off), top-p (1: off) and the n-th uniform of splitmix64 seeded with
  * seed. */
 typedef struct ctrt_sampling {

@@ -1,4 +1,4 @@
-// Call planning (SPECS.md "Call planning"; runtime/planner.py in Python, the same rules): which
+// Call planning (docs/DESIGN.md, "Call planning"; runtime/planner.py, the same rules): which
 // engine calls a feed makes, as a pure function of each stream's partial fill and pending
 // token count.
 #pragma once

@@ -1,4 +1,4 @@
-// Sampling version 2 (COMMON.md; runtime/sampling.py in Python): a counter-based random
+// Sampling version 2 (docs/DESIGN.md; runtime/sampling.py in Python): a counter-based random
 // stream per request, so both runtimes draw the same tokens for the same seed.
 //   u_n = (mix(seed + (n + 1) * 0x9E3779B97F4A7C15) >> 11) * 2^-53   (splitmix64's n-th output)
 // Token from float32 logits [V]: greedy takes the first index of the maximum; otherwise

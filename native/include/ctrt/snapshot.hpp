@@ -1,4 +1,4 @@
-// Stream snapshots, format version 2 (SPECS.md; runtime/snapshot.py): an uncompressed zip in the
+// Stream snapshots v2 (docs/DESIGN.md; runtime/snapshot.py): an uncompressed zip in the
 // numpy .npz layout, one `<name>.npy` member (npy 1.0 header, little-endian, C order) per state
 // tensor of the stream (its row), `__meta__.npy` (1-D uint8, UTF-8 JSON: format, format_version
 // 2, position, config, engine identity, last_logits) and `last_logits.npy` (float32 [V]) exactly
