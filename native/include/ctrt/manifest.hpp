@@ -30,6 +30,9 @@ struct Manifest {
 // Reads and checks everything before anything is loaded; throws EngineError naming the file.
 Manifest load_manifest(const std::string& engine_dir, bool verify_hashes = true);
 
+// The item size of a weights-table dtype (numpy's name); EngineError naming `what` if unknown.
+uint64_t weight_itemsize(const std::string& dtype, const std::string& what);
+
 // Hex SHA-256 of a file (OpenSSL EVP).
 std::string sha256_file(const std::string& path);
 

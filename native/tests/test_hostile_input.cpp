@@ -1,0 +1,167 @@
+// The C API against what a user's disk, a store or a careless caller hands it: hand-edited engine
+// directories, damaged snapshots, out-of-range options, closed handles. Each case was a crash, a
+// silent wrong answer or CTRT_INTERNAL_ERROR before the checks; each is now a refusal naming
+// the field. Only ctrt.h is used, as a C caller would.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ctrt/ctrt.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path engine_dir(const std::string& compress_fn) {
+  const char* root = std::getenv("CTRT_TEST_ENGINES");
+  if (!root) throw std::runtime_error("CTRT_TEST_ENGINES is not set (ctest sets it)");
+  return fs::path(root) / compress_fn;
+}
+
+// A copy of the conv engine whose manifest.json `edit` changed.
+fs::path edited_engine(const std::string& name, const std::function<void(nlohmann::json&)>& edit) {
+  const fs::path out = fs::temp_directory_path() / ("ctrt_hostile_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  fs::copy(engine_dir("conv"), out, fs::copy_options::recursive);
+  nlohmann::json manifest;
+  std::ifstream(out / "manifest.json") >> manifest;
+  edit(manifest);
+  std::ofstream(out / "manifest.json", std::ios::trunc) << manifest.dump(1);
+  return out;
+}
+
+ctrt_session_options one_thread() {
+  ctrt_session_options options = ctrt_session_options_default();
+  options.threads = 1;
+  return options;
+}
+
+// Opening `dir` returns `status` with a message holding `phrase`.
+void expect_open_refused(const fs::path& dir, ctrt_status status, const std::string& phrase) {
+  const ctrt_session_options options = one_thread();
+  ctrt_session* session = nullptr;
+  EXPECT_EQ(ctrt_session_open(dir.c_str(), &options, &session), status) << ctrt_last_error();
+  EXPECT_EQ(session, nullptr);
+  EXPECT_NE(std::string(ctrt_last_error()).find(phrase), std::string::npos) << ctrt_last_error();
+  ctrt_session_close(session);
+  fs::remove_all(dir);
+}
+
+ctrt_session* open_conv(int32_t max_streams = 2) {
+  ctrt_session_options options = one_thread();
+  options.max_streams = max_streams;
+  ctrt_session* session = nullptr;
+  if (ctrt_session_open(engine_dir("conv").c_str(), &options, &session) != CTRT_OK) {
+    throw std::runtime_error(ctrt_last_error());
+  }
+  return session;
+}
+
+void feed(ctrt_session* session, int64_t stream, size_t count) {
+  std::vector<int32_t> tokens(count);
+  for (size_t i = 0; i < count; ++i) tokens[i] = static_cast<int32_t>((i * 37 + 11) % 256);
+  const int32_t* rows[1] = {tokens.data()};
+  ASSERT_EQ(ctrt_feed(session, 1, &stream, rows, &count, nullptr, nullptr), CTRT_OK) << ctrt_last_error();
+}
+
+}  // namespace
+
+TEST(HostileManifest, CompressRateZeroIsRefusedAtOpenNotByADivisionInRestore) {
+  expect_open_refused(edited_engine("rate0", [](auto& m) { m["config"]["compress_rate"] = 0; }),
+                      CTRT_ENGINE_ERROR, "config compress_rate must be in [1, ");
+}
+
+TEST(HostileManifest, AWeightsOffsetThatWrapsAroundIsRefused) {
+  expect_open_refused(
+      edited_engine("wrap", [](auto& m) { m["weights"]["tensors"]["t1"]["offset"] = UINT64_MAX - 32767; }),
+      CTRT_ENGINE_ERROR, "weights tensor t1 (offset 18446744073709518848, 8192 bytes) does not lie inside");
+  expect_open_refused(edited_engine("negative", [](auto& m) { m["weights"]["tensors"]["t1"]["offset"] = -32768; }),
+                      CTRT_ENGINE_ERROR, "weights tensor t1 offset must be an integer >= 0, got -32768");
+}
+
+TEST(HostileManifest, AMisalignedOrUnknownWeightsTensorIsRefused) {
+  expect_open_refused(edited_engine("misaligned", [](auto& m) { m["weights"]["tensors"]["t1"]["offset"] = 32770; }),
+                      CTRT_ENGINE_ERROR, "weights tensor t1 offset 32770 is not a multiple of its item size 4");
+  expect_open_refused(edited_engine("dtype", [](auto& m) { m["weights"]["tensors"]["t1"]["dtype"] = "complex64"; }),
+                      CTRT_ENGINE_ERROR, "weights tensor t1 has dtype 'complex64'");
+}
+
+TEST(HostileManifest, AConfigEditedAwayFromTheGraphsIsRefusedAtOpen) {
+  // vocab 128 in the config and in every tensor the manifest lists: only the graphs disagree
+  const auto dir = edited_engine("vocab128", [](auto& m) {
+    m["config"]["vocab_size"] = 128;
+    for (auto& [name, entry] : m["entry_points"].items())
+      for (auto& tensor : entry["outputs"])
+        if (tensor["name"] == "logits") tensor["shape"].back() = 128;
+  });
+  expect_open_refused(dir, CTRT_ENGINE_ERROR, "graph output logits has shape [?, 8, 256]");
+}
+
+TEST(HostileManifest, MalformedFieldsAreEngineErrorsNamingTheField) {
+  expect_open_refused(edited_engine("extend", [](auto& m) { m["entry_points"]["extend"] = "extend.onnx"; }),
+                      CTRT_ENGINE_ERROR, "entry_points.extend must be an object");
+  expect_open_refused(edited_engine("rate_text", [](auto& m) { m["config"]["compress_rate"] = "2"; }),
+                      CTRT_ENGINE_ERROR, "config compress_rate must be an integer, got \"2\"");
+  expect_open_refused(edited_engine("tensors", [](auto& m) { m["weights"]["tensors"] = 3; }),
+                      CTRT_ENGINE_ERROR, "weights.tensors must be an object");
+  expect_open_refused(edited_engine("init", [](auto& m) { m["entry_points"]["commit"]["initializers"] = {{"w", 5}}; }),
+                      CTRT_ENGINE_ERROR, "entry_points.commit.initializers.w names 5");
+  expect_open_refused(edited_engine("fn", [](auto& m) { m["config"]["compress_fn"] = nullptr; }),
+                      CTRT_ENGINE_ERROR, "config compress_fn must be a string");
+}
+
+TEST(HostileManifest, UnknownExtraKeysStayAccepted) {
+  const auto dir = edited_engine("extra", [](auto& m) {
+    m["entry_points"]["extend"]["nodes"] = 123;
+    m["something_new"] = {{"a", 1}};
+  });
+  const ctrt_session_options options = one_thread();
+  ctrt_session* session = nullptr;
+  EXPECT_EQ(ctrt_session_open(dir.c_str(), &options, &session), CTRT_OK) << ctrt_last_error();
+  ctrt_session_close(session);
+  fs::remove_all(dir);
+}
+
+TEST(HostileOptions, ThreadsBeyondTheMachineAreRefused) {
+  ctrt_session_options options = one_thread();
+  options.threads = 100000;
+  ctrt_session* session = nullptr;
+  EXPECT_EQ(ctrt_session_open(engine_dir("conv").c_str(), &options, &session), CTRT_INPUT_ERROR);
+  EXPECT_NE(std::string(ctrt_last_error()).find("threads must be in [0, "), std::string::npos) << ctrt_last_error();
+}
+
+TEST(HostileSnapshot, OneFlippedBitInTensorDataIsRefusedByItsCrc) {
+  ctrt_session* session = open_conv();
+  int64_t stream = -1, restored = -1;
+  ASSERT_EQ(ctrt_add_stream(session, &stream), CTRT_OK);
+  feed(session, stream, 29);
+  uint8_t* bytes = nullptr;
+  size_t size = 0;
+  ASSERT_EQ(ctrt_snapshot_bytes(session, stream, &bytes, &size), CTRT_OK) << ctrt_last_error();
+  std::vector<uint8_t> damaged(bytes, bytes + size);
+  ctrt_free(bytes);
+  // the first member named mem.npy: its npy magic, then one bit of its first row's data
+  const std::string name = "mem.npy", magic = "\x93NUMPY";
+  const auto at = std::search(damaged.begin(), damaged.end(), name.begin(), name.end());
+  const auto data = std::search(at, damaged.end(), magic.begin(), magic.end(),
+                                [](uint8_t byte, char want) { return byte == static_cast<uint8_t>(want); });
+  ASSERT_NE(data, damaged.end());
+  *(data + 128 + 1) ^= 0x01;  // past the 128-byte header: mem[0, 0, 0] changes in its last bits
+  EXPECT_EQ(ctrt_restore_bytes(session, damaged.data(), damaged.size(), -1, &restored), CTRT_INPUT_ERROR);
+  EXPECT_NE(std::string(ctrt_last_error()).find("member mem.npy fails its CRC-32 check"), std::string::npos)
+      << ctrt_last_error();
+  size_t count = 0;
+  ASSERT_EQ(ctrt_streams(session, nullptr, 0, &count), CTRT_OK);
+  EXPECT_EQ(count, 1u);  // nothing was restored
+  ctrt_session_close(session);
+}
