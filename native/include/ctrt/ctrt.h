@@ -8,11 +8,19 @@
  * is ctrt_last_error(), a string owned by the library that stays valid in the calling thread
  * until that thread's next call.
  *
+ * Handles are ids, not pointers: a closed handle, or anything that is not an open handle of
+ * this library, is answered with CTRT_INPUT_ERROR ("session is NULL, closed or not a session
+ * handle"), never dereferenced. Closing a session while another thread is inside a call on it
+ * is safe: the session is freed when that call returns.
+ *
  * Threads: a session is used from one thread at a time. A call made while another thread is
  * inside a call on the same session returns CTRT_CONCURRENT_USE at once and changes nothing;
- * serialize calls with your own lock, or open one session per thread. Functions without a
- * session (ctrt_sample, ctrt_uniform, ctrt_version, ctrt_last_error) may be called from any
- * thread.
+ * this holds for every call on a session, readers (ctrt_position, ctrt_streams,
+ * ctrt_stream_state, ctrt_last_logits, ctrt_timing_get) included. What is fixed when a session
+ * opens may be read from any thread at any time: ctrt_session_dims, ctrt_state_count,
+ * ctrt_state_name, ctrt_state_info. Serialize the rest with your own lock, or open one session
+ * per thread. Functions without a session (ctrt_sample, ctrt_uniform, ctrt_version,
+ * ctrt_last_error, ctrt_onnxruntime_library) may be called from any thread.
  *
  * Token ids are int32 in [0, vocab). Stream ids are int64, assigned from 0 upwards, never reused
  * within a session.
@@ -90,7 +98,8 @@ ctrt_session_options ctrt_session_options_default(void);
  * options may be NULL (defaults). On failure *out is NULL and nothing stays loaded. */
 ctrt_status ctrt_session_open(const char* engine_dir, const ctrt_session_options* options,
                               ctrt_session** out);
-void ctrt_session_close(ctrt_session* session); /* NULL is accepted */
+/* NULL, and a handle closed before, are accepted and do nothing. */
+void ctrt_session_close(ctrt_session* session);
 
 ctrt_status ctrt_session_dims(ctrt_session* session, ctrt_dims* out);
 
@@ -116,7 +125,8 @@ ctrt_status ctrt_last_logits(ctrt_session* session, int64_t stream_id, const flo
 
 /* State tensors of a stream, by index 0..ctrt_state_count()-1 (engine's tensors and seg_len). */
 size_t ctrt_state_count(ctrt_session* session);
-const char* ctrt_state_name(ctrt_session* session, size_t index); /* NULL when out of range */
+/* NULL when out of range; the name stays valid until the session closes */
+const char* ctrt_state_name(ctrt_session* session, size_t index);
 ctrt_status ctrt_state_info(ctrt_session* session, const char* name, ctrt_tensor_info* info);
 /* Copies one stream's row of state tensor `name` (info.bytes bytes) into out. */
 ctrt_status ctrt_stream_state(ctrt_session* session, int64_t stream_id, const char* name,

@@ -165,3 +165,103 @@ TEST(HostileSnapshot, OneFlippedBitInTensorDataIsRefusedByItsCrc) {
   EXPECT_EQ(count, 1u);  // nothing was restored
   ctrt_session_close(session);
 }
+
+TEST(HostileHandles, EveryCallOnAClosedHandleIsAnInputError) {
+  ctrt_session* session = open_conv();
+  int64_t stream = -1, position = -1;
+  ASSERT_EQ(ctrt_add_stream(session, &stream), CTRT_OK);
+  ctrt_session_close(session);
+  EXPECT_EQ(ctrt_position(session, stream, &position), CTRT_INPUT_ERROR);
+  EXPECT_STREQ(ctrt_last_error(), "session is NULL, closed or not a session handle");
+  EXPECT_EQ(ctrt_add_stream(session, &stream), CTRT_INPUT_ERROR);
+  ctrt_timing timing;
+  EXPECT_EQ(ctrt_timing_get(session, &timing), CTRT_INPUT_ERROR);
+  EXPECT_EQ(ctrt_state_count(session), 0u);
+  EXPECT_EQ(ctrt_state_name(session, 0), nullptr);
+  ctrt_session_close(session);  // a second close does nothing
+}
+
+TEST(HostileHandles, AClosedHandleStaysClosedWhenItsSlotIsReused) {
+  ctrt_session* first = open_conv();
+  ctrt_session_close(first);
+  ctrt_session* second = open_conv();
+  size_t count = 7;
+  EXPECT_EQ(ctrt_streams(first, nullptr, 0, &count), CTRT_INPUT_ERROR);
+  EXPECT_EQ(ctrt_streams(second, nullptr, 0, &count), CTRT_OK) << ctrt_last_error();
+  EXPECT_EQ(count, 0u);
+  ctrt_session_close(second);
+}
+
+TEST(HostileHandles, APointerThatIsNoHandleIsAnInputError) {
+  std::vector<uint8_t> not_a_session(256, 0xab);
+  auto* foreign = reinterpret_cast<ctrt_session*>(not_a_session.data());
+  int64_t stream = -1;
+  EXPECT_EQ(ctrt_add_stream(foreign, &stream), CTRT_INPUT_ERROR);
+  EXPECT_EQ(ctrt_add_stream(nullptr, &stream), CTRT_INPUT_ERROR);
+  ctrt_session_close(foreign);  // nothing to close
+}
+
+namespace {
+
+ctrt_status generate(ctrt_session* session, int64_t stream, const std::vector<int32_t>& prompt, size_t max_new_tokens,
+                     std::vector<int32_t>& out) {
+  const ctrt_sampling greedy = {1, 1.0, 0, 1.0, 0};
+  out.assign(max_new_tokens, -1);
+  size_t generated = 99;
+  const ctrt_status status = ctrt_generate(session, stream, prompt.data(), prompt.size(), max_new_tokens, &greedy,
+                                           nullptr, 0, out.data(), &generated);
+  out.resize(generated);
+  return status;
+}
+
+int64_t position_of(ctrt_session* session, int64_t stream) {
+  int64_t position = -1;
+  if (ctrt_position(session, stream, &position) != CTRT_OK) throw std::runtime_error(ctrt_last_error());
+  return position;
+}
+
+}  // namespace
+
+TEST(FailureSemantics, AFailedCallInGenerateReturnsTheTokensTheStreamHolds) {
+  ctrt_session* failing = open_conv(1);
+  ctrt_session* reference = open_conv(1);
+  int64_t a = -1, b = -1;
+  ASSERT_EQ(ctrt_add_stream(failing, &a), CTRT_OK);
+  ASSERT_EQ(ctrt_add_stream(reference, &b), CTRT_OK);
+  feed(failing, a, 2);
+  feed(reference, b, 2);
+  const std::vector<int32_t> prompt = {100, 101, 102};
+  std::vector<int32_t> expected, got, rest;
+  ASSERT_EQ(generate(reference, b, prompt, 10, expected), CTRT_OK) << ctrt_last_error();
+  // position 2 + 3 prompt tokens: the third generated token fills the segment (L = 8), and the
+  // commit after it fails; its tokens are consumed
+  ASSERT_EQ(ctrt_fail_next_calls(failing, "commit", 1), CTRT_OK);
+  EXPECT_EQ(generate(failing, a, prompt, 10, got), CTRT_ENGINE_CALL_FAILED);
+  EXPECT_EQ(got, std::vector<int32_t>(expected.begin(), expected.begin() + 3));
+  EXPECT_EQ(position_of(failing, a), 8);
+  // an extend that fails: the token sampled for it is not the stream's, and not in out
+  ASSERT_EQ(ctrt_fail_next_calls(failing, "extend", 1), CTRT_OK);
+  EXPECT_EQ(generate(failing, a, {}, 7, rest), CTRT_ENGINE_CALL_FAILED);
+  EXPECT_TRUE(rest.empty());
+  EXPECT_EQ(position_of(failing, a), 8);
+  // continuing generates what an unfailed run generated
+  EXPECT_EQ(generate(failing, a, {}, 7, rest), CTRT_OK) << ctrt_last_error();
+  EXPECT_EQ(rest, std::vector<int32_t>(expected.begin() + 3, expected.end()));
+  EXPECT_EQ(position_of(failing, a), position_of(reference, b));
+  ctrt_session_close(failing);
+  ctrt_session_close(reference);
+}
+
+TEST(FailureSemantics, AFailedPromptFeedInGenerateCountsOnlyTheConsumedTokens) {
+  ctrt_session* session = open_conv(1);
+  int64_t stream = -1;
+  ASSERT_EQ(ctrt_add_stream(session, &stream), CTRT_OK);
+  feed(session, stream, 2);
+  // 10 prompt tokens from position 2: an extend of 6 (fails) before the segment boundary
+  std::vector<int32_t> prompt(10, 65), out;
+  ASSERT_EQ(ctrt_fail_next_calls(session, "extend", 1), CTRT_OK);
+  EXPECT_EQ(generate(session, stream, prompt, 4, out), CTRT_ENGINE_CALL_FAILED);
+  EXPECT_TRUE(out.empty());
+  EXPECT_EQ(position_of(session, stream), 2);
+  ctrt_session_close(session);
+}
