@@ -13,8 +13,8 @@ The library is found at CTRT_NATIVE_LIBRARY, else at build/native/libctrt.so of 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from compressive_rt.errors import BackendUnavailable, EngineError, RuntimeInputE
 from compressive_rt.runtime.session import ConcurrentUseError, EngineCallError
 
 LIBRARY_ENV = "CTRT_NATIVE_LIBRARY"
+ONNXRUNTIME_ENV = "CTRT_ONNXRUNTIME_LIBRARY"
 CHECKOUT = Path(__file__).resolve().parents[1]
 DTYPES = {0: np.float32, 1: np.int32}
 # ctrt_status -> the project's error for it
@@ -36,8 +37,8 @@ def default_library() -> Path:
 
 
 class _Options(ctypes.Structure):
-    _fields_ = [("max_streams", ctypes.c_int32), ("threads", ctypes.c_int32),
-                ("prepack", ctypes.c_char_p), ("provider", ctypes.c_char_p),
+    _fields_ = [("struct_size", ctypes.c_size_t), ("max_streams", ctypes.c_int32),
+                ("threads", ctypes.c_int32), ("prepack", ctypes.c_char_p), ("provider", ctypes.c_char_p),
                 ("device_id", ctypes.c_int32)]
 
 
@@ -53,8 +54,8 @@ class _TensorInfo(ctypes.Structure):
 
 
 class _Sampling(ctypes.Structure):
-    _fields_ = [("greedy", ctypes.c_int32), ("temperature", ctypes.c_double),
-                ("top_k", ctypes.c_int32), ("top_p", ctypes.c_double), ("seed", ctypes.c_uint64)]
+    _fields_ = [("struct_size", ctypes.c_size_t), ("greedy", ctypes.c_int32),
+                ("temperature", ctypes.c_double), ("top_k", ctypes.c_int32), ("top_p", ctypes.c_double), ("seed", ctypes.c_uint64)]
 
 
 class _Timing(ctypes.Structure):
@@ -107,6 +108,20 @@ _SIGNATURES = {  # name -> (restype, argtypes)
 _loaded: dict[Path, ctypes.CDLL] = {}
 
 
+def point_at_onnxruntime() -> None:
+    """Set CTRT_ONNXRUNTIME_LIBRARY (unless set) to the onnxruntime wheel this interpreter
+    imports, for the library and the ctrt-native processes started from here: libctrt records
+    no path, and this interpreter's wheel need not live under its VIRTUAL_ENV."""
+    if os.environ.get(ONNXRUNTIME_ENV):
+        return
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or spec.origin is None:
+        return  # the library's own search reports what it tried
+    found = sorted((Path(spec.origin).parent / "capi").glob("libonnxruntime.so.*"))
+    if found:
+        os.environ[ONNXRUNTIME_ENV] = str(found[0])
+
+
 def load_library(path: str | Path | None = None) -> ctypes.CDLL:
     """The native library with its C API declared (loaded once per path)."""
     path = Path(path) if path else default_library()
@@ -115,9 +130,7 @@ def load_library(path: str | Path | None = None) -> ctypes.CDLL:
             raise BackendUnavailable(
                 f"the native runtime library {path} is not built: run `cmake -S . -B build && "
                 f"cmake --build build` in the checkout, or set {LIBRARY_ENV}")
-        # the library finds the onnxruntime wheel through VIRTUAL_ENV: the interpreter's own
-        # environment when none is activated (its python run directly)
-        os.environ.setdefault("VIRTUAL_ENV", sys.prefix)
+        point_at_onnxruntime()
         library = ctypes.CDLL(str(path))
         for name, (restype, argtypes) in _SIGNATURES.items():
             function = getattr(library, name)
@@ -128,7 +141,8 @@ def load_library(path: str | Path | None = None) -> ctypes.CDLL:
 
 def _sampling(greedy: bool, temperature: float, top_k: int, top_p: float,
               seed: int | None) -> _Sampling:
-    return _Sampling(int(greedy), temperature, top_k, top_p, (seed or 0) % 2**64)
+    return _Sampling(ctypes.sizeof(_Sampling), int(greedy), temperature, top_k, top_p,
+                     (seed or 0) % 2**64)
 
 
 def sample(logits: np.ndarray, n: int, *, greedy: bool = False, temperature: float = 1.0,
@@ -152,7 +166,8 @@ class NativeSession:
     def __init__(self, engine_dir: str | Path, max_streams: int = 1, threads: int | None = None,
                  prepack: str = "all", library: str | Path | None = None) -> None:
         self.lib = load_library(library)
-        options = _Options(max_streams, threads or 0, prepack.encode(), b"cpu", 0)
+        options = _Options(ctypes.sizeof(_Options), max_streams, threads or 0, prepack.encode(),
+                           b"cpu", 0)
         handle = _P()
         self._check(self.lib.ctrt_session_open(str(engine_dir).encode(), ctypes.byref(options),
                                                ctypes.byref(handle)))

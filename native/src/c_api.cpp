@@ -65,8 +65,19 @@ ctrt::Entry entry_named(const char* name) {
   throw ctrt::InputError(std::string("no entry point '") + name + "': choose segment, extend or commit");
 }
 
+// A caller's options struct: struct_size must be this header's (the only version so far).
+template <typename Options>
+void check_size(const Options* options, const char* name) {
+  if (options->struct_size != sizeof(Options)) {
+    throw ctrt::InputError(std::string(name) + ".struct_size is " + std::to_string(options->struct_size) +
+                           ", this library's " + name + " has " + std::to_string(sizeof(Options)) +
+                           " bytes: start from " + name + "_default()");
+  }
+}
+
 ctrt::Sampling sampling_of(const ctrt_sampling* sampling) {
   need(sampling, "sampling");
+  check_size(sampling, "ctrt_sampling");
   ctrt::Sampling out;
   out.greedy = sampling->greedy != 0;
   out.temperature = sampling->temperature;
@@ -81,15 +92,17 @@ ctrt::Sampling sampling_of(const ctrt_sampling* sampling) {
 
 extern "C" {
 
-const char* ctrt_version(void) { return "0.1.0"; }
+const char* ctrt_version(void) { return CTRT_VERSION; }
 
 const char* ctrt_last_error(void) { return last_error.c_str(); }
 
-const char* ctrt_onnxruntime_library(void) { return ctrt::ort::library_path().c_str(); }
+const char* ctrt_onnxruntime_library(void) { return ctrt::ort::library_path(); }
 
 ctrt_session_options ctrt_session_options_default(void) {
-  return ctrt_session_options{1, 0, "all", "cpu", 0};
+  return ctrt_session_options{sizeof(ctrt_session_options), 1, 0, "all", "cpu", 0};
 }
+
+ctrt_sampling ctrt_sampling_default(void) { return ctrt_sampling{sizeof(ctrt_sampling), 0, 1.0, 0, 1.0, 0}; }
 
 ctrt_status ctrt_session_open(const char* engine_dir, const ctrt_session_options* options,
                               ctrt_session** out) {
@@ -97,6 +110,7 @@ ctrt_status ctrt_session_open(const char* engine_dir, const ctrt_session_options
   return guarded([&] {
     need(engine_dir, "engine_dir");
     need(out, "out");
+    if (options) check_size(options, "ctrt_session_options");
     const ctrt_session_options chosen = options ? *options : ctrt_session_options_default();
     ctrt::EngineOptions engine_options;
     engine_options.threads = chosen.threads;

@@ -104,7 +104,7 @@ void append_gpu_provider(Ort::SessionOptions& out, const Manifest& manifest,
   bool available = false;
   for (const auto& name : Ort::GetAvailableProviders()) available |= name == wanted;
   if (!available) {
-    throw BackendUnavailable("this ONNX Runtime (" + ort::library_path() + ") has no " + wanted +
+    throw BackendUnavailable("this ONNX Runtime (" + std::string(ort::library_path()) + ") has no " + wanted +
                              ": install onnxruntime-gpu and point CTRT_ONNXRUNTIME_LIBRARY at it");
   }
   const std::string device = std::to_string(options.device_id);

@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
   status = ctrt_feed(session, 1, &stream, rows, &count, NULL, &consumed);
   if (status != CTRT_OK) return fail("ctrt_feed", status);
 
-  ctrt_sampling greedy = {1, 1.0, 0, 1.0, 0};
+  ctrt_sampling greedy = ctrt_sampling_default();
+  greedy.greedy = 1;
   int32_t generated[8];
   size_t n_generated = 0;
   status = ctrt_generate(session, stream, NULL, 0, 8, &greedy, NULL, 0, generated, &n_generated);

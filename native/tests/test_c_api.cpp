@@ -205,7 +205,8 @@ namespace {
 
 ctrt_status generate(ctrt_session* session, int64_t stream, const std::vector<int32_t>& prompt, size_t max_new_tokens,
                      std::vector<int32_t>& out) {
-  const ctrt_sampling greedy = {1, 1.0, 0, 1.0, 0};
+  ctrt_sampling greedy = ctrt_sampling_default();
+  greedy.greedy = 1;
   out.assign(max_new_tokens, -1);
   size_t generated = 99;
   const ctrt_status status = ctrt_generate(session, stream, prompt.data(), prompt.size(), max_new_tokens, &greedy,

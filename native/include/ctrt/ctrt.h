@@ -35,6 +35,13 @@
 extern "C" {
 #endif
 
+/* The library exports these functions and nothing else. */
+#if defined(CTRT_BUILDING)
+#define CTRT_API __attribute__((visibility("default")))
+#else
+#define CTRT_API
+#endif
+
 typedef enum ctrt_status {
   CTRT_OK = 0,
   CTRT_INPUT_ERROR = 1,         /* bad argument, stream id, token or snapshot: nothing changed */
@@ -47,13 +54,17 @@ typedef enum ctrt_status {
 
 typedef struct ctrt_session ctrt_session;
 
-/* Session options; ctrt_session_options_default() gives the defaults named below. */
+/* Session options; ctrt_session_options_default() gives the defaults named below. Start from
+ * it: struct_size is how the library tells which version of the struct a caller was built
+ * with, so that later versions can add fields without breaking callers built against this one. */
 typedef struct ctrt_session_options {
+  size_t struct_size;       /* sizeof(ctrt_session_options) of the caller's header */
   int32_t max_streams;      /* capacity: streams at once (default 1) */
-  int32_t threads;          /* ONNX Runtime intra-op threads; 0: every core (default 0) */
+  int32_t threads;          /* ONNX Runtime intra-op threads, at most the machine's online cores;
+                               0: every core (default 0) */
   const char* prepack;      /* "all" (default), "decode" or "none": which sessions prepack weights */
   const char* provider;     /* "cpu" (default), "cuda" or "tensorrt" (builds with CTRT_GPU) */
-  int32_t device_id;        /* GPU for cuda / tensorrt (default 0) */
+  int32_t device_id;        /* GPU for cuda / tensorrt (default 0, >= 0) */
 } ctrt_session_options;
 
 typedef struct ctrt_dims {
@@ -70,8 +81,9 @@ typedef struct ctrt_tensor_info {
 
 /* Sampling version 2 (COMMON.md): greedy takes the first index of the maximum; otherwise
  * temperature, top-k (0: off), top-p (1: off) and the n-th uniform of splitmix64 seeded with
- * seed. */
+ * seed. Start from ctrt_sampling_default() (struct_size as in ctrt_session_options). */
 typedef struct ctrt_sampling {
+  size_t struct_size;  /* sizeof(ctrt_sampling) of the caller's header */
   int32_t greedy;
   double temperature;
   int32_t top_k;
@@ -88,27 +100,35 @@ typedef struct ctrt_timing {
   int64_t engine_calls;
 } ctrt_timing;
 
-const char* ctrt_version(void);
-const char* ctrt_last_error(void);
-/* The ONNX Runtime library the process loaded (empty before the first session opens). */
-const char* ctrt_onnxruntime_library(void);
+CTRT_API const char* ctrt_version(void);
+CTRT_API const char* ctrt_last_error(void);
+/* The ONNX Runtime library the process loaded (empty before the first session opens). It is
+ * searched when a session first opens, in this order: the path in CTRT_ONNXRUNTIME_LIBRARY
+ * (only it, when set); the onnxruntime wheel of the virtual environment in VIRTUAL_ENV;
+ * libonnxruntime.so.1 and libonnxruntime.so through the dynamic loader (LD_LIBRARY_PATH, the
+ * system's folders). A failed search is made again at the next open, so fixing the
+ * environment needs no restart. A host process that uses the same libonnxruntime itself
+ * shares ONNX Runtime's one environment per process with libctrt (ONNX Runtime counts its
+ * users); libctrt's own ONNX Runtime API pointer is private to it, so neither overwrites the
+ * other's. */
+CTRT_API const char* ctrt_onnxruntime_library(void);
 
-ctrt_session_options ctrt_session_options_default(void);
+CTRT_API ctrt_session_options ctrt_session_options_default(void);
 /* Load and check an engine directory (manifest, contract, every hash) and open its graphs;
  * options may be NULL (defaults). On failure *out is NULL and nothing stays loaded. */
-ctrt_status ctrt_session_open(const char* engine_dir, const ctrt_session_options* options,
+CTRT_API ctrt_status ctrt_session_open(const char* engine_dir, const ctrt_session_options* options,
                               ctrt_session** out);
 /* NULL, and a handle closed before, are accepted and do nothing. */
-void ctrt_session_close(ctrt_session* session);
+CTRT_API void ctrt_session_close(ctrt_session* session);
 
-ctrt_status ctrt_session_dims(ctrt_session* session, ctrt_dims* out);
+CTRT_API ctrt_status ctrt_session_dims(ctrt_session* session, ctrt_dims* out);
 
-ctrt_status ctrt_add_stream(ctrt_session* session, int64_t* stream_id);
-ctrt_status ctrt_remove_stream(ctrt_session* session, int64_t stream_id);
-ctrt_status ctrt_reset_stream(ctrt_session* session, int64_t stream_id);
+CTRT_API ctrt_status ctrt_add_stream(ctrt_session* session, int64_t* stream_id);
+CTRT_API ctrt_status ctrt_remove_stream(ctrt_session* session, int64_t stream_id);
+CTRT_API ctrt_status ctrt_reset_stream(ctrt_session* session, int64_t stream_id);
 /* Writes up to capacity ids in the order the streams were added; *count is how many there are. */
-ctrt_status ctrt_streams(ctrt_session* session, int64_t* ids, size_t capacity, size_t* count);
-ctrt_status ctrt_position(ctrt_session* session, int64_t stream_id, int64_t* position);
+CTRT_API ctrt_status ctrt_streams(ctrt_session* session, int64_t* ids, size_t capacity, size_t* count);
+CTRT_API ctrt_status ctrt_position(ctrt_session* session, int64_t stream_id, int64_t* position);
 
 /* Append tokens to streams: tokens[i] (counts[i] of them) to stream_ids[i]. Every input is
  * checked before any engine runs. logits may be NULL; else logits[i] is NULL or points at
@@ -116,56 +136,58 @@ ctrt_status ctrt_position(ctrt_session* session, int64_t stream_id, int64_t* pos
  * NULL; else it receives, per stream, the tokens of this feed whose effect is in its state: all
  * of them on CTRT_OK; on CTRT_ENGINE_CALL_FAILED the tokens consumed before the failed call
  * (each stream's position counts exactly these; feed the rest to continue). */
-ctrt_status ctrt_feed(ctrt_session* session, size_t n_streams, const int64_t* stream_ids,
+CTRT_API ctrt_status ctrt_feed(ctrt_session* session, size_t n_streams, const int64_t* stream_ids,
                       const int32_t* const* tokens, const size_t* counts, float* const* logits,
                       size_t* consumed);
 /* Logits [vocab] after the stream's last token: a pointer into the session, valid until the
  * next call on it. CTRT_INPUT_ERROR when the stream has not been fed. */
-ctrt_status ctrt_last_logits(ctrt_session* session, int64_t stream_id, const float** logits);
+CTRT_API ctrt_status ctrt_last_logits(ctrt_session* session, int64_t stream_id, const float** logits);
 
 /* State tensors of a stream, by index 0..ctrt_state_count()-1 (engine's tensors and seg_len). */
-size_t ctrt_state_count(ctrt_session* session);
+CTRT_API size_t ctrt_state_count(ctrt_session* session);
 /* NULL when out of range; the name stays valid until the session closes */
-const char* ctrt_state_name(ctrt_session* session, size_t index);
-ctrt_status ctrt_state_info(ctrt_session* session, const char* name, ctrt_tensor_info* info);
+CTRT_API const char* ctrt_state_name(ctrt_session* session, size_t index);
+CTRT_API ctrt_status ctrt_state_info(ctrt_session* session, const char* name, ctrt_tensor_info* info);
 /* Copies one stream's row of state tensor `name` (info.bytes bytes) into out. */
-ctrt_status ctrt_stream_state(ctrt_session* session, int64_t stream_id, const char* name,
+CTRT_API ctrt_status ctrt_stream_state(ctrt_session* session, int64_t stream_id, const char* name,
                               void* out, size_t bytes);
 
 /* Snapshots in the format of runtime/snapshot.py, version 2. A file is written atomically. */
-ctrt_status ctrt_snapshot(ctrt_session* session, int64_t stream_id, const char* path);
+CTRT_API ctrt_status ctrt_snapshot(ctrt_session* session, int64_t stream_id, const char* path);
 /* *bytes is allocated by the library: release it with ctrt_free. */
-ctrt_status ctrt_snapshot_bytes(ctrt_session* session, int64_t stream_id, uint8_t** bytes,
+CTRT_API ctrt_status ctrt_snapshot_bytes(ctrt_session* session, int64_t stream_id, uint8_t** bytes,
                                 size_t* size);
 /* Restore into a new stream (stream_id < 0) or over an existing one; *restored gets its id.
  * Every check runs before a slot is taken or a row written: a refused snapshot changes nothing. */
-ctrt_status ctrt_restore(ctrt_session* session, const char* path, int64_t stream_id,
+CTRT_API ctrt_status ctrt_restore(ctrt_session* session, const char* path, int64_t stream_id,
                          int64_t* restored);
-ctrt_status ctrt_restore_bytes(ctrt_session* session, const uint8_t* bytes, size_t size,
+CTRT_API ctrt_status ctrt_restore_bytes(ctrt_session* session, const uint8_t* bytes, size_t size,
                                int64_t stream_id, int64_t* restored);
-void ctrt_free(void* pointer);
+CTRT_API void ctrt_free(void* pointer);
 
+/* greedy 0, temperature 1, top_k 0, top_p 1, seed 0 */
+CTRT_API ctrt_sampling ctrt_sampling_default(void);
 /* Sampling version 2: the token for logits[vocab] and the request's n-th uniform. */
-ctrt_status ctrt_sample(const float* logits, size_t vocab, const ctrt_sampling* sampling,
+CTRT_API ctrt_status ctrt_sample(const float* logits, size_t vocab, const ctrt_sampling* sampling,
                         uint64_t n, int32_t* token);
 /* u_n = (splitmix64 output n of seed >> 11) * 2^-53 */
-double ctrt_uniform(uint64_t seed, uint64_t n);
+CTRT_API double ctrt_uniform(uint64_t seed, uint64_t n);
 /* Generate on a stream: feed the prompt (may be empty when the stream has been fed), then
  * sample max_new_tokens tokens (stopping early when a generated suffix equals one of the
  * n_stops stop byte strings), feeding each one, the last included. out receives up to
  * max_new_tokens tokens; *generated how many. */
-ctrt_status ctrt_generate(ctrt_session* session, int64_t stream_id, const int32_t* prompt,
+CTRT_API ctrt_status ctrt_generate(ctrt_session* session, int64_t stream_id, const int32_t* prompt,
                           size_t prompt_count, size_t max_new_tokens,
                           const ctrt_sampling* sampling, const char* const* stops,
                           size_t n_stops, int32_t* out, size_t* generated);
 
-ctrt_status ctrt_timing_get(ctrt_session* session, ctrt_timing* out);
-ctrt_status ctrt_timing_reset(ctrt_session* session);
+CTRT_API ctrt_status ctrt_timing_get(ctrt_session* session, ctrt_timing* out);
+CTRT_API ctrt_status ctrt_timing_reset(ctrt_session* session);
 
 /* For tests of the failure semantics: the next `count` ONNX Runtime calls of entry point
  * `entry` ("segment", "extend", "commit") are started with ONNX Runtime's terminate flag set, so
  * Run itself fails as a real engine call failure would. */
-ctrt_status ctrt_fail_next_calls(ctrt_session* session, const char* entry, int32_t count);
+CTRT_API ctrt_status ctrt_fail_next_calls(ctrt_session* session, const char* entry, int32_t count);
 
 #ifdef __cplusplus
 }
