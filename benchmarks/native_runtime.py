@@ -38,8 +38,8 @@ def default_library() -> Path:
 
 class _Options(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_size_t), ("max_streams", ctypes.c_int32),
-                ("threads", ctypes.c_int32), ("prepack", ctypes.c_char_p), ("provider", ctypes.c_char_p),
-                ("device_id", ctypes.c_int32)]
+                ("threads", ctypes.c_int32), ("prepack", ctypes.c_char_p),
+                ("provider", ctypes.c_char_p), ("device_id", ctypes.c_int32)]
 
 
 class _Dims(ctypes.Structure):
@@ -55,7 +55,8 @@ class _TensorInfo(ctypes.Structure):
 
 class _Sampling(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_size_t), ("greedy", ctypes.c_int32),
-                ("temperature", ctypes.c_double), ("top_k", ctypes.c_int32), ("top_p", ctypes.c_double), ("seed", ctypes.c_uint64)]
+                ("temperature", ctypes.c_double), ("top_k", ctypes.c_int32),
+                ("top_p", ctypes.c_double), ("seed", ctypes.c_uint64)]
 
 
 class _Timing(ctypes.Structure):
