@@ -22,7 +22,13 @@ ctrt::HandleTable<ctrt::Session>& sessions() {
   return table;
 }
 
-uint64_t id_of(const ctrt_session* session) { return reinterpret_cast<uintptr_t>(session); }
+ctrt::HandleTable<ctrt::Engine>& engines() {
+  static ctrt::HandleTable<ctrt::Engine> table(0xe9);
+  return table;
+}
+
+template <typename Handle>
+uint64_t id_of(const Handle* handle) { return reinterpret_cast<uintptr_t>(handle); }
 
 thread_local std::string last_error;
 
@@ -98,31 +104,47 @@ const char* ctrt_last_error(void) { return last_error.c_str(); }
 
 const char* ctrt_onnxruntime_library(void) { return ctrt::ort::library_path(); }
 
+ctrt_engine_options ctrt_engine_options_default(void) {
+  return ctrt_engine_options{sizeof(ctrt_engine_options), 0, "all", "cpu", 0, 64};
+}
+
 ctrt_session_options ctrt_session_options_default(void) {
-  return ctrt_session_options{sizeof(ctrt_session_options), 1, 0, "all", "cpu", 0};
+  return ctrt_session_options{sizeof(ctrt_session_options), 1};
 }
 
 ctrt_sampling ctrt_sampling_default(void) { return ctrt_sampling{sizeof(ctrt_sampling), 0, 1.0, 0, 1.0, 0}; }
 
-ctrt_status ctrt_session_open(const char* engine_dir, const ctrt_session_options* options,
-                              ctrt_session** out) {
+ctrt_status ctrt_engine_open(const char* engine_dir, const ctrt_engine_options* options, ctrt_engine** out) {
   if (out) *out = nullptr;
   return guarded([&] {
     need(engine_dir, "engine_dir");
     need(out, "out");
-    if (options) check_size(options, "ctrt_session_options");
-    const ctrt_session_options chosen = options ? *options : ctrt_session_options_default();
+    if (options) check_size(options, "ctrt_engine_options");
+    const ctrt_engine_options chosen = options ? *options : ctrt_engine_options_default();
     ctrt::EngineOptions engine_options;
     engine_options.threads = chosen.threads;
     engine_options.prepack = chosen.prepack ? chosen.prepack : "all";
     engine_options.provider = chosen.provider ? chosen.provider : "cpu";
     engine_options.device_id = chosen.device_id;
-    engine_options.max_batch = chosen.max_streams;
-    if (chosen.max_streams < 1) {
-      throw ctrt::InputError("max_streams must be >= 1, got " + std::to_string(chosen.max_streams));
-    }
-    auto engine = ctrt::Engine::open(engine_dir, engine_options);
-    const uint64_t id = sessions().insert(std::make_shared<ctrt::Session>(engine, chosen.max_streams));
+    engine_options.max_batch = chosen.max_batch;
+    const uint64_t id = engines().insert(ctrt::Engine::open(engine_dir, engine_options));
+    *out = reinterpret_cast<ctrt_engine*>(static_cast<uintptr_t>(id));
+  });
+}
+
+void ctrt_engine_close(ctrt_engine* engine) {
+  engines().remove(id_of(engine));  // sessions over it hold it until they close
+}
+
+ctrt_status ctrt_session_open(ctrt_engine* engine, const ctrt_session_options* options, ctrt_session** out) {
+  if (out) *out = nullptr;
+  return guarded([&] {
+    need(out, "out");
+    auto opened = engines().find(id_of(engine));
+    if (!opened) throw ctrt::InputError("engine is NULL, closed or not an engine handle");
+    if (options) check_size(options, "ctrt_session_options");
+    const ctrt_session_options chosen = options ? *options : ctrt_session_options_default();
+    const uint64_t id = sessions().insert(std::make_shared<ctrt::Session>(std::move(opened), chosen.max_streams));
     *out = reinterpret_cast<ctrt_session*>(static_cast<uintptr_t>(id));
   });
 }

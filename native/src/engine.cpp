@@ -216,6 +216,10 @@ std::shared_ptr<Engine> Engine::open(const std::string& engine_dir, const Engine
                      "machine's " + std::to_string(cores) + " online cores), got " + std::to_string(options.threads));
   }
   if (options.device_id < 0) throw InputError("device_id must be >= 0, got " + std::to_string(options.device_id));
+  if (options.max_batch < 1 || options.max_batch > kMaxStreams) {
+    throw InputError("max_batch must be in [1, " + std::to_string(kMaxStreams) + "], got " +
+                     std::to_string(options.max_batch));
+  }
   Manifest manifest = load_manifest(engine_dir);  // every check before anything is loaded
   ort::env();
   std::shared_ptr<Engine> engine(new Engine(std::move(manifest), options));
@@ -237,6 +241,9 @@ std::shared_ptr<Engine> Engine::open(const std::string& engine_dir, const Engine
                                         shape.data(), shape.size(), weight_type(dtype)));
     }
   }
+  OrtPrepackedWeightsContainer* prepacked = nullptr;
+  Ort::ThrowOnError(Ort::GetApi().CreatePrepackedWeightsContainer(&prepacked));
+  impl.prepacked.reset(prepacked);
   for (int index = 0; index < 3; ++index) {
     const Entry entry = static_cast<Entry>(index);
     const std::string path = m.graph_path(entry_name(entry));
@@ -248,7 +255,7 @@ std::shared_ptr<Engine> Engine::open(const std::string& engine_dir, const Engine
       for (const auto& [name, key] : shared.items()) {
         session_opts.AddInitializer(name.c_str(), impl.shared_weights.at(key.get<std::string>()));
       }
-      impl.sessions[index] = Ort::Session(ort::env(), path.c_str(), session_opts);
+      impl.sessions[index] = Ort::Session(ort::env(), path.c_str(), session_opts, impl.prepacked.get());
     } catch (const Ort::Exception& exc) {
       throw EngineError(path + " cannot be loaded by ONNX Runtime: " + exc.what());
     } catch (const std::out_of_range&) {

@@ -48,10 +48,10 @@ const std::string& string_field(const nlohmann::json& object, const char* key, c
   return object[key].get_ref<const std::string&>();
 }
 
-// Every tensor of the weights table lies inside the file (offset + bytes <= size without
-// wrap-around), at an offset aligned to its item size, with a known dtype.
-void check_weight_tensors(const nlohmann::json& tensors, uint64_t size, const std::string& path,
-                          const std::string& manifest_path) {
+}  // namespace
+
+void check_weights_table(const nlohmann::json& tensors, uint64_t size, const std::string& path,
+                         const std::string& manifest_path) {
   if (!tensors.is_object()) throw EngineError(manifest_path + ": weights.tensors must be an object");
   for (const auto& [key, tensor] : tensors.items()) {
     const std::string what = manifest_path + ": weights tensor " + key;
@@ -78,27 +78,31 @@ void check_weight_tensors(const nlohmann::json& tensors, uint64_t size, const st
   }
 }
 
+namespace {
+
 void check_weights(const std::string& engine_dir, const nlohmann::json& weights,
-                   const std::string& manifest_path, bool verify_hashes) {
+                   const std::string& manifest_path, FileChecks checks) {
   const std::string what = manifest_path + ": weights";
   const std::string path = join(engine_dir, string_field(weights, "file", what));
   const std::string& listed_sha = string_field(weights, "sha256", what);
   const uint64_t listed_bytes = unsigned_field(weights.value("bytes", nlohmann::json()), what + ".bytes");
-  if (!fs::is_regular_file(path)) {
-    throw EngineError(path + " is missing (the weights of every graph, listed in " +
-                      manifest_path + "): copy the whole engine directory or re-export");
+  if (checks != FileChecks::none) {
+    if (!fs::is_regular_file(path)) {
+      throw EngineError(path + " is missing (the weights of every graph, listed in " +
+                        manifest_path + "): copy the whole engine directory or re-export");
+    }
+    const uint64_t size = fs::file_size(path);
+    if (size != listed_bytes) {
+      throw EngineError(path + " holds " + std::to_string(size) + " bytes, " + manifest_path +
+                        " lists " + std::to_string(listed_bytes) +
+                        ": the weights file was truncated or replaced; re-export");
+    }
   }
-  const uint64_t size = fs::file_size(path);
-  if (size != listed_bytes) {
-    throw EngineError(path + " holds " + std::to_string(size) + " bytes, " + manifest_path +
-                      " lists " + std::to_string(listed_bytes) +
-                      ": the weights file was truncated or replaced; re-export");
-  }
-  if (verify_hashes && sha256_file(path) != listed_sha) {
+  if (checks == FileChecks::hashes && sha256_file(path) != listed_sha) {
     throw EngineError(path + " does not match the sha256 in " + manifest_path +
                       ": the weights were changed after export; re-export");
   }
-  check_weight_tensors(weights.value("tensors", nlohmann::json::object()), size, path, manifest_path);
+  check_weights_table(weights.value("tensors", nlohmann::json::object()), listed_bytes, path, manifest_path);
 }
 
 // The graph entries: objects with a file, its sha256, and initializers naming listed weights.
@@ -176,16 +180,19 @@ Manifest load_manifest(const std::string& engine_dir, bool verify_hashes) {
   if (!fs::is_regular_file(path)) {
     throw EngineError(path + " is missing: export a checkpoint there with `ctrt export`");
   }
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_manifest(text.str(), engine_dir, verify_hashes ? FileChecks::hashes : FileChecks::exist);
+}
+
+Manifest parse_manifest(const std::string& text, const std::string& engine_dir, FileChecks checks) {
+  const std::string path = join(engine_dir, kManifestName);
   nlohmann::json data;
-  {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream text;
-    text << in.rdbuf();
-    try {
-      data = nlohmann::json::parse(text.str());
-    } catch (const nlohmann::json::parse_error& exc) {
-      throw EngineError(path + " is not valid JSON: " + exc.what());
-    }
+  try {
+    data = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& exc) {
+    throw EngineError(path + " is not valid JSON: " + exc.what());
   }
   if (!data.is_object() || data.value("format", nlohmann::json()) != kFormat) {
     throw EngineError(path + " is not a compressive-rt manifest (format != '" + kFormat + "')");
@@ -225,13 +232,15 @@ Manifest load_manifest(const std::string& engine_dir, bool verify_hashes) {
                         "contract for the config: re-export the checkpoint");
     }
     const std::string graph = join(engine_dir, entry["file"].get<std::string>());
-    if (!fs::is_regular_file(graph)) throw EngineError(graph + " is missing (listed in " + path + ")");
-    if (verify_hashes && entry["sha256"] != sha256_file(graph)) {
+    if (checks != FileChecks::none && !fs::is_regular_file(graph)) {
+      throw EngineError(graph + " is missing (listed in " + path + ")");
+    }
+    if (checks == FileChecks::hashes && entry["sha256"] != sha256_file(graph)) {
       throw EngineError(graph + " does not match the sha256 in " + path +
                         ": the graph was changed or truncated after export");
     }
   }
-  check_weights(engine_dir, data["weights"], path, verify_hashes);
+  check_weights(engine_dir, data["weights"], path, checks);
   return Manifest{engine_dir, std::make_shared<const nlohmann::json>(std::move(data)), dims, std::move(contract)};
 }
 

@@ -82,7 +82,10 @@ class Session::Guard {
 Session::Session(std::shared_ptr<const Engine> engine, int max_streams)
     : engine_(std::move(engine)), max_streams_(max_streams) {
   if (max_streams < 1) throw InputError("max_streams must be >= 1, got " + std::to_string(max_streams));
-  if (max_streams > 65535) throw InputError("max_streams must be <= 65535, got " + std::to_string(max_streams));
+  if (max_streams > engine_->options().max_batch) {
+    throw InputError("max_streams must be <= the engine's max_batch (" + std::to_string(engine_->options().max_batch) +
+                     "), got " + std::to_string(max_streams) + ": open the engine with a larger max_batch");
+  }
   const Dims& d = dims();
   specs_ = state_specs(d);
   for (const char* name : kMemoryState)

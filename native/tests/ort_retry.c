@@ -13,24 +13,24 @@ int main(int argc, char** argv) {
     fprintf(stderr, "usage: %s ENGINE_DIR LIBRARY\n", argv[0]);
     return 2;
   }
-  ctrt_session_options options = ctrt_session_options_default();
+  ctrt_engine_options options = ctrt_engine_options_default();
   options.threads = 1;
-  ctrt_session* session = NULL;
+  ctrt_engine* engine = NULL;
   setenv("CTRT_ONNXRUNTIME_LIBRARY", "/nonexistent/libonnxruntime.so.1", 1);
-  ctrt_status status = ctrt_session_open(argv[1], &options, &session);
+  ctrt_status status = ctrt_engine_open(argv[1], &options, &engine);
   if (status != CTRT_BACKEND_UNAVAILABLE || !strstr(ctrt_last_error(), "/nonexistent/libonnxruntime.so.1")) {
     fprintf(stderr, "expected CTRT_BACKEND_UNAVAILABLE, got %d: %s\n", (int)status, ctrt_last_error());
     return 1;
   }
   if (strcmp(ctrt_onnxruntime_library(), "") != 0) return 1;
   setenv("CTRT_ONNXRUNTIME_LIBRARY", argv[2], 1);
-  status = ctrt_session_open(argv[1], &options, &session);
+  status = ctrt_engine_open(argv[1], &options, &engine);
   if (status != CTRT_OK) {
     fprintf(stderr, "the second open failed (%d): %s\n", (int)status, ctrt_last_error());
     return 1;
   }
   if (strcmp(ctrt_onnxruntime_library(), argv[2]) != 0) return 1;
-  ctrt_session_close(session);
+  ctrt_engine_close(engine);
   printf("ort_retry: ok\n");
   return 0;
 }

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -40,30 +41,36 @@ fs::path edited_engine(const std::string& name, const std::function<void(nlohman
   return out;
 }
 
-ctrt_session_options one_thread() {
-  ctrt_session_options options = ctrt_session_options_default();
+ctrt_engine_options one_thread() {
+  ctrt_engine_options options = ctrt_engine_options_default();
   options.threads = 1;
   return options;
 }
 
 // Opening `dir` returns `status` with a message holding `phrase`.
 void expect_open_refused(const fs::path& dir, ctrt_status status, const std::string& phrase) {
-  const ctrt_session_options options = one_thread();
-  ctrt_session* session = nullptr;
-  EXPECT_EQ(ctrt_session_open(dir.c_str(), &options, &session), status) << ctrt_last_error();
-  EXPECT_EQ(session, nullptr);
+  const ctrt_engine_options options = one_thread();
+  ctrt_engine* engine = nullptr;
+  EXPECT_EQ(ctrt_engine_open(dir.c_str(), &options, &engine), status) << ctrt_last_error();
+  EXPECT_EQ(engine, nullptr);
   EXPECT_NE(std::string(ctrt_last_error()).find(phrase), std::string::npos) << ctrt_last_error();
-  ctrt_session_close(session);
+  ctrt_engine_close(engine);
   fs::remove_all(dir);
 }
 
+// A session over the conv engine, whose handle is closed at once: the session holds the engine.
 ctrt_session* open_conv(int32_t max_streams = 2) {
-  ctrt_session_options options = one_thread();
-  options.max_streams = max_streams;
-  ctrt_session* session = nullptr;
-  if (ctrt_session_open(engine_dir("conv").c_str(), &options, &session) != CTRT_OK) {
+  const ctrt_engine_options engine_options = one_thread();
+  ctrt_engine* engine = nullptr;
+  if (ctrt_engine_open(engine_dir("conv").c_str(), &engine_options, &engine) != CTRT_OK) {
     throw std::runtime_error(ctrt_last_error());
   }
+  ctrt_session_options options = ctrt_session_options_default();
+  options.max_streams = max_streams;
+  ctrt_session* session = nullptr;
+  const ctrt_status status = ctrt_session_open(engine, &options, &session);
+  ctrt_engine_close(engine);
+  if (status != CTRT_OK) throw std::runtime_error(ctrt_last_error());
   return session;
 }
 
@@ -125,19 +132,61 @@ TEST(HostileManifest, UnknownExtraKeysStayAccepted) {
     m["entry_points"]["extend"]["nodes"] = 123;
     m["something_new"] = {{"a", 1}};
   });
-  const ctrt_session_options options = one_thread();
-  ctrt_session* session = nullptr;
-  EXPECT_EQ(ctrt_session_open(dir.c_str(), &options, &session), CTRT_OK) << ctrt_last_error();
-  ctrt_session_close(session);
+  const ctrt_engine_options options = one_thread();
+  ctrt_engine* engine = nullptr;
+  EXPECT_EQ(ctrt_engine_open(dir.c_str(), &options, &engine), CTRT_OK) << ctrt_last_error();
+  ctrt_engine_close(engine);
   fs::remove_all(dir);
 }
 
 TEST(HostileOptions, ThreadsBeyondTheMachineAreRefused) {
-  ctrt_session_options options = one_thread();
+  ctrt_engine_options options = one_thread();
   options.threads = 100000;
-  ctrt_session* session = nullptr;
-  EXPECT_EQ(ctrt_session_open(engine_dir("conv").c_str(), &options, &session), CTRT_INPUT_ERROR);
+  ctrt_engine* engine = nullptr;
+  EXPECT_EQ(ctrt_engine_open(engine_dir("conv").c_str(), &options, &engine), CTRT_INPUT_ERROR);
   EXPECT_NE(std::string(ctrt_last_error()).find("threads must be in [0, "), std::string::npos) << ctrt_last_error();
+}
+
+TEST(HostileOptions, AnOptionsStructOfAnotherSizeIsRefused) {
+  ctrt_engine_options options = one_thread();
+  options.struct_size = sizeof(options) + 8;  // a caller built against a later header
+  ctrt_engine* engine = nullptr;
+  EXPECT_EQ(ctrt_engine_open(engine_dir("conv").c_str(), &options, &engine), CTRT_INPUT_ERROR);
+  EXPECT_NE(std::string(ctrt_last_error()).find("ctrt_engine_options.struct_size is"), std::string::npos)
+      << ctrt_last_error();
+}
+
+TEST(EngineSharing, SessionsOverOneEngineComputeWhatSessionsOverTwoDo) {
+  const ctrt_engine_options options = one_thread();
+  ctrt_engine* engine = nullptr;
+  ASSERT_EQ(ctrt_engine_open(engine_dir("conv").c_str(), &options, &engine), CTRT_OK) << ctrt_last_error();
+  ctrt_session* sessions[3] = {nullptr, nullptr, open_conv(1)};  // the third has an engine of its own
+  for (int i = 0; i < 2; ++i) ASSERT_EQ(ctrt_session_open(engine, nullptr, &sessions[i]), CTRT_OK);
+  std::vector<std::vector<float>> logits(3, std::vector<float>(256));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&, i] {
+      int64_t stream = -1;
+      ctrt_add_stream(sessions[i], &stream);
+      feed(sessions[i], stream, 21);
+      const float* last = nullptr;
+      ctrt_last_logits(sessions[i], stream, &last);
+      std::copy(last, last + 256, logits[static_cast<size_t>(i)].begin());
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(logits[0], logits[2]);
+  EXPECT_EQ(logits[1], logits[2]);
+  ctrt_session_options too_many = ctrt_session_options_default();
+  too_many.max_streams = 65;  // the engine's max_batch is 64
+  ctrt_session* refused = nullptr;
+  EXPECT_EQ(ctrt_session_open(engine, &too_many, &refused), CTRT_INPUT_ERROR);
+  EXPECT_NE(std::string(ctrt_last_error()).find("max_streams must be <= the engine's max_batch (64)"),
+            std::string::npos) << ctrt_last_error();
+  ctrt_engine_close(engine);
+  EXPECT_EQ(ctrt_session_open(engine, nullptr, &refused), CTRT_INPUT_ERROR);  // closed
+  EXPECT_EQ(ctrt_session_open(reinterpret_cast<ctrt_engine*>(sessions[0]), nullptr, &refused), CTRT_INPUT_ERROR);
+  for (auto* session : sessions) ctrt_session_close(session);
 }
 
 TEST(HostileSnapshot, OneFlippedBitInTensorDataIsRefusedByItsCrc) {

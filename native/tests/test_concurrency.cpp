@@ -20,12 +20,16 @@ constexpr int64_t kTokens = 60;
 ctrt_session* open_conv() {
   const char* root = std::getenv("CTRT_TEST_ENGINES");
   if (!root) throw std::runtime_error("CTRT_TEST_ENGINES is not set (ctest sets it)");
-  ctrt_session_options options = ctrt_session_options_default();
+  ctrt_engine_options options = ctrt_engine_options_default();
   options.threads = 1;
-  ctrt_session* session = nullptr;
-  if (ctrt_session_open((std::string(root) + "/conv").c_str(), &options, &session) != CTRT_OK) {
+  ctrt_engine* engine = nullptr;
+  if (ctrt_engine_open((std::string(root) + "/conv").c_str(), &options, &engine) != CTRT_OK) {
     throw std::runtime_error(ctrt_last_error());
   }
+  ctrt_session* session = nullptr;
+  const ctrt_status status = ctrt_session_open(engine, nullptr, &session);
+  ctrt_engine_close(engine);  // the session holds it
+  if (status != CTRT_OK) throw std::runtime_error(ctrt_last_error());
   return session;
 }
 

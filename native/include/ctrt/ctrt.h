@@ -1,16 +1,19 @@
 /* The C API of the native compressive-rt runtime.
  *
- * A session serves up to max_streams streams of one engine directory (`ctrt export`), exactly
- * as Python's compressive_rt.runtime.session.Session does: the same engine calls, the same
- * numbers, the same snapshot format.
+ * An engine is one engine directory (`ctrt export`) loaded, checked and prepared once: the
+ * weights mapped, the three ONNX Runtime sessions created with one set of prepacked weights
+ * shared between them. A session serves up to max_streams streams over an engine, exactly as
+ * Python's compressive_rt.runtime.session.Session does: the same engine calls, the same numbers,
+ * the same snapshot format. Many sessions, on many threads, share one engine; each holds only
+ * its streams' state.
  *
  * Handles are opaque. Every function returns a ctrt_status; on anything but CTRT_OK the message
  * is ctrt_last_error(), a string owned by the library that stays valid in the calling thread
  * until that thread's next call.
  *
  * Handles are ids, not pointers: a closed handle, or anything that is not an open handle of
- * this library, is answered with CTRT_INPUT_ERROR ("session is NULL, closed or not a session
- * handle"), never dereferenced. Closing a session while another thread is inside a call on it
+ * this library (an engine handle passed for a session included), is answered with
+ * CTRT_INPUT_ERROR ("session is NULL, closed or not a session handle"), never dereferenced. Closing a session while another thread is inside a call on it
  * is safe: the session is freed when that call returns.
  *
  * Threads: a session is used from one thread at a time. A call made while another thread is
@@ -52,19 +55,30 @@ typedef enum ctrt_status {
   CTRT_INTERNAL_ERROR = 6       /* a bug: please report it with the message */
 } ctrt_status;
 
+typedef struct ctrt_engine ctrt_engine;
 typedef struct ctrt_session ctrt_session;
 
-/* Session options; ctrt_session_options_default() gives the defaults named below. Start from
- * it: struct_size is how the library tells which version of the struct a caller was built
- * with, so that later versions can add fields without breaking callers built against this one. */
+/* Options structs: start from their _default() function. struct_size is how the library tells
+ * which version of the struct a caller was built with, so that later versions can add fields
+ * without breaking callers built against this one. */
+
+/* What an engine is prepared with, for every session over it. */
+typedef struct ctrt_engine_options {
+  size_t struct_size;   /* sizeof(ctrt_engine_options) of the caller's header */
+  int32_t threads;      /* ONNX Runtime intra-op threads of each graph, at most the machine's
+                           online cores; 0: every core (default 0). Sessions on several threads
+                           share these pools */
+  const char* prepack;  /* "all" (default), "decode" or "none": which graphs prepack weights */
+  const char* provider; /* "cpu" (default), "cuda" or "tensorrt" (builds with CTRT_GPU) */
+  int32_t device_id;    /* GPU for cuda / tensorrt (default 0, >= 0) */
+  int32_t max_batch;    /* the most rows of a call the graphs are prepared for: the TensorRT
+                           profiles; a session's max_streams may not exceed it (default 64) */
+} ctrt_engine_options;
+
+/* What one session holds. */
 typedef struct ctrt_session_options {
-  size_t struct_size;       /* sizeof(ctrt_session_options) of the caller's header */
-  int32_t max_streams;      /* capacity: streams at once (default 1) */
-  int32_t threads;          /* ONNX Runtime intra-op threads, at most the machine's online cores;
-                               0: every core (default 0) */
-  const char* prepack;      /* "all" (default), "decode" or "none": which sessions prepack weights */
-  const char* provider;     /* "cpu" (default), "cuda" or "tensorrt" (builds with CTRT_GPU) */
-  int32_t device_id;        /* GPU for cuda / tensorrt (default 0, >= 0) */
+  size_t struct_size;   /* sizeof(ctrt_session_options) of the caller's header */
+  int32_t max_streams;  /* capacity: streams at once (default 1) */
 } ctrt_session_options;
 
 typedef struct ctrt_dims {
@@ -102,8 +116,8 @@ typedef struct ctrt_timing {
 
 CTRT_API const char* ctrt_version(void);
 CTRT_API const char* ctrt_last_error(void);
-/* The ONNX Runtime library the process loaded (empty before the first session opens). It is
- * searched when a session first opens, in this order: the path in CTRT_ONNXRUNTIME_LIBRARY
+/* The ONNX Runtime library the process loaded (empty before the first engine opens). It is
+ * searched when an engine first opens, in this order: the path in CTRT_ONNXRUNTIME_LIBRARY
  * (only it, when set); the onnxruntime wheel of the virtual environment in VIRTUAL_ENV;
  * libonnxruntime.so.1 and libonnxruntime.so through the dynamic loader (LD_LIBRARY_PATH, the
  * system's folders). A failed search is made again at the next open, so fixing the
@@ -113,11 +127,20 @@ CTRT_API const char* ctrt_last_error(void);
  * other's. */
 CTRT_API const char* ctrt_onnxruntime_library(void);
 
-CTRT_API ctrt_session_options ctrt_session_options_default(void);
+CTRT_API ctrt_engine_options ctrt_engine_options_default(void);
 /* Load and check an engine directory (manifest, contract, every hash) and open its graphs;
- * options may be NULL (defaults). On failure *out is NULL and nothing stays loaded. */
-CTRT_API ctrt_status ctrt_session_open(const char* engine_dir, const ctrt_session_options* options,
-                              ctrt_session** out);
+ * options may be NULL (defaults). On failure *out is NULL and nothing stays loaded. An engine
+ * may be used from any thread; ctrt_session_open on it is safe concurrently. */
+CTRT_API ctrt_status ctrt_engine_open(const char* engine_dir, const ctrt_engine_options* options,
+                                      ctrt_engine** out);
+/* The engine stays loaded while sessions over it are open; NULL and a closed handle are
+ * accepted and do nothing. */
+CTRT_API void ctrt_engine_close(ctrt_engine* engine);
+
+CTRT_API ctrt_session_options ctrt_session_options_default(void);
+/* A session over an open engine; options may be NULL (defaults). */
+CTRT_API ctrt_status ctrt_session_open(ctrt_engine* engine, const ctrt_session_options* options,
+                                       ctrt_session** out);
 /* NULL, and a handle closed before, are accepted and do nothing. */
 CTRT_API void ctrt_session_close(ctrt_session* session);
 
