@@ -1,10 +1,11 @@
 """The native runtime (native/, libctrt.so) from Python through its C API, with ctypes.
 
-`NativeSession` has the methods of `runtime.session.Session` that the tests compare and the
-benchmark drives (add/remove/reset stream, feed, last_logits, stream_state, snapshot, restore)
-plus generation, sampling and the native loop's own timing. It lives in benchmarks/ because
-`ctrt bench` runs it as a contender and the tests import it from here; the runtime itself never
-needs it (a pipeline without Python links the library or uses its C API directly).
+`NativeEngine` is one loaded engine that sessions share; `NativeSession` has the methods of
+`runtime.session.Session` that the tests compare and the benchmark drives (add/remove/reset
+stream, feed, last_logits, stream_state, snapshot, restore) plus generation, sampling and the
+native loop's own timing. It lives in benchmarks/ because `ctrt bench` runs it as a contender and
+the tests import it from here; the runtime itself never needs it (a pipeline without Python
+links the library or uses its C API directly).
 
 The library is found at CTRT_NATIVE_LIBRARY, else at build/native/libctrt.so of this checkout
 (`cmake -S . -B build && cmake --build build`).
@@ -13,8 +14,8 @@ The library is found at CTRT_NATIVE_LIBRARY, else at build/native/libctrt.so of 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from compressive_rt.errors import BackendUnavailable, EngineError, RuntimeInputE
 from compressive_rt.runtime.session import ConcurrentUseError, EngineCallError
 
 LIBRARY_ENV = "CTRT_NATIVE_LIBRARY"
+ONNXRUNTIME_ENV = "CTRT_ONNXRUNTIME_LIBRARY"
 CHECKOUT = Path(__file__).resolve().parents[1]
 DTYPES = {0: np.float32, 1: np.int32}
 # ctrt_status -> the project's error for it
@@ -35,10 +37,14 @@ def default_library() -> Path:
     return Path(os.environ.get(LIBRARY_ENV) or CHECKOUT / "build" / "native" / "libctrt.so")
 
 
-class _Options(ctypes.Structure):
-    _fields_ = [("max_streams", ctypes.c_int32), ("threads", ctypes.c_int32),
+class _EngineOptions(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("threads", ctypes.c_int32),
                 ("prepack", ctypes.c_char_p), ("provider", ctypes.c_char_p),
-                ("device_id", ctypes.c_int32)]
+                ("device_id", ctypes.c_int32), ("max_batch", ctypes.c_int32)]
+
+
+class _SessionOptions(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_size_t), ("max_streams", ctypes.c_int32)]
 
 
 class _Dims(ctypes.Structure):
@@ -53,8 +59,9 @@ class _TensorInfo(ctypes.Structure):
 
 
 class _Sampling(ctypes.Structure):
-    _fields_ = [("greedy", ctypes.c_int32), ("temperature", ctypes.c_double),
-                ("top_k", ctypes.c_int32), ("top_p", ctypes.c_double), ("seed", ctypes.c_uint64)]
+    _fields_ = [("struct_size", ctypes.c_size_t), ("greedy", ctypes.c_int32),
+                ("temperature", ctypes.c_double), ("top_k", ctypes.c_int32),
+                ("top_p", ctypes.c_double), ("seed", ctypes.c_uint64)]
 
 
 class _Timing(ctypes.Structure):
@@ -66,7 +73,10 @@ _P = ctypes.c_void_p
 _SIGNATURES = {  # name -> (restype, argtypes)
     "ctrt_last_error": (ctypes.c_char_p, []),
     "ctrt_onnxruntime_library": (ctypes.c_char_p, []),
-    "ctrt_session_open": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(_Options),
+    "ctrt_engine_open": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(_EngineOptions),
+                                        ctypes.POINTER(_P)]),
+    "ctrt_engine_close": (None, [_P]),
+    "ctrt_session_open": (ctypes.c_int, [_P, ctypes.POINTER(_SessionOptions),
                                          ctypes.POINTER(_P)]),
     "ctrt_session_close": (None, [_P]),
     "ctrt_session_dims": (ctypes.c_int, [_P, ctypes.POINTER(_Dims)]),
@@ -107,6 +117,20 @@ _SIGNATURES = {  # name -> (restype, argtypes)
 _loaded: dict[Path, ctypes.CDLL] = {}
 
 
+def point_at_onnxruntime() -> None:
+    """Set CTRT_ONNXRUNTIME_LIBRARY (unless set) to the onnxruntime wheel this interpreter
+    imports, for the library and the ctrt-native processes started from here: libctrt records
+    no path, and this interpreter's wheel need not live under its VIRTUAL_ENV."""
+    if os.environ.get(ONNXRUNTIME_ENV):
+        return
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or spec.origin is None:
+        return  # the library's own search reports what it tried
+    found = sorted((Path(spec.origin).parent / "capi").glob("libonnxruntime.so.*"))
+    if found:
+        os.environ[ONNXRUNTIME_ENV] = str(found[0])
+
+
 def load_library(path: str | Path | None = None) -> ctypes.CDLL:
     """The native library with its C API declared (loaded once per path)."""
     path = Path(path) if path else default_library()
@@ -115,9 +139,7 @@ def load_library(path: str | Path | None = None) -> ctypes.CDLL:
             raise BackendUnavailable(
                 f"the native runtime library {path} is not built: run `cmake -S . -B build && "
                 f"cmake --build build` in the checkout, or set {LIBRARY_ENV}")
-        # the library finds the onnxruntime wheel through VIRTUAL_ENV: the interpreter's own
-        # environment when none is activated (its python run directly)
-        os.environ.setdefault("VIRTUAL_ENV", sys.prefix)
+        point_at_onnxruntime()
         library = ctypes.CDLL(str(path))
         for name, (restype, argtypes) in _SIGNATURES.items():
             function = getattr(library, name)
@@ -128,7 +150,8 @@ def load_library(path: str | Path | None = None) -> ctypes.CDLL:
 
 def _sampling(greedy: bool, temperature: float, top_k: int, top_p: float,
               seed: int | None) -> _Sampling:
-    return _Sampling(int(greedy), temperature, top_k, top_p, (seed or 0) % 2**64)
+    return _Sampling(ctypes.sizeof(_Sampling), int(greedy), temperature, top_k, top_p,
+                     (seed or 0) % 2**64)
 
 
 def sample(logits: np.ndarray, n: int, *, greedy: bool = False, temperature: float = 1.0,
@@ -146,16 +169,77 @@ def sample(logits: np.ndarray, n: int, *, greedy: bool = False, temperature: flo
     return token.value
 
 
-class NativeSession:
-    """One native ctrt::Session on an engine directory (see the module docstring)."""
+def _raise(lib: ctypes.CDLL, status: int, consumed: dict[int, int] | None = None) -> None:
+    """The project's error for a ctrt_status other than CTRT_OK, with ctrt_last_error()."""
+    message = lib.ctrt_last_error().decode(errors="replace")
+    if status == CTRT_ENGINE_CALL_FAILED:
+        raise EngineCallError(message, consumed or {})
+    if status == CTRT_CONCURRENT_USE:
+        raise ConcurrentUseError(message)
+    error = {CTRT_INPUT_ERROR: RuntimeInputError, CTRT_ENGINE_ERROR: EngineError,
+             CTRT_BACKEND_UNAVAILABLE: BackendUnavailable}.get(status, EngineError)
+    raise error(message)
 
-    def __init__(self, engine_dir: str | Path, max_streams: int = 1, threads: int | None = None,
-                 prepack: str = "all", library: str | Path | None = None) -> None:
+
+class _Handle:
+    """A library handle, closed by close(), at the end of a with block or when collected."""
+
+    handle: ctypes.c_void_p | None
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> _Handle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class NativeEngine(_Handle):
+    """One loaded native engine (ctrt_engine_open): weights and ONNX Runtime sessions that any
+    number of NativeSession objects share. Closing it leaves open sessions working."""
+
+    def __init__(self, engine_dir: str | Path, threads: int | None = None,
+                 prepack: str = "all", max_batch: int = 64,
+                 library: str | Path | None = None) -> None:
         self.lib = load_library(library)
-        options = _Options(max_streams, threads or 0, prepack.encode(), b"cpu", 0)
+        options = _EngineOptions(ctypes.sizeof(_EngineOptions), threads or 0, prepack.encode(),
+                                 b"cpu", 0, max_batch)
         handle = _P()
-        self._check(self.lib.ctrt_session_open(str(engine_dir).encode(), ctypes.byref(options),
-                                               ctypes.byref(handle)))
+        status = self.lib.ctrt_engine_open(str(engine_dir).encode(), ctypes.byref(options),
+                                           ctypes.byref(handle))
+        if status != CTRT_OK:
+            _raise(self.lib, status)
+        self.handle = handle
+
+    def close(self) -> None:
+        if getattr(self, "handle", None):
+            self.lib.ctrt_engine_close(self.handle)
+            self.handle = None
+
+
+class NativeSession(_Handle):
+    """One native ctrt::Session (see the module docstring), over a NativeEngine it shares, or
+    over an engine of its own opened from a directory with `threads` and `prepack`."""
+
+    def __init__(self, engine: str | Path | NativeEngine, max_streams: int = 1,
+                 threads: int | None = None, prepack: str = "all",
+                 library: str | Path | None = None) -> None:
+        own = None if isinstance(engine, NativeEngine) else NativeEngine(
+            engine, threads, prepack, max(64, max_streams), library)
+        shared = engine if own is None else own
+        self.lib = shared.lib
+        options = _SessionOptions(ctypes.sizeof(_SessionOptions), max_streams)
+        handle = _P()
+        status = self.lib.ctrt_session_open(shared.handle, ctypes.byref(options),
+                                            ctypes.byref(handle))
+        if own is not None:
+            own.close()  # the session holds the engine
+        self._check(status)
         self.handle = handle
         dims = _Dims()
         self._check(self.lib.ctrt_session_dims(self.handle, ctypes.byref(dims)))
@@ -174,30 +258,13 @@ class NativeSession:
         return self.lib.ctrt_onnxruntime_library().decode()
 
     def _check(self, status: int, consumed: dict[int, int] | None = None) -> None:
-        if status == CTRT_OK:
-            return
-        message = self.lib.ctrt_last_error().decode(errors="replace")
-        if status == CTRT_ENGINE_CALL_FAILED:
-            raise EngineCallError(message, consumed or {})
-        if status == CTRT_CONCURRENT_USE:
-            raise ConcurrentUseError(message)
-        error = {CTRT_INPUT_ERROR: RuntimeInputError, CTRT_ENGINE_ERROR: EngineError,
-                 CTRT_BACKEND_UNAVAILABLE: BackendUnavailable}.get(status, EngineError)
-        raise error(message)
+        if status != CTRT_OK:
+            _raise(self.lib, status, consumed)
 
     def close(self) -> None:
         if getattr(self, "handle", None):
             self.lib.ctrt_session_close(self.handle)
             self.handle = None
-
-    def __enter__(self) -> NativeSession:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
 
     # ---- streams ---------------------------------------------------------------------------
     def add_stream(self) -> int:

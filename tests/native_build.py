@@ -18,7 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from compressive_rt.benchmarks.native_runtime import CHECKOUT, LIBRARY_ENV, default_library
+from compressive_rt.benchmarks.native_runtime import (
+    CHECKOUT,
+    LIBRARY_ENV,
+    default_library,
+    point_at_onnxruntime,
+)
 
 BUILD_DIR = CHECKOUT / "build"
 HEADERS = {"nlohmann-json3-dev": "/usr/include/nlohmann/json.hpp",
@@ -73,4 +78,5 @@ def native_library() -> Path:
 
 def native_tool() -> Path:
     native_library()
+    point_at_onnxruntime()  # for the ctrt-native processes the tests start
     return default_library().parent / "ctrt-native"

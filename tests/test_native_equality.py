@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from native_build import native_library, native_tool
 
-from compressive_rt.benchmarks.native_runtime import NativeSession
+from compressive_rt.benchmarks.native_runtime import NativeEngine, NativeSession
 from compressive_rt.benchmarks.native_runtime import sample as native_sample
 from compressive_rt.errors import EngineError
 from compressive_rt.runtime.generate import generate
@@ -74,6 +74,22 @@ def test_one_thread_gives_bitwise_equal_logits_and_state(engine, compress_fn):
     segments = python.position(streams[0]) // python.dims.seg_len
     assert segments >= 20
     assert (logit, state) == (0.0, 0.0), f"largest differences: logits {logit}, state {state}"
+
+
+def test_sessions_sharing_one_engine_give_bitwise_equal_logits_and_state(engine):
+    """Two sessions over one NativeEngine (one set of weights and prepacked weights, one set of
+    ONNX Runtime sessions) compute what the Python runtime computes, each on its own streams."""
+    _, engine_dir = engine("most_used")
+    shared = NativeEngine(engine_dir, threads=1, library=native_library())
+    for seed in (5, 6):
+        python = Session(engine_dir, backend="onnxruntime-cpu", max_streams=2, threads=1)
+        native = NativeSession(shared, max_streams=2)
+        streams = [python.add_stream(), python.add_stream()]
+        assert [native.add_stream(), native.add_stream()] == streams
+        logit, _, state = worst_differences(python, native, streams, 12,
+                                            np.random.default_rng(seed))
+        assert (logit, state) == (0.0, 0.0), f"largest differences: {logit}, state {state}"
+    shared.close()
 
 
 @pytest.fixture(scope="module")

@@ -98,8 +98,9 @@ function(ctrt_fetch_onnxruntime_headers out_var)
   set(${out_var} "${include_dir}" PARENT_SCOPE)
 endfunction()
 
-# The wheel's versioned library, recorded as the run-time default: CTRT_ONNXRUNTIME_LIBRARY, else
-# the active venv's (VIRTUAL_ENV), else the one of the Python interpreter cmake finds.
+# The wheel's versioned library that ctest's tests load (their CTRT_ONNXRUNTIME_LIBRARY; nothing
+# built records it): CTRT_ONNXRUNTIME_LIBRARY, else the active venv's (VIRTUAL_ENV), else the
+# one of the Python interpreter cmake finds.
 function(ctrt_find_onnxruntime_library out_var)
   if(CTRT_ONNXRUNTIME_LIBRARY)
     set(${out_var} "${CTRT_ONNXRUNTIME_LIBRARY}" PARENT_SCOPE)
@@ -119,8 +120,8 @@ function(ctrt_find_onnxruntime_library out_var)
     list(GET found 0 library)
     set(${out_var} "${library}" PARENT_SCOPE)
   else()
-    message(WARNING "ctrt: no onnxruntime wheel found (activate the project's venv, or pass "
-                    "-DCTRT_ONNXRUNTIME_LIBRARY=...); at run time set CTRT_ONNXRUNTIME_LIBRARY")
+    message(WARNING "ctrt: no onnxruntime wheel found for the tests (activate the project's venv, "
+                    "or pass -DCTRT_ONNXRUNTIME_LIBRARY=...)")
     set(${out_var} "" PARENT_SCOPE)
   endif()
 endfunction()

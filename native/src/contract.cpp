@@ -34,11 +34,7 @@ std::vector<int64_t> TensorSpec::row_shape() const {
   return std::vector<int64_t>(shape.begin() + 1, shape.end());
 }
 
-int64_t TensorSpec::row_elements() const {
-  int64_t count = 1;
-  for (size_t i = 1; i < shape.size(); ++i) count *= shape[i];
-  return count;
-}
+int64_t TensorSpec::row_elements() const { return checked_product(row_shape(), "tensor " + name); }
 
 nlohmann::json TensorSpec::to_json() const {
   nlohmann::json dims = nlohmann::json::array();
@@ -50,25 +46,67 @@ nlohmann::json TensorSpec::to_json() const {
   return {{"name", name}, {"dtype", dtype_name(dtype)}, {"shape", dims}};
 }
 
+namespace {
+
+// A config field that must be an integer in [least, kMaxDim]; EngineError naming it otherwise.
+int64_t size_field(const nlohmann::json& config, const char* name, int64_t least) {
+  if (!config.contains(name)) throw EngineError(std::string("config has no ") + name);
+  const auto& value = config[name];
+  if (!value.is_number_integer()) {
+    throw EngineError(std::string("config ") + name + " must be an integer, got " + value.dump());
+  }
+  // an unsigned value above INT64_MAX reads as negative here and is refused with the rest
+  const int64_t size = value.get<int64_t>();
+  if (size < least || size > kMaxDim) {
+    throw EngineError(std::string("config ") + name + " must be in [" + std::to_string(least) + ", " +
+                      std::to_string(kMaxDim) + "], got " + value.dump());
+  }
+  return size;
+}
+
+}  // namespace
+
+int64_t checked_product(const std::vector<int64_t>& dims, const std::string& what) {
+  int64_t product = 1;
+  for (int64_t dim : dims) {
+    if (dim < 0 || __builtin_mul_overflow(product, dim, &product) || product > kMaxElements) {
+      throw EngineError(what + " has more than " + std::to_string(kMaxElements) + " elements");
+    }
+  }
+  return product;
+}
+
 Dims Dims::from_config(const nlohmann::json& config) {
+  if (!config.is_object()) throw EngineError("config must be an object, got " + config.dump());
   Dims dims{};
-  try {
-    dims.n_layers = config.at("n_layers").get<int64_t>();
-    dims.d_model = config.at("d_model").get<int64_t>();
-    dims.n_heads = config.at("n_heads").get<int64_t>();
-    dims.vocab_size = config.at("vocab_size").get<int64_t>();
-    dims.seg_len = config.at("seg_len").get<int64_t>();
-    dims.mem_len = config.at("mem_len").get<int64_t>();
-    dims.cmem_len = config.at("cmem_len").get<int64_t>();
-    dims.most_used = config.at("compress_fn").get<std::string>() == "most_used";
-  } catch (const nlohmann::json::exception& exc) {
-    throw EngineError(std::string("config is incomplete (") + exc.what() + ")");
+  dims.n_layers = size_field(config, "n_layers", 1);
+  dims.d_model = size_field(config, "d_model", 1);
+  dims.n_heads = size_field(config, "n_heads", 1);
+  dims.vocab_size = size_field(config, "vocab_size", 1);
+  dims.seg_len = size_field(config, "seg_len", 1);
+  dims.mem_len = size_field(config, "mem_len", 1);
+  dims.cmem_len = size_field(config, "cmem_len", 0);
+  dims.compress_rate = size_field(config, "compress_rate", 1);
+  const auto compress_fn = config.value("compress_fn", nlohmann::json());
+  if (!compress_fn.is_string()) {
+    throw EngineError("config compress_fn must be a string, got " + compress_fn.dump());
   }
-  if (dims.n_layers < 1 || dims.d_model < 1 || dims.n_heads < 1 || dims.d_model % dims.n_heads ||
-      dims.vocab_size < 1 || dims.seg_len < 1 || dims.mem_len < 0 || dims.cmem_len < 0) {
-    throw EngineError("config holds sizes no engine has (n_layers, d_model, n_heads, vocab_size, "
-                      "seg_len must be >= 1, d_model a multiple of n_heads)");
+  dims.most_used = compress_fn.get<std::string>() == "most_used";
+  if (dims.d_model % dims.n_heads) {
+    throw EngineError("config d_model (" + std::to_string(dims.d_model) + ") must be a multiple of n_heads (" +
+                      std::to_string(dims.n_heads) + ")");
   }
+  if (dims.mem_len % dims.seg_len) {
+    throw EngineError("config mem_len (" + std::to_string(dims.mem_len) + ") must be a multiple of seg_len (" +
+                      std::to_string(dims.seg_len) + ")");
+  }
+  if (dims.seg_len % dims.compress_rate) {
+    throw EngineError("config seg_len (" + std::to_string(dims.seg_len) + ") must be a multiple of "
+                      "compress_rate (" + std::to_string(dims.compress_rate) + ")");
+  }
+  // every state row and the logits of a full segment have a size that fits the arithmetic
+  for (const auto& [name, spec] : state_specs(dims)) checked_product(spec.row_shape(), "state tensor " + name);
+  checked_product({dims.seg_len, dims.vocab_size}, "a segment's logits");
   return dims;
 }
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -48,17 +49,14 @@ ONNXTensorElementDataType onnx_type(DType dtype) {
 
 namespace {
 
-// numpy dtype names of the weights index -> ONNX element type and item size
-std::pair<ONNXTensorElementDataType, size_t> weight_type(const std::string& dtype) {
-  if (dtype == "float32") return {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 4};
-  if (dtype == "float16") return {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, 2};
-  if (dtype == "float64") return {ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE, 8};
-  if (dtype == "int8") return {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8, 1};
-  if (dtype == "uint8") return {ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, 1};
-  if (dtype == "int32") return {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, 4};
-  if (dtype == "int64") return {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 8};
-  if (dtype == "bool") return {ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL, 1};
-  throw EngineError("weights tensor dtype " + dtype + " is not supported by the native runtime");
+// numpy dtype names of the weights index (checked by load_manifest) -> ONNX element type
+ONNXTensorElementDataType weight_type(const std::string& dtype) {
+  static const std::map<std::string, ONNXTensorElementDataType> types = {
+      {"float32", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT}, {"float16", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16},
+      {"float64", ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE}, {"int8", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8},
+      {"uint8", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8}, {"int32", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32},
+      {"int64", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64}, {"bool", ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL}};
+  return types.at(dtype);
 }
 
 bool prepacked(const std::string& mode, Entry entry) {
@@ -106,7 +104,7 @@ void append_gpu_provider(Ort::SessionOptions& out, const Manifest& manifest,
   bool available = false;
   for (const auto& name : Ort::GetAvailableProviders()) available |= name == wanted;
   if (!available) {
-    throw BackendUnavailable("this ONNX Runtime (" + ort::library_path() + ") has no " + wanted +
+    throw BackendUnavailable("this ONNX Runtime (" + std::string(ort::library_path()) + ") has no " + wanted +
                              ": install onnxruntime-gpu and point CTRT_ONNXRUNTIME_LIBRARY at it");
   }
   const std::string device = std::to_string(options.device_id);
@@ -158,6 +156,38 @@ std::vector<std::string> names_of(Ort::Session& session, bool inputs) {
   return out;
 }
 
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + (shape[i] < 0 ? "?" : std::to_string(shape[i]));
+  return out + "]";
+}
+
+// Each graph input and output has the element type and shape the contract gives for the
+// manifest's config (a dimension the graph leaves symbolic matches any size): a manifest whose
+// config was edited away from its graphs is refused here, not by the first call.
+void check_types(Ort::Session& session, const EntryPoint& expected, const std::string& path) {
+  for (int inputs = 1; inputs >= 0; --inputs) {
+    const auto& specs = inputs ? expected.inputs : expected.outputs;
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const auto info = inputs ? session.GetInputTypeInfo(i) : session.GetOutputTypeInfo(i);
+      if (info.GetONNXType() != ONNX_TYPE_TENSOR) {
+        throw EngineError(path + ": graph " + (inputs ? "input " : "output ") + specs[i].name + " is not a tensor");
+      }
+      const auto tensor = info.GetTensorTypeAndShapeInfo();
+      const auto got = tensor.GetShape();
+      const auto want = specs[i].concrete_shape(-1, -1);
+      bool same = tensor.GetElementType() == onnx_type(specs[i].dtype) && got.size() == want.size();
+      for (size_t k = 0; same && k < got.size(); ++k) same = got[k] < 0 || want[k] < 0 || got[k] == want[k];
+      if (!same) {
+        throw EngineError(path + ": graph " + (inputs ? "input " : "output ") + specs[i].name + " has shape " +
+                          shape_text(got) + " (element type " + std::to_string(tensor.GetElementType()) +
+                          "), the manifest's config implies " + shape_text(want) + " " +
+                          dtype_name(specs[i].dtype) + ": the manifest does not describe this graph; re-export");
+      }
+    }
+  }
+}
+
 std::string joined(const std::vector<std::string>& names) {
   std::string out = "[";
   for (size_t i = 0; i < names.size(); ++i) out += (i ? ", " : "") + names[i];
@@ -180,7 +210,16 @@ std::shared_ptr<Engine> Engine::open(const std::string& engine_dir, const Engine
   if (options.provider != "cpu" && options.provider != "cuda" && options.provider != "tensorrt") {
     throw InputError("provider must be one of cpu, cuda, tensorrt, got '" + options.provider + "'");
   }
-  if (options.threads < 0) throw InputError("threads must be >= 0 (0: every core)");
+  const int cores = online_cores();
+  if (options.threads < 0 || options.threads > cores) {
+    throw InputError("threads must be in [0, " + std::to_string(cores) + "] (0: every core; at most this "
+                     "machine's " + std::to_string(cores) + " online cores), got " + std::to_string(options.threads));
+  }
+  if (options.device_id < 0) throw InputError("device_id must be >= 0, got " + std::to_string(options.device_id));
+  if (options.max_batch < 1 || options.max_batch > kMaxStreams) {
+    throw InputError("max_batch must be in [1, " + std::to_string(kMaxStreams) + "], got " +
+                     std::to_string(options.max_batch));
+  }
   Manifest manifest = load_manifest(engine_dir);  // every check before anything is loaded
   ort::env();
   std::shared_ptr<Engine> engine(new Engine(std::move(manifest), options));
@@ -192,16 +231,19 @@ std::shared_ptr<Engine> Engine::open(const std::string& engine_dir, const Engine
     impl.weights = std::make_unique<FileMapping>(m.weights_path());
     auto* base = static_cast<uint8_t*>(impl.weights->data);
     for (const auto& [key, tensor] : tensors.items()) {
-      const auto [type, itemsize] = weight_type(tensor.at("dtype").get<std::string>());
+      // load_manifest checked dtype, shape and that offset + bytes lies inside the file
+      const std::string dtype = tensor.at("dtype").get<std::string>();
       std::vector<int64_t> shape = tensor.at("shape").get<std::vector<int64_t>>();
-      size_t count = 1;
-      for (int64_t dim : shape) count *= static_cast<size_t>(dim);
+      const size_t bytes = static_cast<size_t>(checked_product(shape, key)) * weight_itemsize(dtype, key);
       // read-only mapping: ONNX Runtime never writes an initializer
       impl.shared_weights.emplace(
-          key, Ort::Value::CreateTensor(impl.host_memory, base + tensor.at("offset").get<size_t>(),
-                                        count * itemsize, shape.data(), shape.size(), type));
+          key, Ort::Value::CreateTensor(impl.host_memory, base + tensor.at("offset").get<size_t>(), bytes,
+                                        shape.data(), shape.size(), weight_type(dtype)));
     }
   }
+  OrtPrepackedWeightsContainer* prepacked = nullptr;
+  Ort::ThrowOnError(Ort::GetApi().CreatePrepackedWeightsContainer(&prepacked));
+  impl.prepacked.reset(prepacked);
   for (int index = 0; index < 3; ++index) {
     const Entry entry = static_cast<Entry>(index);
     const std::string path = m.graph_path(entry_name(entry));
@@ -213,7 +255,7 @@ std::shared_ptr<Engine> Engine::open(const std::string& engine_dir, const Engine
       for (const auto& [name, key] : shared.items()) {
         session_opts.AddInitializer(name.c_str(), impl.shared_weights.at(key.get<std::string>()));
       }
-      impl.sessions[index] = Ort::Session(ort::env(), path.c_str(), session_opts);
+      impl.sessions[index] = Ort::Session(ort::env(), path.c_str(), session_opts, impl.prepacked.get());
     } catch (const Ort::Exception& exc) {
       throw EngineError(path + " cannot be loaded by ONNX Runtime: " + exc.what());
     } catch (const std::out_of_range&) {
@@ -229,6 +271,7 @@ std::shared_ptr<Engine> Engine::open(const std::string& engine_dir, const Engine
       throw EngineError(path + ": graph inputs " + joined(got_in) + " / outputs " + joined(got_out) +
                         " do not match the manifest's " + joined(want_in) + " / " + joined(want_out));
     }
+    check_types(impl.sessions[index], expected, path);
   }
   return engine;
 }

@@ -3,6 +3,7 @@
 
 #include <array>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -22,9 +23,17 @@ struct FileMapping {
 };
 
 struct Engine::Impl {
-  // destroyed in reverse order: sessions, then the weight values, then the mapping they view
+  // destroyed in reverse order: sessions, then the prepacked weights and the weight values, then
+  // the mapping they view
   std::unique_ptr<FileMapping> weights;
   std::map<std::string, Ort::Value> shared_weights;  // manifest tensor key -> value over the map
+  struct ReleasePrepacked {
+    void operator()(OrtPrepackedWeightsContainer* container) const {
+      Ort::GetApi().ReleasePrepackedWeightsContainer(container);
+    }
+  };
+  // one prepacked copy of the shared weights for the three graphs
+  std::unique_ptr<OrtPrepackedWeightsContainer, ReleasePrepacked> prepacked;
   std::array<Ort::Session, 3> sessions{Ort::Session(nullptr), Ort::Session(nullptr),
                                        Ort::Session(nullptr)};
   Ort::MemoryInfo host_memory{Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault)};

@@ -5,14 +5,11 @@
 
 #include <cstdlib>
 #include <memory>
+#include <atomic>
 #include <mutex>
 #include <vector>
 
 #include "ctrt/error.hpp"
-
-#ifndef CTRT_DEFAULT_ONNXRUNTIME_LIBRARY
-#define CTRT_DEFAULT_ONNXRUNTIME_LIBRARY ""
-#endif
 
 namespace ctrt::ort {
 
@@ -20,8 +17,11 @@ namespace {
 
 using GetApiBase = const OrtApiBase* (*)();
 
+// Written once, under `loading`, before shared_env is published; read after it is.
+std::mutex loading;
 std::string loaded_path;
 std::unique_ptr<Ort::Env> shared_env;
+std::atomic<Ort::Env*> ready{nullptr};
 
 std::vector<std::string> venv_libraries() {
   std::vector<std::string> out;
@@ -67,7 +67,6 @@ void load() {
     candidates.emplace_back(forced);
   } else {
     candidates = venv_libraries();
-    if (*CTRT_DEFAULT_ONNXRUNTIME_LIBRARY) candidates.emplace_back(CTRT_DEFAULT_ONNXRUNTIME_LIBRARY);
     candidates.emplace_back("libonnxruntime.so.1");
     candidates.emplace_back("libonnxruntime.so");
   }
@@ -79,6 +78,7 @@ void load() {
       Ort::InitApi(api);
       shared_env = std::make_unique<Ort::Env>(ORT_LOGGING_LEVEL_ERROR, "ctrt");
       loaded_path = path;
+      ready.store(shared_env.get());
       return;
     }
     tried += "\n  " + path + ": " + why;
@@ -92,19 +92,12 @@ void load() {
 }  // namespace
 
 Ort::Env& env() {
-  static std::once_flag once;
-  static std::string failure;
-  std::call_once(once, [] {
-    try {
-      load();
-    } catch (const Error& exc) {
-      failure = exc.what();
-    }
-  });
-  if (!shared_env) throw BackendUnavailable(failure);
-  return *shared_env;
+  if (Ort::Env* loaded = ready.load()) return *loaded;
+  std::lock_guard<std::mutex> lock(loading);
+  if (!ready.load()) load();  // throws; the next call searches again
+  return *ready.load();
 }
 
-const std::string& library_path() { return loaded_path; }
+const char* library_path() { return ready.load() ? loaded_path.c_str() : ""; }
 
 }  // namespace ctrt::ort

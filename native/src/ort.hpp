@@ -3,8 +3,7 @@
 // binary is tied to no particular wheel. Search order (README "Native runtime"):
 //   1. CTRT_ONNXRUNTIME_LIBRARY (a path; an error when it cannot be loaded)
 //   2. the active venv: $VIRTUAL_ENV/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*
-//   3. the path recorded at build time (the venv cmake saw)
-//   4. libonnxruntime.so.1 / libonnxruntime.so through the dynamic loader (LD_LIBRARY_PATH, system)
+//   3. libonnxruntime.so.1 / libonnxruntime.so through the dynamic loader (LD_LIBRARY_PATH, system)
 // Any library whose API version is at least the headers' (ORT_API_VERSION) works.
 #pragma once
 
@@ -15,10 +14,10 @@
 namespace ctrt::ort {
 
 // Loads the library once per process (thread-safe) and returns the shared environment; throws
-// BackendUnavailable naming every place it looked.
+// BackendUnavailable naming every place it looked, and searches again at the next call.
 Ort::Env& env();
 
 // The path of the loaded library ("" before env() first succeeded).
-const std::string& library_path();
+const char* library_path();
 
 }  // namespace ctrt::ort

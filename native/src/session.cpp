@@ -82,7 +82,10 @@ class Session::Guard {
 Session::Session(std::shared_ptr<const Engine> engine, int max_streams)
     : engine_(std::move(engine)), max_streams_(max_streams) {
   if (max_streams < 1) throw InputError("max_streams must be >= 1, got " + std::to_string(max_streams));
-  if (max_streams > 65535) throw InputError("max_streams must be <= 65535, got " + std::to_string(max_streams));
+  if (max_streams > engine_->options().max_batch) {
+    throw InputError("max_streams must be <= the engine's max_batch (" + std::to_string(engine_->options().max_batch) +
+                     "), got " + std::to_string(max_streams) + ": open the engine with a larger max_batch");
+  }
   const Dims& d = dims();
   specs_ = state_specs(d);
   for (const char* name : kMemoryState)
@@ -192,9 +195,13 @@ void Session::reset_stream(int64_t stream) {
   fed_.erase(stream);
 }
 
-std::vector<int64_t> Session::streams() const { return added_; }
+std::vector<int64_t> Session::streams() const {
+  Guard guard(*this, "streams");
+  return added_;
+}
 
 int64_t Session::position(int64_t stream) const {
+  Guard guard(*this, "position");
   row_of(stream);
   return positions_.at(stream);
 }
@@ -592,10 +599,11 @@ int64_t Session::restore_file(const std::string& path, std::optional<int64_t> st
 }
 
 // ---- generation -----------------------------------------------------------------------------
-std::vector<int32_t> Session::generate(int64_t stream, const std::vector<int32_t>& prompt,
-                                       size_t max_new_tokens, const Sampling& sampling,
-                                       const std::vector<std::string>& stops) {
+void Session::generate(int64_t stream, const std::vector<int32_t>& prompt, size_t max_new_tokens,
+                       const Sampling& sampling, const std::vector<std::string>& stops,
+                       std::vector<int32_t>& out) {
   Guard guard(*this, "generate");
+  out.clear();
   sampling.validate();
   const int64_t vocab = dims().vocab_size;
   row_of(stream);
@@ -604,13 +612,18 @@ std::vector<int32_t> Session::generate(int64_t stream, const std::vector<int32_t
                      "no start-of-text token)");
   }
   if (!prompt.empty()) feed_unguarded({{stream, prompt.data(), prompt.size(), nullptr}}, nullptr);
-  std::vector<int32_t> out;
   std::string text;  // the generated tokens as bytes, for the stop strings
+  std::vector<size_t> consumed;
   for (uint64_t n = 0; n < max_new_tokens; ++n) {
     const float* logits = &last_logits_rows_[static_cast<size_t>(rows_.at(stream) * vocab)];
     const int32_t token = sample_token(logits, static_cast<size_t>(vocab), sampling, sampling_uniform(sampling.seed, n));
     out.push_back(token);
-    feed_unguarded({{stream, &out.back(), 1, nullptr}}, nullptr);
+    try {
+      feed_unguarded({{stream, &out.back(), 1, nullptr}}, &consumed);
+    } catch (const EngineCallError&) {
+      if (consumed.at(0) == 0) out.pop_back();  // out holds exactly the tokens the stream holds
+      throw;
+    }
     text += static_cast<char>(token & 0xff);
     bool stopped = false;
     for (const auto& stop : stops) {
@@ -619,7 +632,16 @@ std::vector<int32_t> Session::generate(int64_t stream, const std::vector<int32_t
     }
     if (stopped) break;
   }
-  return out;
+}
+
+Timing Session::timing() const {
+  Guard guard(*this, "timing");
+  return timing_;
+}
+
+void Session::reset_timing() {
+  Guard guard(*this, "reset_timing");
+  timing_ = Timing{};
 }
 
 void Session::fail_next_calls(Entry entry, int count) {

@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include <zip.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -51,8 +52,26 @@ struct Member {
   zip_uint64_t index;
   std::string name;  // without ".npy"
   zip_uint64_t size;
+  uint32_t crc;      // the CRC-32 the zip directory records for the member's bytes
   npy::Header header;
 };
+
+// CRC-32 (IEEE 802.3, the zip checksum) of bytes: libzip does not check a stored member's CRC
+// on a partial or seekable read, so the reader checks it itself, as Python's zipfile does.
+uint32_t crc32_of(const uint8_t* bytes, size_t size) {
+  static const auto table = [] {
+    std::array<uint32_t, 256> out{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      out[i] = c;
+    }
+    return out;
+  }();
+  uint32_t crc = 0xFFFFFFFFu;
+  for (size_t i = 0; i < size; ++i) crc = table[(crc ^ bytes[i]) & 0xFF] ^ (crc >> 8);
+  return crc ^ 0xFFFFFFFFu;
+}
 
 // the first bytes of a member (its npy header); the member is stored, so this reads no more
 std::vector<uint8_t> read_prefix(zip_t* archive, zip_uint64_t index, size_t count) {
@@ -68,16 +87,19 @@ std::vector<uint8_t> read_prefix(zip_t* archive, zip_uint64_t index, size_t coun
 std::vector<uint8_t> read_data(zip_t* archive, const Member& member) {
   std::vector<uint8_t> all = read_prefix(archive, member.index, member.size);
   if (all.size() != member.size) throw std::runtime_error("member " + member.name + ".npy is truncated");
+  if (crc32_of(all.data(), all.size()) != member.crc) {
+    throw std::runtime_error("member " + member.name + ".npy fails its CRC-32 check (damaged)");
+  }
   return std::vector<uint8_t>(all.begin() + static_cast<std::ptrdiff_t>(member.header.header_bytes), all.end());
 }
 
-std::map<std::string, int64_t> expected_counts(const Dims& dims, int64_t compress_rate, int64_t position) {
+std::map<std::string, int64_t> expected_counts(const Dims& dims, int64_t position) {
   const int64_t committed = position / dims.seg_len * dims.seg_len;  // tokens rotated into memory
   std::map<std::string, int64_t> counts = {{"mem_len", std::min(committed, dims.mem_len)},
                                            {"seg_len", position % dims.seg_len}};
   if (dims.cmem_len) {
     const int64_t evicted = std::max<int64_t>(committed - dims.mem_len, 0);
-    counts["cmem_len"] = std::min(evicted / compress_rate, dims.cmem_len);
+    counts["cmem_len"] = std::min(evicted / dims.compress_rate, dims.cmem_len);
   }
   return counts;
 }
@@ -258,7 +280,8 @@ StreamSnapshot read_snapshot(const uint8_t* bytes, size_t size, const Manifest& 
       throw refuse("member '" + name + "' has stored size " + std::to_string(stat.comp_size) +
                    " but size " + std::to_string(stat.size));
     }
-    members[base] = Member{static_cast<zip_uint64_t>(i), base, stat.size, {}};
+    if (!(stat.valid & ZIP_STAT_CRC)) throw refuse("member '" + name + "' records no CRC-32");
+    members[base] = Member{static_cast<zip_uint64_t>(i), base, stat.size, stat.crc, {}};
   }
   std::set<std::string> want;
   for (const auto& [name, _] : expected) want.insert(name);
@@ -397,7 +420,7 @@ StreamSnapshot read_snapshot(const uint8_t* bytes, size_t size, const Manifest& 
       throw refuse(name + " is " + std::to_string(value) + ", expected " + wanted);
     }
   }
-  const auto implied = expected_counts(dims, manifest.config().value("compress_rate", int64_t{1}), out.position);
+  const auto implied = expected_counts(dims, out.position);
   if (counts != implied) {
     std::string want_text, got_text;
     for (const auto& [name, value] : implied) want_text += (want_text.empty() ? "" : ", ") + name + " " + std::to_string(value);

@@ -1,9 +1,10 @@
-/* A small C program on the C API: open an engine, feed a prompt, generate greedily, handle an
- * error. Usage: ctrt_c_example ENGINE_DIR (prints "c_api_example: ok" at the end). */
+/* A small program on the C API, as the README prints it: open an engine once, a session over it,
+ * feed a prompt, generate greedily, handle an error. Usage: ctrt_c_example ENGINE_DIR (prints
+ * "c_api_example: ok" at the end). */
 #include <stdio.h>
 #include <string.h>
 
-#include "ctrt/ctrt.h"
+#include <ctrt/ctrt.h>
 
 static int fail(const char* what, ctrt_status status) {
   fprintf(stderr, "%s failed (status %d): %s\n", what, (int)status, ctrt_last_error());
@@ -15,11 +16,18 @@ int main(int argc, char** argv) {
     fprintf(stderr, "usage: %s ENGINE_DIR\n", argv[0]);
     return 2;
   }
+  ctrt_engine_options engine_options = ctrt_engine_options_default();
+  engine_options.threads = 1;
+  ctrt_engine* engine = NULL;
+  ctrt_status status = ctrt_engine_open(argv[1], &engine_options, &engine);
+  if (status != CTRT_OK) return fail("ctrt_engine_open", status);
+
+  /* one session per thread: each holds its streams' state, all share the engine */
   ctrt_session_options options = ctrt_session_options_default();
   options.max_streams = 2;
-  options.threads = 1;
   ctrt_session* session = NULL;
-  ctrt_status status = ctrt_session_open(argv[1], &options, &session);
+  status = ctrt_session_open(engine, &options, &session);
+  ctrt_engine_close(engine); /* the session keeps the engine loaded */
   if (status != CTRT_OK) return fail("ctrt_session_open", status);
 
   int64_t stream = -1;
@@ -33,7 +41,8 @@ int main(int argc, char** argv) {
   status = ctrt_feed(session, 1, &stream, rows, &count, NULL, &consumed);
   if (status != CTRT_OK) return fail("ctrt_feed", status);
 
-  ctrt_sampling greedy = {1, 1.0, 0, 1.0, 0};
+  ctrt_sampling greedy = ctrt_sampling_default();
+  greedy.greedy = 1;
   int32_t generated[8];
   size_t n_generated = 0;
   status = ctrt_generate(session, stream, NULL, 0, 8, &greedy, NULL, 0, generated, &n_generated);

@@ -5,6 +5,7 @@
 //       [--greedy] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop TEXT] [--json]
 // A mistake you can fix prints `error: ...` and exits 2.
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -63,6 +64,22 @@ long long parse_int(const std::string& text, const std::string& option) {
   throw Usage(option + " expects an integer, got '" + text + "'");
 }
 
+// A seed as `ctrt generate --seed` takes it: any integer, mod 2^64 (Sampling.seed), so every
+// seed --json prints (unsigned 64-bit) replays.
+unsigned long long parse_seed(const std::string& text, const std::string& option) {
+  try {
+    size_t used = 0;
+    const bool negative = !text.empty() && text[0] == '-';
+    const unsigned long long value = negative ? static_cast<unsigned long long>(std::stoll(text, &used))
+                                              : std::stoull(text, &used);
+    if (used == text.size() && !text.empty() && text[0] != '+' && !std::isspace(static_cast<unsigned char>(text[0]))) {
+      return value;
+    }
+  } catch (const std::exception&) {
+  }
+  throw Usage(option + " expects an integer in [-2^63, 2^64), got '" + text + "'");
+}
+
 double parse_double(const std::string& text, const std::string& option) {
   try {
     size_t used = 0;
@@ -113,8 +130,7 @@ Args parse(int argc, char** argv) {
     else if (!scoring && word == "--top-p") args.top_p = parse_double(value(), word);
     else if (!scoring && word == "--stop") args.stops.push_back(value());
     else if (!scoring && word == "--seed") {
-      const long long seed = parse_int(value(), word);
-      args.seed = static_cast<unsigned long long>(seed);  // mod 2^64, as Sampling.seed
+      args.seed = parse_seed(value(), word);
       args.seeded = true;
     } else if (word.rfind("--", 0) == 0) throw Usage("unknown option " + word + " for " + args.command);
     else if (args.engine.empty()) args.engine = word;
@@ -260,6 +276,11 @@ int generate(const Args& args) {
   }
   sampling.validate();
   auto engine = open_engine(args, 1);
+  const int64_t vocab = engine->dims().vocab_size;
+  if (vocab > 256) {  // as `ctrt generate` (runtime/scheduler.py)
+    throw ctrt::InputError("generate decodes byte tokens, but this engine's vocab_size is " + std::to_string(vocab) +
+                           " (> 256)");
+  }
   ctrt::Session session(engine, 1);
   nlohmann::json requests = nlohmann::json::array();
   for (const auto& prompt : args.prompts) {
@@ -267,7 +288,8 @@ int generate(const Args& args) {
     const int64_t stream = session.add_stream();
     std::vector<int32_t> tokens;
     for (unsigned char byte : prompt) tokens.push_back(byte);
-    const auto out = session.generate(stream, tokens, static_cast<size_t>(args.max_new_tokens), sampling, args.stops);
+    std::vector<int32_t> out;
+    session.generate(stream, tokens, static_cast<size_t>(args.max_new_tokens), sampling, args.stops, out);
     session.remove_stream(stream);
     std::string text;
     for (int32_t token : out) text += static_cast<char>(token);

@@ -37,9 +37,18 @@ struct EntryPoint {
   std::vector<TensorSpec> inputs, outputs;
 };
 
-// The sizes the contract needs, read from a manifest's "config".
+// Bounds on what a manifest may ask for, so that every size computed from it fits int64 and
+// size_t with room to spare (a real engine is far below both).
+constexpr int64_t kMaxDim = int64_t{1} << 24;
+constexpr int64_t kMaxElements = int64_t{1} << 40;
+
+// The product of dims; EngineError naming `what` when a dim is negative or it exceeds kMaxElements.
+int64_t checked_product(const std::vector<int64_t>& dims, const std::string& what);
+
+// The sizes the contract needs, read from a manifest's "config" (types and ranges checked:
+// EngineError naming the field).
 struct Dims {
-  int64_t n_layers, d_model, n_heads, vocab_size, seg_len, mem_len, cmem_len;
+  int64_t n_layers, d_model, n_heads, vocab_size, seg_len, mem_len, cmem_len, compress_rate;
   bool most_used;
 
   static Dims from_config(const nlohmann::json& config);

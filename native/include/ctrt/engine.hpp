@@ -1,7 +1,9 @@
 // ctrt::Engine: one engine directory, checked and opened: the manifest (every hash verified),
 // one read-only mapping of weights.bin whose tensors every ONNX Runtime session is handed
 // (AddInitializer: one copy of the weights), and the three sessions with exactly the session
-// options of the Python backend (runtime/backends/ort.py, cpu_session_options).
+// options of the Python backend (runtime/backends/ort.py, cpu_session_options) and one
+// PrepackedWeightsContainer (one prepacked copy shared by the three). Immutable once open: any
+// number of ctrt::Session objects on any threads share it (ONNX Runtime's Run is thread-safe).
 #pragma once
 
 #include <memory>
@@ -15,12 +17,14 @@ namespace ctrt {
 enum class Entry { segment = 0, extend = 1, commit = 2 };
 const char* entry_name(Entry entry);
 
+constexpr int kMaxStreams = 65535;  // a session's capacity, and the largest call
+
 struct EngineOptions {
   int threads = 0;               // intra-op threads; 0: every online core (os.cpu_count())
   std::string prepack = "all";   // "all", "decode" (extend only) or "none"
   std::string provider = "cpu";  // "cpu", or with CTRT_GPU "cuda" / "tensorrt" (untested)
   int device_id = 0;
-  int max_batch = 1;             // the TensorRT provider's profile
+  int max_batch = 64;            // the most rows of a call (TensorRT profiles); >= every session's max_streams
 };
 
 class Engine {

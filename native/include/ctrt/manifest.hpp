@@ -30,6 +30,24 @@ struct Manifest {
 // Reads and checks everything before anything is loaded; throws EngineError naming the file.
 Manifest load_manifest(const std::string& engine_dir, bool verify_hashes = true);
 
+// What parse_manifest checks of the files a manifest lists: nothing (the weights table is then
+// checked against the size the manifest lists), that they exist with the listed size, or their
+// SHA-256 as well.
+enum class FileChecks { none, exist, hashes };
+
+// load_manifest's checks on manifest.json's text (every field's type and range, the contract of
+// the config, the weights table) and then the files of engine_dir as `checks` says.
+Manifest parse_manifest(const std::string& text, const std::string& engine_dir, FileChecks checks);
+
+// Every tensor of a weights table lies inside a file of `size` bytes (offset + bytes <= size
+// without wrap-around), at an offset aligned to its item size, with a known dtype and shape.
+// EngineError naming the tensor (and path, manifest_path) otherwise.
+void check_weights_table(const nlohmann::json& tensors, uint64_t size, const std::string& path,
+                         const std::string& manifest_path);
+
+// The item size of a weights-table dtype (numpy's name); EngineError naming `what` if unknown.
+uint64_t weight_itemsize(const std::string& dtype, const std::string& what);
+
 // Hex SHA-256 of a file (OpenSSL EVP).
 std::string sha256_file(const std::string& path);
 

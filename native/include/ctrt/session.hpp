@@ -5,7 +5,8 @@
 // by row; IoBindings built once per call signature and reused; calls planned by plan_feed.
 //
 // Threads: one thread at a time. A call made while another thread is inside one of the
-// session's methods throws ConcurrentUseError at once (nothing changes).
+// session's methods throws ConcurrentUseError at once (nothing changes); readers included. Only
+// what is fixed at construction (dims, max_streams, state_names, state_spec) is read freely.
 //
 // Failures: if an engine call fails during feed, no stream's committed state changes for that
 // call, calls that succeeded before it stand, and each stream's position counts exactly the
@@ -79,13 +80,14 @@ class Session {
 
   // Feeds the prompt, then samples up to max_new_tokens tokens (u_n of Sampling version 2 with
   // n = 0, 1, ...), feeding each, the last one included; stops after a token that completes
-  // one of `stops` (byte strings).
-  std::vector<int32_t> generate(int64_t stream, const std::vector<int32_t>& prompt,
-                                size_t max_new_tokens, const Sampling& sampling,
-                                const std::vector<std::string>& stops = {});
+  // one of `stops` (byte strings). `out` receives the generated tokens the stream holds, also
+  // when an engine call fails (EngineCallError): the stream's position is then its position
+  // before, plus the prompt tokens consumed, plus out.size().
+  void generate(int64_t stream, const std::vector<int32_t>& prompt, size_t max_new_tokens,
+                const Sampling& sampling, const std::vector<std::string>& stops, std::vector<int32_t>& out);
 
-  Timing timing() const { return timing_; }
-  void reset_timing() { timing_ = Timing{}; }
+  Timing timing() const;
+  void reset_timing();
   void fail_next_calls(Entry entry, int count);  // tests: Run starts with the terminate flag set
 
   struct Buffer;

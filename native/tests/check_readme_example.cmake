@@ -1,0 +1,25 @@
+# ctest's readme_c_example: the C program README.md prints after <!-- readme-c-example -->,
+# compiled as printed against the C header and libctrt, and run on ENGINE.
+file(READ "${README}" text)
+string(FIND "${text}" "<!-- readme-c-example -->\n```c\n" at)
+if(at EQUAL -1)
+  message(FATAL_ERROR "README.md has no <!-- readme-c-example --> C block")
+endif()
+string(LENGTH "<!-- readme-c-example -->\n```c\n" marker)
+math(EXPR at "${at} + ${marker}")
+string(SUBSTRING "${text}" ${at} -1 rest)
+string(FIND "${rest}" "\n```" end)
+string(SUBSTRING "${rest}" 0 ${end} program)
+file(MAKE_DIRECTORY "${WORK_DIR}")
+file(WRITE "${WORK_DIR}/example.c" "${program}\n")
+get_filename_component(library_dir "${LIBRARY}" DIRECTORY)
+foreach(step
+    "${C_COMPILER};-std=c99;-Wall;-Werror;${WORK_DIR}/example.c;-I${INCLUDE_DIR};-L${library_dir};-lctrt;-Wl,-rpath,${library_dir};-o;${WORK_DIR}/example"
+    "${WORK_DIR}/example;${ENGINE}")
+  execute_process(COMMAND ${step} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${step} failed (${rc}): ${out}${err}")
+  endif()
+  message("${out}")
+endforeach()
+message("readme_c_example: ok")
