@@ -268,3 +268,21 @@ def test_fp16_export_of_most_used_is_verified_and_types_check(tmp_path):
     for entry in manifest["entry_points"].values():
         onnx.checker.check_model(onnx.load(str(tmp_path / "engine" / entry["file"])),
                                  full_check=True)
+
+
+def test_graphs_are_simplified_and_the_manifest_and_inspect_count_their_nodes(engine,
+                                                                             tmp_path):
+    from compressive_rt.export.inspection import inspect_engine_dir, op_histogram
+    from compressive_rt.export.onnx_export import trace_graphs
+
+    model, engine_dir = engine("conv")
+    traced = trace_graphs(model, tmp_path)
+    data = json.loads((engine_dir / "manifest.json").read_text())
+    report = inspect_engine_dir(engine_dir)
+    for name, entry in data["entry_points"].items():
+        graph = onnx.load(str(engine_dir / entry["file"]), load_external_data=False)
+        assert entry["nodes"] == len(graph.graph.node) < len(traced[name].graph.node) / 2
+        assert f"[{name}] {entry['file']}: " in report and f", {entry['nodes']} nodes\n" in report
+        ops, traced_ops = op_histogram(graph), op_histogram(traced[name])
+        assert ops["Constant"] == 0 < traced_ops["Constant"]
+        assert ops["Shape"] < traced_ops["Shape"] and ops["Unsqueeze"] < traced_ops["Unsqueeze"]

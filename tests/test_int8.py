@@ -5,7 +5,6 @@ This machine may have VNNI or not; no test here depends on which: the AVX2 kerne
 is emulated in float ops (tests/avx2_u8s8.py) where a test needs it."""
 
 import json
-import logging
 import platform
 import shutil
 from pathlib import Path
@@ -18,7 +17,7 @@ from engines import random_model, tiny_config
 from onnx import numpy_helper
 
 from compressive_rt.export.inspection import inspect_engine_dir
-from compressive_rt.export.onnx_export import load_graphs, write_graphs
+from compressive_rt.export.onnx_export import load_graphs, quantize_to_int8, write_graphs
 from compressive_rt.export.pipeline import export_model
 from compressive_rt.export.verify import eager_logits, verify_engine
 from compressive_rt.runtime.manifest import MANIFEST_NAME, record_graphs, write_manifest
@@ -139,19 +138,10 @@ def test_full_range_int8_weights_fail_verification_under_the_avx2_arithmetic(int
                                                                             tmp_path):
     """The reported failure, reproduced on any CPU: 8-bit weights (ONNX Runtime's default
     quantization) verify with exact sums and not with the AVX2 kernel's saturated ones."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     model, fp32_dir, _, _ = int8_engine
 
     def full_range(graph: onnx.ModelProto) -> onnx.ModelProto:
-        path = tmp_path / "full_range.onnx"
-        logging.disable(logging.WARNING)
-        try:
-            quantize_dynamic(graph, str(path), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul"])
-        finally:
-            logging.disable(logging.NOTSET)
-        return onnx.load(str(path))
+        return quantize_to_int8(graph, tmp_path, {"weight_type": "QInt8"})
 
     exact = rewritten_engine(fp32_dir, tmp_path / "exact", full_range)
     avx2 = rewritten_engine(exact, tmp_path / "avx2", emulated)
