@@ -95,7 +95,7 @@ def copy_dims_in_reshapes(graph: onnx.GraphProto) -> int:
         ours, theirs = dims.get(data, []), dims.get(shape.input[0], [])
         known = position < min(len(ours), len(theirs)) and ours[position] is not None
         return known and ours[position] == theirs[position] and \
-            not str(ours[position]).startswith("unk__")  # a symbol inference made up
+            not str(ours[position]).startswith("unk__")  # made up by inference: not trusted
 
     rewritten = 0
     for node in graph.node:
