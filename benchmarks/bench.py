@@ -7,8 +7,10 @@ steps and the ORT engine, the latter two under the same Session), the same model
 compressive-transformer-pytorch and imported, the serving curve, the scheduler's own time per
 step, capacity independence, sizes and peak RSS (benchmarks/memory.py, each in a fresh
 process), and the extras (scaling grid,
-Transformer-XL comparison, ORT variants, int8). Beside them: the machine's fp32 GEMM rate and
-copy bandwidth (the physical limits) and the runtime's loop overhead.
+Transformer-XL comparison, ORT variants, int8). Beside them: the machine's limits, measured in
+the same run with the engine's own kernels (benchmarks/limits.py: ONNX Runtime's MatMul at the
+engine's shapes, fp32 and int8, and a streaming read of the weights' size; torch's and numpy's
+GEMM and a copy beside them), its CPU model and ISA flags, and the runtime's loop overhead.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from compressive_rt.benchmarks import measure
+from compressive_rt.benchmarks import limits, measure
 from compressive_rt.benchmarks.contenders import MAIN_CONTENDERS, Bench, build, random_model
 from compressive_rt.benchmarks.native_contender import ContenderUnavailable
 from compressive_rt.benchmarks.settings import PROFILES, SEED, BenchError, log
@@ -30,8 +32,10 @@ EXTRAS = ("scaling", "xl", "ort", "quantization")
 EXPERIMENTS = ("main", "lucidrains", "serving", "scheduler", "capacity", "memory", *EXTRAS)
 
 
-def add_efficiency(contenders: dict, cfg, gemm_gflops: float) -> None:
-    """Achieved GFLOP/s of useful work (the cached algorithm's FLOPs) and fraction of GEMM."""
+def add_efficiency(contenders: dict, cfg, gemm: dict) -> None:
+    """Achieved GFLOP/s of useful work (the cached algorithm's FLOPs) and its fraction of the
+    GEMM limit: a segment row's, ONNX Runtime's fp32 rate at that batch's shapes where it was
+    measured (gemm["ort"]), else gemm["gflops"]."""
     for res in contenders.values():
         for workload, flops_of, time_of in (
                 ("segment", measure.segment_flops, "median_ms"),
@@ -41,7 +45,21 @@ def add_efficiency(contenders: dict, cfg, gemm_gflops: float) -> None:
                 tokens = int(batch) * (cfg.seg_len if workload == "segment" else 1)
                 row["tokens_per_s"] = tokens / seconds
                 row["gflops"] = flops_of(cfg, int(batch))["total"] / seconds / 1e9
-                row["gemm_fraction"] = row["gflops"] / gemm_gflops
+                at_shapes = gemm.get("ort", {}).get(batch) if workload == "segment" else None
+                limit = at_shapes["fp32_gflops"] if at_shapes else gemm["gflops"]
+                row["gemm_fraction"] = row["gflops"] / limit
+
+
+def add_bandwidth(results: dict, runtime: dict, weight_bytes: int, cfg) -> None:
+    """decode_bytes_b<batch>: bytes a decode step reads, the runtime's GB/s and its fraction of
+    the streaming-read and the copy bandwidth."""
+    memory = results["machine"]["memory"]
+    for batch, row in runtime.get("decode", {}).items():
+        read = measure.decode_bytes(cfg, weight_bytes, int(batch))
+        gbps = read["total"] / (row["amortized_ms"] / 1e3) / 1e9
+        results[f"decode_bytes_b{batch}"] = {
+            **read, "runtime_gbps": gbps, "fraction_of_read_bandwidth": gbps / memory["read_gbps"],
+            "fraction_of_copy_bandwidth": gbps / memory["copy_gbps"]}
 
 
 def loop_overhead(runtime: dict) -> dict:
@@ -120,20 +138,28 @@ def run_benchmark(quick: bool, out_dir: Path, threads: int, checkpoint: Path | N
         "load_average_start": os.getloadavg(),
     }
     log(f"profile {profile}, {threads} threads, config {cfg.to_dict()}")
-    # numpy's GEMM runs last: OpenBLAS worker threads would compete with torch's afterwards.
-    results["machine"] = {"gemm": measure.gemm_rate(threads, libs=("torch",)),
-                          "memory": measure.memory_bandwidth()}
-    log(f"torch GEMM {results['machine']['gemm']['gflops']:.1f} GFLOP/s, copy "
-        f"{results['machine']['memory']['copy_gbps']:.1f} GB/s")
     weight_bytes = sum(p.numel() * 4 for n, p in model.named_parameters()
                        if not n.startswith("compressors"))
+    # numpy's GEMM runs last: OpenBLAS worker threads would compete with torch's afterwards.
+    results["machine"] = {
+        "cpu": limits.cpu_description(),
+        "gemm": {**measure.gemm_rate(threads, libs=("torch",)),
+                 "ort": limits.ort_gemm_rates(cfg, settings.segment_batches, threads)},
+        "memory": {**measure.memory_bandwidth(), **limits.streaming_read(weight_bytes, threads)}}
+    machine = results["machine"]
+    widest = machine["gemm"]["ort"][str(max(settings.segment_batches))]
+    machine["gemm"]["gflops"] = widest["fp32_gflops"]  # the limit: the engine's own GEMM
+    log(f"ONNX Runtime MatMul at the engine's shapes (segment b{max(settings.segment_batches)}):"
+        f" fp32 {widest['fp32_gflops']:.1f} GFLOP/s, int8 {widest['int8_gops']:.1f} GOP/s; "
+        f"torch {machine['gemm']['torch_gflops']:.1f} GFLOP/s; streaming read "
+        f"{machine['memory']['read_gbps']:.1f} GB/s, copy {machine['memory']['copy_gbps']:.1f}"
+        f" GB/s")
     results["flops"] = {f"segment_b{b}": measure.segment_flops(cfg, b)
                         for b in settings.segment_batches}
     results["flops"].update({f"decode_b{b}": measure.decode_flops(cfg, b)
                              for b in settings.decode_batches})
     results["flops"]["eager_reference_extra_per_segment_b1"] = measure.reference_extra_flops(
         cfg, 1, cfg.seg_len)
-    results["decode_bytes_b1"] = measure.decode_bytes(cfg, weight_bytes)
     with tempfile.TemporaryDirectory(prefix="ctrt-bench-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
@@ -175,27 +201,22 @@ def run_benchmark(quick: bool, out_dir: Path, threads: int, checkpoint: Path | N
             results["memory"]["parameter_mib"] = sum(  # what inference needs: no AE decoder
                 p.numel() * 4 for n, p in model.named_parameters()
                 if not n.startswith("ae_decoders")) / 2**20
-        results["machine"]["gemm"].update(measure.gemm_rate(threads, libs=("numpy",)))
         gemm = results["machine"]["gemm"]
-        gemm["gflops"] = max(gemm["torch_gflops"], gemm["numpy_gflops"])
-        add_efficiency(results.get("contenders", {}), cfg, gemm["gflops"])
+        gemm["numpy_gflops"] = measure.gemm_rate(threads, libs=("numpy",))["numpy_gflops"]
+        add_efficiency(results.get("contenders", {}), cfg, gemm)
         if "lucidrains" in results:
             from compressive_rt.ct_reference.config import ModelConfig
 
-            add_efficiency(results["lucidrains"]["contenders"],
-                           ModelConfig.from_dict(results["lucidrains"]["config"]), gemm["gflops"])
+            add_efficiency(results["lucidrains"]["contenders"],  # another config: no "ort"
+                           ModelConfig.from_dict(results["lucidrains"]["config"]),
+                           {"gflops": gemm["gflops"]})
         native = results.get("contenders", {}).get("native")
         if native:  # measured inside the native loop
             results["native_loop_overhead"] = loop_overhead(native)
         runtime = results.get("contenders", {}).get("runtime")
         if runtime:
             results["loop_overhead"] = loop_overhead(runtime)
-            dec = runtime["decode"].get("1")
-            if dec:
-                gbps = results["decode_bytes_b1"]["total"] / (dec["amortized_ms"] / 1e3) / 1e9
-                results["decode_bytes_b1"]["runtime_gbps"] = gbps
-                results["decode_bytes_b1"]["fraction_of_copy_bandwidth"] = (
-                    gbps / results["machine"]["memory"]["copy_gbps"])
+            add_bandwidth(results, runtime, weight_bytes, cfg)
         if "scaling" in experiments:
             results["scaling"] = extras.scaling_grid(cfg, threads, work, settings)
         if "xl" in experiments:
@@ -206,6 +227,12 @@ def run_benchmark(quick: bool, out_dir: Path, threads: int, checkpoint: Path | N
             log("int8 quantization")
             results["quantization"] = extras.quantization(engine_dir, threads, cfg, work,
                                                           settings)
+            int8_limit = results["machine"]["gemm"]["ort"].get("1")
+            if "segment_b1_ms" in results["quantization"] and int8_limit:
+                int8_gops = measure.segment_flops(cfg, 1)["total"] / (
+                    results["quantization"]["segment_b1_ms"] / 1e3) / 1e9
+                results["quantization"]["segment_b1_int8_gemm_fraction"] = (
+                    int8_gops / int8_limit["int8_gops"])
     results["load_average_end"] = os.getloadavg()
     results["targets"] = evaluate_targets(results)
     results["total_seconds"] = time.perf_counter() - started

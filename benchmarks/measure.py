@@ -129,11 +129,12 @@ def reference_extra_flops(cfg: ModelConfig, batch: int, n_new: int) -> float:
     return float(memory_kv + cfg.n_layers * 2 * (cfg.cmem_len + cfg.mem_len + n_new) * d * d)
 
 
-def decode_bytes(cfg: ModelConfig, weight_bytes: int) -> dict:
-    """Bytes one decoding step reads at batch 1 (fp32): every weight once, the projected position
-    table, the cached keys/values of memory and partial segment; the writes are d-sized rows."""
+def decode_bytes(cfg: ModelConfig, weight_bytes: int, batch: int = 1) -> dict:
+    """Bytes one decoding step of `batch` streams reads (fp32): every weight once, the projected
+    position table, each stream's cached keys/values of memory and partial segment; the writes
+    are d-sized rows."""
     d, n = cfg.d_model, cfg.n_layers
-    state = 4 * n * 2 * (cfg.cmem_len + cfg.mem_len + cfg.seg_len) * d
+    state = batch * 4 * n * 2 * (cfg.cmem_len + cfg.mem_len + cfg.seg_len) * d
     pos_table = 4 * n * cfg.context_len * d
     return {"weights": int(weight_bytes), "pos_table": int(pos_table), "kv_state": int(state),
             "total": int(weight_bytes + pos_table + state)}

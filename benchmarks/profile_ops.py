@@ -26,7 +26,7 @@ import torch
 
 from compressive_rt.ct_reference.config import ModelConfig
 from compressive_rt.ct_reference.model import CompressiveTransformer
-from compressive_rt.export.onnx_export import export_graphs
+from compressive_rt.export.onnx_export import export_graphs, write_graphs
 from compressive_rt.runtime.contract import entry_points
 
 NUMPY_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
@@ -99,10 +99,10 @@ def main() -> None:
     model = CompressiveTransformer(config).eval()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        graphs = export_graphs(model, out)
+        write_graphs(export_graphs(model, out), out)  # <entry>.onnx + weights.bin
         for entry, tokens in (("segment", config.seg_len), ("extend", 1)):
             feeds = contract_inputs(config, entry, args.batch, tokens)
-            split = op_time_split(graphs[entry], feeds, args.threads, args.runs, out)
+            split = op_time_split(out / f"{entry}.onnx", feeds, args.threads, args.runs, out)
             print_split(f"{entry} (batch {args.batch}, T={tokens})", split, args.top)
 
 

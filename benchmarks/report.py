@@ -5,8 +5,11 @@ interleaved repeats, plus tokens_per_s, gflops, gemm_fraction; session contender
 outside_engine_ms; decode rows add amortized_ms (= median_ms), step_ms, commit_token_ms;
 "ratio" = median, min, max, p10, p90, n of a per-repeat ratio):
   profile, threads, experiments, thread_note, model, config, settings, platform,
-  load_average_start/end, machine {gemm {torch_gflops, numpy_gflops, gflops}, memory
-  {copy_gbps}}, flops, decode_bytes_b1 {..., runtime_gbps, fraction_of_copy_bandwidth},
+  load_average_start/end, machine {cpu {model, machine, isa_flags}, gemm {torch_gflops,
+  numpy_gflops, ort {"<segment batch>": {rows, fp32_gflops, int8_gops}}, gflops (the limit:
+  ort's fp32 rate at the largest segment batch)}, memory {copy_gbps, read_gbps, bytes}}, flops,
+  decode_bytes_b<batch> {weights, pos_table, kv_state, total, runtime_gbps,
+  fraction_of_read_bandwidth, fraction_of_copy_bandwidth},
   export_seconds, check {max_abs_logit_error, logit_scale},
   contenders {key: {name, first_segment: row, segment {batch: row}, decode {batch: row},
              compile_seconds?, error?}},
@@ -20,7 +23,8 @@ outside_engine_ms; decode rows add amortized_ms (= median_ms), step_ms, commit_t
            [{concurrency, generated_tokens, <key>: row + tokens_per_s, tokens_per_s_min,
              tokens_per_s_max, runtime_vs_cached}]},
   capacity {contender, max_streams [1, S], decode_step {"1": row, "S": row}, ratio},
-  scaling, xl_comparison, ort, quantization (extras; its cpu: runtime.cpu.CpuFeatures.to_dict),
+  scaling, xl_comparison, ort, quantization (extras; its cpu: runtime.cpu.CpuFeatures.to_dict;
+  segment_b1_int8_gemm_fraction: of machine.gemm.ort["1"].int8_gops),
   targets [{target, want ">= x", measured, spread (ratio or null), met, note}], total_seconds.
 """
 
@@ -120,23 +124,49 @@ def quantization_rows(q: dict) -> list[str]:
     if "error" in q:
         return [f"int8 dynamic quantization: error {q['error'][:200]}"]
     bpb = q["bits_per_byte"]
-    return [f"  int8 dynamic quantization          segment {q['segment_b1_ms']:8.1f}"
+    fraction = q.get("segment_b1_int8_gemm_fraction")
+    of_gemm = f" ({100 * fraction:.0f}% of ORT's int8 GEMM)" if fraction is not None else ""
+    return [f"  int8 dynamic quantization          segment {q['segment_b1_ms']:8.1f}{of_gemm}"
             f"  decode {q['decode_b1_ms']:7.2f}  bits/byte fp32 {bpb['fp32']:.4f} "
             f"int8 {bpb['int8']:.4f} (delta {q['bpb_delta']:+.4f}) on {q['text']}",
             f"    int8 ISA: {CpuFeatures.from_dict(q['cpu']).describe()}"]
 
 
+def machine_rows(machine: dict) -> list[str]:
+    """The CPU and the limits the fractions are taken against (benchmarks/limits.py)."""
+    cpu, gemm, memory = machine["cpu"], machine["gemm"], machine["memory"]
+    flags = " ".join(cpu["isa_flags"]) if cpu["isa_flags"] is not None else "flags unknown"
+    at_shapes = ", ".join(f"b{batch} ({rate['rows']} rows) fp32 {rate['fp32_gflops']:.1f} "
+                          f"GFLOP/s, int8 {rate['int8_gops']:.1f} GOP/s"
+                          for batch, rate in gemm["ort"].items())
+    return [f"machine: {cpu['machine']} {cpu['model']}: {flags}",
+            f"  limits: ONNX Runtime MatMul at the engine's segment shapes: {at_shapes}",
+            f"  (square GEMM beside them: torch {gemm['torch_gflops']:.1f}, numpy "
+            f"{gemm['numpy_gflops']:.1f} GFLOP/s); streaming read of the weights' size "
+            f"{memory['read_gbps']:.1f} GB/s (copy {memory['copy_gbps']:.1f} GB/s)"]
+
+
+def decode_bandwidth_rows(results: dict) -> list[str]:
+    lines = []
+    for key in sorted(k for k in results if k.startswith("decode_bytes_b")):
+        db = results[key]
+        lines.append(f"decode {key.removeprefix('decode_bytes_')} reads {db['total'] / 1e6:.1f} "
+                     f"MB/step (weights {db['weights'] / 1e6:.1f}, K/V state "
+                     f"{db['kv_state'] / 1e6:.1f}, position table {db['pos_table'] / 1e6:.1f}): "
+                     f"runtime {db['runtime_gbps']:.1f} GB/s = "
+                     f"{100 * db['fraction_of_read_bandwidth']:.0f}% of the streaming read "
+                     f"({100 * db['fraction_of_copy_bandwidth']:.0f}% of copy)")
+    return lines
+
+
 def table(results: dict) -> str:
-    gemm = results["machine"]["gemm"]
     lines = [
         f"compressive-rt bench ({results['profile']}), {results['thread_note']}",
         f"model: {results['model']}; N={results['config']['n_layers']} "
         f"d={results['config']['d_model']} L={results['config']['seg_len']} "
         f"M={results['config']['mem_len']} C={results['config']['cmem_len']} "
         f"c={results['config']['compress_rate']} ({results['config']['compress_fn']})",
-        f"machine: fp32 GEMM {gemm['gflops']:.1f} GFLOP/s (torch {gemm['torch_gflops']:.1f}, "
-        f"numpy {gemm['numpy_gflops']:.1f}); copy bandwidth "
-        f"{results['machine']['memory']['copy_gbps']:.1f} GB/s",
+        *machine_rows(results["machine"]),
         f"engine check: max |logit error| runtime vs eager "
         f"{results['check']['max_abs_logit_error']:.2e} (logit scale "
         f"{results['check']['logit_scale']:.2f})",
@@ -144,12 +174,7 @@ def table(results: dict) -> str:
     ]
     lines += _contender_rows(results)
     lines += _experiment_rows(results)
-    if "decode_bytes_b1" in results and "runtime_gbps" in results["decode_bytes_b1"]:
-        db = results["decode_bytes_b1"]
-        lines.append(f"decode b1 reads {db['total'] / 1e6:.1f} MB/token (weights "
-                     f"{db['weights'] / 1e6:.1f}, K/V state {db['kv_state'] / 1e6:.1f}, position "
-                     f"table {db['pos_table'] / 1e6:.1f}): runtime {db['runtime_gbps']:.1f} GB/s ="
-                     f" {100 * db['fraction_of_copy_bandwidth']:.0f}% of copy bandwidth")
+    lines += decode_bandwidth_rows(results)
     if results.get("memory"):
         from compressive_rt.benchmarks.memory import format_report
 

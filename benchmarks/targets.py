@@ -1,5 +1,6 @@
-"""The performance targets (issues 10 and 18, default config, 2 threads), each recorded as met or
-missed with the measured value and, where it is a ratio, its spread over repeats."""
+"""The performance targets (issues 10, 18 and 28, default config, 2 threads), each recorded as met
+or missed with the measured value and, where it is a ratio, its spread over repeats. The limits
+the fractions are taken against are measured in the same run (benchmarks/limits.py)."""
 
 from __future__ import annotations
 
@@ -42,13 +43,19 @@ def evaluate_targets(results: dict) -> list[dict]:
              lucid, "decode b1: runtime vs lucidrains", 8.0)):
         targets.append(_target(name, ">=", threshold, *_ratio(group, ratio),
                                note="median over repeats of the per-repeat ratio"))
-    gemm_fraction = _get(results, "contenders", "runtime", "segment", "8", "gemm_fraction")
-    targets.append(_target("segment b8: runtime fraction of the measured GEMM rate", ">=", 0.70,
-                           gemm_fraction, note="useful FLOPs of the cached algorithm"))
-    copy_fraction = _get(results, "decode_bytes_b1", "fraction_of_copy_bandwidth")
-    targets.append(_target("decode b1: runtime fraction of the measured copy bandwidth", ">=",
-                           0.60, copy_fraction, note="weights + K/V state + position table read "
-                                                     "per token"))
+    for batch, threshold in (("8", 0.70), ("1", 0.60)):  # issue 28
+        gemm_fraction = _get(results, "contenders", "runtime", "segment", batch, "gemm_fraction")
+        targets.append(_target(f"segment b{batch}: runtime fraction of ONNX Runtime's fp32 GEMM "
+                               f"rate at the engine's shapes", ">=", threshold, gemm_fraction,
+                               note="useful FLOPs of the cached algorithm, measured in the run"))
+    for batch, threshold in (("1", 0.80), ("8", 0.60)):
+        read_fraction = _get(results, f"decode_bytes_b{batch}", "fraction_of_read_bandwidth")
+        targets.append(_target(f"decode b{batch}: runtime fraction of the streaming-read "
+                               f"bandwidth", ">=", threshold, read_fraction,
+                               note="weights + K/V state + position table read per step"))
+    targets.append(_target("int8 segment b1: fraction of ONNX Runtime's int8 GEMM rate at the "
+                           "engine's shapes", ">=", 0.50,
+                           _get(results, "quantization", "segment_b1_int8_gemm_fraction")))
     rows = {row["concurrency"]: row for row in _get(results, "serving", "rows") or []}
     for line, name in (("runtime", "runtime, greedy"), ("runtime_top40", "runtime, top-k 40")):
         scaling, spread = None, None
@@ -63,15 +70,17 @@ def evaluate_targets(results: dict) -> list[dict]:
     streams = (_get(results, "capacity", "max_streams") or [1, "S"])[-1]
     targets.append(_target(f"capacity: decode step at 1 stream, max_streams={streams} vs 1", "<=",
                            1.3, capacity["median"] if capacity else None, capacity))
-    for workload, threshold in (("decode b1", 0.03), ("segment b1", 0.02)):
-        overhead = _get(results, "loop_overhead", workload, "fraction")
-        targets.append(_target(f"loop overhead {workload}: time outside Backend.run in "
-                               f"Session.feed (fraction of step)", "<", threshold, overhead))
-    # issue 18: the quick profile's smaller steps leave a larger share to Python
-    threshold = 0.05 if results.get("profile") != "full" else 0.03
-    targets.append(_target("Scheduler.step, 8 requests top-k 40: time outside Backend.run "
-                           "(fraction of step)", "<", threshold,
-                           _get(results, "scheduler_overhead", "fraction")))
+    if results.get("profile") == "full":
+        # Only at the default config: the quick and smoke profiles' steps are so short that
+        # the Python loop, run on caches an engine call has just evicted, takes a larger share
+        # (issue 28: 13-14 us warm, 39-142 us after a real call); their targets were retired.
+        for workload, threshold in (("decode b1", 0.03), ("segment b1", 0.02)):
+            overhead = _get(results, "loop_overhead", workload, "fraction")
+            targets.append(_target(f"loop overhead {workload}: time outside Backend.run in "
+                                   f"Session.feed (fraction of step)", "<", threshold, overhead))
+        targets.append(_target("Scheduler.step, 8 requests top-k 40: time outside Backend.run "
+                               "(fraction of step)", "<", 0.03,
+                               _get(results, "scheduler_overhead", "fraction")))
     for batch in ("1", "8"):
         native = _get(results, "native_loop_overhead", f"decode b{batch}", "fraction")
         targets.append(_target(f"native loop overhead decode b{batch} (fraction of step)", "<",

@@ -16,7 +16,7 @@ from compressive_rt.errors import CtrtError
 
 # What only the `train` extra installs: a command that needs one of these in a plain install
 # says so instead of a traceback.
-TRAIN_EXTRA = {"torch", "safetensors", "matplotlib", "onnxconverter_common",
+TRAIN_EXTRA = {"torch", "safetensors", "matplotlib", "onnxconverter_common", "onnxslim",
                "compressive_transformer_pytorch"}
 
 COMMAND_MODULES = [

@@ -1,8 +1,8 @@
 """`ctrt inspect`: what an engine directory holds, in one readable page.
 
 The manifest summary (config, opset, verification and the CPU it ran on, quantization), per
-graph: file size, parameter count (initializer elements), an op histogram and the TensorRT lint
-result; and any TensorRT plans.
+graph: file size, parameter count (initializer elements), node count (as the manifest records
+it), an op histogram and the TensorRT lint result; and any TensorRT plans.
 """
 
 from __future__ import annotations
@@ -78,11 +78,14 @@ def inspect_engine_dir(engine_dir: Path | str) -> str:
         files = graph_files(path, model) if not weights else [path]  # weights listed once
         size = sum(f.stat().st_size for f in files if f.is_file())
         histogram = op_histogram(model)
+        nodes = data["entry_points"][entry].get("nodes")
+        shown = f"{nodes} nodes" if nodes is not None else \
+            f"{sum(histogram.values())} nodes (not recorded in the manifest)"
         issues = lint_graph(model, spec)
         lines += [
             "",
             (f"[{entry}] {path.name}: {_bytes(size)}, {parameter_count(model):,} parameters, "
-            f"{sum(histogram.values())} nodes"),
+            f"{shown}"),
             "  inputs:  " + ", ".join(f"{t.name}{list(t.shape)}" for t in spec.inputs),
             "  outputs: " + ", ".join(f"{t.name}{list(t.shape)}" for t in spec.outputs),
             "  ops: " + ", ".join(f"{op} {n}" for op, n in sorted(histogram.items())),

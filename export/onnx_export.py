@@ -14,6 +14,7 @@ from onnx import numpy_helper
 from onnx.external_data_helper import set_external_data
 
 from compressive_rt.ct_reference.model import CompressiveTransformer
+from compressive_rt.export.simplify import simplify_graph
 from compressive_rt.export.step import build_steps
 from compressive_rt.runtime.contract import BATCH, TOKENS, EntryPoint, TensorSpec, entry_points
 from compressive_rt.runtime.manifest import WEIGHTS_NAME, file_entry
@@ -58,7 +59,8 @@ def dynamic_axes(entry: EntryPoint) -> dict[str, dict[int, str]]:
 
 def export_entry(step: torch.nn.Module, entry: EntryPoint, path: Path, batch: int = 2,
                  tokens: int = 2, opset: int = OPSET) -> onnx.ModelProto:
-    """One entry point's graph, weights inline (traced through `path`, removed again)."""
+    """One entry point's graph as traced, weights inline (traced through `path`, removed
+    again)."""
     args = tuple(example_tensor(spec, batch, tokens) for spec in entry.inputs)
     weight_bytes = sum(p.numel() * p.element_size() for p in step.parameters())
     with warnings.catch_warnings():
@@ -108,9 +110,10 @@ def stamp_shapes(graph: onnx.ModelProto, entry: EntryPoint) -> None:
                 dim.dim_value = size
 
 
-def export_graphs(model: CompressiveTransformer, work_dir: Path,
-                  opset: int = OPSET) -> dict[str, onnx.ModelProto]:
-    """One ONNX graph per entry point, weights inline, by entry name (traced via work_dir)."""
+def trace_graphs(model: CompressiveTransformer, work_dir: Path,
+                 opset: int = OPSET) -> dict[str, onnx.ModelProto]:
+    """One ONNX graph per entry point as the tracer writes it, weights inline, by entry name
+    (traced via work_dir)."""
     steps = build_steps(model)
     contract = entry_points(model.config)
     graphs = {}
@@ -121,6 +124,13 @@ def export_graphs(model: CompressiveTransformer, work_dir: Path,
     return graphs
 
 
+def export_graphs(model: CompressiveTransformer, work_dir: Path,
+                  opset: int = OPSET) -> dict[str, onnx.ModelProto]:
+    """The traced graphs, simplified (export.simplify): what an engine directory holds."""
+    return {name: simplify_graph(graph)
+            for name, graph in trace_graphs(model, work_dir, opset).items()}
+
+
 def write_graphs(graphs: dict[str, onnx.ModelProto], out_dir: Path) -> dict:
     """Write the graphs as `<entry>.onnx` and their initializers once to WEIGHTS_NAME.
 
@@ -128,7 +138,8 @@ def write_graphs(graphs: dict[str, onnx.ModelProto], out_dir: Path) -> dict:
     weights file; a tensor several graphs hold (same dtype, shape and bytes, whatever its name)
     is written once and each graph points at the same offset. Offsets are page-aligned so the
     file can be memory-mapped. Returns the manifest's "weights" entry (the file, its hash and
-    the tensor index) and each graph's entry (file, hash, its initializers' tensor keys)."""
+    the tensor index) and each graph's entry (file, hash, its initializers' tensor keys, its
+    node count)."""
     weights_path = out_dir / WEIGHTS_NAME
     tensors: dict[str, dict] = {}
     key_of_content: dict[tuple, str] = {}
@@ -160,7 +171,8 @@ def write_graphs(graphs: dict[str, onnx.ModelProto], out_dir: Path) -> dict:
     for name, graph in graphs.items():
         path = out_dir / f"{name}.onnx"
         onnx.save_model(graph, str(path))
-        entries[name] = {**file_entry(path), "initializers": initializers[name]}
+        entries[name] = {**file_entry(path), "initializers": initializers[name],
+                         "nodes": len(graph.graph.node)}
     return {"weights": {**file_entry(weights_path), "tensors": tensors}, "entry_points": entries}
 
 
@@ -233,16 +245,30 @@ def convert_to_fp16(graph: onnx.ModelProto) -> onnx.ModelProto:
     return graph
 
 
-def quantize_to_int8(graph: onnx.ModelProto, work_dir: Path) -> onnx.ModelProto:
-    """ONNX Runtime's dynamic quantization: MatMul weights stored int8 with QUANT_OPTIONS,
-    activations quantized per call; everything else stays fp32."""
+def weight_matmuls(graph: onnx.ModelProto) -> list[str]:
+    """The MatMul nodes that multiply by a linear layer's weight: a 2-D initializer [K, N].
+    The others read activations, or a per-layer position table [H, dh, C+M+L] folded from
+    the weights at export, which stays fp32."""
+    matrices = {t.name for t in graph.graph.initializer if len(t.dims) == 2}
+    return [node.name for node in graph.graph.node
+            if node.op_type == "MatMul" and node.input[1] in matrices]
+
+
+def quantize_to_int8(graph: onnx.ModelProto, work_dir: Path,
+                     quant_options: dict = QUANT_OPTIONS) -> onnx.ModelProto:
+    """ONNX Runtime's dynamic quantization: the weights of weight_matmuls stored int8 with
+    quant_options, activations quantized per call; everything else stays fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path = work_dir / "int8.onnx"
-    options = {**QUANT_OPTIONS, "weight_type": getattr(QuantType, QUANT_OPTIONS["weight_type"])}
+    options = {**quant_options, "weight_type": getattr(QuantType, quant_options["weight_type"])}
+    quantized = weight_matmuls(graph)
+    others = [node.name for node in graph.graph.node
+              if node.op_type == "MatMul" and node.name not in quantized]
     logging.disable(logging.WARNING)  # the quantizer's advice to run its pre-processing first
     try:
-        quantize_dynamic(graph, str(path), op_types_to_quantize=["MatMul"], **options)
+        quantize_dynamic(graph, str(path), op_types_to_quantize=["MatMul"],
+                         nodes_to_exclude=others, **options)
         return onnx.load(str(path))
     finally:
         logging.disable(logging.NOTSET)

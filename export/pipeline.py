@@ -54,12 +54,15 @@ def _prepare_output(out_dir: Path) -> Path:
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
+    import onnxslim
+
     try:
         own = version("compressive-rt")
     except PackageNotFoundError:
         own = "source"
     return {"compressive_rt": own, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+            "onnxruntime": onnxruntime.__version__, "onnxslim": onnxslim.__version__,
+            "numpy": np.__version__,
             "python": platform.python_version()}
 
 

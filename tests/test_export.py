@@ -248,8 +248,13 @@ def test_ctrt_export_of_an_unknown_compression_function_is_a_clear_error(tmp_pat
 
 
 @pytest.mark.slow
-def test_fp16_export_is_verified_with_the_looser_stated_tolerance(tmp_path):
-    model = random_model(tiny_config("conv"))
+@pytest.mark.parametrize("compress_fn", each_compress_fn())
+def test_fp16_engine_runs_optimized_on_the_cpu_within_the_fp16_tolerance(tmp_path, compress_fn):
+    """ONNX Runtime opens fp16 graphs with graph optimisation on (the Casts of the fp16
+    weights fold at load), and they stay within fp16's stated tolerance of the eager model."""
+    import onnxruntime
+
+    model = random_model(tiny_config(compress_fn))
     manifest = export_model(model, tmp_path / "engine", precision="fp16", log=lambda *_: None)
     assert manifest["precision"] == "fp16"
     assert manifest["verification_fp32"]["passed"]
@@ -259,7 +264,11 @@ def test_fp16_export_is_verified_with_the_looser_stated_tolerance(tmp_path):
     assert check["segment_max_abs_error"] > manifest["verification_fp32"]["segment_max_abs_error"]
     tokens = random_tokens(1, 21 * model.config.seg_len, seed=5)
     expected, _ = eager_logits(model, tokens)
-    session = Session(tmp_path / "engine")
+    session = Session(tmp_path / "engine", backend="onnxruntime-cpu")
+    levels = {entry: ort_session.get_session_options().graph_optimization_level
+              for entry, ort_session in session.backend.sessions.items()}
+    assert levels == dict.fromkeys(("segment", "extend", "commit"),
+                                   onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
     stream = session.add_stream()
     got = session.feed({stream: tokens[0]})[stream]
     assert np.abs(got - expected[0]).max() <= check["tolerance"]
@@ -275,3 +284,21 @@ def test_fp16_export_of_most_used_is_verified_and_types_check(tmp_path):
     for entry in manifest["entry_points"].values():
         onnx.checker.check_model(onnx.load(str(tmp_path / "engine" / entry["file"])),
                                  full_check=True)
+
+
+def test_graphs_are_simplified_and_the_manifest_and_inspect_count_their_nodes(engine,
+                                                                             tmp_path):
+    from compressive_rt.export.inspection import inspect_engine_dir, op_histogram
+    from compressive_rt.export.onnx_export import trace_graphs
+
+    model, engine_dir = engine("conv")
+    traced = trace_graphs(model, tmp_path)
+    data = json.loads((engine_dir / "manifest.json").read_text())
+    report = inspect_engine_dir(engine_dir)
+    for name, entry in data["entry_points"].items():
+        graph = onnx.load(str(engine_dir / entry["file"]), load_external_data=False)
+        assert entry["nodes"] == len(graph.graph.node) < len(traced[name].graph.node) / 2
+        assert f"[{name}] {entry['file']}: " in report and f", {entry['nodes']} nodes\n" in report
+        ops, traced_ops = op_histogram(graph), op_histogram(traced[name])
+        assert ops["Constant"] == 0 < traced_ops["Constant"]
+        assert ops["Shape"] < traced_ops["Shape"] and ops["Unsqueeze"] < traced_ops["Unsqueeze"]

@@ -5,7 +5,6 @@ This machine may have VNNI or not; no test here depends on which: the AVX2 kerne
 is emulated in float ops (tests/avx2_u8s8.py) where a test needs it."""
 
 import json
-import logging
 import platform
 import shutil
 from pathlib import Path
@@ -14,17 +13,21 @@ import numpy as np
 import onnx
 import pytest
 from avx2_u8s8 import INT16_MAX, emulate_u8s8_avx2
-from engines import random_model, tiny_config
+from engines import COMPRESS_FNS, random_model, tiny_config
 from onnx import numpy_helper
 
 from compressive_rt.export.inspection import inspect_engine_dir
-from compressive_rt.export.onnx_export import load_graphs, write_graphs
+from compressive_rt.export.onnx_export import load_graphs, quantize_to_int8, write_graphs
 from compressive_rt.export.pipeline import export_model
 from compressive_rt.export.verify import eager_logits, verify_engine
 from compressive_rt.runtime.manifest import MANIFEST_NAME, record_graphs, write_manifest
 from compressive_rt.runtime.session import Session
 
 U8_MAX = 255
+# ONNX's and ONNX Runtime's ops that multiply integers (the kernels whose sums may saturate)
+INTEGER_PRODUCT_OPS = frozenset({"MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv",
+                                 "QGemm", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+                                 "QAttention"})
 
 
 def quiet(*_):
@@ -54,7 +57,7 @@ def rewritten_engine(engine_dir: Path, out_dir: Path, rewrite) -> Path:
 
 
 def emulated(graph: onnx.ModelProto) -> onnx.ModelProto:
-    assert emulate_u8s8_avx2(graph) > 0
+    emulate_u8s8_avx2(graph)
     return graph
 
 
@@ -126,10 +129,21 @@ def test_no_u8s8_pair_sum_of_the_int8_graphs_can_saturate_int16(int8_engine):
             assert worst <= INT16_MAX, (name, node.name, worst)
 
 
-def test_int8_logits_are_the_same_under_the_avx2_kernels_saturating_arithmetic(int8_engine,
+@pytest.mark.parametrize("compress_fn", COMPRESS_FNS)
+def test_int8_logits_are_the_same_under_the_avx2_kernels_saturating_arithmetic(compress_fn,
                                                                               tmp_path):
-    model, _, engine_dir, _ = int8_engine
+    """On the simplified graphs of every compression function: the emulation rewrites every
+    integer product there is (no integer op is left to run with VNNI's exact sums), and the
+    logits do not move."""
+    model = random_model(tiny_config(compress_fn), std=0.1)
+    engine_dir = tmp_path / "int8"
+    manifest = export_model(model, engine_dir, precision="int8", log=quiet)
+    entries = list(manifest["entry_points"])
+    graphs = load_graphs(engine_dir, entries).values()
+    assert sum(node.op_type == "MatMulInteger" for graph in graphs for node in graph.graph.node)
     avx2 = rewritten_engine(engine_dir, tmp_path / "avx2", emulated)
+    for graph in load_graphs(avx2, entries).values():
+        assert not {node.op_type for node in graph.graph.node} & INTEGER_PRODUCT_OPS
     tokens = np.random.default_rng(6).integers(0, 256, 20 * model.config.seg_len)
     exact = logits(engine_dir, tokens)
     assert np.abs(logits(avx2, tokens) - exact).max() <= 1e-5 * max(1.0, np.abs(exact).max())
@@ -139,19 +153,10 @@ def test_full_range_int8_weights_fail_verification_under_the_avx2_arithmetic(int
                                                                             tmp_path):
     """The reported failure, reproduced on any CPU: 8-bit weights (ONNX Runtime's default
     quantization) verify with exact sums and not with the AVX2 kernel's saturated ones."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     model, fp32_dir, _, _ = int8_engine
 
     def full_range(graph: onnx.ModelProto) -> onnx.ModelProto:
-        path = tmp_path / "full_range.onnx"
-        logging.disable(logging.WARNING)
-        try:
-            quantize_dynamic(graph, str(path), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul"])
-        finally:
-            logging.disable(logging.NOTSET)
-        return onnx.load(str(path))
+        return quantize_to_int8(graph, tmp_path, {"weight_type": "QInt8"})
 
     exact = rewritten_engine(fp32_dir, tmp_path / "exact", full_range)
     avx2 = rewritten_engine(exact, tmp_path / "avx2", emulated)

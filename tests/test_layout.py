@@ -1,9 +1,9 @@
 """The import graph runs one way and the wheel holds every package (docs/DESIGN.md's layout table).
 
 ct_reference <- export <- cli/benchmarks, runtime <- export, serving; runtime and serving never
-import torch; compressive_rt.errors and compressive_rt.progress are the modules every layer may
-import. Read from the source with `ast`, so an import inside a function counts as much as one at
-the top of a file.
+import torch (nor onnxslim, an export-time tool); compressive_rt.errors and compressive_rt.progress
+are the modules every layer may import. Read from the source with `ast`, so an import inside a
+function counts as much as one at the top of a file.
 """
 
 import ast
@@ -16,8 +16,8 @@ NAMESPACE = "compressive_rt"
 LAYERS = ("ct_reference", "export", "runtime", "serving", "cli", "benchmarks")
 SHARED = {"errors", "progress"}  # compressive_rt.<name> modules every layer may import
 FORBIDDEN = {
-    "runtime": {"ct_reference", "export", "serving", "cli", "benchmarks", "torch"},
-    "serving": {"ct_reference", "export", "cli", "benchmarks", "torch"},
+    "runtime": {"ct_reference", "export", "serving", "cli", "benchmarks", "torch", "onnxslim"},
+    "serving": {"ct_reference", "export", "cli", "benchmarks", "torch", "onnxslim"},
     "ct_reference": {"export", "runtime", "serving", "cli", "benchmarks"},
     "export": {"serving", "cli", "benchmarks"},
 }
