@@ -93,19 +93,25 @@ def test_sessions_sharing_one_engine_give_bitwise_equal_logits_and_state(engine)
 
 
 @pytest.fixture(scope="module")
-def int8_engine(tmp_path_factory):
-    """A tiny conv engine exported with --precision int8 (int8 MatMul weights)."""
+def engine_of_precision(tmp_path_factory):
+    """precision -> a tiny conv engine exported at that precision (int8: int8 MatMul weights;
+    fp16: fp16 weights, which both runtimes open with graph optimisation on)."""
     from engines import random_model, tiny_config
 
     from compressive_rt.export.pipeline import export_model
 
-    out = tmp_path_factory.mktemp("int8") / "engine"
-    export_model(random_model(tiny_config("conv")), out, precision="int8", log=lambda *_: None)
-    return out
+    def exported(precision: str):
+        out = tmp_path_factory.mktemp(precision) / "engine"
+        export_model(random_model(tiny_config("conv")), out, precision=precision,
+                     log=lambda *_: None)
+        return out
+    return exported
 
 
-def test_an_int8_engine_gives_bitwise_equal_logits_and_state(int8_engine):
-    python, native = sessions(int8_engine, threads=1)
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_a_reduced_precision_engine_gives_bitwise_equal_logits_and_state(engine_of_precision,
+                                                                         precision):
+    python, native = sessions(engine_of_precision(precision), threads=1)
     streams = [python.add_stream(), python.add_stream()]
     native.add_stream(), native.add_stream()
     logit, _, state = worst_differences(python, native, streams, 25,
