@@ -70,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             f"as a snapshot of this engine)")
     serve.add_argument("--max-prompt-bytes", type=int, default=defaults.max_prompt_bytes,
                        help=f"largest prompt, 400 beyond (default {defaults.max_prompt_bytes})")
+    serve.add_argument("--max-json-depth", type=int, default=defaults.max_json_depth,
+                       help=f"deepest nesting of arrays and objects in a JSON body, 400 beyond, "
+                            f"checked before it is parsed (default {defaults.max_json_depth})")
     serve.add_argument("--max-tokens", type=int, default=defaults.max_tokens_limit,
                        help=f"largest max_tokens a request may ask for (default "
                             f"{defaults.max_tokens_limit})")
@@ -120,6 +123,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     check_options(args, {"threads": 1, "port": 0, "streams": 1, "queue_size": 1,
                          "max_body_bytes": 1, "max_prompt_bytes": 1, "max_tokens": 1,
+                         "max_json_depth": 1,
                          "snapshot_every": 1, "grace": 0, "replicas": 1,
                          "replicas_per_node": 1}, positive=("request_timeout",))
     if args.port > 65535:
@@ -135,7 +139,8 @@ def run_serve(args: argparse.Namespace) -> int:
         model_name=args.model_name or Path(args.engine_dir).resolve().name,
         api_key=api_key(args), queue_size=args.queue_size,
         request_timeout_s=args.request_timeout, max_body_bytes=args.max_body_bytes,
-        max_prompt_bytes=args.max_prompt_bytes, max_tokens_limit=args.max_tokens,
+        max_prompt_bytes=args.max_prompt_bytes, max_json_depth=args.max_json_depth,
+        max_tokens_limit=args.max_tokens,
         snapshot_every=args.snapshot_every, grace_s=args.grace)
     if args.ray:
         return run_on_ray(args, settings)

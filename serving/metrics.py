@@ -36,5 +36,8 @@ class Metrics:
             ["kind"], buckets=LATENCY_BUCKETS, registry=registry)
         self.spills = Counter("ctrt_spills", "Streams written to the store and released",
                               registry=registry)
+        self.refused = Counter("ctrt_refused", "Requests and connections refused by a bound "
+                               "(json_depth, bodies_in_flight, connections, header_timeout, "
+                               "body_timeout, store_full)", ["bound"], registry=registry)
         self.loads = Counter("ctrt_loads", "Streams taken from the store into the session",
                              registry=registry)

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from compressive_rt.runtime.sampling import Sampling
+from compressive_rt.runtime.json_depth import nesting_depth
+from compressive_rt.runtime.sampling import MIN_TEMPERATURE, Sampling
 from compressive_rt.serving.errors import ApiError, bad_request
 from compressive_rt.serving.jobs import GenerationParams
 from compressive_rt.serving.settings import ServeSettings
@@ -70,8 +71,8 @@ class GenerationFields(_Body):
                               f"server's --max-tokens), got {max_tokens}", "max_tokens")
         temperature = 1.0 if self.temperature is None else self.temperature
         if not 0 <= temperature <= 2:
-            raise bad_request(f"temperature must be in [0, 2] (0: greedy), got {temperature}",
-                              "temperature")
+            raise bad_request(f"temperature must be in [0, 2] (below {MIN_TEMPERATURE:g}: "
+                              f"greedy), got {temperature}", "temperature")
         top_p = 1.0 if self.top_p is None else self.top_p
         if not 0 < top_p <= 1:
             raise bad_request(f"top_p must be in (0, 1], got {top_p}", "top_p")
@@ -82,7 +83,7 @@ class GenerationFields(_Body):
         if len(stops) > MAX_STOPS:
             raise bad_request(f"stop holds {len(stops)} sequences; at most {MAX_STOPS}", "stop")
         seed = None if self.seed is None else self.seed % SEED_MODULUS
-        sampling = Sampling(greedy=True, seed=seed) if temperature == 0 else \
+        sampling = Sampling(greedy=True, seed=seed) if temperature < MIN_TEMPERATURE else \
             Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         return GenerationParams(max_tokens, sampling,
                                 tuple(utf8(stop, "stop") for stop in stops if stop))
@@ -146,8 +147,13 @@ def utf8(text: str, param: str) -> bytes:
 Body = TypeVar("Body", bound=BaseModel)
 
 
-def parse_body(model: type[Body], raw: bytes) -> Body:
-    """The JSON body as `model`, or an ApiError (400) that names the field."""
+def parse_body(model: type[Body], raw: bytes, max_depth: int) -> Body:
+    """The JSON body as `model`, or an ApiError (400) that names the field. A body nested
+    deeper than `max_depth` is refused before it is parsed (parsing and checking it recurse)."""
+    depth = nesting_depth(raw)
+    if depth > max_depth:
+        raise bad_request(f"the request body nests {depth} levels deep; this server takes at "
+                          f"most {max_depth} (--max-json-depth)", bound="json_depth")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

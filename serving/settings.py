@@ -20,6 +20,7 @@ class ServeSettings:
     request_timeout_s: float = 600.0  # from acceptance to the last byte of the answer
     max_body_bytes: int = 1 << 20  # a request body (an uploaded snapshot: its own bound)
     max_prompt_bytes: int = 1 << 16  # one prompt, UTF-8
+    max_json_depth: int = 16  # nesting of a JSON body (OpenAI's bodies need 3)
     max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
     snapshot_every: int = 4096  # acknowledged tokens between a stream's snapshots
     grace_s: float = 30.0  # SIGTERM: time for in-flight requests before they are cancelled
@@ -30,6 +31,7 @@ class ServeSettings:
                     "request_timeout_s": self.request_timeout_s,
                     "max_body_bytes": self.max_body_bytes,
                     "max_prompt_bytes": self.max_prompt_bytes,
+                    "max_json_depth": self.max_json_depth,
                     "max_tokens_limit": self.max_tokens_limit,
                     "snapshot_every": self.snapshot_every, "retry_after_s": self.retry_after_s}
         for name, value in positive.items():

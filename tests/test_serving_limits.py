@@ -1,0 +1,82 @@
+"""Bounds on what a client can spend, in-process (Starlette's TestClient): input that would
+recurse or overflow is a 400 that says why, never a 500."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from serving_helpers import greedy
+from test_serving_api import TEXT_A, append, metric, new_stream
+
+from compressive_rt.runtime.snapshot import META
+
+NESTED = "[" * 5000 + "]" * 5000  # 10 KB
+
+
+@pytest.mark.parametrize("route, body", [
+    ("/v1/completions", f'{{"prompt": {NESTED}}}'),
+    ("/v1/completions", f'{{"prompt": "a", "logit_bias": {{"5": {NESTED}}}}}'),
+    ("STREAM/append", f'{{"text": {NESTED}}}'),
+    ("STREAM/generate", f'{{"prompt": {NESTED}}}'),
+])
+def test_a_body_nested_thousands_deep_is_400_before_it_is_parsed(served, route, body):
+    client = served()
+    route = route.replace("STREAM", f"/v1/streams/{new_stream(client)}")
+    answer = client.post(route, content=body.encode(),
+                         headers={"content-type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    depth = 5001 if "logit_bias" not in body else 5002
+    assert answer.json()["error"]["message"] == (
+        f"the request body nests {depth} levels deep; this server takes at most 16 "
+        f"(--max-json-depth)")
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(served, engine_dir):
+    client = served(max_json_depth=2)
+    prompt = "[[[{{{" + '\\"[[' * 3
+    answer = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 3,
+                                                  "temperature": 0})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["token_ids"] == list(greedy(engine_dir,
+                                                                   prompt.encode(), 3))
+
+
+@pytest.mark.parametrize("temperature", [1e-310, 1e-300, 9e-6])
+def test_a_temperature_below_the_floor_is_greedy(served, engine_dir, temperature):
+    answer = served().post("/v1/completions", json={"prompt": "The ", "max_tokens": 12,
+                                                    "temperature": temperature, "seed": 3})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["token_ids"] == list(greedy(engine_dir, b"The ", 12))
+
+
+def with_position(snapshot: bytes, position: int) -> bytes:
+    """The snapshot with its record's position replaced (nothing else changed)."""
+    with np.load(io.BytesIO(snapshot), allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    meta = json.loads(arrays.pop(META).tobytes())
+    meta["position"] = position
+    out = io.BytesIO()
+    np.savez(out, **{META: np.frombuffer(json.dumps(meta).encode(), np.uint8)}, **arrays)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("position", [2**63 - 64, 2**53, 64 * 10**30])
+def test_a_snapshot_position_beyond_2_to_the_53_is_400_and_the_stream_goes_on(served,
+                                                                               position):
+    client = served()
+    stream = new_stream(client)
+    append(client, stream, TEXT_A)
+    taken = client.get(f"/v1/streams/{stream}/snapshot").content
+    answer = client.put(f"/v1/streams/{stream}/snapshot", content=with_position(taken, position))
+    assert answer.status_code == 400
+    assert f"position must be an integer in [0, 2**53), got {position}" in \
+        answer.json()["error"]["message"]
+    assert append(client, stream, b"more")["position"] == len(TEXT_A) + 4
+
+
+def test_refusals_are_counted_by_the_bound_that_refused_them(served):
+    client = served()
+    for _ in range(3):
+        client.post("/v1/completions", content=f'{{"prompt": {NESTED}}}'.encode())
+    assert metric(client, "ctrt_refused_total", {"bound": "json_depth"}) == 3
