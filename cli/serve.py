@@ -50,6 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             f"password also from ${PASSWORD_VARIABLE}); Redis must run "
                             f"appendonly yes, appendfsync always for appends to survive its "
                             f"own crash")
+    serve.add_argument("--store-max-bytes", type=int, default=None, metavar="BYTES",
+                       help="bound on a local store's database: beyond it appends, snapshots "
+                            "and creates answer 507 while reads and DELETE still work (default: "
+                            "90%% of what the store holds plus its disk's free space when the "
+                            "server starts, so a full store can still delete); freed space is "
+                            "given back to the disk. Redis: its own maxmemory")
     serve.add_argument("--api-key", default=None, metavar="KEY",
                        help=f"require Authorization: Bearer KEY on /v1/ routes (also from "
                             f"--api-key-file or ${API_KEY_VARIABLE}; default: no key)")
@@ -123,7 +129,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     check_options(args, {"threads": 1, "port": 0, "streams": 1, "queue_size": 1,
                          "max_body_bytes": 1, "max_prompt_bytes": 1, "max_tokens": 1,
-                         "max_json_depth": 1,
+                         "max_json_depth": 1, "store_max_bytes": 1,
                          "snapshot_every": 1, "grace": 0, "replicas": 1,
                          "replicas_per_node": 1}, positive=("request_timeout",))
     if args.port > 65535:
@@ -141,7 +147,8 @@ def run_serve(args: argparse.Namespace) -> int:
         request_timeout_s=args.request_timeout, max_body_bytes=args.max_body_bytes,
         max_prompt_bytes=args.max_prompt_bytes, max_json_depth=args.max_json_depth,
         max_tokens_limit=args.max_tokens,
-        snapshot_every=args.snapshot_every, grace_s=args.grace)
+        snapshot_every=args.snapshot_every, grace_s=args.grace,
+        store_max_bytes=args.store_max_bytes)
     if args.ray:
         return run_on_ray(args, settings)
     from compressive_rt.serving.server import serve

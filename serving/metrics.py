@@ -39,5 +39,9 @@ class Metrics:
         self.refused = Counter("ctrt_refused", "Requests and connections refused by a bound "
                                "(json_depth, bodies_in_flight, connections, header_timeout, "
                                "body_timeout, store_full)", ["bound"], registry=registry)
+        self.store_bytes = Gauge("ctrt_store_bytes", "A local store's database and WAL files",
+                                 registry=registry)
+        self.store_max_bytes = Gauge("ctrt_store_max_bytes", "A local store's bound "
+                                     "(--store-max-bytes)", registry=registry)
         self.loads = Counter("ctrt_loads", "Streams taken from the store into the session",
                              registry=registry)

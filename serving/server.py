@@ -22,6 +22,7 @@ from compressive_rt.serving.engine import Engine, row_specs
 from compressive_rt.serving.metrics import Metrics
 from compressive_rt.serving.settings import LOOPBACK, ServeSettings
 from compressive_rt.serving.shared_engine import SharedStoreEngine
+from compressive_rt.serving.sqlite_store import SQLiteStore
 from compressive_rt.serving.stores import describe_store, open_store
 
 BYTE_VOCAB = 256
@@ -39,8 +40,11 @@ def open_engine(engine_dir: str | Path, settings: ServeSettings, store_dir: str 
         raise CtrtError(f"ctrt serve takes text (bytes), so it needs a byte-level engine "
                         f"(vocab_size {BYTE_VOCAB}); {engine_dir} has vocab_size {vocab}")
     identity = json.dumps(engine_identity(session.manifest), sort_keys=True)
-    store = open_store(store_dir, identity)
+    store = open_store(store_dir, identity, settings.store_max_bytes)
     metrics = Metrics()
+    if isinstance(store, SQLiteStore):
+        metrics.store_bytes.set_function(store.file_bytes)
+        metrics.store_max_bytes.set(store.max_bytes)
     engine_type = SharedStoreEngine if getattr(store, "shared", False) else Engine
     engine = engine_type(session, store, settings, metrics)
     limit = most_snapshot_bytes(session.manifest, row_specs(session))

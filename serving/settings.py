@@ -22,6 +22,7 @@ class ServeSettings:
     max_prompt_bytes: int = 1 << 16  # one prompt, UTF-8
     max_json_depth: int = 16  # nesting of a JSON body (OpenAI's bodies need 3)
     max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
+    store_max_bytes: int | None = None  # a local store's database (None: 90% of its disk)
     snapshot_every: int = 4096  # acknowledged tokens between a stream's snapshots
     grace_s: float = 30.0  # SIGTERM: time for in-flight requests before they are cancelled
     retry_after_s: int = 1  # the Retry-After of a 429
@@ -37,6 +38,8 @@ class ServeSettings:
         for name, value in positive.items():
             if not value > 0:
                 raise CtrtError(f"{name.replace('_', '-')} must be > 0, got {value}")
+        if self.store_max_bytes is not None and self.store_max_bytes <= 0:
+            raise CtrtError(f"store-max-bytes must be > 0, got {self.store_max_bytes}")
         if self.grace_s < 0:
             raise CtrtError(f"grace must be >= 0 seconds, got {self.grace_s}")
         if not 0 <= self.port <= 65535:

@@ -80,3 +80,29 @@ def test_refusals_are_counted_by_the_bound_that_refused_them(served):
     for _ in range(3):
         client.post("/v1/completions", content=f'{{"prompt": {NESTED}}}'.encode())
     assert metric(client, "ctrt_refused_total", {"bound": "json_depth"}) == 3
+
+
+def test_a_full_store_answers_507_and_still_lists_describes_and_deletes(served, tmp_path):
+    client = served(store_max_bytes=1 << 20, streams=1, snapshot_every=4)
+    created, answer = [], None
+    for _ in range(200):  # each stream's snapshot: about 140 KB of this engine's state
+        answer = client.post("/v1/streams")
+        if answer.status_code != 200:
+            break
+        created.append(answer.json()["id"])
+        answer = client.post(f"/v1/streams/{created[-1]}/append", json={"text": "abcdefgh"})
+        if answer.status_code != 200:
+            break
+    assert answer.status_code == 507, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "store_full" and "is full (its bound is" in error["message"]
+    assert "delete streams (DELETE /v1/streams/ID) to make room" in error["message"]
+    assert metric(client, "ctrt_refused_total", {"bound": "store_full"}) == 1
+    assert metric(client, "ctrt_store_max_bytes") == 1 << 20
+    assert metric(client, "ctrt_store_bytes") > 0
+    assert len(client.get("/v1/streams").json()["data"]) == len(created)
+    assert client.get(f"/v1/streams/{created[0]}").status_code == 200
+    for stream in created:
+        assert client.delete(f"/v1/streams/{stream}").status_code == 200
+    stream = new_stream(client)
+    assert append(client, stream, TEXT_A)["position"] == len(TEXT_A)
