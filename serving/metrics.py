@@ -43,5 +43,10 @@ class Metrics:
                                  registry=registry)
         self.store_max_bytes = Gauge("ctrt_store_max_bytes", "A local store's bound "
                                      "(--store-max-bytes)", registry=registry)
+        self.body_bytes_held = Gauge("ctrt_request_body_bytes_held", "Bytes reserved by "
+                                     "request bodies being read or held by running requests",
+                                     registry=registry)
+        self.open_connections = Gauge("ctrt_open_connections", "HTTP connections open",
+                                      registry=registry)
         self.loads = Counter("ctrt_loads", "Streams taken from the store into the session",
                              registry=registry)

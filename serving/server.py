@@ -18,6 +18,7 @@ from compressive_rt.errors import CtrtError
 from compressive_rt.runtime.session import Session
 from compressive_rt.runtime.snapshot import engine_identity, most_snapshot_bytes
 from compressive_rt.serving.app import create_app
+from compressive_rt.serving.connections import bounded_protocol
 from compressive_rt.serving.engine import Engine, row_specs
 from compressive_rt.serving.metrics import Metrics
 from compressive_rt.serving.settings import LOOPBACK, ServeSettings
@@ -82,8 +83,10 @@ def serve(engine_dir: str | Path, settings: ServeSettings, store_dir: str | Path
             f"this port can use the server (--api-key)")
     key = "API key required" if settings.api_key else "no API key"
     say(f"listening on http://{host}:{port} ({key})")
+    protocol = bounded_protocol(settings.header_timeout_s, settings.max_connections,
+                                engine.metrics)
     config = uvicorn.Config(app, lifespan="on", log_level="info", access_log=access_log,
-                            timeout_graceful_shutdown=settings.grace_s)
+                            timeout_graceful_shutdown=settings.grace_s, http=protocol)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it stopped for once it is done; for SIGTERM that graceful
     # stop is this command's normal end, so it must not kill the process (exit 0)

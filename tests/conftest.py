@@ -72,3 +72,20 @@ def served(engine_dir, tmp_path):
     yield serve
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def server(engine_dir, tmp_path):
+    """server(*options, env=None) -> a started `ctrt serve` subprocess on 127.0.0.1
+    (serving_helpers.Server); all are stopped at the end."""
+    from serving_helpers import Server
+
+    started = []
+
+    def start(*options, env=None, store=None):
+        started.append(Server(engine_dir, store or tmp_path / "store", *options, env=env))
+        return started[-1].start()
+
+    yield start
+    for running in started:
+        running.stop()
