@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from compressive_rt.runtime.json_depth import nesting_depth
 from compressive_rt.runtime.sampling import MIN_TEMPERATURE, Sampling
+from compressive_rt.runtime.scheduler import BYTE_VOCAB
 from compressive_rt.serving.errors import ApiError, bad_request
 from compressive_rt.serving.jobs import GenerationParams
 from compressive_rt.serving.settings import ServeSettings
@@ -61,6 +62,9 @@ class GenerationFields(_Body):
             if value is not None and value != default:
                 raise bad_request(f"{name}={value!r} is not supported by this server "
                                   f"(only {default!r})", name)
+        if self.stream_options is not None and not self.stream:
+            raise bad_request("stream_options is only allowed with stream: true",
+                              "stream_options")
         if self.suffix:
             raise bad_request("suffix is not supported by this server", "suffix")
         if self.logit_bias:
@@ -94,17 +98,23 @@ class GenerationFields(_Body):
 
 
 class CompletionBody(GenerationFields):
-    prompt: str | list[str]
+    # as OpenAI's and vLLM's: a string, a list of strings, token ids, or a list of token ids
+    prompt: str | list[str] | list[int] | list[list[int]]
 
     def prompt_tokens(self, settings: ServeSettings) -> list[np.ndarray]:
-        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
-        if not prompts:
-            raise bad_request("prompt is an empty list: give a string or a list of strings",
+        prompt = self.prompt
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+            prompt = [prompt]
+        if not prompt:
+            raise bad_request("prompt is an empty list: give a string, a list of strings, "
+                              "token ids or a list of token ids", "prompt")
+        if len(prompt) > MAX_PROMPTS:
+            raise bad_request(f"prompt holds {len(prompt)} prompts; at most {MAX_PROMPTS}",
                               "prompt")
-        if len(prompts) > MAX_PROMPTS:
-            raise bad_request(f"prompt holds {len(prompts)} prompts; at most {MAX_PROMPTS}",
-                              "prompt")
-        return [encode_prompt(prompt, settings, allow_empty=False) for prompt in prompts]
+        many = prompt is self.prompt  # a list of prompts: errors name prompt[i]
+        return [encode_prompt(one, settings, allow_empty=False) if isinstance(one, str)
+                else token_prompt(one, settings, f"prompt[{index}]" if many else "prompt")
+                for index, one in enumerate(prompt)]
 
 
 class StreamGenerateBody(GenerationFields):
@@ -133,6 +143,21 @@ def encode_prompt(prompt: str, settings: ServeSettings, allow_empty: bool) -> np
         raise bad_request(f"the prompt is {len(data)} bytes; this server takes at most "
                           f"{settings.max_prompt_bytes} (--max-prompt-bytes)", "prompt")
     return np.frombuffer(data, dtype=np.uint8).astype(np.int32)
+
+
+def token_prompt(ids: list[int], settings: ServeSettings, param: str) -> np.ndarray:
+    """A prompt of token ids as [P] int32: each id in the vocabulary (bytes: [0, 256))."""
+    if not ids:
+        raise bad_request(f"{param} is an empty list of token ids: give at least one", param)
+    if len(ids) > settings.max_prompt_bytes:
+        raise bad_request(f"the prompt is {len(ids)} tokens; this server takes at most "
+                          f"{settings.max_prompt_bytes} (--max-prompt-bytes)", param)
+    outside = next((at for at, token in enumerate(ids) if not 0 <= token < BYTE_VOCAB), None)
+    if outside is not None:  # (checked before numpy: a JSON int may exceed int64)
+        raise bad_request(f"{param}[{outside}] is token id {ids[outside]}, outside the "
+                          f"vocabulary [0, {BYTE_VOCAB}) (this server's model reads bytes)",
+                          param)
+    return np.array(ids, dtype=np.int32)  # [P]
 
 
 def utf8(text: str, param: str) -> bytes:

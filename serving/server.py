@@ -21,12 +21,11 @@ from compressive_rt.serving.app import create_app
 from compressive_rt.serving.connections import bounded_protocol
 from compressive_rt.serving.engine import Engine, row_specs
 from compressive_rt.serving.metrics import Metrics
+from compressive_rt.serving.schemas import BYTE_VOCAB
 from compressive_rt.serving.settings import LOOPBACK, ServeSettings
 from compressive_rt.serving.shared_engine import SharedStoreEngine
 from compressive_rt.serving.sqlite_store import SQLiteStore
 from compressive_rt.serving.stores import describe_store, open_store
-
-BYTE_VOCAB = 256
 
 
 def open_engine(engine_dir: str | Path, settings: ServeSettings, store_dir: str | Path,

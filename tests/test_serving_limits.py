@@ -5,6 +5,7 @@ import io
 import json
 
 import numpy as np
+import openai
 import pytest
 from serving_helpers import greedy
 from test_serving_api import TEXT_A, append, metric, new_stream
@@ -106,3 +107,49 @@ def test_a_full_store_answers_507_and_still_lists_describes_and_deletes(served, 
         assert client.delete(f"/v1/streams/{stream}").status_code == 200
     stream = new_stream(client)
     assert append(client, stream, TEXT_A)["position"] == len(TEXT_A)
+
+
+# ---- OpenAI's completions contract ----------------------------------------------------------
+def openai_client(client):
+    """The official client over the in-process app (TestClient is an httpx.Client)."""
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="none", max_retries=0,
+                         http_client=client)
+
+
+def test_token_id_prompts_complete_as_their_bytes_do_through_the_openai_client(served,
+                                                                               engine_dir):
+    completions = openai_client(served()).completions
+    ids = list(b"def main(")
+    one = completions.create(model="tiny", prompt=ids, max_tokens=8, temperature=0)
+    assert one.choices[0].model_extra["token_ids"] == list(greedy(engine_dir, b"def main(", 8))
+    assert one.usage.prompt_tokens == len(ids)
+    two = completions.create(model="tiny", prompt=[ids, list(b"The ")], max_tokens=8,
+                             temperature=0)
+    assert [choice.model_extra["token_ids"] for choice in two.choices] == \
+        [list(greedy(engine_dir, b"def main(", 8)), list(greedy(engine_dir, b"The ", 8))]
+
+
+@pytest.mark.parametrize("prompt, param, message", [
+    ([65, 256], "prompt", "prompt[1] is token id 256, outside the vocabulary [0, 256)"),
+    ([[65], [-1]], "prompt[1]", "prompt[1][0] is token id -1, outside the vocabulary"),
+    ([10**30], "prompt", f"prompt[0] is token id {10**30}, outside the vocabulary"),
+    ([[]], "prompt[0]", "prompt[0] is an empty list of token ids"),
+])
+def test_token_ids_outside_the_vocabulary_are_400_through_the_openai_client(served, prompt,
+                                                                            param, message):
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client(served()).completions.create(model="tiny", prompt=prompt, max_tokens=2)
+    assert refused.value.status_code == 400 and refused.value.body["param"] == param
+    assert message in refused.value.body["message"]
+
+
+def test_stream_options_without_stream_is_400_through_the_openai_client(served):
+    completions = openai_client(served()).completions
+    with pytest.raises(openai.BadRequestError) as refused:
+        completions.create(model="tiny", prompt="a", max_tokens=2,
+                           stream_options={"include_usage": True})
+    assert refused.value.body["param"] == "stream_options"
+    assert refused.value.body["message"] == "stream_options is only allowed with stream: true"
+    streamed = completions.create(model="tiny", prompt="a", max_tokens=2, stream=True,
+                                  stream_options={"include_usage": True})
+    assert [chunk.usage.completion_tokens for chunk in streamed if chunk.usage] == [2]
