@@ -19,6 +19,7 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PROTECTED_PREFIX = "/v1/"
+DOC_ROUTES = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")  # FastAPI's
 DRAIN_FACTOR = 2  # /health, /ready and /metrics stay open for probes and scrapers
 
 
@@ -52,8 +53,9 @@ class CountRequests:
 
 
 class RequireApiKey:
-    """`Authorization: Bearer KEY` on every /v1/ route, compared in constant time; 401
-    otherwise. No key configured: everything is open."""
+    """`Authorization: Bearer KEY` on every /v1/ route and the API's documentation (/docs,
+    /redoc, /openapi.json: they describe it), compared in constant time; 401 otherwise. No key
+    configured: everything is open. /health, /ready and /metrics stay open for probes."""
 
     def __init__(self, app: App, api_key: str | None) -> None:
         self.app = app
@@ -61,7 +63,7 @@ class RequireApiKey:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.expected is None or scope["type"] != "http" or \
-                not scope["path"].startswith(PROTECTED_PREFIX):
+                not (scope["path"].startswith(PROTECTED_PREFIX) or scope["path"] in DOC_ROUTES):
             return await self.app(scope, receive, send)
         given = next((value for name, value in scope["headers"] if name == b"authorization"),
                      b"")

@@ -153,3 +153,13 @@ def test_stream_options_without_stream_is_400_through_the_openai_client(served):
     streamed = completions.create(model="tiny", prompt="a", max_tokens=2, stream=True,
                                   stream_options={"include_usage": True})
     assert [chunk.usage.completion_tokens for chunk in streamed if chunk.usage] == [2]
+
+
+@pytest.mark.parametrize("route", ["/docs", "/redoc", "/openapi.json"])
+def test_the_api_documentation_follows_the_api_key(served, tmp_path, route):
+    assert served().get(route).status_code == 200
+    client = served(store=tmp_path / "keyed", api_key="s3cret")
+    answer = client.get(route)
+    assert answer.status_code == 401 and answer.json()["error"]["code"] == "invalid_api_key"
+    assert client.get(route, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/health").status_code == 200
