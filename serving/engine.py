@@ -444,6 +444,7 @@ class Engine:
         entry.last_used = time.monotonic()
         self._work.pop(job.ticket, None)
         self._send(job.ticket, Failed(error) if error else Done(result or {}))
+        self._post(lambda: None)  # the stream's next job may start: end the loop's wait
 
     def _abandon(self, entry: StreamEntry, job: Job | None, error: ApiError | None) -> None:
         """A request on the stream failed or was cancelled: drop the resident copy (the store

@@ -5,6 +5,7 @@ wait is for an event (a close, an answer) with a generous deadline, never a fixe
 
 import select
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -126,3 +127,19 @@ def test_a_body_not_received_within_the_body_timeout_is_408(server):
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b"was not received within 1 s (--body-timeout): 1000 bytes came" in answer
     assert metric(running, "ctrt_request_body_bytes_held") == 0
+
+
+def test_requests_queued_on_a_stream_behind_one_answered_at_once_are_all_answered(server):
+    """Found by the abuse benchmark: a stream's job that finishes on the spot (a refused
+    upload, a snapshot download) left the next job on that stream waiting for an unrelated
+    event. Eight concurrent refused uploads on a stream being loaded must all be answered."""
+    running = server("--streams", "1")
+    stream, other = (httpx.post(f"{running.url}/v1/streams").json()["id"] for _ in range(2))
+    for target in (stream, other):  # `stream` is spilled: its requests wait for its load
+        assert httpx.post(f"{running.url}/v1/streams/{target}/append",
+                          json={"text": "abc"}).status_code == 200
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: httpx.put(
+            f"{running.url}/v1/streams/{stream}/snapshot", content=b"not a snapshot",
+            timeout=DEADLINE_S).status_code, range(8)))
+    assert answers == [400] * 8
