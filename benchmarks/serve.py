@@ -47,7 +47,8 @@ from compressive_rt.runtime.generate import generate
 from compressive_rt.runtime.sampling import Sampling
 from compressive_rt.runtime.scheduler import Scheduler
 from compressive_rt.runtime.session import Session
-from compressive_rt.runtime.snapshot import engine_identity
+from compressive_rt.runtime.snapshot import engine_identity, most_snapshot_bytes
+from compressive_rt.serving.engine import row_specs
 from compressive_rt.serving.sqlite_store import SQLiteStore
 
 READY_TIMEOUT_S = 180
@@ -358,9 +359,11 @@ def burst(engine_dir: Path, settings: ServeBenchSettings, threads: int, work: Pa
 
 
 def abuse(engine_dir: Path, settings: ServeBenchSettings, threads: int, work: Path) -> list:
+    session = Session(engine_dir, max_streams=1, threads=threads)
+    upload_limit = most_snapshot_bytes(session.manifest, row_specs(session))
     with ServerProcess(engine_dir, work / "store_abuse", "--no-access-log",
                        threads=threads) as server:
-        return run_abuse(server, settings.abuse)
+        return run_abuse(server, settings.abuse, upload_limit)
 
 
 # ---- driver ----------------------------------------------------------------------------------

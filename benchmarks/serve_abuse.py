@@ -30,7 +30,9 @@ from compressive_rt.benchmarks.settings import BenchError, log
 
 CLIENT_TIMEOUT_S = 120
 SAMPLE_S = 0.02
+RETRY_S = 0.1
 PARTIAL_HEADERS = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+ZIP_ENTRY_BYTES = 47  # a directory entry of a one-byte name
 FD_MARGIN = 64  # descriptors this process keeps for itself beyond the abusive sockets
 
 
@@ -113,18 +115,32 @@ def directory_zip(entries: int) -> bytes:
     return data[:directory_at] + directory + record
 
 
-async def streaming_client(url: str, tokens: int) -> list[float]:
-    """One streaming greedy completion; the gaps between its tokens (seconds)."""
-    arrivals = []
-    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as client, client.stream(
-            "POST", f"{url}/v1/completions", json={"prompt": "The ", "max_tokens": tokens,
-                                                   "temperature": 0, "stream": True}) as answer:
-        if answer.status_code != 200:
-            raise BenchError(f"the well-behaved client got {answer.status_code}")
-        async for line in answer.aiter_lines():
-            if line.startswith("data: {"):
-                arrivals.append(time.perf_counter())
-    return [b - a for a, b in zip(arrivals, arrivals[1:])]
+async def streaming_client(url: str, tokens: int) -> tuple[list[float], float]:
+    """One streaming greedy completion, retried while the server refuses it (503: a bound is
+    full until the header timeout frees it); (the gaps between its tokens, the seconds it
+    waited to get in)."""
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S) as client:
+        while time.perf_counter() - started < CLIENT_TIMEOUT_S:
+            arrivals = []
+            try:
+                async with client.stream("POST", f"{url}/v1/completions", json={
+                        "prompt": "The ", "max_tokens": tokens, "temperature": 0,
+                        "stream": True}) as answer:
+                    if answer.status_code == 503:
+                        await asyncio.sleep(RETRY_S)
+                        continue
+                    if answer.status_code != 200:
+                        raise BenchError(f"the well-behaved client got {answer.status_code}")
+                    waited = time.perf_counter() - started
+                    async for line in answer.aiter_lines():
+                        if line.startswith("data: {"):
+                            arrivals.append(time.perf_counter())
+            except httpx.TransportError:  # closed at once by the connection bound
+                await asyncio.sleep(RETRY_S)
+                continue
+            return [b - a for a, b in zip(arrivals, arrivals[1:])], waited
+    raise BenchError(f"the well-behaved client did not get in within {CLIENT_TIMEOUT_S} s")
 
 
 async def create_flood(url: str, count: int) -> dict[str, int]:
@@ -158,14 +174,18 @@ def metric(url: str, name: str) -> float:
     return 0.0
 
 
-def run_abuse(server: object, settings: AbuseSettings) -> list[dict]:
-    """Each scenario's row, the quiet one first; `server` is a started ServerProcess."""
+def run_abuse(server: object, settings: AbuseSettings, upload_limit: int) -> list[dict]:
+    """Each scenario's row, the quiet one first; `server` is a started ServerProcess whose
+    engine's snapshot uploads may be `upload_limit` bytes: the withheld uploads and the zip
+    are kept under it (else the size check alone would refuse them)."""
     url, port, pid = server.url, server.port, server.process.pid
     stream = httpx.post(f"{url}/v1/streams", timeout=CLIENT_TIMEOUT_S).json()["id"]
     sockets_allowed = allow_descriptors(max(settings.half_open, settings.withheld_uploads))
+    upload_bytes = min(settings.upload_bytes, upload_limit)
     upload_head = (f"PUT /v1/streams/{stream}/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                   f"Content-Length: {settings.upload_bytes}\r\n\r\n").encode() + bytes(1000)
-    zip_data = directory_zip(settings.zip_entries)
+                   f"Content-Length: {upload_bytes}\r\n\r\n").encode() + bytes(1000)
+    zip_entries = min(settings.zip_entries, (upload_limit - 1000) // ZIP_ENTRY_BYTES)
+    zip_data = directory_zip(zip_entries)
 
     def sockets_of(first: bytes, count: int) -> Callable[[], dict]:
         """Connections opened before the client starts and held while it runs."""
@@ -179,11 +199,11 @@ def run_abuse(server: object, settings: AbuseSettings) -> list[dict]:
         "quiet": dict,
         f"{settings.half_open} half-open connections": sockets_of(PARTIAL_HEADERS,
                                                                  settings.half_open),
-        f"{settings.withheld_uploads} withheld {settings.upload_bytes / 1e6:.0f} MB uploads":
+        f"{settings.withheld_uploads} withheld {upload_bytes / 1e6:.1f} MB uploads":
             sockets_of(upload_head, settings.withheld_uploads),
         f"{settings.creates} stream creates": lambda: {"statuses": asyncio.run(
             create_flood(url, settings.creates))},
-        f"{settings.zip_uploads} uploads of a {settings.zip_entries}-entry zip "
+        f"{settings.zip_uploads} uploads of a {zip_entries}-entry zip "
         f"({len(zip_data) / 1e6:.1f} MB)": lambda: {"statuses": asyncio.run(
             zip_uploads(url, stream, zip_data, settings.zip_uploads))},
     }
@@ -195,14 +215,15 @@ def run_abuse(server: object, settings: AbuseSettings) -> list[dict]:
             abuse.start()
             if any(word in name for word in held_first):
                 abuse.join(CLIENT_TIMEOUT_S)
-            gaps = asyncio.run(streaming_client(url, settings.client_tokens))
+            gaps, waited = asyncio.run(streaming_client(url, settings.client_tokens))
             abuse.join(CLIENT_TIMEOUT_S)
         for sock in done.pop("held", []):
             sock.close()
         gaps_ms = sorted(gap * 1e3 for gap in gaps)
         row = {"scenario": name, "itl_p50_ms": gaps_ms[len(gaps_ms) // 2],
                "itl_p99_ms": gaps_ms[min(len(gaps_ms) - 1, int(0.99 * len(gaps_ms)))],
-               "rss_peak_bytes": sampler.rss_peak, "fds_peak": sampler.fds_peak,
+               "client_waited_s": waited, "rss_peak_bytes": sampler.rss_peak,
+               "fds_peak": sampler.fds_peak,
                "store_bytes": metric(url, "ctrt_store_bytes"), **done}
         rows.append(row)
         log(f"serve abuse, {name}: itl p50 {row['itl_p50_ms']:.1f} ms, p99 "
@@ -216,12 +237,14 @@ def run_abuse(server: object, settings: AbuseSettings) -> list[dict]:
 
 def abuse_report(rows: list[dict]) -> list[str]:
     quiet_p99 = rows[0]["itl_p99_ms"]
-    lines = ["", "| during | client ITL p50 / p99 ms | p99 vs quiet | server peak RSS MiB | "
-                 "peak open fds | store bytes | what the abuse got |", "|" + "---|" * 7]
+    lines = ["", "| during | client waited s | client ITL p50 / p99 ms | p99 vs quiet | server "
+                 "peak RSS MiB | peak open fds | store bytes | what the abuse got |",
+             "|" + "---|" * 8]
     for row in rows:
         got = row.get("statuses") or (f"{row['opened']} connections opened"
                                       if "opened" in row else "")
-        lines.append(f"| {row['scenario']} | {row['itl_p50_ms']:.1f} / {row['itl_p99_ms']:.1f} "
+        lines.append(f"| {row['scenario']} | {row['client_waited_s']:.1f} | "
+                     f"{row['itl_p50_ms']:.1f} / {row['itl_p99_ms']:.1f} "
                      f"| {row['itl_p99_ms'] / quiet_p99:.2f}x | "
                      f"{row['rss_peak_bytes'] / 2**20:.0f} | {row['fds_peak']} | "
                      f"{row['store_bytes']:.0f} | {got} |")

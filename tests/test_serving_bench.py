@@ -50,7 +50,7 @@ def test_the_burst_gets_only_200_and_429_and_correct_answers(smoke):
 def test_the_abuse_section_measures_the_client_and_the_server_in_each_scenario(smoke):
     rows = smoke[0]["abuse"]
     assert [row["scenario"] for row in rows] == [
-        "quiet", "50 half-open connections", "10 withheld 1 MB uploads", "200 stream creates",
+        "quiet", "50 half-open connections", "10 withheld 1.0 MB uploads", "200 stream creates",
         "2 uploads of a 20000-entry zip (0.9 MB)"]
     assert all(row["itl_p99_ms"] > 0 and row["rss_peak_bytes"] > 0 and row["fds_peak"] > 0
                for row in rows)
