@@ -160,14 +160,15 @@ class LimitBody:
             return await send_error(send, ApiError(
                 408, f"the request body was not received within {self.timeout_s:g} s "
                      f"(--body-timeout): {size} bytes came", code="body_timeout"))
-        handed = False
+        whole, handed = bytes(body), False
+        del body  # one copy of the body is held while the request runs, not two
 
         async def replay() -> Message:
             nonlocal handed
             if handed:
                 return await receive()
             handed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return {"type": "http.request", "body": whole, "more_body": False}
 
         await self.app(scope, replay, send)
 
