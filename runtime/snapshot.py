@@ -40,7 +40,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,6 +54,11 @@ from compressive_rt.runtime.contract import COUNTS, Dims
 from compressive_rt.runtime.files import atomic_write
 from compressive_rt.runtime.json_depth import nesting_depth
 from compressive_rt.runtime.manifest import Manifest
+from compressive_rt.runtime.zip_directory import (
+    DIRECTORY_ENTRY_MAX,
+    MOST_TAIL_BYTES,
+    directory_size,
+)
 
 SNAPSHOT_FORMAT = "compressive-rt-stream-snapshot"
 SNAPSHOT_FORMAT_VERSION = 2
@@ -66,16 +70,6 @@ META_MAX_DEPTH = 16  # the record nests 3 deep; parsing a deeper one recurses (j
 MAX_POSITION = 1 << 53  # positions are exact JSON numbers in every client (doubles) below it
 MEMBER_OVERHEAD = 1 << 12  # zip headers + npy header per member, far above what numpy writes
 ARCHIVE_SLACK = 1 << 16
-# The zip directory: zipfile parses every entry its end record's size covers (a Python object
-# each) before any check of ours can run, so the end record is read and bounded first.
-END_RECORD = struct.Struct("<4s4H2LH")  # signature, disks, entries (disk, total), size, offset
-END_SIGNATURE = b"PK\x05\x06"
-ZIP64_END_RECORD = struct.Struct("<4sQ2H2L4Q")  # ..., entries (disk, total), size, offset
-ZIP64_LOCATOR_SIZE = 20
-ZIP64_LOCATOR_SIGNATURE = b"PK\x06\x07"
-ZIP64_END_SIGNATURE = b"PK\x06\x06"
-LONGEST_ZIP_COMMENT = (1 << 16) - 1
-DIRECTORY_ENTRY_MAX = 1 << 10  # 46 bytes + a member's name + extra fields; numpy writes < 100
 
 Expected = Mapping[str, tuple[tuple[int, ...], np.dtype]]
 
@@ -181,15 +175,20 @@ def _open_archive(source: str | Path | bytes | bytearray | memoryview, label: st
     if size > limit:
         raise RuntimeInputError(f"{label} is {size} bytes, more than a snapshot of this engine "
                                 f"can hold (at most {limit}): not a snapshot of this engine")
-    tail_size = min(size, END_RECORD.size + LONGEST_ZIP_COMMENT + ZIP64_LOCATOR_SIZE
-                    + ZIP64_END_RECORD.size)
+    tail_size = min(size, MOST_TAIL_BYTES)
     if isinstance(opened, io.BytesIO):
         tail = bytes(memoryview(source)[size - tail_size:])
     else:
         with path.open("rb") as f:
             f.seek(size - tail_size)
             tail = f.read(tail_size)
-    _check_directory(tail, len(arrays_expected) + 1, label)
+    entries, directory_bytes = directory_size(tail)
+    members = len(arrays_expected) + 1
+    # twice a snapshot's members: a few wrong members are still refused by name, later
+    if entries > 2 * members or directory_bytes > 2 * members * DIRECTORY_ENTRY_MAX:
+        raise RuntimeInputError(
+            f"{label}: its zip directory declares {entries} entries in {directory_bytes} bytes; "
+            f"a snapshot of this engine has {members} members: not a snapshot of this engine")
     try:
         return zipfile.ZipFile(opened)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
@@ -198,27 +197,6 @@ def _open_archive(source: str | Path | bytes | bytearray | memoryview, label: st
                                     f"array, not an .npz archive)") from None
         raise RuntimeInputError(f"{label} is truncated or not a snapshot "
                                 f"({type(exc).__name__}: {exc})") from None
-
-
-def _check_directory(tail: bytes, members: int, label: str) -> None:
-    """Refuse an archive whose end record (in `tail`, the archive's last bytes) declares more
-    than twice the `members` of a snapshot or a directory larger than they need (the slack
-    lets a few wrong members be refused by name). A tail with no end record is left to
-    zipfile, which refuses it."""
-    end = tail.rfind(END_SIGNATURE, 0, len(tail) - END_RECORD.size + len(END_SIGNATURE))
-    if end < 0:
-        return
-    *_, entries, directory_bytes, _, _ = END_RECORD.unpack_from(tail, end)
-    locator = end - ZIP64_LOCATOR_SIZE
-    record = locator - ZIP64_END_RECORD.size
-    if record >= 0 and tail[locator:locator + 4] == ZIP64_LOCATOR_SIGNATURE and \
-            tail[record:record + 4] == ZIP64_END_SIGNATURE:
-        # zipfile reads the zip64 record right before its locator and trusts its numbers
-        *_, entries, directory_bytes, _ = ZIP64_END_RECORD.unpack_from(tail, record)
-    if entries > 2 * members or directory_bytes > 2 * members * DIRECTORY_ENTRY_MAX:
-        raise RuntimeInputError(
-            f"{label}: its zip directory declares {entries} entries in {directory_bytes} bytes; "
-            f"a snapshot of this engine has {members} members: not a snapshot of this engine")
 
 
 def _is_single_npy(path: Path) -> bool:
