@@ -21,7 +21,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
-from compressive_rt.errors import CtrtError
 from compressive_rt.serving.engine import Engine
 from compressive_rt.serving.errors import ApiError, bad_request, not_found, unknown_stream
 from compressive_rt.serving.exchange import ClientGone, Exchange, RequestQueue
@@ -35,7 +34,13 @@ from compressive_rt.serving.jobs import (
     SnapshotOutJob,
 )
 from compressive_rt.serving.metrics import Metrics
-from compressive_rt.serving.middleware import BodyBudget, CountRequests, LimitBody, RequireApiKey
+from compressive_rt.serving.middleware import (
+    BodyBudget,
+    CountRequests,
+    LimitBody,
+    RequireApiKey,
+    bodies_in_flight,
+)
 from compressive_rt.serving.schemas import (
     AppendBody,
     CompletionBody,
@@ -52,7 +57,6 @@ log = logging.getLogger("compressive_rt.serving")
 STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SNAPSHOT_ROUTE = re.compile(r"/v1/streams/[^/]+/snapshot")
 GONE = 499  # the client left: nothing is sent (nginx's convention)
-BODIES_IN_FLIGHT = 64 << 20  # default bound on the bytes of bodies held at once (or 2 uploads)
 
 
 def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
@@ -220,12 +224,7 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
         return settings.max_body_bytes
 
     largest = max(snapshot_limit, settings.max_body_bytes)
-    in_flight = settings.max_body_bytes_in_flight or max(BODIES_IN_FLIGHT, 2 * largest)
-    if in_flight < largest:
-        raise CtrtError(f"--max-body-bytes-in-flight {in_flight} is less than the largest body "
-                        f"this server takes ({largest} bytes: a snapshot of this engine, or "
-                        f"--max-body-bytes): give at least that")
-    budget = BodyBudget(in_flight, metrics)
+    budget = BodyBudget(bodies_in_flight(settings.max_body_bytes_in_flight, largest), metrics)
     limited = LimitBody(app, body_limit, budget, settings.body_timeout_s)
     return CountRequests(RequireApiKey(limited, settings.api_key), metrics)
 

@@ -9,6 +9,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from compressive_rt.errors import CtrtError
 from compressive_rt.serving.errors import ApiError
 from compressive_rt.serving.metrics import Metrics
 
@@ -76,6 +77,32 @@ class RequireApiKey:
         await self.app(scope, receive, send)
 
 
+BODIES_IN_FLIGHT = 64 << 20  # default bound on the bytes of bodies held at once (or 2 uploads)
+
+
+def bodies_in_flight(setting: int | None, largest: int) -> int:
+    """The bound on the bytes of bodies held at once: `setting` (--max-body-bytes-in-flight)
+    or by default 64 MiB or two of the `largest` body, whichever is larger."""
+    bound = setting or max(BODIES_IN_FLIGHT, 2 * largest)
+    if bound < largest:
+        raise CtrtError(f"--max-body-bytes-in-flight {bound} is less than the largest body this "
+                        f"server takes ({largest} bytes: a snapshot of this engine, or "
+                        f"--max-body-bytes): give at least that")
+    return bound
+
+
+def bodies_full(budget: BodyBudget, reserved: int) -> ApiError:
+    return ApiError(503, f"the server holds {budget.held} bytes of request bodies; with this "
+                         f"one's {reserved} it would pass its bound, {budget.limit} "
+                         f"(--max-body-bytes-in-flight): retry later", "server_error",
+                    code="bodies_in_flight", headers={"Retry-After": "1"})
+
+
+def body_timeout(timeout_s: float, received: int) -> ApiError:
+    return ApiError(408, f"the request body was not received within {timeout_s:g} s "
+                         f"(--body-timeout): {received} bytes came", code="body_timeout")
+
+
 class BodyBudget:
     """The bytes of request bodies the server holds at once (being read, or read and held by
     a running request): each request reserves its body's bound (its Content-Length, or the
@@ -124,11 +151,7 @@ class LimitBody:
         else:
             reserved = limit if b"transfer-encoding" in headers else 0
         if not self.budget.reserve(reserved):
-            return await send_error(send, ApiError(
-                503, f"the server holds {self.budget.held} bytes of request bodies; with this "
-                     f"one's {reserved} it would pass its bound, {self.budget.limit} "
-                     f"(--max-body-bytes-in-flight): retry later", "server_error",
-                code="bodies_in_flight", headers={"Retry-After": "1"}))
+            return await send_error(send, bodies_full(self.budget, reserved))
         try:
             await self._read_and_run(scope, receive, send, limit)
         finally:
@@ -157,9 +180,7 @@ class LimitBody:
                         break
         except TimeoutError:
             self.budget.metrics.refused.labels("body_timeout").inc()
-            return await send_error(send, ApiError(
-                408, f"the request body was not received within {self.timeout_s:g} s "
-                     f"(--body-timeout): {size} bytes came", code="body_timeout"))
+            return await send_error(send, body_timeout(self.timeout_s, size))
         whole, handed = bytes(body), False
         del body  # one copy of the body is held while the request runs, not two
 
