@@ -46,13 +46,28 @@ def metric(server, name: str, labels: str = "") -> float:
     return 0.0
 
 
-def withheld_upload(server, stream: str) -> socket.socket:
+def withheld_upload(port: int, stream: str) -> socket.socket:
     """A snapshot upload that declares UPLOAD_BYTES and sends 1,000 of them."""
-    sock = connect(server)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S)
     sock.sendall(f"PUT /v1/streams/{stream}/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                  f"Content-Type: application/octet-stream\r\n"
                  f"Content-Length: {UPLOAD_BYTES}\r\n\r\n".encode() + bytes(1000))
     return sock
+
+
+def assert_refused(uploads: list[socket.socket], count: int) -> None:
+    """`count` of the withheld uploads are answered 503 by the body bound (the admitted ones
+    wait for their bodies and answer nothing): waits for the answers, not for a time."""
+    answered: set[socket.socket] = set()
+    while len(answered) < count:
+        readable, _, _ = select.select([s for s in uploads if s not in answered], [], [],
+                                       DEADLINE_S)
+        assert readable, f"only {len(answered)} of {len(uploads)} withheld uploads answered"
+        answered.update(readable)
+    for sock in answered:
+        refusal = response_of(sock)
+        assert refusal.startswith(b"HTTP/1.1 503 "), refusal[:300]
+        assert b"(--max-body-bytes-in-flight)" in refusal
 
 
 def test_connections_that_never_finish_their_headers_are_closed(server):
@@ -95,16 +110,8 @@ def test_withheld_uploads_hold_their_reservation_and_no_more(server):
     bound = 3 * UPLOAD_BYTES + 500_000
     running = server("--max-body-bytes-in-flight", str(bound), "--body-timeout", "600")
     stream = httpx.post(f"{running.url}/v1/streams").json()["id"]
-    uploads = [withheld_upload(running, stream) for _ in range(10)]
-    answered = set()
-    while len(answered) < 7:  # the refused ones answer; the admitted wait for their bodies
-        readable, _, _ = select.select([s for s in uploads if s not in answered], [], [],
-                                       DEADLINE_S)
-        assert readable, f"only {len(answered)} of 10 withheld uploads were answered"
-        answered.update(readable)
-    for sock in answered:
-        refusal = response_of(sock)
-        assert refusal.startswith(b"HTTP/1.1 503 ") and b"(--max-body-bytes-in-flight)" in refusal
+    uploads = [withheld_upload(running.port, stream) for _ in range(10)]
+    assert_refused(uploads, 7)
     assert metric(running, "ctrt_refused_total", '{bound="bodies_in_flight"}') == 7
     assert metric(running, "ctrt_request_body_bytes_held") == 3 * UPLOAD_BYTES
     models = httpx.get(f"{running.url}/v1/models")
@@ -122,7 +129,7 @@ def test_withheld_uploads_hold_their_reservation_and_no_more(server):
 def test_a_body_not_received_within_the_body_timeout_is_408(server):
     running = server("--body-timeout", "1")
     stream = httpx.post(f"{running.url}/v1/streams").json()["id"]
-    with withheld_upload(running, stream) as sock:
+    with withheld_upload(running.port, stream) as sock:
         answer = answer_of(sock)
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b"was not received within 1 s (--body-timeout): 1000 bytes came" in answer
