@@ -14,6 +14,8 @@ at the end:
 - burst: 4x the queue's capacity of requests at once against a server with a small queue:
   each one completes (checked against the in-process greedy output) or gets 429; counts of
   statuses, no 5xx, no connection left hanging (every client has a timeout).
+- abuse: a well-behaved streaming client during half-open connections, withheld uploads, a
+  create flood and a many-entry zip (benchmarks/serve_abuse.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import numpy as np
 from compressive_rt.benchmarks.contenders import random_model
 from compressive_rt.benchmarks.engines import export_engine
 from compressive_rt.benchmarks.measure import ratio_stats
+from compressive_rt.benchmarks.serve_abuse import AbuseSettings, abuse_report, run_abuse
 from compressive_rt.benchmarks.settings import SEED, BenchError, log
 from compressive_rt.benchmarks.workloads import interleave
 from compressive_rt.ct_reference.config import ModelConfig
@@ -44,7 +47,8 @@ from compressive_rt.runtime.generate import generate
 from compressive_rt.runtime.sampling import Sampling
 from compressive_rt.runtime.scheduler import Scheduler
 from compressive_rt.runtime.session import Session
-from compressive_rt.runtime.snapshot import engine_identity
+from compressive_rt.runtime.snapshot import engine_identity, most_snapshot_bytes
+from compressive_rt.serving.engine import row_specs
 from compressive_rt.serving.sqlite_store import SQLiteStore
 
 READY_TIMEOUT_S = 180
@@ -63,6 +67,7 @@ class ServeBenchSettings:
     burst_queue: int = 8
     burst_streams: int = 4
     burst_new_tokens: int = 16
+    abuse: AbuseSettings = AbuseSettings()
 
 
 FULL = ServeBenchSettings()
@@ -74,7 +79,9 @@ SMOKE = ServeBenchSettings(
     config=dict(n_layers=1, d_model=64, n_heads=2, d_ff=128, seg_len=16, mem_len=16,
                 cmem_len=8, compress_rate=2),
     concurrency=(1, 4), new_tokens=4, prompt_bytes=8, repeats=1, history_tokens=(500, 2000),
-    spill_repeats=1, burst_queue=2, burst_streams=1, burst_new_tokens=4)
+    spill_repeats=1, burst_queue=2, burst_streams=1, burst_new_tokens=4,
+    abuse=AbuseSettings(half_open=50, withheld_uploads=10, upload_bytes=1_000_000, creates=200,
+                        zip_entries=20_000, zip_uploads=2, client_tokens=64))
 PROFILES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
 
@@ -351,6 +358,14 @@ def burst(engine_dir: Path, settings: ServeBenchSettings, threads: int, work: Pa
     return result
 
 
+def abuse(engine_dir: Path, settings: ServeBenchSettings, threads: int, work: Path) -> list:
+    session = Session(engine_dir, max_streams=1, threads=threads)
+    upload_limit = most_snapshot_bytes(session.manifest, row_specs(session))
+    with ServerProcess(engine_dir, work / "store_abuse", "--no-access-log",
+                       threads=threads) as server:
+        return run_abuse(server, settings.abuse, upload_limit)
+
+
 # ---- driver ----------------------------------------------------------------------------------
 def targets(rows: list[dict]) -> list[dict]:
     """The serving issue's targets at 16 clients (when measured)."""
@@ -386,7 +401,8 @@ def run_serve_benchmark(out_dir: Path, threads: int, profile: str = "full") -> d
             "new_tokens": settings.new_tokens, "prompt_bytes": settings.prompt_bytes,
             "concurrency": concurrency_curve(engine_dir, settings, threads, work),
             "long_lived": long_lived_stream(engine_dir, settings, threads, work),
-            "burst": burst(engine_dir, settings, threads, work)}
+            "burst": burst(engine_dir, settings, threads, work),
+            "abuse": abuse(engine_dir, settings, threads, work)}
     results["targets"] = targets(results["concurrency"])
     results["seconds"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = os.getloadavg()
@@ -425,6 +441,7 @@ def report(results: dict) -> str:
     lines += ["", f"burst: {burst_['requests']} requests at once, queue {burst_['queue_size']}, "
                   f"{burst_['streams']} streams: {burst_['statuses']}, completed wrong "
                   f"{burst_['completed_wrong']}, {burst_['seconds']:.1f} s"]
+    lines += abuse_report(results["abuse"])
     for target in results["targets"]:
         lines.append(f"target {'met' if target['met'] else 'MISSED'}: {target['target']} "
                      f"({target['value']:.2f})")

@@ -50,6 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             f"password also from ${PASSWORD_VARIABLE}); Redis must run "
                             f"appendonly yes, appendfsync always for appends to survive its "
                             f"own crash")
+    serve.add_argument("--store-max-bytes", type=int, default=None, metavar="BYTES",
+                       help="bound on a local store's database: beyond it appends, snapshots "
+                            "and creates answer 507 while reads and DELETE still work (default: "
+                            "90%% of what the store holds plus its disk's free space when the "
+                            "server starts, so a full store can still delete); freed space is "
+                            "given back to the disk. Redis: its own maxmemory")
     serve.add_argument("--api-key", default=None, metavar="KEY",
                        help=f"require Authorization: Bearer KEY on /v1/ routes (also from "
                             f"--api-key-file or ${API_KEY_VARIABLE}; default: no key)")
@@ -68,8 +74,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"largest request body, 413 beyond (default "
                             f"{defaults.max_body_bytes}; an uploaded snapshot may be as large "
                             f"as a snapshot of this engine)")
+    serve.add_argument("--max-body-bytes-in-flight", type=int, default=None, metavar="BYTES",
+                       help="bound on the bytes of request bodies held at once: each request "
+                            "reserves its Content-Length (or its route's limit) before its "
+                            "body is read, 503 when the bound would be passed (default: 64 MiB "
+                            "or two of the largest body, an uploaded snapshot, whichever is "
+                            "larger)")
+    serve.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s,
+                       metavar="SECONDS",
+                       help=f"a request body not received within this time after its headers "
+                            f"is 408 (default {defaults.body_timeout_s:g})")
+    serve.add_argument("--header-timeout", type=float, default=defaults.header_timeout_s,
+                       metavar="SECONDS",
+                       help=f"a connection that does not complete a request's headers within "
+                            f"this time of its first byte is closed (default "
+                            f"{defaults.header_timeout_s:g})")
+    serve.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                       help=f"connections open at once; beyond, a new one gets 503 and is "
+                            f"closed (default {defaults.max_connections}; keep it below the "
+                            f"process's file descriptor limit, ulimit -n)")
     serve.add_argument("--max-prompt-bytes", type=int, default=defaults.max_prompt_bytes,
                        help=f"largest prompt, 400 beyond (default {defaults.max_prompt_bytes})")
+    serve.add_argument("--max-json-depth", type=int, default=defaults.max_json_depth,
+                       help=f"deepest nesting of arrays and objects in a JSON body, 400 beyond, "
+                            f"checked before it is parsed (default {defaults.max_json_depth})")
     serve.add_argument("--max-tokens", type=int, default=defaults.max_tokens_limit,
                        help=f"largest max_tokens a request may ask for (default "
                             f"{defaults.max_tokens_limit})")
@@ -120,8 +148,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
     check_options(args, {"threads": 1, "port": 0, "streams": 1, "queue_size": 1,
                          "max_body_bytes": 1, "max_prompt_bytes": 1, "max_tokens": 1,
+                         "max_json_depth": 1, "store_max_bytes": 1,
+                         "max_body_bytes_in_flight": 1, "max_connections": 1,
                          "snapshot_every": 1, "grace": 0, "replicas": 1,
-                         "replicas_per_node": 1}, positive=("request_timeout",))
+                         "replicas_per_node": 1},
+                  positive=("request_timeout", "body_timeout", "header_timeout"))
     if args.port > 65535:
         raise CtrtError(f"--port must be in [0, 65535], got {args.port}")
     ray_only = [option for option, dest in [("--replicas", "replicas"),
@@ -135,8 +166,12 @@ def run_serve(args: argparse.Namespace) -> int:
         model_name=args.model_name or Path(args.engine_dir).resolve().name,
         api_key=api_key(args), queue_size=args.queue_size,
         request_timeout_s=args.request_timeout, max_body_bytes=args.max_body_bytes,
-        max_prompt_bytes=args.max_prompt_bytes, max_tokens_limit=args.max_tokens,
-        snapshot_every=args.snapshot_every, grace_s=args.grace)
+        max_prompt_bytes=args.max_prompt_bytes, max_json_depth=args.max_json_depth,
+        max_tokens_limit=args.max_tokens,
+        snapshot_every=args.snapshot_every, grace_s=args.grace,
+        store_max_bytes=args.store_max_bytes,
+        max_body_bytes_in_flight=args.max_body_bytes_in_flight, body_timeout_s=args.body_timeout,
+        header_timeout_s=args.header_timeout, max_connections=args.max_connections)
     if args.ray:
         return run_on_ray(args, settings)
     from compressive_rt.serving.server import serve

@@ -31,6 +31,10 @@ GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 MIX_2 = np.uint64(0x94D049BB133111EB)
 SEED_MASK = (1 << 64) - 1
+# Below this, logits / temperature overflows float64 for ordinary logits (1e-310 gives inf - inf
+# = NaN and token 0) long before it differs from the argmax; vLLM takes such temperatures as
+# greedy too. Sampling refuses them; the server answers them greedily (serving/schemas.py).
+MIN_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,10 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise RuntimeInputError(f"temperature must be > 0, got {self.temperature} "
-                                    f"(use greedy decoding for a deterministic argmax)")
+        if not self.temperature >= MIN_TEMPERATURE:
+            raise RuntimeInputError(f"temperature must be >= {MIN_TEMPERATURE:g}, got "
+                                    f"{self.temperature} (use greedy decoding for a "
+                                    f"deterministic argmax)")
         if self.top_k < 0:
             raise RuntimeInputError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:

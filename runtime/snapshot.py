@@ -6,7 +6,7 @@ headers, little-endian, C order; loaded without pickle):
   __meta__     a 1-D uint8 array holding UTF-8 JSON (version 1: a 0-d unicode array):
                  format          "compressive-rt-stream-snapshot"
                  format_version  2 (1 is still read)
-                 position        tokens the stream had consumed (int >= 0)
+                 position        tokens the stream had consumed (int in [0, 2**53))
                  config          the engine's model config (manifest "config")
                  engine          identity of the engine that wrote it: contract_version (the
                                  manifest's format_version), checkpoint_sha256 (or null when the
@@ -29,7 +29,9 @@ Reading untrusted bytes: before any array data is read, the archive's size is bo
 this engine's state can take, and from the zip directory and each member's npy header every
 member's name (no duplicate, extra or missing member), compression (stored only), stored and
 uncompressed sizes (equal, and equal to header + shape x itemsize), dtype and shape are checked
-against the expected state, and the JSON record is bounded (1 MiB). So the reader allocates at
+against the expected state, and the JSON record is bounded (1 MiB, nested at most 16 deep). The
+zip directory itself is bounded before zipfile parses it: its end record must declare no more
+entries than the state has members, in no more bytes than they need. So the reader allocates at
 most the state it expects, whatever an archive declares.
 """
 
@@ -50,7 +52,13 @@ from numpy.lib import format as npy
 from compressive_rt.errors import RuntimeInputError
 from compressive_rt.runtime.contract import COUNTS, Dims
 from compressive_rt.runtime.files import atomic_write
+from compressive_rt.runtime.json_depth import nesting_depth
 from compressive_rt.runtime.manifest import Manifest
+from compressive_rt.runtime.zip_directory import (
+    DIRECTORY_ENTRY_MAX,
+    MOST_TAIL_BYTES,
+    directory_size,
+)
 
 SNAPSHOT_FORMAT = "compressive-rt-stream-snapshot"
 SNAPSHOT_FORMAT_VERSION = 2
@@ -58,6 +66,8 @@ READABLE_VERSIONS = (1, 2)
 META = "__meta__"
 LAST_LOGITS = "last_logits"
 META_MAX_BYTES = 1 << 20  # the JSON record: a config and a few hashes need a few KiB
+META_MAX_DEPTH = 16  # the record nests 3 deep; parsing a deeper one recurses (json_depth.py)
+MAX_POSITION = 1 << 53  # positions are exact JSON numbers in every client (doubles) below it
 MEMBER_OVERHEAD = 1 << 12  # zip headers + npy header per member, far above what numpy writes
 ARCHIVE_SLACK = 1 << 16
 
@@ -165,6 +175,20 @@ def _open_archive(source: str | Path | bytes | bytearray | memoryview, label: st
     if size > limit:
         raise RuntimeInputError(f"{label} is {size} bytes, more than a snapshot of this engine "
                                 f"can hold (at most {limit}): not a snapshot of this engine")
+    tail_size = min(size, MOST_TAIL_BYTES)
+    if isinstance(opened, io.BytesIO):
+        tail = bytes(memoryview(source)[size - tail_size:])
+    else:
+        with path.open("rb") as f:
+            f.seek(size - tail_size)
+            tail = f.read(tail_size)
+    entries, directory_bytes = directory_size(tail)
+    members = len(arrays_expected) + 1
+    # twice a snapshot's members: a few wrong members are still refused by name, later
+    if entries > 2 * members or directory_bytes > 2 * members * DIRECTORY_ENTRY_MAX:
+        raise RuntimeInputError(
+            f"{label}: its zip directory declares {entries} entries in {directory_bytes} bytes; "
+            f"a snapshot of this engine has {members} members: not a snapshot of this engine")
     try:
         return zipfile.ZipFile(opened)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
@@ -280,7 +304,11 @@ def _read_meta(archive: zipfile.ZipFile, info: zipfile.ZipInfo,
                                 f"{shape})")
     raw = _read_data(archive, info, header, label)
     try:
-        meta = json.loads(raw.tobytes().decode() if utf8 else str(raw))
+        text = raw.tobytes().decode() if utf8 else str(raw)
+        depth = nesting_depth(text.encode("utf-8", "surrogatepass"))
+        if depth > META_MAX_DEPTH:
+            raise ValueError(f"it nests {depth} levels deep, at most {META_MAX_DEPTH}")
+        meta = json.loads(text)
     except ValueError as exc:
         raise RuntimeInputError(f"{label}: its {META} record is not JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != SNAPSHOT_FORMAT:
@@ -332,9 +360,9 @@ def _check_meta(label: str, meta: dict, manifest: Manifest) -> None:
             f"memory projections do not fit this one): snapshot engine {_short(theirs)}; "
             f"this engine {_short(ours)}")
     position = meta.get("position")
-    if type(position) is not int or position < 0:
+    if type(position) is not int or not 0 <= position < MAX_POSITION:
         raise RuntimeInputError(
-            f"{label}: position must be an integer >= 0, got {position!r}")
+            f"{label}: position must be an integer in [0, 2**53), got {position!r}")
 
 
 def _check_values(label: str, arrays: dict[str, np.ndarray]) -> None:

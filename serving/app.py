@@ -34,7 +34,13 @@ from compressive_rt.serving.jobs import (
     SnapshotOutJob,
 )
 from compressive_rt.serving.metrics import Metrics
-from compressive_rt.serving.middleware import CountRequests, LimitBody, RequireApiKey
+from compressive_rt.serving.middleware import (
+    BodyBudget,
+    CountRequests,
+    LimitBody,
+    RequireApiKey,
+    bodies_in_flight,
+)
 from compressive_rt.serving.schemas import (
     AppendBody,
     CompletionBody,
@@ -67,7 +73,12 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
 
     app = FastAPI(title="compressive-rt", summary="Compressive Transformer engine server",
                   lifespan=lifespan)
-    app.add_exception_handler(ApiError, _api_error)
+    async def refused(request: Request, exc: ApiError) -> JSONResponse:
+        if exc.bound is not None:
+            metrics.refused.labels(exc.bound).inc()
+        return await _api_error(request, exc)
+
+    app.add_exception_handler(ApiError, refused)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
@@ -114,7 +125,7 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        body = parse_body(CompletionBody, await request.body())
+        body = parse_body(CompletionBody, await request.body(), settings.max_json_depth)
         check_model(body)
         params, prompts = body.params(settings), body.prompt_tokens(settings)
         call = exchange(request, queued=True)
@@ -171,14 +182,14 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
     @app.post("/v1/streams/{stream_id}/append")
     async def append(request: Request, stream_id: str) -> dict:
         stream_id = stream_id_of(stream_id)
-        tokens = parse_body(AppendBody, await request.body()).tokens()
+        tokens = parse_body(AppendBody, await request.body(), settings.max_json_depth).tokens()
         result = await job_call(request, stream_id, AppendJob(None, tokens=tokens))
         return {"id": stream_id, "object": "stream.append", "bytes": len(tokens), **result}
 
     @app.post("/v1/streams/{stream_id}/generate")
     async def generate(request: Request, stream_id: str) -> Response:
         stream_id = stream_id_of(stream_id)
-        body = parse_body(StreamGenerateBody, await request.body())
+        body = parse_body(StreamGenerateBody, await request.body(), settings.max_json_depth)
         check_model(body)
         params, prompt = body.params(settings), body.prompt_array(settings)
         call = exchange(request, queued=True)
@@ -212,7 +223,10 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
             return snapshot_limit
         return settings.max_body_bytes
 
-    return CountRequests(RequireApiKey(LimitBody(app, body_limit), settings.api_key), metrics)
+    largest = max(snapshot_limit, settings.max_body_bytes)
+    budget = BodyBudget(bodies_in_flight(settings.max_body_bytes_in_flight, largest), metrics)
+    limited = LimitBody(app, body_limit, budget, settings.body_timeout_s)
+    return CountRequests(RequireApiKey(limited, settings.api_key), metrics)
 
 
 async def respond(call: Exchange, answer: CompletionAnswer, stream: bool) -> Response:

@@ -52,7 +52,13 @@ from compressive_rt.serving.jobs import (
 )
 from compressive_rt.serving.metrics import Metrics
 from compressive_rt.serving.settings import ServeSettings
-from compressive_rt.serving.store import StaleVersion, StoreError, StreamStore, UnknownStream
+from compressive_rt.serving.store import (
+    StaleVersion,
+    StoreError,
+    StoreFull,
+    StreamStore,
+    UnknownStream,
+)
 from compressive_rt.serving.store_worker import StoreWorker
 from compressive_rt.serving.tickets import (
     Done,
@@ -76,6 +82,8 @@ def store_failure(error: BaseException) -> ApiError:
         return ApiError(409, str(error), "conflict_error", code="stream_taken")
     if isinstance(error, UnknownStream):
         return ApiError(404, str(error), "not_found_error", code="stream_not_found")
+    if isinstance(error, StoreFull):
+        return ApiError(507, str(error), "server_error", code="store_full", bound="store_full")
     return server_error(f"the stream store failed: {error}", 503)
 
 
@@ -436,6 +444,7 @@ class Engine:
         entry.last_used = time.monotonic()
         self._work.pop(job.ticket, None)
         self._send(job.ticket, Failed(error) if error else Done(result or {}))
+        self._post(lambda: None)  # the stream's next job may start: end the loop's wait
 
     def _abandon(self, entry: StreamEntry, job: Job | None, error: ApiError | None) -> None:
         """A request on the stream failed or was cancelled: drop the resident copy (the store

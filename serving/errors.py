@@ -11,18 +11,19 @@ class ApiError(Exception):
 
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
                  param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, bound: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind = status, message, kind
         self.param, self.code, self.headers = param, code, headers or {}
+        self.bound = bound  # the server's bound that refused it (ctrt_refused_total{bound})
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param,
                           "code": self.code}}
 
 
-def bad_request(message: str, param: str | None = None) -> ApiError:
-    return ApiError(400, message, param=param)
+def bad_request(message: str, param: str | None = None, bound: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, bound=bound)
 
 
 def not_found(message: str, param: str | None = None, code: str | None = None) -> ApiError:

@@ -36,5 +36,17 @@ class Metrics:
             ["kind"], buckets=LATENCY_BUCKETS, registry=registry)
         self.spills = Counter("ctrt_spills", "Streams written to the store and released",
                               registry=registry)
+        self.refused = Counter("ctrt_refused", "Requests and connections refused by a bound "
+                               "(json_depth, bodies_in_flight, connections, header_timeout, "
+                               "body_timeout, store_full)", ["bound"], registry=registry)
+        self.store_bytes = Gauge("ctrt_store_bytes", "A local store's database and WAL files",
+                                 registry=registry)
+        self.store_max_bytes = Gauge("ctrt_store_max_bytes", "A local store's bound "
+                                     "(--store-max-bytes)", registry=registry)
+        self.body_bytes_held = Gauge("ctrt_request_body_bytes_held", "Bytes reserved by "
+                                     "request bodies being read or held by running requests",
+                                     registry=registry)
+        self.open_connections = Gauge("ctrt_open_connections", "HTTP connections open",
+                                      registry=registry)
         self.loads = Counter("ctrt_loads", "Streams taken from the store into the session",
                              registry=registry)

@@ -44,7 +44,14 @@ from compressive_rt.runtime.snapshot import most_snapshot_bytes
 from compressive_rt.serving.asgi_call import Head, call_asgi
 from compressive_rt.serving.engine import row_specs
 from compressive_rt.serving.errors import ApiError, server_error
-from compressive_rt.serving.middleware import too_large
+from compressive_rt.serving.metrics import Metrics
+from compressive_rt.serving.middleware import (
+    BodyBudget,
+    bodies_full,
+    bodies_in_flight,
+    body_timeout,
+    too_large,
+)
 from compressive_rt.serving.redis_store import is_redis_url
 from compressive_rt.serving.server import open_engine
 from compressive_rt.serving.settings import ServeSettings
@@ -171,9 +178,11 @@ class StreamReplica:
 class StreamRouter:
     """The HTTP ingress: forwards each request to a replica, by stream id when it has one."""
 
-    def __init__(self, replicas: Any, retry_after_s: int) -> None:
-        self.replicas, self.retry_after_s = replicas, retry_after_s
+    def __init__(self, replicas: Any, settings: ServeSettings) -> None:
+        self.replicas, self.settings = replicas, settings
+        self.retry_after_s = settings.retry_after_s
         self.largest_body: int | None = None
+        self.budget: BodyBudget | None = None  # the replicas' bound on bodies, here too
 
     async def __call__(self, request: Request) -> Response:
         if self.largest_body is None:
@@ -181,12 +190,30 @@ class StreamRouter:
                 self.largest_body = await self.replicas.body_limit.remote()
             except UNAVAILABLE as exc:
                 return self._unavailable(exc)
+            self.budget = BodyBudget(bodies_in_flight(self.settings.max_body_bytes_in_flight,
+                                                      self.largest_body), Metrics())
+        declared = request.headers.get("content-length", "")
+        chunked = "transfer-encoding" in request.headers
+        reserved = int(declared) if declared.isdigit() else self.largest_body if chunked else 0
+        if reserved > self.largest_body:
+            return error_response(too_large(reserved, self.largest_body))
+        if not self.budget.reserve(reserved):
+            return error_response(bodies_full(self.budget, reserved))
+        try:  # held until the body is read and handed to a replica
+            return await self._forward(request)
+        finally:
+            self.budget.release(reserved)
+
+    async def _forward(self, request: Request) -> Response:
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.largest_body:
-                error = too_large(len(body), self.largest_body)
-                return JSONResponse(error.body(), status_code=error.status)
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > self.largest_body:
+                        return error_response(too_large(len(body), self.largest_body))
+        except TimeoutError:
+            return error_response(body_timeout(self.settings.body_timeout_s, len(body)))
         path = app_path(request.scope)
         match = STREAM_PATH.match(path)
         handle = self.replicas.options(stream=True,
@@ -231,6 +258,10 @@ class StreamRouter:
             parts.cancel()
 
 
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
 def app_path(scope: dict) -> str:
     """The request's path inside the application (without the route prefix it was served
     under), as `ctrt serve` sees it."""
@@ -260,7 +291,7 @@ def build_app(deployment: RayDeployment) -> Any:
         health_check_period_s=5, health_check_timeout_s=30)
     router = serve.deployment(StreamRouter, name=ROUTER, num_replicas=1,
                               max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
-    return router.bind(replicas.bind(deployment), settings.retry_after_s)
+    return router.bind(replicas.bind(deployment), settings)
 
 
 SETTINGS_KEYS = {"streams": int, "queue_size": int, "request_timeout_s": float,

@@ -10,7 +10,9 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from compressive_rt.runtime.sampling import Sampling
+from compressive_rt.runtime.json_depth import nesting_depth
+from compressive_rt.runtime.sampling import MIN_TEMPERATURE, Sampling
+from compressive_rt.runtime.scheduler import BYTE_VOCAB
 from compressive_rt.serving.errors import ApiError, bad_request
 from compressive_rt.serving.jobs import GenerationParams
 from compressive_rt.serving.settings import ServeSettings
@@ -60,6 +62,9 @@ class GenerationFields(_Body):
             if value is not None and value != default:
                 raise bad_request(f"{name}={value!r} is not supported by this server "
                                   f"(only {default!r})", name)
+        if self.stream_options is not None and not self.stream:
+            raise bad_request("stream_options is only allowed with stream: true",
+                              "stream_options")
         if self.suffix:
             raise bad_request("suffix is not supported by this server", "suffix")
         if self.logit_bias:
@@ -70,8 +75,8 @@ class GenerationFields(_Body):
                               f"server's --max-tokens), got {max_tokens}", "max_tokens")
         temperature = 1.0 if self.temperature is None else self.temperature
         if not 0 <= temperature <= 2:
-            raise bad_request(f"temperature must be in [0, 2] (0: greedy), got {temperature}",
-                              "temperature")
+            raise bad_request(f"temperature must be in [0, 2] (below {MIN_TEMPERATURE:g}: "
+                              f"greedy), got {temperature}", "temperature")
         top_p = 1.0 if self.top_p is None else self.top_p
         if not 0 < top_p <= 1:
             raise bad_request(f"top_p must be in (0, 1], got {top_p}", "top_p")
@@ -82,7 +87,7 @@ class GenerationFields(_Body):
         if len(stops) > MAX_STOPS:
             raise bad_request(f"stop holds {len(stops)} sequences; at most {MAX_STOPS}", "stop")
         seed = None if self.seed is None else self.seed % SEED_MODULUS
-        sampling = Sampling(greedy=True, seed=seed) if temperature == 0 else \
+        sampling = Sampling(greedy=True, seed=seed) if temperature < MIN_TEMPERATURE else \
             Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         return GenerationParams(max_tokens, sampling,
                                 tuple(utf8(stop, "stop") for stop in stops if stop))
@@ -93,17 +98,23 @@ class GenerationFields(_Body):
 
 
 class CompletionBody(GenerationFields):
-    prompt: str | list[str]
+    # as OpenAI's and vLLM's: a string, a list of strings, token ids, or a list of token ids
+    prompt: str | list[str] | list[int] | list[list[int]]
 
     def prompt_tokens(self, settings: ServeSettings) -> list[np.ndarray]:
-        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
-        if not prompts:
-            raise bad_request("prompt is an empty list: give a string or a list of strings",
+        prompt = self.prompt
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+            prompt = [prompt]
+        if not prompt:
+            raise bad_request("prompt is an empty list: give a string, a list of strings, "
+                              "token ids or a list of token ids", "prompt")
+        if len(prompt) > MAX_PROMPTS:
+            raise bad_request(f"prompt holds {len(prompt)} prompts; at most {MAX_PROMPTS}",
                               "prompt")
-        if len(prompts) > MAX_PROMPTS:
-            raise bad_request(f"prompt holds {len(prompts)} prompts; at most {MAX_PROMPTS}",
-                              "prompt")
-        return [encode_prompt(prompt, settings, allow_empty=False) for prompt in prompts]
+        many = prompt is self.prompt  # a list of prompts: errors name prompt[i]
+        return [encode_prompt(one, settings, allow_empty=False) if isinstance(one, str)
+                else token_prompt(one, settings, f"prompt[{index}]" if many else "prompt")
+                for index, one in enumerate(prompt)]
 
 
 class StreamGenerateBody(GenerationFields):
@@ -134,6 +145,21 @@ def encode_prompt(prompt: str, settings: ServeSettings, allow_empty: bool) -> np
     return np.frombuffer(data, dtype=np.uint8).astype(np.int32)
 
 
+def token_prompt(ids: list[int], settings: ServeSettings, param: str) -> np.ndarray:
+    """A prompt of token ids as [P] int32: each id in the vocabulary (bytes: [0, 256))."""
+    if not ids:
+        raise bad_request(f"{param} is an empty list of token ids: give at least one", param)
+    if len(ids) > settings.max_prompt_bytes:
+        raise bad_request(f"the prompt is {len(ids)} tokens; this server takes at most "
+                          f"{settings.max_prompt_bytes} (--max-prompt-bytes)", param)
+    outside = next((at for at, token in enumerate(ids) if not 0 <= token < BYTE_VOCAB), None)
+    if outside is not None:  # (checked before numpy: a JSON int may exceed int64)
+        raise bad_request(f"{param}[{outside}] is token id {ids[outside]}, outside the "
+                          f"vocabulary [0, {BYTE_VOCAB}) (this server's model reads bytes)",
+                          param)
+    return np.array(ids, dtype=np.int32)  # [P]
+
+
 def utf8(text: str, param: str) -> bytes:
     """The text's UTF-8 bytes; JSON can carry lone surrogates ("\\ud800"), which have none."""
     try:
@@ -146,8 +172,13 @@ def utf8(text: str, param: str) -> bytes:
 Body = TypeVar("Body", bound=BaseModel)
 
 
-def parse_body(model: type[Body], raw: bytes) -> Body:
-    """The JSON body as `model`, or an ApiError (400) that names the field."""
+def parse_body(model: type[Body], raw: bytes, max_depth: int) -> Body:
+    """The JSON body as `model`, or an ApiError (400) that names the field. A body nested
+    deeper than `max_depth` is refused before it is parsed (parsing and checking it recurse)."""
+    depth = nesting_depth(raw)
+    if depth > max_depth:
+        raise bad_request(f"the request body nests {depth} levels deep; this server takes at "
+                          f"most {max_depth} (--max-json-depth)", bound="json_depth")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

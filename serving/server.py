@@ -18,13 +18,14 @@ from compressive_rt.errors import CtrtError
 from compressive_rt.runtime.session import Session
 from compressive_rt.runtime.snapshot import engine_identity, most_snapshot_bytes
 from compressive_rt.serving.app import create_app
+from compressive_rt.serving.connections import bounded_protocol
 from compressive_rt.serving.engine import Engine, row_specs
 from compressive_rt.serving.metrics import Metrics
+from compressive_rt.serving.schemas import BYTE_VOCAB
 from compressive_rt.serving.settings import LOOPBACK, ServeSettings
 from compressive_rt.serving.shared_engine import SharedStoreEngine
+from compressive_rt.serving.sqlite_store import SQLiteStore
 from compressive_rt.serving.stores import describe_store, open_store
-
-BYTE_VOCAB = 256
 
 
 def open_engine(engine_dir: str | Path, settings: ServeSettings, store_dir: str | Path,
@@ -39,8 +40,11 @@ def open_engine(engine_dir: str | Path, settings: ServeSettings, store_dir: str 
         raise CtrtError(f"ctrt serve takes text (bytes), so it needs a byte-level engine "
                         f"(vocab_size {BYTE_VOCAB}); {engine_dir} has vocab_size {vocab}")
     identity = json.dumps(engine_identity(session.manifest), sort_keys=True)
-    store = open_store(store_dir, identity)
+    store = open_store(store_dir, identity, settings.store_max_bytes)
     metrics = Metrics()
+    if isinstance(store, SQLiteStore):
+        metrics.store_bytes.set_function(store.file_bytes)
+        metrics.store_max_bytes.set(store.max_bytes)
     engine_type = SharedStoreEngine if getattr(store, "shared", False) else Engine
     engine = engine_type(session, store, settings, metrics)
     limit = most_snapshot_bytes(session.manifest, row_specs(session))
@@ -78,8 +82,10 @@ def serve(engine_dir: str | Path, settings: ServeSettings, store_dir: str | Path
             f"this port can use the server (--api-key)")
     key = "API key required" if settings.api_key else "no API key"
     say(f"listening on http://{host}:{port} ({key})")
+    protocol = bounded_protocol(settings.header_timeout_s, settings.max_connections,
+                                engine.metrics)
     config = uvicorn.Config(app, lifespan="on", log_level="info", access_log=access_log,
-                            timeout_graceful_shutdown=settings.grace_s)
+                            timeout_graceful_shutdown=settings.grace_s, http=protocol)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it stopped for once it is done; for SIGTERM that graceful
     # stop is this command's normal end, so it must not kill the process (exit 0)

@@ -9,6 +9,13 @@ of renames and fsyncs of our own. WAL mode lets a commit append to one log file;
 kill -9 and power loss. The cost: a snapshot is written twice (to the WAL, then checkpointed
 into the database), measured by `ctrt bench --serve`.
 
+Size: the database is bounded (`max_page_count`, from `max_bytes`; by default 90% of what the
+store holds plus the disk's free space when it opens), so that it reports "full" (StoreFull)
+while the disk still has room for what a DELETE writes (its WAL pages). Freed pages are given
+back to the file system: `auto_vacuum=INCREMENTAL` and an incremental vacuum after every write
+that frees pages (a delete, a snapshot that replaces a log); a store written before this (no
+auto_vacuum) is rewritten once by VACUUM when it is opened.
+
 An exclusive lock on `DIR/lock` keeps a second process off the same store.
 """
 
@@ -16,23 +23,36 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
+import shutil
 import sqlite3
 from pathlib import Path
 
-from compressive_rt.serving.store import StaleVersion, StoredStream, StoreError, UnknownStream
+from compressive_rt.serving.store import (
+    StaleVersion,
+    StoredStream,
+    StoreError,
+    StoreFull,
+    UnknownStream,
+)
+
+log = logging.getLogger("compressive_rt.serving")
 
 DATABASE = "streams.sqlite3"
 LOCK = "lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: the snapshot in the streams row (rewritten by every take and append)
+INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+DISK_SHARE = 0.9  # the default bound: of (what the store holds + the disk's free space)
+WAL_LIMIT_BYTES = 16 << 20  # the WAL file is truncated back to this after a checkpoint
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS streams (
     id TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
     position INTEGER NOT NULL,
-    snapshot BLOB,
     snapshot_position INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS snapshots (stream TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS wal (
     stream TEXT NOT NULL,
     start INTEGER NOT NULL,
@@ -40,13 +60,30 @@ CREATE TABLE IF NOT EXISTS wal (
     PRIMARY KEY (stream, start)
 ) WITHOUT ROWID;
 """
+# version 1 kept each snapshot in its streams row, which every take and append rewrote whole
+MIGRATE_FROM_1 = """
+CREATE TABLE IF NOT EXISTS snapshots (stream TEXT PRIMARY KEY, data BLOB NOT NULL);
+INSERT INTO snapshots SELECT id, snapshot FROM streams WHERE snapshot IS NOT NULL;
+CREATE TABLE streams_2 (
+    id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    snapshot_position INTEGER NOT NULL
+);
+INSERT INTO streams_2 SELECT id, version, position, snapshot_position FROM streams;
+DROP TABLE streams;
+ALTER TABLE streams_2 RENAME TO streams;
+UPDATE meta SET value = '2' WHERE key = 'schema_version'
+"""
 
 
 class SQLiteStore:
     """StreamStore on `directory` (created if missing) for the engine named by `engine_key`
-    (a store holds the streams of one engine: its snapshots fit no other)."""
+    (a store holds the streams of one engine: its snapshots fit no other), its database at
+    most `max_bytes` (None: 90% of what it holds plus the disk's free space)."""
 
-    def __init__(self, directory: str | Path, engine_key: str) -> None:
+    def __init__(self, directory: str | Path, engine_key: str,
+                 max_bytes: int | None = None) -> None:
         self.directory = Path(directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -63,16 +100,57 @@ class SQLiteStore:
         try:
             self._db = sqlite3.connect(self.directory / DATABASE, isolation_level=None,
                                        check_same_thread=False)
+            written_before = self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL
+            if not self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                # a new database: before WAL mode writes its first page
+                self._db.execute(f"PRAGMA auto_vacuum={INCREMENTAL}")
+                written_before = False
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             self._db.executescript(SCHEMA)
+            self.max_bytes = self._bound(max_bytes)
             self._check_owner(engine_key)
+            if written_before:
+                self._reclaim_freed_pages()
         except sqlite3.Error as exc:
             self.close()
             raise StoreError(f"the stream store {self.directory} cannot be used: {exc}") from None
         except StoreError:
             self.close()
             raise
+
+    def _reclaim_freed_pages(self) -> None:
+        """A database written without auto_vacuum (by a server before this version) is
+        rewritten once with it (VACUUM needs the database's size again, free, for a moment)."""
+        log.info("the stream store %s: rewriting it once so that freed space is given back "
+                 "(auto_vacuum)", self.directory)
+        self._db.execute(f"PRAGMA auto_vacuum={INCREMENTAL}")
+        self._db.execute("VACUUM")
+
+    def _bound(self, max_bytes: int | None) -> int:
+        """Set the database's page limit; returns its bound in bytes."""
+        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        if max_bytes is None:
+            held = self._db.execute("PRAGMA page_count").fetchone()[0] * page_size
+            max_bytes = int(DISK_SHARE * (held + shutil.disk_usage(self.directory).free))
+        pages = self._db.execute(f"PRAGMA max_page_count={max(max_bytes // page_size, 1)}")
+        return pages.fetchone()[0] * page_size  # never below what the database holds already
+
+    def _vacuum(self) -> None:
+        """Give the pages a write freed back to the file system. (The pragma frees one page per
+        step; execute() steps once, executescript() to the end.)"""
+        try:
+            self._db.executescript("PRAGMA incremental_vacuum")
+        except sqlite3.Error as exc:
+            raise StoreError(f"the stream store {self.directory} cannot be written: {exc}") \
+                from None
+
+    def file_bytes(self) -> int:
+        """What the store takes on disk: its database and WAL files (read from the file
+        system, so any thread may ask)."""
+        files = (self.directory / DATABASE, self.directory / f"{DATABASE}-wal")
+        return sum(path.stat().st_size for path in files if path.exists())
 
     def _check_owner(self, engine_key: str) -> None:
         rows = dict(self._db.execute("SELECT key, value FROM meta"))
@@ -82,6 +160,11 @@ class SQLiteStore:
                                      [("schema_version", str(SCHEMA_VERSION)),
                                       ("engine", engine_key)])
             return
+        if rows.get("schema_version") == "1" and rows.get("engine") == engine_key:
+            with self._transaction():  # statement by statement: executescript would commit
+                for statement in MIGRATE_FROM_1.split(";"):
+                    self._db.execute(statement)
+            rows["schema_version"] = str(SCHEMA_VERSION)
         if rows.get("schema_version") != str(SCHEMA_VERSION):
             raise StoreError(f"the stream store {self.directory} has schema version "
                              f"{rows.get('schema_version')}; this server reads {SCHEMA_VERSION}")
@@ -94,13 +177,13 @@ class SQLiteStore:
                 f"or delete {self.directory} if the old engine's streams are not wanted any more")
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db, self.directory)
+        return _Transaction(self._db, self.directory, self.max_bytes)
 
     # ---- StreamStore ---------------------------------------------------------------------
     def create(self, stream_id: str) -> None:
         with self._transaction():
             try:
-                self._db.execute("INSERT INTO streams VALUES (?, 0, 0, NULL, 0)", (stream_id,))
+                self._db.execute("INSERT INTO streams VALUES (?, 0, 0, 0)", (stream_id,))
             except sqlite3.IntegrityError:
                 raise StoreError(f"stream {stream_id} exists already") from None
 
@@ -111,11 +194,13 @@ class SQLiteStore:
         with self._transaction():
             row = self._db.execute(
                 "UPDATE streams SET version = version + 1 WHERE id = ? "
-                "RETURNING version, position, snapshot, snapshot_position",
-                (stream_id,)).fetchone()
+                "RETURNING version, position, snapshot_position", (stream_id,)).fetchone()
             if row is None:
                 raise UnknownStream(f"no stream {stream_id} in the store")
-            version, position, snapshot, snapshot_position = row
+            version, position, snapshot_position = row
+            stored = self._db.execute("SELECT data FROM snapshots WHERE stream = ?",
+                                      (stream_id,)).fetchone()
+            snapshot = None if stored is None else stored[0]
             records = self._db.execute(
                 "SELECT start, tokens FROM wal WHERE stream = ? ORDER BY start",
                 (stream_id,)).fetchall()
@@ -141,18 +226,22 @@ class SQLiteStore:
     def put_snapshot(self, stream_id: str, version: int, position: int, snapshot: bytes) -> None:
         with self._transaction():
             updated = self._db.execute(
-                "UPDATE streams SET snapshot = ?, snapshot_position = ?, position = ? "
-                "WHERE id = ? AND version = ?",
-                (snapshot, position, position, stream_id, version)).rowcount
+                "UPDATE streams SET snapshot_position = ?, position = ? "
+                "WHERE id = ? AND version = ?", (position, position, stream_id, version)).rowcount
             if not updated:
                 self._refuse(stream_id, version)
+            self._db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)",
+                             (stream_id, snapshot))
             self._db.execute("DELETE FROM wal WHERE stream = ?", (stream_id,))
+        self._vacuum()
 
     def delete(self, stream_id: str) -> None:
         with self._transaction():
             if not self._db.execute("DELETE FROM streams WHERE id = ?", (stream_id,)).rowcount:
                 raise UnknownStream(f"no stream {stream_id} in the store")
             self._db.execute("DELETE FROM wal WHERE stream = ?", (stream_id,))
+            self._db.execute("DELETE FROM snapshots WHERE stream = ?", (stream_id,))
+        self._vacuum()
 
     def close(self) -> None:
         db = getattr(self, "_db", None)
@@ -176,10 +265,11 @@ class SQLiteStore:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT (rolled back on any error); sqlite3 errors become StoreError."""
+    """BEGIN IMMEDIATE ... COMMIT (rolled back on any error); sqlite3 errors become StoreError
+    (StoreFull when the database reached its bound, `max_bytes`, or the disk is full)."""
 
-    def __init__(self, db: sqlite3.Connection, directory: Path) -> None:
-        self.db, self.directory = db, directory
+    def __init__(self, db: sqlite3.Connection, directory: Path, max_bytes: int) -> None:
+        self.db, self.directory, self.max_bytes = db, directory, max_bytes
 
     def __enter__(self) -> None:
         try:
@@ -197,6 +287,11 @@ class _Transaction:
                 exc = error
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+            raise StoreFull(f"the stream store {self.directory} is full (its bound is "
+                            f"{self.max_bytes} bytes, --store-max-bytes, or its disk is full): "
+                            f"nothing was written; delete streams (DELETE /v1/streams/ID) to "
+                            f"make room") from None
         if isinstance(exc, sqlite3.Error):
             raise StoreError(f"the stream store {self.directory} cannot be written: {exc}") \
                 from None

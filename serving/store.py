@@ -25,6 +25,10 @@ class StoreError(CtrtError):
     """The store cannot be read or written; the message says which store and why."""
 
 
+class StoreFull(StoreError):
+    """The store reached its bound: nothing was written; deleting streams makes room."""
+
+
 class UnknownStream(StoreError):
     """No stream of that id in the store."""
 

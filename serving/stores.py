@@ -10,13 +10,14 @@ from compressive_rt.serving.sqlite_store import SQLiteStore
 from compressive_rt.serving.store import StreamStore
 
 
-def open_store(location: str, engine_key: str) -> StreamStore:
+def open_store(location: str, engine_key: str, max_bytes: int | None = None) -> StreamStore:
     """The store at `location` for the engine named by `engine_key` (a Redis store's password:
-    in its URL or $CTRT_REDIS_PASSWORD)."""
+    in its URL or $CTRT_REDIS_PASSWORD); a local store's database is at most `max_bytes`
+    (SQLiteStore's default: None). Redis bounds its own memory (maxmemory)."""
     if is_redis_url(str(location)):
         return RedisStore(str(location), engine_key,
                           password=os.environ.get(PASSWORD_VARIABLE) or None)
-    return SQLiteStore(location, engine_key)
+    return SQLiteStore(location, engine_key, max_bytes)
 
 
 def describe_store(location: str) -> str:

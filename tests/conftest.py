@@ -56,3 +56,50 @@ def engine(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture
+def engine_dir(engine):
+    return engine("conv")[1]
+
+
+@pytest.fixture
+def served(engine_dir, tmp_path):
+    """serve(**settings) -> a TestClient whose app (and engine thread) runs in-process until the
+    test ends (model "tiny", 4 resident streams unless changed); the same store path unless
+    `store` is given."""
+    from starlette.testclient import TestClient
+
+    from compressive_rt.serving.server import open_engine
+    from compressive_rt.serving.settings import ServeSettings
+
+    clients = []
+
+    def serve(store=None, **changes):
+        settings = ServeSettings(**{"model_name": "tiny", "streams": 4, **changes})
+        app, _ = open_engine(engine_dir, settings, store or tmp_path / "store", threads=1)
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield serve
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def server(engine_dir, tmp_path):
+    """server(*options, env=None) -> a started `ctrt serve` subprocess on 127.0.0.1
+    (serving_helpers.Server); all are stopped at the end."""
+    from serving_helpers import Server
+
+    started = []
+
+    def start(*options, env=None, store=None):
+        started.append(Server(engine_dir, store or tmp_path / "store", *options, env=env))
+        return started[-1].start()
+
+    yield start
+    for running in started:
+        running.stop()

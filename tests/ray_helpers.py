@@ -5,9 +5,14 @@ benchmarks/ray_serve.py's RayCluster)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+
+READY_DEADLINE_S = 300  # Ray and Serve start in tens of seconds; minutes on a loaded machine
 
 
 def need_ray() -> None:
@@ -41,3 +46,17 @@ def tree_rss_bytes(root: int) -> int:
         total += rss.get(pid, 0)
         todo += children.get(pid, [])
     return total
+
+
+def wait_ready(server: subprocess.Popen, url: str, log: Path) -> None:
+    """Until `ctrt serve --ray` (the subprocess `server`, writing to `log`) answers /ready."""
+    deadline = time.monotonic() + READY_DEADLINE_S
+    while True:
+        assert server.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)

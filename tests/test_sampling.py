@@ -129,7 +129,9 @@ def test_top_k_and_top_p_restrict_the_support():
 def test_a_missing_seed_draws_a_random_stream_and_bad_settings_are_refused():
     assert Sampling().stream_seed() != Sampling().stream_seed()
     assert Sampling(seed=-1).stream_seed() == MASK
-    with pytest.raises(RuntimeInputError, match="temperature must be > 0"):
+    with pytest.raises(RuntimeInputError, match="temperature must be >= 1e-05"):
         Sampling(temperature=0)
+    with pytest.raises(RuntimeInputError, match="temperature must be >= 1e-05, got 1e-310"):
+        Sampling(temperature=1e-310)
     with pytest.raises(RuntimeInputError, match="top_p must be in"):
         Sampling(top_p=0)

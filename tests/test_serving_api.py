@@ -25,31 +25,6 @@ TEXT_A = b"The Compressive Transformer keeps old memories " * 3
 TEXT_B = "and compresses them: \u00e9t\u00e9, caf\u00e9, na\u00efve.\n".encode()
 
 
-@pytest.fixture
-def served(engine, tmp_path):
-    """serve(**settings) -> a TestClient whose app (and engine thread) runs until the test
-    ends; the same store path unless `store` is given."""
-    _, engine_dir = engine("conv")
-    clients = []
-
-    def serve(store=None, **changes):
-        settings = ServeSettings(**{"model_name": MODEL, "streams": 4, **changes})
-        app, _ = open_engine(engine_dir, settings, store or tmp_path / "store", threads=1)
-        client = TestClient(app)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield serve
-    for client in clients:
-        client.__exit__(None, None, None)
-
-
-@pytest.fixture
-def engine_dir(engine):
-    return engine("conv")[1]
-
-
 def metric(client, name, labels=None):
     """A sample's value from GET /metrics."""
     for family in text_string_to_metric_families(client.get("/metrics").text):

@@ -47,3 +47,15 @@ def test_the_burst_gets_only_200_and_429_and_correct_answers(smoke):
     assert burst["no_5xx_no_hang"] and burst["completed_wrong"] == 0
     assert sum(burst["statuses"].values()) == burst["requests"] == 8
     assert burst["statuses"].get("429", 0) >= 1 and burst["statuses"].get("200", 0) >= 1
+
+
+def test_the_abuse_section_measures_the_client_and_the_server_in_each_scenario(smoke):
+    rows = smoke[0]["abuse"]
+    assert [row["scenario"] for row in rows] == [
+        "quiet", "50 half-open connections", "10 withheld 1.0 MB uploads", "200 stream creates",
+        "2 uploads of a 20000-entry zip (0.9 MB)"]
+    assert all(row["itl_p99_ms"] > 0 and row["rss_peak_bytes"] > 0 and row["fds_peak"] > 0
+               for row in rows)
+    assert rows[1]["opened"] == 50 and rows[2]["opened"] == 10
+    assert rows[3]["statuses"] == {"200": 200} and rows[4]["statuses"] == {"400": 2}
+    assert rows[1]["fds_peak"] >= 50  # the half-open connections were held while measured

@@ -4,12 +4,11 @@ stops Ray and exits 0; and the option errors it gives before starting anything."
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from ray_helpers import need_ray
+from ray_helpers import need_ray, wait_ready
 from redis_helpers import RedisServer
 from serving_helpers import Reference, assert_close
 
@@ -97,16 +96,7 @@ def serve_one_stream_then_sigterm(engine_dir, redis_server, tmp_path):
             stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
+        wait_ready(server, url, log)
         stream = httpx.post(f"{url}/v1/streams", timeout=60).json()["id"]
         answer = httpx.post(f"{url}/v1/streams/{stream}/append", json={"text": "to the store"},
                             timeout=60)

@@ -26,20 +26,6 @@ def engine_dir(engine):
     return engine("conv")[1]
 
 
-@pytest.fixture
-def server(engine_dir, tmp_path):
-    """server(*options, env=None) -> a started Server; all are stopped at the end."""
-    started = []
-
-    def start(*options, env=None, store=None):
-        started.append(Server(engine_dir, store or tmp_path / "store", *options, env=env))
-        return started[-1].start()
-
-    yield start
-    for running in started:
-        running.stop()
-
-
 @pytest.fixture(scope="module")
 def shared(engine_dir, tmp_path_factory):
     """One server for the tests that only read and write their own streams."""

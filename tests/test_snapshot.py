@@ -114,9 +114,12 @@ def test_a_bad_tensor_is_refused_and_leaves_the_stream_it_would_replace_untouche
 
 
 @pytest.mark.parametrize("meta_changes, drop, message", [
-    ({}, ("position",), "position must be an integer >= 0, got None"),
-    ({"position": 3.5}, (), "position must be an integer >= 0, got 3.5"),
-    ({"position": -8}, (), "position must be an integer >= 0, got -8"),
+    ({}, ("position",), r"position must be an integer in \[0, 2\*\*53\), got None"),
+    ({"position": 3.5}, (), r"position must be an integer in \[0, 2\*\*53\), got 3.5"),
+    ({"position": -8}, (), r"position must be an integer in \[0, 2\*\*53\), got -8"),
+    ({"position": 2**63 - 64}, (), r"in \[0, 2\*\*53\), got 9223372036854775744"),
+    ({"position": 2**53}, (), r"in \[0, 2\*\*53\), got 9007199254740992"),
+    ({"position": 64 * 10**30}, (), r"in \[0, 2\*\*53\), got 64000000000000000000000000000000"),
     ({"position": 21}, (), "position 21 implies cmem_len 0, mem_len 16, seg_len 5; the "
                           "snapshot holds cmem_len 4"),
     ({"format_version": 0}, (), "has format_version 0; this runtime reads versions 1 and 2: "
@@ -137,6 +140,20 @@ def test_bad_metadata_is_refused_before_a_slot_is_taken(taken, tmp_path, meta_ch
         session.restore(bad)
     assert session.streams == []
     session.add_stream()  # the only slot is still free
+
+
+def test_a_record_nested_thousands_deep_is_refused_before_it_is_parsed(taken, tmp_path):
+    engine_dir, path = taken
+    with np.load(path, allow_pickle=False) as archive:
+        data = {name: archive[name] for name in archive.files}
+    record = data.pop(META).tobytes()[:-1] + b', "extra": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    bad = tmp_path / "nested.npz"
+    np.savez(bad, **{META: np.frombuffer(record, np.uint8)}, **data)
+    session = Session(engine_dir, max_streams=1)
+    with pytest.raises(RuntimeInputError, match="its __meta__ record is not JSON \\(it nests "
+                                                "5001 levels deep, at most 16\\)"):
+        session.restore(bad)
+    assert session.streams == []
 
 
 def test_restoring_over_a_stream_replaces_all_of_it_including_its_last_logits(taken):

@@ -8,6 +8,7 @@ refused the shape. tracemalloc sees numpy's allocations, so its peak bounds what
 
 import io
 import json
+import struct
 import tracemalloc
 import warnings
 import zipfile
@@ -157,6 +158,45 @@ def test_the_issue_19_archive_is_refused_before_any_allocation(fed):
     after = session.stream_state(victim)
     assert all(np.array_equal(after[name], before[name]) for name in before)
     assert session.streams == [victim]
+
+
+def with_directory_of(data: bytes, entries: int, declared_entries: int,
+                      zip64: bool = False) -> bytes:
+    """The snapshot archive `data` with its zip directory replaced by `entries` entries of a
+    one-byte name (47 bytes each), its end record declaring `declared_entries` (the 16-bit
+    field: zipfile ignores it and parses as many entries as the directory's size covers).
+    zip64: the true numbers in a zip64 end record (zipfile trusts it), the classic record
+    declaring 5 entries in 100 bytes."""
+    end = data.rfind(b"PK\x05\x06")
+    directory_at = struct.unpack_from("<L", data, end + 16)[0]
+    entry = struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+                        0, 0, 0) + b"a"
+    directory = entry * entries
+    if not zip64:
+        return data[:directory_at] + directory + struct.pack(
+            "<4s4H2LH", b"PK\x05\x06", 0, 0, declared_entries, declared_entries,
+            len(directory), directory_at, 0)
+    record64_at = directory_at + len(directory)
+    record64 = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries,
+                           len(directory), directory_at)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, record64_at, 1)
+    classic = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 5, 5, 100, directory_at, 0)
+    return data[:directory_at] + directory + record64 + locator + classic
+
+
+@pytest.mark.parametrize("declared_entries, zip64", [(80000 & 0xFFFF, False), (5, False),
+                                                     (80000, True)])
+def test_a_directory_of_80000_entries_is_refused_before_zipfile_parses_it(fed, declared_entries,
+                                                                         zip64):
+    """3.8 MB, under the size limit of this engine's snapshots (4.3 MB); zipfile would make
+    80,000 ZipInfo objects of it (about 40 MB) before any check of the members could run."""
+    engine_dir, data = fed[:2]
+    crafted = with_directory_of(data, 80000, declared_entries, zip64)
+    session = Session(engine_dir)
+    match = f"its zip directory declares {declared_entries} entries in 3760000 bytes; a " \
+            f"snapshot of this engine has {len(members(data))} members: not a snapshot"
+    assert refusal_peak(session, crafted, match) < 1 << 20
+    assert session.streams == []
 
 
 def test_a_deflated_member_is_refused_even_when_it_inflates_to_the_right_shape(fed):
