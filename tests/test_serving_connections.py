@@ -8,6 +8,9 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 DEADLINE_S = 60.0  # for an event the server must cause; reached only if it does not
 PARTIAL_HEADERS = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "

@@ -12,6 +12,8 @@ from test_serving_api import TEXT_A, append, metric, new_stream
 
 from compressive_rt.runtime.snapshot import META
 
+pytestmark = pytest.mark.serving
+
 NESTED = "[" * 5000 + "]" * 5000  # 10 KB
 
 

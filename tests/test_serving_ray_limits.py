@@ -14,6 +14,8 @@ from test_serving_connections import UPLOAD_BYTES, assert_refused, withheld_uplo
 
 from compressive_rt.benchmarks.serve import free_port
 
+pytestmark = [pytest.mark.serving, pytest.mark.ray, pytest.mark.slow]
+
 CTRT = Path(sys.executable).parent / "ctrt"
 
 

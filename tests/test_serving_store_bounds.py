@@ -9,6 +9,8 @@ import pytest
 from compressive_rt.serving.sqlite_store import DATABASE, SQLiteStore
 from compressive_rt.serving.store import StoreFull
 
+pytestmark = pytest.mark.serving
+
 ENGINE = '{"graphs": {"segment": "aaaa"}}'
 STATE = 200_000  # bytes of one stream's snapshot
 SCHEMA_1 = """
