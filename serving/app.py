@@ -130,9 +130,10 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
             raise unknown_stream(stream_id)
         return stream_id
 
-    async def stream_call(request: Request, method: Any, *args: Any,
+    async def engine_call(request: Request, method: Any, *args: Any,
                           queued: bool = False) -> dict:
-        """Run `method` on the engine thread; its Done result (empty if the client left)."""
+        """Run `method(ticket, *args)` on the engine thread; its Done result (empty if the
+        client left)."""
         call = exchange(request, queued)
         engine.submit(call.ticket, method, *args)
         try:
@@ -141,38 +142,32 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
             return {}
         return events[-1].result
 
-    async def job_call(request: Request, stream_id: str, job: Job, queued: bool = True) -> dict:
-        """Queue `job` on the stream (behind its earlier requests); its Done result."""
-        call = exchange(request, queued)
-        job.ticket = call.ticket
-        engine.submit(call.ticket, engine.stream_job, stream_id_of(stream_id), job)
-        try:
-            events = await call.collect()
-        except ClientGone:
-            return {}
-        return events[-1].result
+    def job_on(stream_id: str, job: Job) -> tuple[Any, str, Job]:
+        """The engine call that queues `job` on the stream (behind its earlier requests)."""
+        return engine.stream_job, stream_id_of(stream_id), job
 
     @app.post("/v1/streams")
     async def create_stream(request: Request) -> dict:
-        return await stream_call(request, engine.create_stream)
+        return await engine_call(request, engine.create_stream)
 
     @app.get("/v1/streams")
     async def list_streams(request: Request) -> dict:
-        return await stream_call(request, engine.list_streams)
+        return await engine_call(request, engine.list_streams)
 
     @app.get("/v1/streams/{stream_id}")
     async def describe_stream(request: Request, stream_id: str) -> dict:
-        return await stream_call(request, engine.describe_stream, stream_id_of(stream_id))
+        return await engine_call(request, engine.describe_stream, stream_id_of(stream_id))
 
     @app.delete("/v1/streams/{stream_id}")
     async def delete_stream(request: Request, stream_id: str) -> dict:
-        return await job_call(request, stream_id, DeleteJob(None), queued=False)
+        return await engine_call(request, *job_on(stream_id, DeleteJob()))
 
     @app.post("/v1/streams/{stream_id}/append")
     async def append(request: Request, stream_id: str) -> dict:
         stream_id = stream_id_of(stream_id)
         tokens = parse_body(AppendBody, await request.body()).tokens()
-        result = await job_call(request, stream_id, AppendJob(None, tokens=tokens))
+        result = await engine_call(request, *job_on(stream_id, AppendJob(tokens=tokens)),
+                                   queued=True)
         return {"id": stream_id, "object": "stream.append", "bytes": len(tokens), **result}
 
     @app.post("/v1/streams/{stream_id}/generate")
@@ -182,8 +177,8 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
         check_model(body)
         params, prompt = body.params(settings), body.prompt_array(settings)
         call = exchange(request, queued=True)
-        engine.submit(call.ticket, engine.stream_job, stream_id,
-                      GenerateJob(call.ticket, prompt=prompt, params=params))
+        engine.submit(call.ticket, *job_on(stream_id, GenerateJob(prompt=prompt,
+                                                                  params=params)))
         answer = CompletionAnswer(settings.model_name, params, 1, len(prompt),
                                   body.include_usage, metrics, call.ticket.accepted,
                                   stream_id=stream_id)
@@ -191,7 +186,7 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
 
     @app.get("/v1/streams/{stream_id}/snapshot")
     async def get_snapshot(request: Request, stream_id: str) -> Response:
-        result = await job_call(request, stream_id, SnapshotOutJob(None))
+        result = await engine_call(request, *job_on(stream_id, SnapshotOutJob()), queued=True)
         if not result:
             return Response(status_code=GONE)
         return Response(result["snapshot"], media_type="application/octet-stream", headers={
@@ -205,7 +200,8 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
         if not data:
             raise bad_request("the body is empty: send the snapshot's bytes "
                               "(application/octet-stream)")
-        return await job_call(request, stream_id, SnapshotInJob(None, data=data))
+        return await engine_call(request, *job_on(stream_id, SnapshotInJob(data=data)),
+                                 queued=True)
 
     def body_limit(scope: dict) -> int:
         if scope["method"] == "PUT" and SNAPSHOT_ROUTE.fullmatch(scope["path"]):

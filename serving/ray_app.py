@@ -114,7 +114,7 @@ class StreamReplica:
             deployment.engine_dir, deployment.settings, deployment.store, deployment.backend,
             deployment.threads, deployment.prepack)
         self.loop: asyncio.AbstractEventLoop | None = None  # the one requests run on
-        self.engine.on_give_up = self._given_up
+        self.engine.residency.on_give_up = self._given_up
         self.engine.start()
         session = self.engine.session
         self.largest_body = max(deployment.settings.max_body_bytes,

@@ -21,7 +21,6 @@ from compressive_rt.serving.app import create_app
 from compressive_rt.serving.engine import Engine, row_specs
 from compressive_rt.serving.metrics import Metrics
 from compressive_rt.serving.settings import LOOPBACK, ServeSettings
-from compressive_rt.serving.shared_engine import SharedStoreEngine
 from compressive_rt.serving.stores import describe_store, open_store
 
 BYTE_VOCAB = 256
@@ -41,8 +40,7 @@ def open_engine(engine_dir: str | Path, settings: ServeSettings, store_dir: str 
     identity = json.dumps(engine_identity(session.manifest), sort_keys=True)
     store = open_store(store_dir, identity)
     metrics = Metrics()
-    engine_type = SharedStoreEngine if getattr(store, "shared", False) else Engine
-    engine = engine_type(session, store, settings, metrics)
+    engine = Engine(session, store, settings, metrics)
     limit = most_snapshot_bytes(session.manifest, row_specs(session))
     return create_app(engine, settings, metrics, limit), engine
 

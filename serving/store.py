@@ -34,6 +34,16 @@ class StaleVersion(StoreError):
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A server's hold on a stream it took: the version every write of it carries and, for a
+    lease (a store shared with other servers), until when (time.monotonic) it may answer from
+    its resident copy without asking the store; None: until another server takes it."""
+
+    version: int
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True)
 class StoredStream:
     """A stream as the store holds it, handed to the server that took it."""
 
