@@ -118,12 +118,7 @@ def api_key(args: argparse.Namespace) -> str | None:
 def run_serve(args: argparse.Namespace) -> int:
     from compressive_rt.serving.settings import ServeSettings
 
-    check_options(args, {"threads": 1, "port": 0, "streams": 1, "queue_size": 1,
-                         "max_body_bytes": 1, "max_prompt_bytes": 1, "max_tokens": 1,
-                         "snapshot_every": 1, "grace": 0, "replicas": 1,
-                         "replicas_per_node": 1}, positive=("request_timeout",))
-    if args.port > 65535:
-        raise CtrtError(f"--port must be in [0, 65535], got {args.port}")
+    check_options(args, {"threads": 1})
     ray_only = [option for option, dest in [("--replicas", "replicas"),
                                             ("--replicas-per-node", "replicas_per_node"),
                                             ("--ray-address", "ray_address")]
@@ -154,6 +149,7 @@ def run_on_ray(args: argparse.Namespace, settings: object) -> int:
                         f"'compressive-rt[ray]'") from None
     deployment = RayDeployment(
         engine_dir=str(Path(args.engine_dir).resolve()), store=args.store, settings=settings,
-        replicas=args.replicas or DEFAULT_REPLICAS, replicas_per_node=args.replicas_per_node,
+        replicas=DEFAULT_REPLICAS if args.replicas is None else args.replicas,
+        replicas_per_node=args.replicas_per_node,
         threads=args.threads or 1, backend=args.backend, prepack=args.prepack)
     return serve_on_ray(deployment, args.ray_address)
