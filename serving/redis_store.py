@@ -26,7 +26,6 @@ later writes fail rather than overwrite, and the request it hears late is droppe
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import socket
@@ -35,7 +34,16 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from compressive_rt.serving.store import StaleVersion, StoredStream, StoreError, UnknownStream
+from compressive_rt.serving.store import (
+    StoredStream,
+    StoreError,
+    check_identity,
+    exists,
+    gap,
+    joined_log,
+    stale,
+    unknown,
+)
 
 log = logging.getLogger("compressive_rt.serving")
 
@@ -155,14 +163,9 @@ class RedisStore:
                              f"${PASSWORD_VARIABLE}") from None
         except (ValueError, *self._errors) as exc:
             raise StoreError(f"the Redis store {self.address} cannot be used: {exc}") from None
-        if stored_schema.decode() != SCHEMA_VERSION:
-            raise StoreError(f"the Redis store {self.address} has schema version "
-                             f"{stored_schema.decode()}; this server reads {SCHEMA_VERSION}")
-        if stored_engine.decode() != engine_key:
-            raise StoreError(f"the Redis store {self.address} holds streams of another engine "
-                             f"({_graphs(stored_engine.decode())}; this engine: "
-                             f"{_graphs(engine_key)}): give this engine its own database "
-                             f"(redis://HOST:PORT/N)")
+        check_identity(f"the Redis store {self.address}", stored_schema.decode(),
+                       SCHEMA_VERSION, stored_engine.decode(), engine_key,
+                       "give this engine its own database (redis://HOST:PORT/N)")
         self.durability = self._durability()
 
     def _key(self, name: str, stream_id: str | None = None) -> str:
@@ -197,16 +200,13 @@ class RedisStore:
         except self._refusal as exc:
             kind, _, detail = str(exc).partition(" ")
             if kind == "UNKNOWN":
-                raise UnknownStream(f"no stream {stream_id} in the store") from None
+                raise unknown(stream_id) from None
             if kind == "STALE":
-                raise StaleVersion(f"stream {stream_id} was taken by another server (version "
-                                   f"{detail}, this server holds {version}): nothing was "
-                                   f"written") from None
+                raise stale(stream_id, detail, version) from None
             if kind == "GAP":
-                raise StoreError(f"stream {stream_id}: a record at position {start} does not "
-                                 f"follow its stored position {detail}") from None
+                raise gap(stream_id, start, detail) from None
             if kind == "EXISTS":
-                raise StoreError(f"stream {stream_id} exists already") from None
+                raise exists(stream_id) from None
             raise StoreError(f"the Redis store {self.address} failed: {exc}") from None
         except self._errors as exc:
             raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
@@ -237,23 +237,18 @@ class RedisStore:
             raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
                 from None
         if position is None:
-            raise UnknownStream(f"no stream {stream_id} in the store")
+            raise unknown(stream_id)
         return int(position)
 
     def take(self, stream_id: str) -> StoredStream:
         self._ask_holder(stream_id)
         version, position, snapshot_position, snapshot, records = self._call(
             "take", self._stream_keys(stream_id), [self.name], stream_id)
-        expected, tail = int(snapshot_position), bytearray()
-        for record in records:
-            (start,) = START.unpack_from(record)
-            if start != expected:
-                raise StoreError(f"stream {stream_id}: its log has a record at {start} where "
-                                 f"{expected} was due: the store is inconsistent")
-            tail += record[START.size:]
-            expected += len(record) - START.size
+        tail = joined_log(stream_id, int(snapshot_position),
+                          ((START.unpack_from(record)[0], record[START.size:])
+                           for record in records))
         return StoredStream(stream_id, int(version), int(position), snapshot,
-                            int(snapshot_position), bytes(tail))
+                            int(snapshot_position), tail)
 
     def _ask_holder(self, stream_id: str) -> None:
         """If another server holds the stream, ask it to give it up, and wait (bounded) for it
@@ -340,10 +335,3 @@ class RedisStore:
             listening.join()
         self._client.close()
 
-
-def _graphs(engine_key: str) -> str:
-    try:
-        graphs = json.loads(engine_key).get("graphs", {})
-        return ", ".join(f"{name} {str(sha)[:12]}" for name, sha in sorted(graphs.items()))
-    except (ValueError, AttributeError):
-        return repr(engine_key)

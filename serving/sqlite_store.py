@@ -15,11 +15,19 @@ An exclusive lock on `DIR/lock` keeps a second process off the same store.
 from __future__ import annotations
 
 import fcntl
-import json
 import sqlite3
 from pathlib import Path
 
-from compressive_rt.serving.store import StaleVersion, StoredStream, StoreError, UnknownStream
+from compressive_rt.serving.store import (
+    StoredStream,
+    StoreError,
+    check_identity,
+    exists,
+    gap,
+    joined_log,
+    stale,
+    unknown,
+)
 
 DATABASE = "streams.sqlite3"
 LOCK = "lock"
@@ -82,14 +90,9 @@ class SQLiteStore:
                                      [("schema_version", str(SCHEMA_VERSION)),
                                       ("engine", engine_key)])
             return
-        if rows.get("schema_version") != str(SCHEMA_VERSION):
-            raise StoreError(f"the stream store {self.directory} has schema version "
-                             f"{rows.get('schema_version')}; this server reads {SCHEMA_VERSION}")
-        if rows.get("engine") != engine_key:
-            raise StoreError(
-                f"the stream store {self.directory} holds streams of another engine (stored: "
-                f"{_short(rows.get('engine'))}; this engine: {_short(engine_key)}): their "
-                f"snapshots fit no other engine; give this engine its own --store")
+        check_identity(f"the stream store {self.directory}", rows.get("schema_version"),
+                       str(SCHEMA_VERSION), rows.get("engine"), engine_key,
+                       "give this engine its own --store")
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db, self.directory)
@@ -100,7 +103,7 @@ class SQLiteStore:
             try:
                 self._db.execute("INSERT INTO streams VALUES (?, 0, 0, NULL, 0)", (stream_id,))
             except sqlite3.IntegrityError:
-                raise StoreError(f"stream {stream_id} exists already") from None
+                raise exists(stream_id) from None
 
     def positions(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT id, position FROM streams"))
@@ -112,19 +115,13 @@ class SQLiteStore:
                 "RETURNING version, position, snapshot, snapshot_position",
                 (stream_id,)).fetchone()
             if row is None:
-                raise UnknownStream(f"no stream {stream_id} in the store")
+                raise unknown(stream_id)
             version, position, snapshot, snapshot_position = row
             records = self._db.execute(
                 "SELECT start, tokens FROM wal WHERE stream = ? ORDER BY start",
                 (stream_id,)).fetchall()
-        expected = snapshot_position
-        for start, tokens in records:
-            if start != expected:
-                raise StoreError(f"stream {stream_id}: its log has a record at {start} where "
-                                 f"{expected} was due: the store is inconsistent")
-            expected += len(tokens)
         return StoredStream(stream_id, version, position, snapshot, snapshot_position,
-                            b"".join(tokens for _, tokens in records))
+                            joined_log(stream_id, snapshot_position, records))
 
     def append(self, stream_id: str, version: int, start: int, tokens: bytes) -> None:
         with self._transaction():
@@ -149,7 +146,7 @@ class SQLiteStore:
     def delete(self, stream_id: str) -> None:
         with self._transaction():
             if not self._db.execute("DELETE FROM streams WHERE id = ?", (stream_id,)).rowcount:
-                raise UnknownStream(f"no stream {stream_id} in the store")
+                raise unknown(stream_id)
             self._db.execute("DELETE FROM wal WHERE stream = ?", (stream_id,))
 
     def close(self) -> None:
@@ -165,12 +162,10 @@ class SQLiteStore:
         row = self._db.execute("SELECT version, position FROM streams WHERE id = ?",
                                (stream_id,)).fetchone()
         if row is None:
-            raise UnknownStream(f"no stream {stream_id} in the store")
+            raise unknown(stream_id)
         if row[0] != version:
-            raise StaleVersion(f"stream {stream_id} was taken by another server (version "
-                               f"{row[0]}, this server holds {version}): nothing was written")
-        raise StoreError(f"stream {stream_id}: a record at position {start} does not follow "
-                         f"its stored position {row[1]}")
+            raise stale(stream_id, row[0], version)
+        raise gap(stream_id, start, row[1])
 
 
 class _Transaction:
@@ -198,13 +193,4 @@ class _Transaction:
         if isinstance(exc, sqlite3.Error):
             raise StoreError(f"the stream store {self.directory} cannot be written: {exc}") \
                 from None
-
-
-def _short(engine_key: str | None) -> str:
-    try:
-        identity = json.loads(engine_key or "")
-        graphs = identity.get("graphs", {})
-        return ", ".join(f"{name} {str(sha)[:12]}" for name, sha in sorted(graphs.items()))
-    except (ValueError, AttributeError):
-        return repr(engine_key)
 

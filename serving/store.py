@@ -15,6 +15,8 @@ from one thread at a time (serving/store_worker.py's).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +33,61 @@ class UnknownStream(StoreError):
 
 class StaleVersion(StoreError):
     """A write carried a version the stream no longer has: another server took it since."""
+
+
+# ---- the contract's refusals, worded once for every store ----------------------------------
+def unknown(stream_id: str) -> UnknownStream:
+    return UnknownStream(f"no stream {stream_id} in the store")
+
+
+def stale(stream_id: str, stored_version: object, version: int | None) -> StaleVersion:
+    return StaleVersion(f"stream {stream_id} was taken by another server (version "
+                        f"{stored_version}, this server holds {version}): nothing was written")
+
+
+def gap(stream_id: str, start: int | None, stored_position: object) -> StoreError:
+    return StoreError(f"stream {stream_id}: a record at position {start} does not follow its "
+                      f"stored position {stored_position}")
+
+
+def exists(stream_id: str) -> StoreError:
+    return StoreError(f"stream {stream_id} exists already")
+
+
+def joined_log(stream_id: str, snapshot_position: int,
+               records: Iterable[tuple[int, bytes]]) -> bytes:
+    """The tokens of a stream's log records (start, tokens), checked to follow each other
+    from the snapshot's position on."""
+    expected, tail = snapshot_position, bytearray()
+    for start, tokens in records:
+        if start != expected:
+            raise StoreError(f"stream {stream_id}: its log has a record at {start} where "
+                             f"{expected} was due: the store is inconsistent")
+        tail += tokens
+        expected += len(tokens)
+    return bytes(tail)
+
+
+def check_identity(store: str, stored_schema: str | None, schema: str,
+                   stored_engine: str | None, engine_key: str, fix: str) -> None:
+    """A store holds one schema's records of one engine's streams; `fix` says how to give
+    another engine its own store."""
+    if stored_schema != schema:
+        raise StoreError(f"{store} has schema version {stored_schema}; this server reads "
+                         f"{schema}")
+    if stored_engine != engine_key:
+        raise StoreError(f"{store} holds streams of another engine ({_graphs(stored_engine)}; "
+                         f"this engine: {_graphs(engine_key)}): their snapshots fit no other "
+                         f"engine; {fix}")
+
+
+def _graphs(engine_key: str | None) -> str:
+    """An engine's identity in a message: its graphs' names and hash prefixes."""
+    try:
+        graphs = json.loads(engine_key or "").get("graphs", {})
+        return ", ".join(f"{name} {str(sha)[:12]}" for name, sha in sorted(graphs.items()))
+    except (ValueError, AttributeError):
+        return repr(engine_key)
 
 
 @dataclass(frozen=True)
