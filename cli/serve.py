@@ -78,6 +78,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"store a stream's snapshot after this many acknowledged tokens "
                             f"(its log replays at most that many on a restart; default "
                             f"{defaults.snapshot_every})")
+    serve.add_argument("--idempotency-keys", type=int, default=defaults.idempotency_keys,
+                       metavar="N",
+                       help=f"answers of appends and generations sent with an Idempotency-Key "
+                            f"header kept per stream, the latest N: a retry with one of these "
+                            f"keys gets its answer and applies nothing (default "
+                            f"{defaults.idempotency_keys})")
     serve.add_argument("--grace", type=float, default=defaults.grace_s, metavar="SECONDS",
                        help=f"SIGTERM: time in-flight requests get to finish (default "
                             f"{defaults.grace_s:g})")
@@ -131,7 +137,8 @@ def run_serve(args: argparse.Namespace) -> int:
         api_key=api_key(args), queue_size=args.queue_size,
         request_timeout_s=args.request_timeout, max_body_bytes=args.max_body_bytes,
         max_prompt_bytes=args.max_prompt_bytes, max_tokens_limit=args.max_tokens,
-        snapshot_every=args.snapshot_every, grace_s=args.grace)
+        snapshot_every=args.snapshot_every, idempotency_keys=args.idempotency_keys,
+        grace_s=args.grace)
     if args.ray:
         return run_on_ray(args, settings)
     from compressive_rt.serving.server import serve

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from compressive_rt.serving.engine import Engine
 from compressive_rt.serving.errors import ApiError, bad_request, not_found, unknown_stream
 from compressive_rt.serving.exchange import ClientGone, Exchange, RequestQueue
+from compressive_rt.serving.idempotency import request_key
 from compressive_rt.serving.jobs import (
     AppendJob,
     DeleteJob,
@@ -165,20 +166,24 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
     @app.post("/v1/streams/{stream_id}/append")
     async def append(request: Request, stream_id: str) -> dict:
         stream_id = stream_id_of(stream_id)
-        tokens = parse_body(AppendBody, await request.body()).tokens()
-        result = await engine_call(request, *job_on(stream_id, AppendJob(tokens=tokens)),
-                                   queued=True)
+        raw = await request.body()
+        tokens = parse_body(AppendBody, raw).tokens()
+        key, digest = request_key(request.headers, raw)
+        job = AppendJob(tokens=tokens, key=key, digest=digest)
+        result = await engine_call(request, *job_on(stream_id, job), queued=True)
         return {"id": stream_id, "object": "stream.append", "bytes": len(tokens), **result}
 
     @app.post("/v1/streams/{stream_id}/generate")
     async def generate(request: Request, stream_id: str) -> Response:
         stream_id = stream_id_of(stream_id)
-        body = parse_body(StreamGenerateBody, await request.body())
+        raw = await request.body()
+        body = parse_body(StreamGenerateBody, raw)
         check_model(body)
         params, prompt = body.params(settings), body.prompt_array(settings)
+        key, digest = request_key(request.headers, raw)
         call = exchange(request, queued=True)
-        engine.submit(call.ticket, *job_on(stream_id, GenerateJob(prompt=prompt,
-                                                                  params=params)))
+        job = GenerateJob(prompt=prompt, params=params, key=key, digest=digest)
+        engine.submit(call.ticket, *job_on(stream_id, job))
         answer = CompletionAnswer(settings.model_name, params, 1, len(prompt),
                                   body.include_usage, metrics, call.ticket.accepted,
                                   stream_id=stream_id)

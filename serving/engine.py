@@ -45,7 +45,7 @@ from compressive_rt.serving.residency import Residency
 from compressive_rt.serving.settings import ServeSettings
 from compressive_rt.serving.store import StreamStore
 from compressive_rt.serving.streams import PersistentStreams
-from compressive_rt.serving.tickets import Failed, Ticket
+from compressive_rt.serving.tickets import Cancelled, Failed, Ticket
 
 log = logging.getLogger("compressive_rt.serving")
 
@@ -194,12 +194,16 @@ class Engine:
                 slots_blocked = True
 
     def _cancel(self, ticket: Ticket) -> None:
+        """Let go of the request and tell its handler whether it may have changed anything."""
         ticket.cancelled = True
         work = self.work.pop(ticket, None)
+        applied = None
         if isinstance(work, CompletionRequest):
             self.completions.cancel(work)
+            applied = False
         elif work is not None:
-            self.streams.cancel(work)
+            applied = self.streams.cancel(work)
+        self.loop.send(ticket, Cancelled(applied))
 
     def _begin_stop(self) -> None:
         """Shutdown: everything not yet durable is cancelled (uvicorn's grace period for

@@ -81,7 +81,9 @@ class Generations:
             self.core.completions.choice_finished(generation, finished)
             return
         fed = generation.prompt.astype(np.uint8).tobytes() + bytes(result.tokens)
-        self.core.streams.log(generation.entry, generation.job, fed, [finished], {})
+        self.core.streams.log(generation.entry, generation.job, fed, [finished],
+                              {"token_ids": list(result.tokens),
+                               "finish_reason": result.finish_reason})
 
     def step(self) -> None:
         """One scheduler step. A failed engine call loses no token (the scheduler's failure

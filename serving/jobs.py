@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compressive_rt.runtime.sampling import Sampling
-from compressive_rt.serving.store import Claim
+from compressive_rt.serving.store import Claim, Receipt
 from compressive_rt.serving.tickets import Ticket
 
 
@@ -29,6 +29,9 @@ class Job:
     arrival: int = -1
     started: bool = False
     entry: StreamEntry | None = None  # set when the engine queues it
+    writing: bool = False  # its store write is under way: cancelled now, it may still apply
+    key: str | None = None  # its Idempotency-Key (appends and generations)
+    digest: str = ""  # its request body's, with the key
 
 
 @dataclass(eq=False)
@@ -73,6 +76,7 @@ class StreamEntry:
     loading: bool = False  # taking it from the store (and replaying its log)
     releasing: bool = False  # a cancelled generation's last token is still to be fed
     last_used: float = 0.0
+    receipts: dict[str, Receipt] = field(default_factory=dict)  # the store's, while resident
 
     @property
     def idle(self) -> bool:

@@ -12,8 +12,9 @@ Redis may forbid CONFIG, or run replicas that make `everysec` good enough for it
 
 Keys, under `ctrt:` in the URL's database: `engine` and `schema` (what the store holds), `ids`
 (a set of stream ids), and per stream `s:{id}` (a hash: version, position, snapshot_position,
-holder), `snap:{id}` (the snapshot's bytes) and `wal:{id}` (a list of records: the start
-position, 8 bytes big-endian, then the tokens).
+holder), `snap:{id}` (the snapshot's bytes), `wal:{id}` (a list of records: the start
+position, 8 bytes big-endian, then the tokens) and `rcpt:{id}` (the latest receipts of writes
+made with an Idempotency-Key, oldest first, each a JSON [key, digest, answer]).
 
 Hand-over between replicas: `take` records the taker as the stream's holder. A taker that
 finds another holder asks it, over a pub/sub channel of that holder's own, to give the stream
@@ -26,6 +27,7 @@ later writes fail rather than overwrite, and the request it hears late is droppe
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import socket
@@ -35,6 +37,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from compressive_rt.serving.store import (
+    Receipt,
     StoredStream,
     StoreError,
     check_identity,
@@ -55,7 +58,8 @@ POLL_S = 0.02
 LISTEN_S = 0.2  # the listener's wait for a message: how long closing it may take
 PASSWORD_VARIABLE = "CTRT_REDIS_PASSWORD"
 
-# KEYS[1] = s:{id}, KEYS[2] = wal:{id}; ARGV = version, start, record, count
+# KEYS = s:{id}, wal:{id}, rcpt:{id}; ARGV = version, start, record, count, receipt ("": none),
+# receipts kept
 APPEND = """
 local version = redis.call('HGET', KEYS[1], 'version')
 if not version then return redis.error_reply('UNKNOWN') end
@@ -64,6 +68,10 @@ local position = redis.call('HGET', KEYS[1], 'position')
 if position ~= ARGV[2] then return redis.error_reply('GAP ' .. position) end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'position', ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('RPUSH', KEYS[3], ARGV[5])
+  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
+end
 return 1
 """
 # KEYS = s:{id}, snap:{id}, wal:{id}; ARGV = version, position, snapshot
@@ -76,14 +84,15 @@ redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[1], 'position', ARGV[2], 'snapshot_position', ARGV[2])
 return 1
 """
-# KEYS = s:{id}, snap:{id}, wal:{id}; ARGV = the taker's name
+# KEYS = s:{id}, snap:{id}, wal:{id}, rcpt:{id}; ARGV = the taker's name
 TAKE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('UNKNOWN') end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'holder', ARGV[1])
 local fields = redis.call('HMGET', KEYS[1], 'position', 'snapshot_position')
 local snapshot = redis.call('GET', KEYS[2])
-return {version, fields[1], fields[2], snapshot, redis.call('LRANGE', KEYS[3], 0, -1)}
+return {version, fields[1], fields[2], snapshot, redis.call('LRANGE', KEYS[3], 0, -1),
+        redis.call('LRANGE', KEYS[4], 0, -1)}
 """
 # KEYS = s:{id}; ARGV = the holder's name (a release by a server taken from since is void)
 RELEASE = """
@@ -97,11 +106,11 @@ redis.call('HSET', KEYS[1], 'version', 0, 'position', 0, 'snapshot_position', 0)
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
-# KEYS = s:{id}, snap:{id}, wal:{id}, ids; ARGV = id
+# KEYS = s:{id}, snap:{id}, wal:{id}, rcpt:{id}, ids; ARGV = id
 DELETE = """
 if redis.call('DEL', KEYS[1]) == 0 then return redis.error_reply('UNKNOWN') end
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('SREM', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('SREM', KEYS[5], ARGV[1])
 return 1
 """
 # KEYS = engine, schema; ARGV = engine key, schema version
@@ -173,7 +182,7 @@ class RedisStore:
 
     def _stream_keys(self, stream_id: str) -> list[str]:
         return [self._key("s", stream_id), self._key("snap", stream_id),
-                self._key("wal", stream_id)]
+                self._key("wal", stream_id), self._key("rcpt", stream_id)]
 
     def _durability(self) -> str:
         """What survives Redis's own death, from its configuration (if it shows it)."""
@@ -242,13 +251,14 @@ class RedisStore:
 
     def take(self, stream_id: str) -> StoredStream:
         self._ask_holder(stream_id)
-        version, position, snapshot_position, snapshot, records = self._call(
+        version, position, snapshot_position, snapshot, records, receipts = self._call(
             "take", self._stream_keys(stream_id), [self.name], stream_id)
         tail = joined_log(stream_id, int(snapshot_position),
                           ((START.unpack_from(record)[0], record[START.size:])
                            for record in records))
         return StoredStream(stream_id, int(version), int(position), snapshot,
-                            int(snapshot_position), tail)
+                            int(snapshot_position), tail,
+                            tuple(Receipt(*json.loads(receipt)) for receipt in receipts))
 
     def _ask_holder(self, stream_id: str) -> None:
         """If another server holds the stream, ask it to give it up, and wait (bounded) for it
@@ -275,14 +285,18 @@ class RedisStore:
             raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
                 from None
 
-    def append(self, stream_id: str, version: int, start: int, tokens: bytes) -> None:
-        self._call("append", self._stream_keys(stream_id)[::2],
-                   [version, start, START.pack(start) + tokens, len(tokens)], stream_id,
-                   version, start)
+    def append(self, stream_id: str, version: int, start: int, tokens: bytes,
+               receipt: Receipt | None = None, keep: int = 0) -> None:
+        kept = "" if receipt is None else json.dumps(
+            [receipt.key, receipt.digest, receipt.answer])
+        keys = self._stream_keys(stream_id)
+        self._call("append", [keys[0], keys[2], keys[3]],
+                   [version, start, START.pack(start) + tokens, len(tokens), kept, keep],
+                   stream_id, version, start)
 
     def put_snapshot(self, stream_id: str, version: int, position: int, snapshot: bytes) -> None:
-        self._call("put_snapshot", self._stream_keys(stream_id), [version, position, snapshot],
-                   stream_id, version)
+        self._call("put_snapshot", self._stream_keys(stream_id)[:3],
+                   [version, position, snapshot], stream_id, version)
 
     def release(self, stream_id: str) -> None:
         """This server no longer holds the stream (a no-op if another took it since)."""

@@ -77,8 +77,10 @@ class Residency:
 
     def load(self, entry: StreamEntry) -> None:
         """Take the stream from the store into a granted slot (restore its snapshot, replay
-        its log); its head job starts when that is done."""
-        self.streams.started(entry.jobs[0])
+        its log); its head job starts when that is done (one with an Idempotency-Key is told
+        so only then, once its key is checked against the stream's receipts)."""
+        if entry.jobs[0].key is None:
+            self.streams.started(entry.jobs[0])
         entry.loading = True
         entry.slot = self.core.admission.take()
         self.resident.add(entry)
@@ -91,6 +93,7 @@ class Residency:
                error: BaseException | None) -> None:
         if error is None and not self.core.stopping:
             entry.claim = self.ownership.claim(stored)
+            entry.receipts = {receipt.key: receipt for receipt in stored.receipts}
             entry.position, entry.snapshot_position = stored.position, stored.snapshot_position
             try:
                 if stored.snapshot is not None:

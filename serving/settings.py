@@ -33,6 +33,7 @@ class ServeSettings:
     max_prompt_bytes: int = 1 << 16  # one prompt, UTF-8
     max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
     snapshot_every: int = 4096  # acknowledged tokens between a stream's snapshots
+    idempotency_keys: int = 64  # Idempotency-Key answers kept per stream (the latest)
     grace_s: float = 30.0  # SIGTERM: time for in-flight requests before they are cancelled
     retry_after_s: int = 1  # the Retry-After of a 429
 
@@ -44,7 +45,7 @@ class ServeSettings:
             if field.type == "float" and not isinstance(value, (int, float)):
                 raise CtrtError(f"{option(field.name)} must be a number, got {value!r}")
         for name in ("streams", "queue_size", "max_body_bytes", "max_prompt_bytes",
-                     "max_tokens_limit", "snapshot_every", "retry_after_s"):
+                     "max_tokens_limit", "snapshot_every", "idempotency_keys", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise CtrtError(f"{option(name)} must be >= 1, got {getattr(self, name)}")
         if not self.request_timeout_s > 0:

@@ -19,6 +19,7 @@ import sqlite3
 from pathlib import Path
 
 from compressive_rt.serving.store import (
+    Receipt,
     StoredStream,
     StoreError,
     check_identity,
@@ -45,6 +46,14 @@ CREATE TABLE IF NOT EXISTS wal (
     stream TEXT NOT NULL,
     start INTEGER NOT NULL,
     tokens BLOB NOT NULL,
+    PRIMARY KEY (stream, start)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS receipts (
+    stream TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    answer TEXT NOT NULL,
     PRIMARY KEY (stream, start)
 ) WITHOUT ROWID;
 """
@@ -120,10 +129,15 @@ class SQLiteStore:
             records = self._db.execute(
                 "SELECT start, tokens FROM wal WHERE stream = ? ORDER BY start",
                 (stream_id,)).fetchall()
+            receipts = self._db.execute(
+                "SELECT key, digest, answer FROM receipts WHERE stream = ? ORDER BY start",
+                (stream_id,)).fetchall()
         return StoredStream(stream_id, version, position, snapshot, snapshot_position,
-                            joined_log(stream_id, snapshot_position, records))
+                            joined_log(stream_id, snapshot_position, records),
+                            tuple(Receipt(*row) for row in receipts))
 
-    def append(self, stream_id: str, version: int, start: int, tokens: bytes) -> None:
+    def append(self, stream_id: str, version: int, start: int, tokens: bytes,
+               receipt: Receipt | None = None, keep: int = 0) -> None:
         with self._transaction():
             updated = self._db.execute(
                 "UPDATE streams SET position = position + ? "
@@ -132,6 +146,13 @@ class SQLiteStore:
             if not updated:
                 self._refuse(stream_id, version, start)
             self._db.execute("INSERT INTO wal VALUES (?, ?, ?)", (stream_id, start, tokens))
+            if receipt is not None:
+                self._db.execute("INSERT INTO receipts VALUES (?, ?, ?, ?, ?)",
+                                 (stream_id, start, receipt.key, receipt.digest, receipt.answer))
+                self._db.execute(
+                    "DELETE FROM receipts WHERE stream = ? AND start NOT IN (SELECT start "
+                    "FROM receipts WHERE stream = ? ORDER BY start DESC LIMIT ?)",
+                    (stream_id, stream_id, keep))
 
     def put_snapshot(self, stream_id: str, version: int, position: int, snapshot: bytes) -> None:
         with self._transaction():
@@ -148,6 +169,7 @@ class SQLiteStore:
             if not self._db.execute("DELETE FROM streams WHERE id = ?", (stream_id,)).rowcount:
                 raise unknown(stream_id)
             self._db.execute("DELETE FROM wal WHERE stream = ?", (stream_id,))
+            self._db.execute("DELETE FROM receipts WHERE stream = ?", (stream_id,))
 
     def close(self) -> None:
         db = getattr(self, "_db", None)

@@ -101,6 +101,17 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Receipt:
+    """What a write made with an Idempotency-Key leaves: the key, its request body's digest and
+    the answer it got (JSON text), kept with the write in one transaction, in a table of their
+    own (the log is cut at every checkpoint); a store keeps a stream's latest few."""
+
+    key: str
+    digest: str
+    answer: str
+
+
+@dataclass(frozen=True)
 class StoredStream:
     """A stream as the store holds it, handed to the server that took it."""
 
@@ -110,6 +121,7 @@ class StoredStream:
     snapshot: bytes | None  # the stream at snapshot_position, or None (an empty stream)
     snapshot_position: int
     tail: bytes  # the acknowledged tokens after snapshot_position, in order
+    receipts: tuple[Receipt, ...] = ()  # the stream's kept receipts, oldest first
 
     def __post_init__(self) -> None:
         if self.snapshot_position + len(self.tail) != self.position:
@@ -131,15 +143,17 @@ class StreamStore(Protocol):
     def take(self, stream_id: str) -> StoredStream:
         """Claim the stream: increments its version and returns it with its durable state."""
 
-    def append(self, stream_id: str, version: int, start: int, tokens: bytes) -> None:
-        """Log `tokens` acknowledged at position `start` (the stream's position), durably."""
+    def append(self, stream_id: str, version: int, start: int, tokens: bytes,
+               receipt: Receipt | None = None, keep: int = 0) -> None:
+        """Log `tokens` acknowledged at position `start` (the stream's position), durably; with
+        `receipt`, keep it in the same transaction, and only the stream's latest `keep`."""
 
     def put_snapshot(self, stream_id: str, version: int, position: int, snapshot: bytes) -> None:
         """Make `snapshot` (at `position`) the stream's whole durable state, durably: the log
         it covers is dropped. Used for checkpoints, spills and uploaded snapshots."""
 
     def delete(self, stream_id: str) -> None:
-        """Remove the stream and everything stored for it."""
+        """Remove the stream and everything stored for it (its receipts too)."""
 
     def close(self) -> None:
         """Release the store (files, locks)."""

@@ -14,6 +14,7 @@ shared with other servers) is the `Ownership` strategy (ownership.py).
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -36,8 +37,8 @@ from compressive_rt.serving.jobs import (
     StreamEntry,
 )
 from compressive_rt.serving.ownership import Ownership
-from compressive_rt.serving.store import StaleVersion, UnknownStream
-from compressive_rt.serving.tickets import Done, Event, Failed, Started, Ticket
+from compressive_rt.serving.store import Receipt, StaleVersion, UnknownStream
+from compressive_rt.serving.tickets import Done, Event, Failed, Finished, Started, Ticket, Token
 
 if TYPE_CHECKING:
     from compressive_rt.serving.engine import Engine
@@ -142,8 +143,14 @@ class PersistentStreams:
         self.core.loop.store(lambda store: store.positions(), listed)
 
     def queue(self, ticket: Ticket, stream_id: str, job: Job) -> None:
-        """Queue a request on the stream (behind its earlier ones)."""
+        """Queue a request on the stream (behind its earlier ones). One whose Idempotency-Key
+        a queued or running request of the stream has is refused (409)."""
         entry = self.entry_for(stream_id)
+        if job.key is not None and any(other.key == job.key
+                                       for other in (*entry.jobs, entry.current) if other):
+            raise ApiError(409, f"a request with Idempotency-Key {job.key!r} is still running "
+                                f"on stream {stream_id}: retry once it has been answered",
+                           "conflict_error", "Idempotency-Key", "idempotency_key_in_use")
         job.ticket, job.arrival, job.entry = ticket, self.core.arrival(), entry
         self.core.work[ticket] = job
         entry.jobs.append(job)
@@ -178,6 +185,9 @@ class PersistentStreams:
         job = entry.jobs.popleft()
         entry.current = job
         entry.last_used = time.monotonic()
+        if job.key is not None and job.key in entry.receipts:
+            self._answer_again(entry, job, entry.receipts[job.key])
+            return
         self.started(job)
         try:
             if isinstance(job, AppendJob):
@@ -197,6 +207,25 @@ class PersistentStreams:
         except Exception as exc:  # noqa: BLE001 - an engine call failed (a snapshot's commit)
             log.exception("stream %s: a request failed", entry.stream_id)
             self.abandon(entry, job, server_error(f"an engine call failed: {exc}"))
+
+    def _answer_again(self, entry: StreamEntry, job: Job, receipt: Receipt) -> None:
+        """A retry of a request that was applied: its stored answer, nothing applied again;
+        the same key with another body is refused (422)."""
+        if receipt.digest != job.digest:  # refused before Started: a streamed answer's status
+            self._finish_job(entry, job, error=ApiError(
+                422, f"Idempotency-Key {job.key!r} was used on stream {entry.stream_id} by a "
+                     f"request with another body: use a new key for a new request",
+                "invalid_request_error", "Idempotency-Key", "idempotency_key_reused"))
+            return
+        self.started(job)
+        answer = json.loads(receipt.answer)
+        if isinstance(job, GenerateJob):
+            tokens = answer["token_ids"]
+            for token in tokens[:-1]:
+                self._send(job.ticket, Token(0, token))
+            self._send(job.ticket, Finished(0, answer["finish_reason"], tuple(tokens),
+                                            tokens[-1]))
+        self._finish_job(entry, job, answer)
 
     def _finish_job(self, entry: StreamEntry, job: Job, result: dict | None = None,
                     error: ApiError | None = None) -> None:
@@ -219,16 +248,18 @@ class PersistentStreams:
             if error is not None:
                 self._send(job.ticket, Failed(error))
 
-    def cancel(self, job: Job) -> None:
-        """The client left: a queued job is dropped; a running append or generation is
-        stopped (its stream falls back to its durable state); one whose write is under way
-        completes, acknowledged to nobody."""
+    def cancel(self, job: Job) -> bool:
+        """The client left or its time ran out: a queued job is dropped; a running append or
+        generation is stopped (its stream falls back to its durable state); one whose write
+        is under way completes, acknowledged to nobody. True in that last case: the job may
+        have been applied."""
         entry = job.entry
         if job in entry.jobs:
             entry.jobs.remove(job)
         elif isinstance(job, (AppendJob, GenerateJob)) and (
                 self.core.appends.on(entry) or self.core.generations.on(entry)):
             self.abandon(entry, job, None)
+        return job.writing
 
     def stop(self, error: ApiError) -> None:
         """Shutdown: every queued job fails with `error`."""
@@ -252,9 +283,13 @@ class PersistentStreams:
     # ---- durability ----------------------------------------------------------------------
     def log(self, entry: StreamEntry, job: Job, tokens: bytes, events: list[Event],
             result: dict[str, Any]) -> None:
-        """Make the tokens a job fed durable, then acknowledge the job: its `events`, then
-        Done with `result` and the new position."""
+        """Make the tokens a job fed durable (with its receipt, if it has a key), then
+        acknowledge the job: its `events`, then Done with `result` and the new position."""
         start, version = entry.position, entry.claim.version
+        answer = {**result, "position": start + len(tokens)}
+        receipt = None if job.key is None else Receipt(job.key, job.digest, json.dumps(answer))
+        keep = self.core.settings.idempotency_keys
+        job.writing = True
 
         def written(_: Any, error: BaseException | None) -> None:
             if error is not None:
@@ -262,15 +297,19 @@ class PersistentStreams:
                 self.abandon(entry, job, store_failure(error))
                 return
             entry.position = start + len(tokens)
+            if receipt is not None:
+                entry.receipts[receipt.key] = receipt
+                while len(entry.receipts) > keep:
+                    del entry.receipts[next(iter(entry.receipts))]
             for event in events:
                 self._send(job.ticket, event)
-            self._finish_job(entry, job, {**result, "position": entry.position})
+            self._finish_job(entry, job, answer)
             if entry.slot is not None and \
                     entry.position - entry.snapshot_position >= self.core.settings.snapshot_every:
                 self._checkpoint(entry)
 
-        self.core.loop.store(lambda store: store.append(entry.stream_id, version, start, tokens),
-                             written)
+        self.core.loop.store(lambda store: store.append(entry.stream_id, version, start, tokens,
+                                                        receipt, keep), written)
 
     def store_snapshot(self, entry: StreamEntry, data: bytes, position: int,
                         then: Callable[[BaseException | None], None] | None = None) -> None:
@@ -298,6 +337,7 @@ class PersistentStreams:
         nothing), then stored as the stream's whole durable state."""
         self.core.session.restore(job.data, entry.slot)
         position = self.core.session.position(entry.slot)
+        job.writing = True
 
         def stored(error: BaseException | None) -> None:
             if error is not None:
@@ -310,6 +350,8 @@ class PersistentStreams:
         self.store_snapshot(entry, job.data, position, stored)
 
     def _delete(self, entry: StreamEntry, job: DeleteJob) -> None:
+        job.writing = True
+
         def deleted(_: Any, error: BaseException | None) -> None:
             if error is not None and not isinstance(error, UnknownStream):
                 self._finish_job(entry, job, error=store_failure(error))

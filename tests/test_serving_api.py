@@ -206,6 +206,7 @@ def test_the_request_timeout_is_a_504_and_cancels_the_request(served, engine_dir
     client = served(streams=1, request_timeout_s=2, max_tokens_limit=100000)
     answer = client.post("/v1/completions", json={"prompt": "a", "max_tokens": 100000})
     assert answer.status_code == 504 and answer.json()["error"]["code"] == "timeout"
+    assert "and was cancelled before it changed anything" in answer.json()["error"]["message"]
     request = {"prompt": "def ", "max_tokens": 8, "temperature": 0}
     assert client.post("/v1/completions", json=request).json()["choices"][0]["token_ids"] == \
         list(greedy(engine_dir, b"def ", 8))

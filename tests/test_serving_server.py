@@ -190,6 +190,22 @@ def test_a_generation_whose_client_leaves_leaves_its_stream_as_it_was(server, en
     assert_close(answer.json()["bits_per_byte"], reference.bits_per_byte(b"after"))
 
 
+def test_a_retry_after_kill_9_gets_the_first_answer_and_appends_nothing(server):
+    running = server()
+    stream = httpx.post(f"{running.url}/v1/streams").json()["id"]
+    request = {"url": f"{running.url}/v1/streams/{stream}/append", "timeout": 60,
+               "json": {"text": "acknowledged, then the server was killed"},
+               "headers": {"Idempotency-Key": "before-the-kill"}}
+    first = httpx.post(**request)
+    assert first.status_code == 200, first.text
+    running.kill()
+    again = server()  # the same store
+    retried = httpx.post(**{**request, "url": f"{again.url}/v1/streams/{stream}/append"})
+    assert retried.json() == first.json()
+    assert httpx.get(f"{again.url}/v1/streams/{stream}").json()["position"] == \
+        len(b"acknowledged, then the server was killed")
+
+
 def test_a_burst_of_four_times_the_queue_completes_or_gets_429(server, engine_dir):
     running = server("--streams", "2", "--queue-size", "3")
     prompts = [f"prompt {i} " for i in range(12)]

@@ -14,7 +14,7 @@ from serving_helpers import STORE_OPERATIONS, replay
 
 from compressive_rt.serving.redis_store import RedisStore
 from compressive_rt.serving.sqlite_store import SQLiteStore
-from compressive_rt.serving.store import StaleVersion, StoreError, UnknownStream
+from compressive_rt.serving.store import Receipt, StaleVersion, StoreError, UnknownStream
 
 ENGINE = '{"graphs": {"segment": "aaaa"}}'
 OTHER_ENGINE = '{"graphs": {"segment": "bbbb"}}'
@@ -118,6 +118,27 @@ def test_unknown_and_deleted_streams(open_store, stream):
     store.create(f"{stream}t")
     with pytest.raises(StoreError, match=f"stream {stream}t exists already"):
         store.create(f"{stream}t")
+
+
+def test_receipts_are_kept_with_their_writes_the_latest_few_past_checkpoints(open_store,
+                                                                             stream):
+    store = open_store()
+    store.create(stream)
+    version = store.take(stream).version
+    receipts = [Receipt(f"k{i}", f"digest{i}", f'{{"position": {i + 1}}}') for i in range(4)]
+    for i, receipt in enumerate(receipts):
+        store.append(stream, version, i, b"x", receipt, keep=2)
+        if i == 1:
+            store.put_snapshot(stream, version, 2, b"SNAPSHOT@2")  # cuts the log, not these
+    with pytest.raises(StaleVersion):  # a refused write keeps no receipt either
+        store.append(stream, version - 1, 4, b"y", Receipt("lost", "d", "{}"), keep=2)
+    store.append(stream, version, 4, b"z")  # no key: no receipt
+    store.close()
+    reopened = open_store()
+    assert reopened.take(stream).receipts == tuple(receipts[2:])
+    reopened.delete(stream)
+    reopened.create(stream)
+    assert reopened.take(stream).receipts == ()
 
 
 def test_a_store_of_another_engine_is_refused(open_store):
