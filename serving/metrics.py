@@ -38,3 +38,6 @@ class Metrics:
                               registry=registry)
         self.loads = Counter("ctrt_loads", "Streams taken from the store into the session",
                              registry=registry)
+        self.replayed_tokens = Counter(
+            "ctrt_replayed_tokens", "Logged tokens replayed after a stream's stored snapshot when "
+            "it was taken from the store (at most --snapshot-every per load)", registry=registry)

@@ -58,16 +58,22 @@ POLL_S = 0.02
 LISTEN_S = 0.2  # the listener's wait for a message: how long closing it may take
 PASSWORD_VARIABLE = "CTRT_REDIS_PASSWORD"
 
-# KEYS = s:{id}, wal:{id}, rcpt:{id}; ARGV = version, start, record, count, receipt ("": none),
-# receipts kept
+# KEYS = s:{id}, wal:{id}, rcpt:{id}, snap:{id}; ARGV = version, start, record, count, receipt
+# ("": none), receipts kept, the snapshot after the record ("": none; it replaces the log)
 APPEND = """
 local version = redis.call('HGET', KEYS[1], 'version')
 if not version then return redis.error_reply('UNKNOWN') end
 if version ~= ARGV[1] then return redis.error_reply('STALE ' .. version) end
 local position = redis.call('HGET', KEYS[1], 'position')
 if position ~= ARGV[2] then return redis.error_reply('GAP ' .. position) end
-redis.call('RPUSH', KEYS[2], ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'position', ARGV[4])
+local after = redis.call('HINCRBY', KEYS[1], 'position', ARGV[4])
+if ARGV[7] == '' then
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+else
+  redis.call('SET', KEYS[4], ARGV[7])
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'snapshot_position', after)
+end
 if ARGV[5] ~= '' then
   redis.call('RPUSH', KEYS[3], ARGV[5])
   redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
@@ -286,13 +292,14 @@ class RedisStore:
                 from None
 
     def append(self, stream_id: str, version: int, start: int, tokens: bytes,
-               receipt: Receipt | None = None, keep: int = 0) -> None:
+               receipt: Receipt | None = None, keep: int = 0,
+               snapshot: bytes | None = None) -> None:
         kept = "" if receipt is None else json.dumps(
             [receipt.key, receipt.digest, receipt.answer])
-        keys = self._stream_keys(stream_id)
-        self._call("append", [keys[0], keys[2], keys[3]],
-                   [version, start, START.pack(start) + tokens, len(tokens), kept, keep],
-                   stream_id, version, start)
+        state, snap, wal, receipts = self._stream_keys(stream_id)
+        self._call("append", [state, wal, receipts, snap],
+                   [version, start, START.pack(start) + tokens, len(tokens), kept, keep,
+                    snapshot or b""], stream_id, version, start)
 
     def put_snapshot(self, stream_id: str, version: int, position: int, snapshot: bytes) -> None:
         self._call("put_snapshot", self._stream_keys(stream_id)[:3],

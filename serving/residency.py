@@ -103,6 +103,9 @@ class Residency:
                                    f"restored: {exc}")
             else:
                 if stored.tail:
+                    log.info("stream %s: replaying %d logged tokens after its snapshot at %d",
+                             entry.stream_id, len(stored.tail), stored.snapshot_position)
+                    self.core.metrics.replayed_tokens.inc(len(stored.tail))
                     tokens = np.frombuffer(stored.tail, dtype=np.uint8).astype(np.int32)
                     self.core.appends.add(AppendRun(entry, tokens, None))
                 else:

@@ -137,7 +137,8 @@ class SQLiteStore:
                             tuple(Receipt(*row) for row in receipts))
 
     def append(self, stream_id: str, version: int, start: int, tokens: bytes,
-               receipt: Receipt | None = None, keep: int = 0) -> None:
+               receipt: Receipt | None = None, keep: int = 0,
+               snapshot: bytes | None = None) -> None:
         with self._transaction():
             updated = self._db.execute(
                 "UPDATE streams SET position = position + ? "
@@ -145,7 +146,12 @@ class SQLiteStore:
                 (len(tokens), stream_id, version, start)).rowcount
             if not updated:
                 self._refuse(stream_id, version, start)
-            self._db.execute("INSERT INTO wal VALUES (?, ?, ?)", (stream_id, start, tokens))
+            if snapshot is None:
+                self._db.execute("INSERT INTO wal VALUES (?, ?, ?)", (stream_id, start, tokens))
+            else:
+                self._db.execute("UPDATE streams SET snapshot = ?, snapshot_position = ? "
+                                 "WHERE id = ?", (snapshot, start + len(tokens), stream_id))
+                self._db.execute("DELETE FROM wal WHERE stream = ?", (stream_id,))
             if receipt is not None:
                 self._db.execute("INSERT INTO receipts VALUES (?, ?, ?, ?, ?)",
                                  (stream_id, start, receipt.key, receipt.digest, receipt.answer))

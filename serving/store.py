@@ -144,9 +144,12 @@ class StreamStore(Protocol):
         """Claim the stream: increments its version and returns it with its durable state."""
 
     def append(self, stream_id: str, version: int, start: int, tokens: bytes,
-               receipt: Receipt | None = None, keep: int = 0) -> None:
+               receipt: Receipt | None = None, keep: int = 0,
+               snapshot: bytes | None = None) -> None:
         """Log `tokens` acknowledged at position `start` (the stream's position), durably; with
-        `receipt`, keep it in the same transaction, and only the stream's latest `keep`."""
+        `receipt`, keep it in the same transaction, and only the stream's latest `keep`; with
+        `snapshot` (the stream after these tokens), make it the stream's snapshot in the same
+        transaction instead of logging them (the log it covers is dropped)."""
 
     def put_snapshot(self, stream_id: str, version: int, position: int, snapshot: bytes) -> None:
         """Make `snapshot` (at `position`) the stream's whole durable state, durably: the log

@@ -284,11 +284,18 @@ class PersistentStreams:
     def log(self, entry: StreamEntry, job: Job, tokens: bytes, events: list[Event],
             result: dict[str, Any]) -> None:
         """Make the tokens a job fed durable (with its receipt, if it has a key), then
-        acknowledge the job: its `events`, then Done with `result` and the new position."""
+        acknowledge the job: its `events`, then Done with `result` and the new position.
+
+        Tokens that take the stream --snapshot-every or more past its stored snapshot are
+        written with a new snapshot in the same transaction (the log it covers dropped), so a
+        restart never replays more than that many."""
         start, version = entry.position, entry.claim.version
-        answer = {**result, "position": start + len(tokens)}
+        end = start + len(tokens)
+        answer = {**result, "position": end}
         receipt = None if job.key is None else Receipt(job.key, job.digest, json.dumps(answer))
         keep = self.core.settings.idempotency_keys
+        snapshot = self._checkpoint(entry) \
+            if end - entry.snapshot_position >= self.core.settings.snapshot_every else None
         job.writing = True
 
         def written(_: Any, error: BaseException | None) -> None:
@@ -296,7 +303,9 @@ class PersistentStreams:
                 log.error("stream %s: a log write failed: %s", entry.stream_id, error)
                 self.abandon(entry, job, store_failure(error))
                 return
-            entry.position = start + len(tokens)
+            entry.position = end
+            if snapshot is not None:
+                entry.snapshot_position = end
             if receipt is not None:
                 entry.receipts[receipt.key] = receipt
                 while len(entry.receipts) > keep:
@@ -304,12 +313,9 @@ class PersistentStreams:
             for event in events:
                 self._send(job.ticket, event)
             self._finish_job(entry, job, answer)
-            if entry.slot is not None and \
-                    entry.position - entry.snapshot_position >= self.core.settings.snapshot_every:
-                self._checkpoint(entry)
 
-        self.core.loop.store(lambda store: store.append(entry.stream_id, version, start, tokens,
-                                                        receipt, keep), written)
+        self.core.loop.store(lambda store: store.append(
+            entry.stream_id, version, start, tokens, receipt, keep, snapshot), written)
 
     def store_snapshot(self, entry: StreamEntry, data: bytes, position: int,
                         then: Callable[[BaseException | None], None] | None = None) -> None:
@@ -329,8 +335,15 @@ class PersistentStreams:
         self.core.loop.store(
             lambda store: store.put_snapshot(stream_id, version, position, data), stored)
 
-    def _checkpoint(self, entry: StreamEntry) -> None:
-        self.store_snapshot(entry, self.core.session.snapshot(entry.slot), entry.position)
+    def _checkpoint(self, entry: StreamEntry) -> bytes | None:
+        """The resident stream's snapshot (every token fed so far), or None if it failed (its
+        tokens are logged instead: the store still holds everything)."""
+        try:
+            return self.core.session.snapshot(entry.slot)
+        except Exception:  # noqa: BLE001 - an engine call (the commit) failed
+            log.exception("stream %s: its checkpoint failed; its log grows until the next",
+                          entry.stream_id)
+            return None
 
     def _replace(self, entry: StreamEntry, job: SnapshotInJob) -> None:
         """An uploaded snapshot: checked by restoring it over the stream (a refusal changes

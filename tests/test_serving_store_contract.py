@@ -141,6 +141,23 @@ def test_receipts_are_kept_with_their_writes_the_latest_few_past_checkpoints(ope
     assert reopened.take(stream).receipts == ()
 
 
+def test_an_append_with_a_snapshot_replaces_the_log_in_one_write(open_store, stream):
+    store = open_store()
+    store.create(stream)
+    version = store.take(stream).version
+    store.append(stream, version, 0, b"abc")
+    store.append(stream, version, 3, b"defg", Receipt("k", "d", "{}"), keep=4,
+                 snapshot=b"SNAPSHOT@7")
+    store.append(stream, version, 7, b"h")
+    taken = store.take(stream)
+    assert (taken.position, taken.snapshot, taken.snapshot_position, taken.tail) == \
+        (8, b"SNAPSHOT@7", 7, b"h")
+    assert taken.receipts == (Receipt("k", "d", "{}"),)
+    with pytest.raises(StaleVersion):  # fenced like any write: nothing of it lands
+        store.append(stream, version, 8, b"i", snapshot=b"LOST")
+    assert store.take(stream).snapshot == b"SNAPSHOT@7"
+
+
 def test_a_store_of_another_engine_is_refused(open_store):
     open_store().close()
     with pytest.raises(StoreError, match=r"holds streams of another engine \(segment aaaa; "
