@@ -78,6 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"store a stream's snapshot after this many acknowledged tokens "
                             f"(its log replays at most that many on a restart; default "
                             f"{defaults.snapshot_every})")
+    serve.add_argument("--max-stored-streams", type=int, default=defaults.max_stored_streams,
+                       metavar="N",
+                       help=f"persistent streams the store may hold; beyond, POST /v1/streams "
+                            f"is 429 until one is deleted (default "
+                            f"{defaults.max_stored_streams})")
     serve.add_argument("--idempotency-keys", type=int, default=defaults.idempotency_keys,
                        metavar="N",
                        help=f"answers of appends and generations sent with an Idempotency-Key "
@@ -137,7 +142,8 @@ def run_serve(args: argparse.Namespace) -> int:
         api_key=api_key(args), queue_size=args.queue_size,
         request_timeout_s=args.request_timeout, max_body_bytes=args.max_body_bytes,
         max_prompt_bytes=args.max_prompt_bytes, max_tokens_limit=args.max_tokens,
-        snapshot_every=args.snapshot_every, idempotency_keys=args.idempotency_keys,
+        snapshot_every=args.snapshot_every, max_stored_streams=args.max_stored_streams,
+        idempotency_keys=args.idempotency_keys,
         grace_s=args.grace)
     if args.ray:
         return run_on_ray(args, settings)

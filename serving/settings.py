@@ -33,6 +33,7 @@ class ServeSettings:
     max_prompt_bytes: int = 1 << 16  # one prompt, UTF-8
     max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
     snapshot_every: int = 4096  # acknowledged tokens between a stream's snapshots
+    max_stored_streams: int = 1024  # persistent streams in the store; beyond, a create is 429
     idempotency_keys: int = 64  # Idempotency-Key answers kept per stream (the latest)
     grace_s: float = 30.0  # SIGTERM: time for in-flight requests before they are cancelled
     retry_after_s: int = 1  # the Retry-After of a 429
@@ -45,7 +46,8 @@ class ServeSettings:
             if field.type == "float" and not isinstance(value, (int, float)):
                 raise CtrtError(f"{option(field.name)} must be a number, got {value!r}")
         for name in ("streams", "queue_size", "max_body_bytes", "max_prompt_bytes",
-                     "max_tokens_limit", "snapshot_every", "idempotency_keys", "retry_after_s"):
+                     "max_tokens_limit", "snapshot_every", "max_stored_streams", "idempotency_keys",
+                     "retry_after_s"):
             if getattr(self, name) < 1:
                 raise CtrtError(f"{option(name)} must be >= 1, got {getattr(self, name)}")
         if not self.request_timeout_s > 0:
@@ -63,8 +65,8 @@ class ServeSettings:
 def settings_from_strings(values: dict[str, str]) -> dict[str, object]:
     """ServeSettings fields from text (`serve run` arguments): each converted to its field's
     type; a value that is not one is a CtrtError naming it."""
-    kinds = {"int": (int, "an integer"), "float": (float, "a number"), "str": (str, "text"),
-             "str | None": (str, "text")}
+    kinds = {"int": (int, "an integer"), "float": (float, "a number"), "str": (str, "text")}
+    kinds.update({f"{name} | None": kind for name, kind in kinds.items()})
     types = {field.name: kinds[field.type] for field in dataclasses.fields(ServeSettings)}
     converted = {}
     for name, text in values.items():

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compressive_rt.errors import RuntimeInputError
+from compressive_rt.errors import CtrtError, RuntimeInputError
 from compressive_rt.serving.errors import ApiError, bad_request, server_error, unknown_stream
 from compressive_rt.serving.jobs import (
     AppendJob,
@@ -37,7 +37,7 @@ from compressive_rt.serving.jobs import (
     StreamEntry,
 )
 from compressive_rt.serving.ownership import Ownership
-from compressive_rt.serving.store import Receipt, StaleVersion, UnknownStream
+from compressive_rt.serving.store import Receipt, StaleVersion, StreamStore, UnknownStream
 from compressive_rt.serving.tickets import Done, Event, Failed, Finished, Started, Ticket, Token
 
 if TYPE_CHECKING:
@@ -48,8 +48,32 @@ log = logging.getLogger("compressive_rt.serving")
 UNKNOWN = -1  # the position of a stream on a shared store until this server reads or takes it
 
 
+class StreamLimitReached(CtrtError):
+    """The store holds --max-stored-streams streams already (found by a shared store's count)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the store holds {limit} streams")
+        self.limit = limit
+
+
+def too_many_streams(limit: int) -> ApiError:
+    return ApiError(429, f"the store holds its limit of {limit} streams (--max-stored-streams): "
+                         f"delete one (DELETE /v1/streams/{{id}}) before creating another",
+                    "rate_limit_error", code="too_many_streams")
+
+
+def create_within(store: StreamStore, stream_id: str, limit: int) -> None:
+    """Create the stream unless the store holds `limit` streams already (a store shared with
+    other servers: only it knows them all)."""
+    if len(store.positions()) >= limit:
+        raise StreamLimitReached(limit)
+    store.create(stream_id)
+
+
 def store_failure(error: BaseException) -> ApiError:
     """The answer to a request whose store operation failed."""
+    if isinstance(error, StreamLimitReached):
+        return too_many_streams(error.limit)
     if isinstance(error, StaleVersion):
         return ApiError(409, str(error), "conflict_error", code="stream_taken")
     if isinstance(error, UnknownStream):
@@ -63,6 +87,8 @@ class PersistentStreams:
         self.entries = {stream_id: StreamEntry(stream_id, position, -1)
                         for stream_id, position in positions.items()}
         self.pending: set[StreamEntry] = set()  # streams that may have jobs waiting
+        self.creating = 0  # creates submitted to the store and not yet answered
+        core.metrics.max_stored_streams.set(core.settings.max_stored_streams)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -80,9 +106,21 @@ class PersistentStreams:
 
     # ---- requests ------------------------------------------------------------------------
     def create(self, ticket: Ticket) -> None:
-        stream_id = f"st_{secrets.token_hex(12)}"
+        """A new stream, within --max-stored-streams (counting creates under way)."""
+        stream_id, limit = f"st_{secrets.token_hex(12)}", self.core.settings.max_stored_streams
+        if self.ownership.knows_every_stream:
+            if len(self.entries) + self.creating >= limit:
+                raise too_many_streams(limit)
+
+            def operation(store: StreamStore) -> None:
+                store.create(stream_id)
+        else:
+            def operation(store: StreamStore) -> None:
+                create_within(store, stream_id, limit)
+        self.creating += 1
 
         def created(_: Any, error: BaseException | None) -> None:
+            self.creating -= 1
             if error is not None:
                 self._send(ticket, Failed(store_failure(error)))
                 return
@@ -90,7 +128,7 @@ class PersistentStreams:
             self.count()
             self._send(ticket, Done(self.info(stream_id, False, 0)))
 
-        self.core.loop.store(lambda store: store.create(stream_id), created)
+        self.core.loop.store(operation, created)
 
     def entry_for(self, stream_id: str) -> StreamEntry:
         entry = self.entries.get(stream_id)
@@ -233,6 +271,7 @@ class PersistentStreams:
         entry.last_used = time.monotonic()
         self.core.work.pop(job.ticket, None)
         self._send(job.ticket, Failed(error) if error else Done(result or {}))
+        self.core.loop.post(lambda: None)  # the stream's next job may start: end a loop's wait
 
     def abandon(self, entry: StreamEntry, job: Job | None, error: ApiError | None) -> None:
         """A job on the stream failed or was cancelled: drop the resident copy (the store

@@ -378,6 +378,33 @@ def test_an_append_of_a_lone_surrogate_is_400_naming_text(served):
     assert client.get(f"/v1/streams/{stream}").json()["position"] == 0
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite", "redis"])
+def test_creates_beyond_the_stream_limit_are_429_until_one_is_deleted(served, tmp_path,
+                                                                       store_kind):
+    store = None
+    if store_kind == "redis":
+        from redis_helpers import RedisServer
+
+        redis_server = RedisServer(tmp_path / "redis").start()
+        store = redis_server.url
+    try:
+        client = served(store=store, max_stored_streams=2)
+        streams = [new_stream(client) for _ in range(2)]
+        refused = client.post("/v1/streams")
+        assert refused.status_code == 429
+        assert refused.json()["error"] == {
+            "message": "the store holds its limit of 2 streams (--max-stored-streams): delete "
+                       "one (DELETE /v1/streams/{id}) before creating another",
+            "type": "rate_limit_error", "param": None, "code": "too_many_streams"}
+        assert metric(client, "ctrt_max_stored_streams") == 2
+        assert client.delete(f"/v1/streams/{streams[0]}").status_code == 200
+        assert client.post("/v1/streams").status_code == 200
+        assert client.post("/v1/streams").status_code == 429
+    finally:
+        if store_kind == "redis":
+            redis_server.stop()
+
+
 def test_a_deleted_stream_is_gone(served):
     client = served()
     stream = new_stream(client)

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from serving_helpers import Reference, assert_close, greedy
 from starlette.testclient import TestClient
+from test_serving_api import metric
 
 from compressive_rt.runtime.session import Session
 from compressive_rt.runtime.snapshot import engine_identity, most_snapshot_bytes
@@ -118,17 +119,32 @@ class HeldStore(SQLiteStore):
 
 
 @pytest.fixture
-def held(engine_dir, tmp_path):
-    settings = ServeSettings(streams=2, request_timeout_s=2)
-    session = Session(engine_dir, max_streams=settings.streams, threads=1)
-    store = HeldStore(tmp_path / "store",
-                      json.dumps(engine_identity(session.manifest), sort_keys=True))
-    metrics = Metrics()
-    app = create_app(Engine(session, store, settings, metrics), settings, metrics,
-                     most_snapshot_bytes(session.manifest, row_specs(session)))
-    with TestClient(app) as running:
-        yield running, store
+def held_server(engine_dir, tmp_path):
+    """held_server(request_timeout_s) -> (a TestClient, its HeldStore)."""
+    started = []
+
+    def start(request_timeout_s):
+        settings = ServeSettings(streams=2, request_timeout_s=request_timeout_s)
+        session = Session(engine_dir, max_streams=settings.streams, threads=1)
+        store = HeldStore(tmp_path / "store",
+                          json.dumps(engine_identity(session.manifest), sort_keys=True))
+        metrics = Metrics()
+        app = create_app(Engine(session, store, settings, metrics), settings, metrics,
+                         most_snapshot_bytes(session.manifest, row_specs(session)))
+        client = TestClient(app)
+        client.__enter__()
+        started.append((client, store))
+        return client, store
+
+    yield start
+    for client, store in started:
         store.release.set()
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def held(held_server):
+    return held_server(2)
 
 
 def test_a_504_while_the_write_is_under_way_says_it_may_have_applied_and_names_the_key(held):
@@ -143,6 +159,10 @@ def test_a_504_while_the_write_is_under_way_says_it_may_have_applied_and_names_t
         error["message"]
     store.hold.clear()
     store.release.set()  # the write goes through, acknowledged to nobody
+    # a request queued on the stream runs once that write is durable (until then, the retry
+    # would be 409: the key is still in use)
+    assert client.get(f"/v1/streams/{stream}/snapshot").headers["x-stream-position"] == \
+        str(len(TEXT))
     retried = append(client, stream, TEXT, key="k-504")
     assert retried.status_code == 200 and retried.json()["position"] == len(TEXT)
     assert client.get(f"/v1/streams/{stream}").json()["position"] == len(TEXT)
@@ -164,7 +184,9 @@ def test_a_504_before_the_write_says_nothing_was_applied(held):
     assert queued.status_code == 504
     assert queued.json()["error"]["code"] == "timeout"
     assert "was cancelled before it changed anything" in queued.json()["error"]["message"]
-    assert client.get(f"/v1/streams/{stream}").json()["position"] == len("first")
+    # queued on the stream, it runs once the first write is durable: "queued" never landed
+    assert client.get(f"/v1/streams/{stream}/snapshot").headers["x-stream-position"] == \
+        str(len("first"))
 
 
 def test_the_same_key_while_the_first_request_runs_is_409(held):
@@ -182,4 +204,27 @@ def test_the_same_key_while_the_first_request_runs_is_409(held):
     assert busy.json()["error"]["code"] == "idempotency_key_in_use"
     assert f"Idempotency-Key 'busy' is still running on stream {stream}" in \
         busy.json()["error"]["message"]
+    client.get(f"/v1/streams/{stream}/snapshot")  # runs once the first write is durable
     assert append(client, stream, TEXT, key="busy").json()["position"] == len(TEXT)
+
+
+def test_jobs_that_finish_on_the_spot_let_the_next_one_start(held_server):
+    """Two snapshot downloads queued behind an append whose write is held: once it is durable,
+    the first download finishes on the spot and the second starts without another event."""
+    client, store = held_server(60)
+    stream = new_stream(client)
+    store.hold.set()
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(append, client, stream, TEXT)
+        assert store.held.wait(60)
+        downloads = [pool.submit(client.get, f"/v1/streams/{stream}/snapshot")
+                     for _ in range(2)]
+        while metric(client, "ctrt_queue_depth") < 2:  # both queued behind the append
+            assert not first.done()
+        store.hold.clear()
+        store.release.set()
+        assert first.result(timeout=60).status_code == 200
+        for download in downloads:
+            answer = download.result(timeout=60)
+            assert answer.status_code == 200
+            assert answer.headers["x-stream-position"] == str(len(TEXT))
