@@ -9,7 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-from compressive_rt.serving.errors import bad_request
+from compressive_rt.serving.errors import ApiError, bad_request
+from compressive_rt.serving.jobs import GenerateJob, Job
+from compressive_rt.serving.store import Receipt
+from compressive_rt.serving.tickets import Event, Finished, Token
 
 HEADER = "Idempotency-Key"
 MAX_KEY_CHARS = 255
@@ -27,3 +30,19 @@ def request_key(headers: object, raw_body: bytes) -> tuple[str | None, str]:
                           f"characters (a UUID, for example)", HEADER)
     content = json.dumps(json.loads(raw_body), sort_keys=True, separators=(",", ":"))
     return key, hashlib.sha256(content.encode()).hexdigest()
+
+
+def stored_answer(stream_id: str, job: Job, receipt: Receipt) -> tuple[list[Event], dict]:
+    """The events and Done result a retry of `job` gets from its receipt (a generation's
+    tokens, as they came); another body with the key is a 422."""
+    if receipt.digest != job.digest:
+        raise ApiError(422, f"{HEADER} {job.key!r} was used on stream {stream_id} by a request "
+                            f"with another body: use a new key for a new request",
+                       "invalid_request_error", HEADER, "idempotency_key_reused")
+    answer = json.loads(receipt.answer)
+    if not isinstance(job, GenerateJob):
+        return [], answer
+    tokens = answer["token_ids"]
+    events: list[Event] = [Token(0, token) for token in tokens[:-1]]
+    events.append(Finished(0, answer["finish_reason"], tuple(tokens), tokens[-1]))
+    return events, answer

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from compressive_rt.errors import RuntimeInputError
+from compressive_rt.serving.errors import store_failure
 from compressive_rt.serving.jobs import AppendRun, StreamEntry
 from compressive_rt.serving.ownership import Ownership, released
 from compressive_rt.serving.store import StoredStream, StoreError, UnknownStream
-from compressive_rt.serving.streams import PersistentStreams, store_failure
+from compressive_rt.serving.streams import PersistentStreams
 from compressive_rt.serving.tickets import Failed
 
 if TYPE_CHECKING:

@@ -23,8 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compressive_rt.errors import CtrtError, RuntimeInputError
-from compressive_rt.serving.errors import ApiError, bad_request, server_error, unknown_stream
+from compressive_rt.errors import RuntimeInputError
+from compressive_rt.serving.errors import (
+    ApiError,
+    StreamLimitReached,
+    bad_request,
+    server_error,
+    store_failure,
+    too_many_streams,
+    unknown_stream,
+)
+from compressive_rt.serving.idempotency import stored_answer
 from compressive_rt.serving.jobs import (
     AppendJob,
     AppendRun,
@@ -37,8 +46,8 @@ from compressive_rt.serving.jobs import (
     StreamEntry,
 )
 from compressive_rt.serving.ownership import Ownership
-from compressive_rt.serving.store import Receipt, StaleVersion, StreamStore, UnknownStream
-from compressive_rt.serving.tickets import Done, Event, Failed, Finished, Started, Ticket, Token
+from compressive_rt.serving.store import Receipt, StreamStore, UnknownStream
+from compressive_rt.serving.tickets import Done, Event, Failed, Started, Ticket
 
 if TYPE_CHECKING:
     from compressive_rt.serving.engine import Engine
@@ -48,37 +57,12 @@ log = logging.getLogger("compressive_rt.serving")
 UNKNOWN = -1  # the position of a stream on a shared store until this server reads or takes it
 
 
-class StreamLimitReached(CtrtError):
-    """The store holds --max-stored-streams streams already (found by a shared store's count)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the store holds {limit} streams")
-        self.limit = limit
-
-
-def too_many_streams(limit: int) -> ApiError:
-    return ApiError(429, f"the store holds its limit of {limit} streams (--max-stored-streams): "
-                         f"delete one (DELETE /v1/streams/{{id}}) before creating another",
-                    "rate_limit_error", code="too_many_streams")
-
-
 def create_within(store: StreamStore, stream_id: str, limit: int) -> None:
     """Create the stream unless the store holds `limit` streams already (a store shared with
     other servers: only it knows them all)."""
     if len(store.positions()) >= limit:
         raise StreamLimitReached(limit)
     store.create(stream_id)
-
-
-def store_failure(error: BaseException) -> ApiError:
-    """The answer to a request whose store operation failed."""
-    if isinstance(error, StreamLimitReached):
-        return too_many_streams(error.limit)
-    if isinstance(error, StaleVersion):
-        return ApiError(409, str(error), "conflict_error", code="stream_taken")
-    if isinstance(error, UnknownStream):
-        return ApiError(404, str(error), "not_found_error", code="stream_not_found")
-    return server_error(f"the stream store failed: {error}", 503)
 
 
 class PersistentStreams:
@@ -248,21 +232,16 @@ class PersistentStreams:
 
     def _answer_again(self, entry: StreamEntry, job: Job, receipt: Receipt) -> None:
         """A retry of a request that was applied: its stored answer, nothing applied again;
-        the same key with another body is refused (422)."""
-        if receipt.digest != job.digest:  # refused before Started: a streamed answer's status
-            self._finish_job(entry, job, error=ApiError(
-                422, f"Idempotency-Key {job.key!r} was used on stream {entry.stream_id} by a "
-                     f"request with another body: use a new key for a new request",
-                "invalid_request_error", "Idempotency-Key", "idempotency_key_reused"))
+        another body with the key is refused (422) before Started (a streamed answer's
+        status)."""
+        try:
+            events, answer = stored_answer(entry.stream_id, job, receipt)
+        except ApiError as exc:
+            self._finish_job(entry, job, error=exc)
             return
         self.started(job)
-        answer = json.loads(receipt.answer)
-        if isinstance(job, GenerateJob):
-            tokens = answer["token_ids"]
-            for token in tokens[:-1]:
-                self._send(job.ticket, Token(0, token))
-            self._send(job.ticket, Finished(0, answer["finish_reason"], tuple(tokens),
-                                            tokens[-1]))
+        for event in events:
+            self._send(job.ticket, event)
         self._finish_job(entry, job, answer)
 
     def _finish_job(self, entry: StreamEntry, job: Job, result: dict | None = None,
