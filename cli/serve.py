@@ -106,6 +106,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"store a stream's snapshot after this many acknowledged tokens "
                             f"(its log replays at most that many on a restart; default "
                             f"{defaults.snapshot_every})")
+    serve.add_argument("--max-stored-streams", type=int, default=defaults.max_stored_streams,
+                       metavar="N",
+                       help=f"persistent streams the store may hold; beyond, POST /v1/streams "
+                            f"is 429 until one is deleted (default "
+                            f"{defaults.max_stored_streams})")
+    serve.add_argument("--idempotency-keys", type=int, default=defaults.idempotency_keys,
+                       metavar="N",
+                       help=f"answers of appends and generations sent with an Idempotency-Key "
+                            f"header kept per stream, the latest N: a retry with one of these "
+                            f"keys gets its answer and applies nothing (default "
+                            f"{defaults.idempotency_keys})")
     serve.add_argument("--grace", type=float, default=defaults.grace_s, metavar="SECONDS",
                        help=f"SIGTERM: time in-flight requests get to finish (default "
                             f"{defaults.grace_s:g})")
@@ -146,15 +157,7 @@ def api_key(args: argparse.Namespace) -> str | None:
 def run_serve(args: argparse.Namespace) -> int:
     from compressive_rt.serving.settings import ServeSettings
 
-    check_options(args, {"threads": 1, "port": 0, "streams": 1, "queue_size": 1,
-                         "max_body_bytes": 1, "max_prompt_bytes": 1, "max_tokens": 1,
-                         "max_json_depth": 1, "store_max_bytes": 1,
-                         "max_body_bytes_in_flight": 1, "max_connections": 1,
-                         "snapshot_every": 1, "grace": 0, "replicas": 1,
-                         "replicas_per_node": 1},
-                  positive=("request_timeout", "body_timeout", "header_timeout"))
-    if args.port > 65535:
-        raise CtrtError(f"--port must be in [0, 65535], got {args.port}")
+    check_options(args, {"threads": 1})
     ray_only = [option for option, dest in [("--replicas", "replicas"),
                                             ("--replicas-per-node", "replicas_per_node"),
                                             ("--ray-address", "ray_address")]
@@ -167,9 +170,9 @@ def run_serve(args: argparse.Namespace) -> int:
         api_key=api_key(args), queue_size=args.queue_size,
         request_timeout_s=args.request_timeout, max_body_bytes=args.max_body_bytes,
         max_prompt_bytes=args.max_prompt_bytes, max_json_depth=args.max_json_depth,
-        max_tokens_limit=args.max_tokens,
-        snapshot_every=args.snapshot_every, grace_s=args.grace,
-        store_max_bytes=args.store_max_bytes,
+        max_tokens_limit=args.max_tokens, snapshot_every=args.snapshot_every,
+        max_stored_streams=args.max_stored_streams, idempotency_keys=args.idempotency_keys,
+        grace_s=args.grace, store_max_bytes=args.store_max_bytes,
         max_body_bytes_in_flight=args.max_body_bytes_in_flight, body_timeout_s=args.body_timeout,
         header_timeout_s=args.header_timeout, max_connections=args.max_connections)
     if args.ray:
@@ -189,6 +192,7 @@ def run_on_ray(args: argparse.Namespace, settings: object) -> int:
                         f"'compressive-rt[ray]'") from None
     deployment = RayDeployment(
         engine_dir=str(Path(args.engine_dir).resolve()), store=args.store, settings=settings,
-        replicas=args.replicas or DEFAULT_REPLICAS, replicas_per_node=args.replicas_per_node,
+        replicas=DEFAULT_REPLICAS if args.replicas is None else args.replicas,
+        replicas_per_node=args.replicas_per_node,
         threads=args.threads or 1, backend=args.backend, prepack=args.prepack)
     return serve_on_ray(deployment, args.ray_address)

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from compressive_rt.serving.engine import Engine
 from compressive_rt.serving.errors import ApiError, bad_request, not_found, unknown_stream
 from compressive_rt.serving.exchange import ClientGone, Exchange, RequestQueue
+from compressive_rt.serving.idempotency import request_key
 from compressive_rt.serving.jobs import (
     AppendJob,
     DeleteJob,
@@ -141,9 +142,10 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
             raise unknown_stream(stream_id)
         return stream_id
 
-    async def stream_call(request: Request, method: Any, *args: Any,
+    async def engine_call(request: Request, method: Any, *args: Any,
                           queued: bool = False) -> dict:
-        """Run `method` on the engine thread; its Done result (empty if the client left)."""
+        """Run `method(ticket, *args)` on the engine thread; its Done result (empty if the
+        client left)."""
         call = exchange(request, queued)
         engine.submit(call.ticket, method, *args)
         try:
@@ -152,49 +154,47 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
             return {}
         return events[-1].result
 
-    async def job_call(request: Request, stream_id: str, job: Job, queued: bool = True) -> dict:
-        """Queue `job` on the stream (behind its earlier requests); its Done result."""
-        call = exchange(request, queued)
-        job.ticket = call.ticket
-        engine.submit(call.ticket, engine.stream_job, stream_id_of(stream_id), job)
-        try:
-            events = await call.collect()
-        except ClientGone:
-            return {}
-        return events[-1].result
+    def job_on(stream_id: str, job: Job) -> tuple[Any, str, Job]:
+        """The engine call that queues `job` on the stream (behind its earlier requests)."""
+        return engine.stream_job, stream_id_of(stream_id), job
 
     @app.post("/v1/streams")
     async def create_stream(request: Request) -> dict:
-        return await stream_call(request, engine.create_stream)
+        return await engine_call(request, engine.create_stream)
 
     @app.get("/v1/streams")
     async def list_streams(request: Request) -> dict:
-        return await stream_call(request, engine.list_streams)
+        return await engine_call(request, engine.list_streams)
 
     @app.get("/v1/streams/{stream_id}")
     async def describe_stream(request: Request, stream_id: str) -> dict:
-        return await stream_call(request, engine.describe_stream, stream_id_of(stream_id))
+        return await engine_call(request, engine.describe_stream, stream_id_of(stream_id))
 
     @app.delete("/v1/streams/{stream_id}")
     async def delete_stream(request: Request, stream_id: str) -> dict:
-        return await job_call(request, stream_id, DeleteJob(None), queued=False)
+        return await engine_call(request, *job_on(stream_id, DeleteJob()))
 
     @app.post("/v1/streams/{stream_id}/append")
     async def append(request: Request, stream_id: str) -> dict:
         stream_id = stream_id_of(stream_id)
-        tokens = parse_body(AppendBody, await request.body(), settings.max_json_depth).tokens()
-        result = await job_call(request, stream_id, AppendJob(None, tokens=tokens))
+        raw = await request.body()
+        tokens = parse_body(AppendBody, raw, settings.max_json_depth).tokens()
+        key, digest = request_key(request.headers, raw)
+        job = AppendJob(tokens=tokens, key=key, digest=digest)
+        result = await engine_call(request, *job_on(stream_id, job), queued=True)
         return {"id": stream_id, "object": "stream.append", "bytes": len(tokens), **result}
 
     @app.post("/v1/streams/{stream_id}/generate")
     async def generate(request: Request, stream_id: str) -> Response:
         stream_id = stream_id_of(stream_id)
-        body = parse_body(StreamGenerateBody, await request.body(), settings.max_json_depth)
+        raw = await request.body()
+        body = parse_body(StreamGenerateBody, raw, settings.max_json_depth)
         check_model(body)
         params, prompt = body.params(settings), body.prompt_array(settings)
+        key, digest = request_key(request.headers, raw)
         call = exchange(request, queued=True)
-        engine.submit(call.ticket, engine.stream_job, stream_id,
-                      GenerateJob(call.ticket, prompt=prompt, params=params))
+        job = GenerateJob(prompt=prompt, params=params, key=key, digest=digest)
+        engine.submit(call.ticket, *job_on(stream_id, job))
         answer = CompletionAnswer(settings.model_name, params, 1, len(prompt),
                                   body.include_usage, metrics, call.ticket.accepted,
                                   stream_id=stream_id)
@@ -202,7 +202,7 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
 
     @app.get("/v1/streams/{stream_id}/snapshot")
     async def get_snapshot(request: Request, stream_id: str) -> Response:
-        result = await job_call(request, stream_id, SnapshotOutJob(None))
+        result = await engine_call(request, *job_on(stream_id, SnapshotOutJob()), queued=True)
         if not result:
             return Response(status_code=GONE)
         return Response(result["snapshot"], media_type="application/octet-stream", headers={
@@ -216,7 +216,8 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
         if not data:
             raise bad_request("the body is empty: send the snapshot's bytes "
                               "(application/octet-stream)")
-        return await job_call(request, stream_id, SnapshotInJob(None, data=data))
+        return await engine_call(request, *job_on(stream_id, SnapshotInJob(data=data)),
+                                 queued=True)
 
     def body_limit(scope: dict) -> int:
         if scope["method"] == "PUT" and SNAPSHOT_ROUTE.fullmatch(scope["path"]):

@@ -4,6 +4,7 @@ its deadline, its events, and cancelling it when the client leaves or its time r
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
@@ -11,11 +12,31 @@ from starlette.requests import Request
 
 from compressive_rt.serving.engine import Engine
 from compressive_rt.serving.errors import ApiError
+from compressive_rt.serving.idempotency import HEADER
 from compressive_rt.serving.metrics import Metrics
 from compressive_rt.serving.settings import ServeSettings
-from compressive_rt.serving.tickets import Done, Event, Failed, Started, Ticket
+from compressive_rt.serving.tickets import Cancelled, Done, Event, Failed, Started, Ticket
 
 T = TypeVar("T")
+VERDICT_WAIT_S = 30.0  # a timed-out request: how long the engine may take to say what it undid
+
+
+def timed_out(timeout_s: float, applied: bool | None, key: str | None) -> ApiError:
+    """The 504 of a request cancelled at its deadline, saying whether it may have been
+    applied (and how to retry it safely)."""
+    took = f"the request took longer than {timeout_s:g} s (--request-timeout)"
+    if applied is False:
+        return ApiError(504, f"{took} and was cancelled before it changed anything: it can be "
+                             f"sent again as it is", "timeout_error", code="timeout")
+    if key is not None:
+        retry = f"retry with the same Idempotency-Key {key!r}: if it was applied, the retry " \
+                f"gets its answer and applies nothing"
+    else:
+        retry = "read the stream (GET /v1/streams/{id}) before sending it again, or send " \
+                "requests with an Idempotency-Key header, which makes retries safe"
+    return ApiError(504, f"{took}; it was cancelled while its write was under way, so it may "
+                         f"have been applied: {retry}", "timeout_error",
+                    code="timeout_may_have_applied")
 
 
 class ClientGone(Exception):
@@ -55,6 +76,7 @@ class Exchange:
         self.ticket = Ticket(asyncio.get_running_loop())
         self.deadline = self.ticket.accepted + settings.request_timeout_s
         self.timeout_s = settings.request_timeout_s
+        self.key = request.headers.get(HEADER.lower())
         self.finished = False
         self.in_queue = False
         if queue is not None:
@@ -70,9 +92,7 @@ class Exchange:
         try:
             event = await self.ticket.next(self.deadline)
         except TimeoutError:
-            raise ApiError(504, f"the request took longer than {self.timeout_s:g} s "
-                                f"(--request-timeout) and was cancelled", "timeout_error",
-                           code="timeout") from None
+            event = await self._cancelled_at_deadline()
         if isinstance(event, Started):
             self._left_queue()
         elif isinstance(event, (Done, Failed)):
@@ -81,6 +101,23 @@ class Exchange:
             if isinstance(event, Failed):
                 raise event.error
         return event
+
+    async def _cancelled_at_deadline(self) -> Event:
+        """Cancel the request and wait for the engine's verdict: a Failed with the 504 that
+        says whether it may have been applied, or the request's own Done or Failed if it
+        ended meanwhile."""
+        self.finished = True
+        self.engine.cancel(self.ticket)
+        deadline = time.perf_counter() + VERDICT_WAIT_S
+        while True:
+            try:
+                event = await self.ticket.next(deadline)
+            except TimeoutError:  # the engine does not answer (it failed): assume the worst
+                return Failed(timed_out(self.timeout_s, None, self.key))
+            if isinstance(event, Cancelled):
+                return Failed(timed_out(self.timeout_s, event.applied, self.key))
+            if isinstance(event, (Done, Failed)):
+                return event
 
     def close(self) -> None:
         """Let go: if the request has not finished, the engine cancels it."""

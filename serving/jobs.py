@@ -1,4 +1,5 @@
-"""What the engine thread keeps per persistent stream and per request (engine.py's data)."""
+"""What the engine thread keeps per persistent stream and per request (the serving core's
+data: engine.py and its parts)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compressive_rt.runtime.sampling import Sampling
+from compressive_rt.serving.store import Claim, Receipt
 from compressive_rt.serving.tickets import Ticket
 
 
@@ -23,10 +25,13 @@ class Job:
     """A request on a persistent stream; jobs of one stream run one at a time, in arrival
     order, and the next starts only once this one is durable (or failed)."""
 
-    ticket: Ticket
+    ticket: Ticket | None = None  # set when the engine queues it
     arrival: int = -1
     started: bool = False
     entry: StreamEntry | None = None  # set when the engine queues it
+    writing: bool = False  # its store write is under way: cancelled now, it may still apply
+    key: str | None = None  # its Idempotency-Key (appends and generations)
+    digest: str = ""  # its request body's, with the key
 
 
 @dataclass(eq=False)
@@ -60,15 +65,18 @@ class StreamEntry:
     """A persistent stream as the engine thread knows it."""
 
     stream_id: str
-    position: int  # acknowledged tokens: what the store holds
+    # acknowledged tokens, what the store holds: the serving layer's one record of where the
+    # stream stands (the Session's copy runs ahead while a request is not yet durable)
+    position: int
     snapshot_position: int  # where the store's snapshot of it stands
-    version: int | None = None  # the version this server took it with, while resident
+    claim: Claim | None = None  # how this server holds it in the store, while resident
     slot: int | None = None  # its Session stream while resident
     jobs: deque[Job] = field(default_factory=deque)
     current: Job | None = None  # started, not yet durable or failed
     loading: bool = False  # taking it from the store (and replaying its log)
     releasing: bool = False  # a cancelled generation's last token is still to be fed
     last_used: float = 0.0
+    receipts: dict[str, Receipt] = field(default_factory=dict)  # the store's, while resident
 
     @property
     def idle(self) -> bool:

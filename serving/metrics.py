@@ -31,6 +31,9 @@ class Metrics:
                                       "Persistent streams held in the session", registry=registry)
         self.stored_streams = Gauge("ctrt_stored_streams", "Persistent streams in the store",
                                     registry=registry)
+        self.max_stored_streams = Gauge(
+            "ctrt_max_stored_streams", "Persistent streams the store may hold "
+            "(--max-stored-streams); POST /v1/streams is 429 beyond", registry=registry)
         self.engine_step = Histogram(
             "ctrt_engine_step_seconds", "One engine feed: a generation step or an append chunk",
             ["kind"], buckets=LATENCY_BUCKETS, registry=registry)
@@ -50,3 +53,6 @@ class Metrics:
                                       registry=registry)
         self.loads = Counter("ctrt_loads", "Streams taken from the store into the session",
                              registry=registry)
+        self.replayed_tokens = Counter(
+            "ctrt_replayed_tokens", "Logged tokens replayed after a stream's stored snapshot when "
+            "it was taken from the store (at most --snapshot-every per load)", registry=registry)

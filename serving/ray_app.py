@@ -54,7 +54,7 @@ from compressive_rt.serving.middleware import (
 )
 from compressive_rt.serving.redis_store import is_redis_url
 from compressive_rt.serving.server import open_engine
-from compressive_rt.serving.settings import ServeSettings
+from compressive_rt.serving.settings import SETTINGS_FIELDS, ServeSettings, settings_from_strings
 
 log = logging.getLogger("compressive_rt.serving")
 
@@ -89,11 +89,11 @@ class RayDeployment:
             raise CtrtError(f"replicas on Ray need a store they share: --store "
                             f"redis://HOST:PORT (got {self.store!r})")
         if self.replicas < 1:
-            raise CtrtError(f"replicas must be >= 1, got {self.replicas}")
+            raise CtrtError(f"--replicas must be >= 1, got {self.replicas}")
         if self.replicas_per_node is not None and self.replicas_per_node < 1:
-            raise CtrtError(f"replicas-per-node must be >= 1, got {self.replicas_per_node}")
+            raise CtrtError(f"--replicas-per-node must be >= 1, got {self.replicas_per_node}")
         if self.threads < 1:
-            raise CtrtError(f"threads must be >= 1, got {self.threads}")
+            raise CtrtError(f"--threads must be >= 1, got {self.threads}")
         if not Path(self.engine_dir).is_dir():
             raise CtrtError(f"the engine directory {self.engine_dir} does not exist")
 
@@ -121,7 +121,7 @@ class StreamReplica:
             deployment.engine_dir, deployment.settings, deployment.store, deployment.backend,
             deployment.threads, deployment.prepack)
         self.loop: asyncio.AbstractEventLoop | None = None  # the one requests run on
-        self.engine.on_give_up = self._given_up
+        self.engine.residency.on_give_up = self._given_up
         self.engine.start()
         session = self.engine.session
         self.largest_body = max(deployment.settings.max_body_bytes,
@@ -294,20 +294,19 @@ def build_app(deployment: RayDeployment) -> Any:
     return router.bind(replicas.bind(deployment), settings)
 
 
-SETTINGS_KEYS = {"streams": int, "queue_size": int, "request_timeout_s": float,
-                 "snapshot_every": int, "api_key": str, "model_name": str}
 DEPLOYMENT_KEYS = {"engine_dir": str, "store": str, "replicas": int, "replicas_per_node": int,
                    "threads": int, "backend": str, "prepack": str}
 
 
 def app_builder(args: dict[str, str]) -> Any:
-    """For `serve run compressive_rt.serving.ray_app:app_builder engine_dir=... store=...`."""
-    unknown = set(args) - set(SETTINGS_KEYS) - set(DEPLOYMENT_KEYS)
+    """For `serve run compressive_rt.serving.ray_app:app_builder engine_dir=... store=...`:
+    the deployment's fields and every ServeSettings field."""
+    unknown = set(args) - SETTINGS_FIELDS - set(DEPLOYMENT_KEYS)
     if unknown:
         raise CtrtError(f"unknown arguments {sorted(unknown)}; known: "
-                        f"{sorted({*SETTINGS_KEYS, *DEPLOYMENT_KEYS})}")
+                        f"{sorted({*SETTINGS_FIELDS, *DEPLOYMENT_KEYS})}")
+    settings = settings_from_strings({key: args[key] for key in SETTINGS_FIELDS & set(args)})
     try:
-        settings = {key: kind(args[key]) for key, kind in SETTINGS_KEYS.items() if key in args}
         fields = {key: kind(args[key]) for key, kind in DEPLOYMENT_KEYS.items() if key in args}
     except ValueError as exc:
         raise CtrtError(f"an argument is not a number: {exc}") from None

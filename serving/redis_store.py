@@ -12,8 +12,9 @@ Redis may forbid CONFIG, or run replicas that make `everysec` good enough for it
 
 Keys, under `ctrt:` in the URL's database: `engine` and `schema` (what the store holds), `ids`
 (a set of stream ids), and per stream `s:{id}` (a hash: version, position, snapshot_position,
-holder), `snap:{id}` (the snapshot's bytes) and `wal:{id}` (a list of records: the start
-position, 8 bytes big-endian, then the tokens).
+holder), `snap:{id}` (the snapshot's bytes), `wal:{id}` (a list of records: the start
+position, 8 bytes big-endian, then the tokens) and `rcpt:{id}` (the latest receipts of writes
+made with an Idempotency-Key, oldest first, each a JSON [key, digest, answer]).
 
 Hand-over between replicas: `take` records the taker as the stream's holder. A taker that
 finds another holder asks it, over a pub/sub channel of that holder's own, to give the stream
@@ -35,7 +36,17 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from compressive_rt.serving.store import StaleVersion, StoredStream, StoreError, UnknownStream
+from compressive_rt.serving.store import (
+    Receipt,
+    StoredStream,
+    StoreError,
+    check_identity,
+    exists,
+    gap,
+    joined_log,
+    stale,
+    unknown,
+)
 
 log = logging.getLogger("compressive_rt.serving")
 
@@ -47,15 +58,26 @@ POLL_S = 0.02
 LISTEN_S = 0.2  # the listener's wait for a message: how long closing it may take
 PASSWORD_VARIABLE = "CTRT_REDIS_PASSWORD"
 
-# KEYS[1] = s:{id}, KEYS[2] = wal:{id}; ARGV = version, start, record, count
+# KEYS = s:{id}, wal:{id}, rcpt:{id}, snap:{id}; ARGV = version, start, record, count, receipt
+# ("": none), receipts kept, the snapshot after the record ("": none; it replaces the log)
 APPEND = """
 local version = redis.call('HGET', KEYS[1], 'version')
 if not version then return redis.error_reply('UNKNOWN') end
 if version ~= ARGV[1] then return redis.error_reply('STALE ' .. version) end
 local position = redis.call('HGET', KEYS[1], 'position')
 if position ~= ARGV[2] then return redis.error_reply('GAP ' .. position) end
-redis.call('RPUSH', KEYS[2], ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'position', ARGV[4])
+local after = redis.call('HINCRBY', KEYS[1], 'position', ARGV[4])
+if ARGV[7] == '' then
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+else
+  redis.call('SET', KEYS[4], ARGV[7])
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'snapshot_position', after)
+end
+if ARGV[5] ~= '' then
+  redis.call('RPUSH', KEYS[3], ARGV[5])
+  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
+end
 return 1
 """
 # KEYS = s:{id}, snap:{id}, wal:{id}; ARGV = version, position, snapshot
@@ -68,14 +90,15 @@ redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[1], 'position', ARGV[2], 'snapshot_position', ARGV[2])
 return 1
 """
-# KEYS = s:{id}, snap:{id}, wal:{id}; ARGV = the taker's name
+# KEYS = s:{id}, snap:{id}, wal:{id}, rcpt:{id}; ARGV = the taker's name
 TAKE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('UNKNOWN') end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'holder', ARGV[1])
 local fields = redis.call('HMGET', KEYS[1], 'position', 'snapshot_position')
 local snapshot = redis.call('GET', KEYS[2])
-return {version, fields[1], fields[2], snapshot, redis.call('LRANGE', KEYS[3], 0, -1)}
+return {version, fields[1], fields[2], snapshot, redis.call('LRANGE', KEYS[3], 0, -1),
+        redis.call('LRANGE', KEYS[4], 0, -1)}
 """
 # KEYS = s:{id}; ARGV = the holder's name (a release by a server taken from since is void)
 RELEASE = """
@@ -89,11 +112,11 @@ redis.call('HSET', KEYS[1], 'version', 0, 'position', 0, 'snapshot_position', 0)
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
-# KEYS = s:{id}, snap:{id}, wal:{id}, ids; ARGV = id
+# KEYS = s:{id}, snap:{id}, wal:{id}, rcpt:{id}, ids; ARGV = id
 DELETE = """
 if redis.call('DEL', KEYS[1]) == 0 then return redis.error_reply('UNKNOWN') end
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('SREM', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('SREM', KEYS[5], ARGV[1])
 return 1
 """
 # KEYS = engine, schema; ARGV = engine key, schema version
@@ -155,14 +178,9 @@ class RedisStore:
                              f"${PASSWORD_VARIABLE}") from None
         except (ValueError, *self._errors) as exc:
             raise StoreError(f"the Redis store {self.address} cannot be used: {exc}") from None
-        if stored_schema.decode() != SCHEMA_VERSION:
-            raise StoreError(f"the Redis store {self.address} has schema version "
-                             f"{stored_schema.decode()}; this server reads {SCHEMA_VERSION}")
-        if stored_engine.decode() != engine_key:
-            raise StoreError(f"the Redis store {self.address} holds streams of another engine "
-                             f"({_graphs(stored_engine.decode())}; this engine: "
-                             f"{_graphs(engine_key)}): give this engine its own database "
-                             f"(redis://HOST:PORT/N)")
+        check_identity(f"the Redis store {self.address}", stored_schema.decode(),
+                       SCHEMA_VERSION, stored_engine.decode(), engine_key,
+                       "give this engine its own database (redis://HOST:PORT/N)")
         self.durability = self._durability()
 
     def _key(self, name: str, stream_id: str | None = None) -> str:
@@ -170,7 +188,7 @@ class RedisStore:
 
     def _stream_keys(self, stream_id: str) -> list[str]:
         return [self._key("s", stream_id), self._key("snap", stream_id),
-                self._key("wal", stream_id)]
+                self._key("wal", stream_id), self._key("rcpt", stream_id)]
 
     def _durability(self) -> str:
         """What survives Redis's own death, from its configuration (if it shows it)."""
@@ -197,16 +215,13 @@ class RedisStore:
         except self._refusal as exc:
             kind, _, detail = str(exc).partition(" ")
             if kind == "UNKNOWN":
-                raise UnknownStream(f"no stream {stream_id} in the store") from None
+                raise unknown(stream_id) from None
             if kind == "STALE":
-                raise StaleVersion(f"stream {stream_id} was taken by another server (version "
-                                   f"{detail}, this server holds {version}): nothing was "
-                                   f"written") from None
+                raise stale(stream_id, detail, version) from None
             if kind == "GAP":
-                raise StoreError(f"stream {stream_id}: a record at position {start} does not "
-                                 f"follow its stored position {detail}") from None
+                raise gap(stream_id, start, detail) from None
             if kind == "EXISTS":
-                raise StoreError(f"stream {stream_id} exists already") from None
+                raise exists(stream_id) from None
             raise StoreError(f"the Redis store {self.address} failed: {exc}") from None
         except self._errors as exc:
             raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
@@ -237,23 +252,19 @@ class RedisStore:
             raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
                 from None
         if position is None:
-            raise UnknownStream(f"no stream {stream_id} in the store")
+            raise unknown(stream_id)
         return int(position)
 
     def take(self, stream_id: str) -> StoredStream:
         self._ask_holder(stream_id)
-        version, position, snapshot_position, snapshot, records = self._call(
+        version, position, snapshot_position, snapshot, records, receipts = self._call(
             "take", self._stream_keys(stream_id), [self.name], stream_id)
-        expected, tail = int(snapshot_position), bytearray()
-        for record in records:
-            (start,) = START.unpack_from(record)
-            if start != expected:
-                raise StoreError(f"stream {stream_id}: its log has a record at {start} where "
-                                 f"{expected} was due: the store is inconsistent")
-            tail += record[START.size:]
-            expected += len(record) - START.size
+        tail = joined_log(stream_id, int(snapshot_position),
+                          ((START.unpack_from(record)[0], record[START.size:])
+                           for record in records))
         return StoredStream(stream_id, int(version), int(position), snapshot,
-                            int(snapshot_position), bytes(tail))
+                            int(snapshot_position), tail,
+                            tuple(Receipt(*json.loads(receipt)) for receipt in receipts))
 
     def _ask_holder(self, stream_id: str) -> None:
         """If another server holds the stream, ask it to give it up, and wait (bounded) for it
@@ -280,14 +291,19 @@ class RedisStore:
             raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
                 from None
 
-    def append(self, stream_id: str, version: int, start: int, tokens: bytes) -> None:
-        self._call("append", self._stream_keys(stream_id)[::2],
-                   [version, start, START.pack(start) + tokens, len(tokens)], stream_id,
-                   version, start)
+    def append(self, stream_id: str, version: int, start: int, tokens: bytes,
+               receipt: Receipt | None = None, keep: int = 0,
+               snapshot: bytes | None = None) -> None:
+        kept = "" if receipt is None else json.dumps(
+            [receipt.key, receipt.digest, receipt.answer])
+        state, snap, wal, receipts = self._stream_keys(stream_id)
+        self._call("append", [state, wal, receipts, snap],
+                   [version, start, START.pack(start) + tokens, len(tokens), kept, keep,
+                    snapshot or b""], stream_id, version, start)
 
     def put_snapshot(self, stream_id: str, version: int, position: int, snapshot: bytes) -> None:
-        self._call("put_snapshot", self._stream_keys(stream_id), [version, position, snapshot],
-                   stream_id, version)
+        self._call("put_snapshot", self._stream_keys(stream_id)[:3],
+                   [version, position, snapshot], stream_id, version)
 
     def release(self, stream_id: str) -> None:
         """This server no longer holds the stream (a no-op if another took it since)."""
@@ -340,10 +356,3 @@ class RedisStore:
             listening.join()
         self._client.close()
 
-
-def _graphs(engine_key: str) -> str:
-    try:
-        graphs = json.loads(engine_key).get("graphs", {})
-        return ", ".join(f"{name} {str(sha)[:12]}" for name, sha in sorted(graphs.items()))
-    except (ValueError, AttributeError):
-        return repr(engine_key)

@@ -23,7 +23,6 @@ from compressive_rt.serving.engine import Engine, row_specs
 from compressive_rt.serving.metrics import Metrics
 from compressive_rt.serving.schemas import BYTE_VOCAB
 from compressive_rt.serving.settings import LOOPBACK, ServeSettings
-from compressive_rt.serving.shared_engine import SharedStoreEngine
 from compressive_rt.serving.sqlite_store import SQLiteStore
 from compressive_rt.serving.stores import describe_store, open_store
 
@@ -45,8 +44,7 @@ def open_engine(engine_dir: str | Path, settings: ServeSettings, store_dir: str 
     if isinstance(store, SQLiteStore):
         metrics.store_bytes.set_function(store.file_bytes)
         metrics.store_max_bytes.set(store.max_bytes)
-    engine_type = SharedStoreEngine if getattr(store, "shared", False) else Engine
-    engine = engine_type(session, store, settings, metrics)
+    engine = Engine(session, store, settings, metrics)
     limit = most_snapshot_bytes(session.manifest, row_specs(session))
     return create_app(engine, settings, metrics, limit), engine
 

@@ -1,12 +1,24 @@
-"""What `ctrt serve` can be told, with its defaults: one frozen dataclass, checked once."""
+"""What `ctrt serve` can be told, with its defaults: one frozen dataclass, checked once here,
+and read alike by the command line (cli/serve.py), the server and the Ray deployment
+(ray_app.py, whose `serve run` arguments are these fields)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from compressive_rt.errors import CtrtError
 
 LOOPBACK = "127.0.0.1"
+# the command-line option of each setting whose field is named otherwise
+OPTION_NAMES = {"request_timeout_s": "request-timeout", "max_tokens_limit": "max-tokens",
+                "grace_s": "grace", "retry_after_s": "retry-after",
+                "body_timeout_s": "body-timeout", "header_timeout_s": "header-timeout"}
+
+
+def option(field: str) -> str:
+    """The command-line option that sets `field`."""
+    return "--" + OPTION_NAMES.get(field, field.replace("_", "-"))
 
 
 @dataclass(frozen=True)
@@ -30,32 +42,56 @@ class ServeSettings:
     max_tokens_limit: int = 4096  # the largest max_tokens a request may ask for
     store_max_bytes: int | None = None  # a local store's database (None: 90% of its disk)
     snapshot_every: int = 4096  # acknowledged tokens between a stream's snapshots
+    max_stored_streams: int = 1024  # persistent streams in the store; beyond, a create is 429
+    idempotency_keys: int = 64  # Idempotency-Key answers kept per stream (the latest)
     grace_s: float = 30.0  # SIGTERM: time for in-flight requests before they are cancelled
     retry_after_s: int = 1  # the Retry-After of a 429
 
     def __post_init__(self) -> None:
-        positive = {"streams": self.streams, "queue_size": self.queue_size,
-                    "request_timeout_s": self.request_timeout_s,
-                    "max_body_bytes": self.max_body_bytes,
-                    "max_prompt_bytes": self.max_prompt_bytes,
-                    "max_json_depth": self.max_json_depth,
-                    "max_tokens_limit": self.max_tokens_limit,
-                    "snapshot_every": self.snapshot_every, "retry_after_s": self.retry_after_s,
-                    "body_timeout_s": self.body_timeout_s,
-                    "header_timeout_s": self.header_timeout_s,
-                    "max_connections": self.max_connections}
-        for name, value in positive.items():
-            if not value > 0:
-                raise CtrtError(f"{name.replace('_', '-')} must be > 0, got {value}")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is None and field.type.endswith(" | None"):
+                continue
+            kind = field.type.removesuffix(" | None")
+            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise CtrtError(f"{option(field.name)} must be an integer, got {value!r}")
+            if kind == "float" and not isinstance(value, (int, float)):
+                raise CtrtError(f"{option(field.name)} must be a number, got {value!r}")
+        for name in ("streams", "queue_size", "max_body_bytes", "max_prompt_bytes",
+                     "max_json_depth", "max_tokens_limit", "snapshot_every", "max_stored_streams",
+                     "idempotency_keys", "retry_after_s", "max_connections"):
+            if getattr(self, name) < 1:
+                raise CtrtError(f"{option(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("store_max_bytes", "max_body_bytes_in_flight"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise CtrtError(f"{name.replace('_', '-')} must be > 0, got {value}")
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise CtrtError(f"{option(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("request_timeout_s", "body_timeout_s", "header_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise CtrtError(f"{option(name)} must be > 0, got {getattr(self, name):g}")
         if self.grace_s < 0:
-            raise CtrtError(f"grace must be >= 0 seconds, got {self.grace_s}")
+            raise CtrtError(f"--grace must be >= 0 seconds, got {self.grace_s:g}")
         if not 0 <= self.port <= 65535:
-            raise CtrtError(f"port must be in [0, 65535], got {self.port}")
+            raise CtrtError(f"--port must be in [0, 65535], got {self.port}")
         if self.api_key is not None and not self.api_key.strip():
             raise CtrtError("the API key is empty: give a non-empty key or none")
         if not self.model_name:
             raise CtrtError("the model name is empty")
+
+
+def settings_from_strings(values: dict[str, str]) -> dict[str, object]:
+    """ServeSettings fields from text (`serve run` arguments): each converted to its field's
+    type; a value that is not one is a CtrtError naming it."""
+    kinds = {"int": (int, "an integer"), "float": (float, "a number"), "str": (str, "text")}
+    kinds.update({f"{name} | None": kind for name, kind in kinds.items()})
+    types = {field.name: kinds[field.type] for field in dataclasses.fields(ServeSettings)}
+    converted = {}
+    for name, text in values.items():
+        kind, described = types[name]
+        try:
+            converted[name] = kind(text)
+        except ValueError:
+            raise CtrtError(f"{name}={text!r} is not {described}") from None
+    return converted
+
+
+SETTINGS_FIELDS = frozenset(field.name for field in dataclasses.fields(ServeSettings))

@@ -22,18 +22,22 @@ An exclusive lock on `DIR/lock` keeps a second process off the same store.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import shutil
 import sqlite3
 from pathlib import Path
 
 from compressive_rt.serving.store import (
-    StaleVersion,
+    Receipt,
     StoredStream,
     StoreError,
     StoreFull,
-    UnknownStream,
+    check_identity,
+    exists,
+    gap,
+    joined_log,
+    stale,
+    unknown,
 )
 
 log = logging.getLogger("compressive_rt.serving")
@@ -57,6 +61,14 @@ CREATE TABLE IF NOT EXISTS wal (
     stream TEXT NOT NULL,
     start INTEGER NOT NULL,
     tokens BLOB NOT NULL,
+    PRIMARY KEY (stream, start)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS receipts (
+    stream TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    answer TEXT NOT NULL,
     PRIMARY KEY (stream, start)
 ) WITHOUT ROWID;
 """
@@ -165,16 +177,11 @@ class SQLiteStore:
                 for statement in MIGRATE_FROM_1.split(";"):
                     self._db.execute(statement)
             rows["schema_version"] = str(SCHEMA_VERSION)
-        if rows.get("schema_version") != str(SCHEMA_VERSION):
-            raise StoreError(f"the stream store {self.directory} has schema version "
-                             f"{rows.get('schema_version')}; this server reads {SCHEMA_VERSION}")
-        if rows.get("engine") != engine_key:
-            raise StoreError(
-                f"the stream store {self.directory} holds streams of another engine (stored: "
-                f"{_short(rows.get('engine'))}; this engine: {_short(engine_key)}), and their "
-                f"snapshots fit no other engine (a re-export or a second `ctrt demo` makes "
-                f"another engine): serve this one from a store of its own (a new --store folder), "
-                f"or delete {self.directory} if the old engine's streams are not wanted any more")
+        check_identity(f"the stream store {self.directory}", rows.get("schema_version"),
+                       str(SCHEMA_VERSION), rows.get("engine"), engine_key,
+                       f"give this engine its own --store folder (a re-export or a second "
+                       f"`ctrt demo` makes another engine), or delete {self.directory} if the "
+                       f"old engine's streams are not wanted any more")
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db, self.directory, self.max_bytes)
@@ -185,7 +192,7 @@ class SQLiteStore:
             try:
                 self._db.execute("INSERT INTO streams VALUES (?, 0, 0, 0)", (stream_id,))
             except sqlite3.IntegrityError:
-                raise StoreError(f"stream {stream_id} exists already") from None
+                raise exists(stream_id) from None
 
     def positions(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT id, position FROM streams"))
@@ -196,7 +203,7 @@ class SQLiteStore:
                 "UPDATE streams SET version = version + 1 WHERE id = ? "
                 "RETURNING version, position, snapshot_position", (stream_id,)).fetchone()
             if row is None:
-                raise UnknownStream(f"no stream {stream_id} in the store")
+                raise unknown(stream_id)
             version, position, snapshot_position = row
             stored = self._db.execute("SELECT data FROM snapshots WHERE stream = ?",
                                       (stream_id,)).fetchone()
@@ -204,16 +211,16 @@ class SQLiteStore:
             records = self._db.execute(
                 "SELECT start, tokens FROM wal WHERE stream = ? ORDER BY start",
                 (stream_id,)).fetchall()
-        expected = snapshot_position
-        for start, tokens in records:
-            if start != expected:
-                raise StoreError(f"stream {stream_id}: its log has a record at {start} where "
-                                 f"{expected} was due: the store is inconsistent")
-            expected += len(tokens)
+            receipts = self._db.execute(
+                "SELECT key, digest, answer FROM receipts WHERE stream = ? ORDER BY start",
+                (stream_id,)).fetchall()
         return StoredStream(stream_id, version, position, snapshot, snapshot_position,
-                            b"".join(tokens for _, tokens in records))
+                            joined_log(stream_id, snapshot_position, records),
+                            tuple(Receipt(*row) for row in receipts))
 
-    def append(self, stream_id: str, version: int, start: int, tokens: bytes) -> None:
+    def append(self, stream_id: str, version: int, start: int, tokens: bytes,
+               receipt: Receipt | None = None, keep: int = 0,
+               snapshot: bytes | None = None) -> None:
         with self._transaction():
             updated = self._db.execute(
                 "UPDATE streams SET position = position + ? "
@@ -221,7 +228,23 @@ class SQLiteStore:
                 (len(tokens), stream_id, version, start)).rowcount
             if not updated:
                 self._refuse(stream_id, version, start)
-            self._db.execute("INSERT INTO wal VALUES (?, ?, ?)", (stream_id, start, tokens))
+            if snapshot is None:
+                self._db.execute("INSERT INTO wal VALUES (?, ?, ?)", (stream_id, start, tokens))
+            else:
+                self._db.execute("UPDATE streams SET snapshot_position = ? WHERE id = ?",
+                                 (start + len(tokens), stream_id))
+                self._db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)",
+                                 (stream_id, snapshot))
+                self._db.execute("DELETE FROM wal WHERE stream = ?", (stream_id,))
+            if receipt is not None:
+                self._db.execute("INSERT INTO receipts VALUES (?, ?, ?, ?, ?)",
+                                 (stream_id, start, receipt.key, receipt.digest, receipt.answer))
+                self._db.execute(
+                    "DELETE FROM receipts WHERE stream = ? AND start NOT IN (SELECT start "
+                    "FROM receipts WHERE stream = ? ORDER BY start DESC LIMIT ?)",
+                    (stream_id, stream_id, keep))
+        if snapshot is not None:
+            self._vacuum()  # the log records the snapshot replaced
 
     def put_snapshot(self, stream_id: str, version: int, position: int, snapshot: bytes) -> None:
         with self._transaction():
@@ -238,9 +261,10 @@ class SQLiteStore:
     def delete(self, stream_id: str) -> None:
         with self._transaction():
             if not self._db.execute("DELETE FROM streams WHERE id = ?", (stream_id,)).rowcount:
-                raise UnknownStream(f"no stream {stream_id} in the store")
+                raise unknown(stream_id)
             self._db.execute("DELETE FROM wal WHERE stream = ?", (stream_id,))
             self._db.execute("DELETE FROM snapshots WHERE stream = ?", (stream_id,))
+            self._db.execute("DELETE FROM receipts WHERE stream = ?", (stream_id,))
         self._vacuum()
 
     def close(self) -> None:
@@ -256,12 +280,10 @@ class SQLiteStore:
         row = self._db.execute("SELECT version, position FROM streams WHERE id = ?",
                                (stream_id,)).fetchone()
         if row is None:
-            raise UnknownStream(f"no stream {stream_id} in the store")
+            raise unknown(stream_id)
         if row[0] != version:
-            raise StaleVersion(f"stream {stream_id} was taken by another server (version "
-                               f"{row[0]}, this server holds {version}): nothing was written")
-        raise StoreError(f"stream {stream_id}: a record at position {start} does not follow "
-                         f"its stored position {row[1]}")
+            raise stale(stream_id, row[0], version)
+        raise gap(stream_id, start, row[1])
 
 
 class _Transaction:
@@ -295,13 +317,4 @@ class _Transaction:
         if isinstance(exc, sqlite3.Error):
             raise StoreError(f"the stream store {self.directory} cannot be written: {exc}") \
                 from None
-
-
-def _short(engine_key: str | None) -> str:
-    try:
-        identity = json.loads(engine_key or "")
-        graphs = identity.get("graphs", {})
-        return ", ".join(f"{name} {str(sha)[:12]}" for name, sha in sorted(graphs.items()))
-    except (ValueError, AttributeError):
-        return repr(engine_key)
 

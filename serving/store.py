@@ -15,6 +15,8 @@ from one thread at a time (serving/store_worker.py's).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +39,82 @@ class StaleVersion(StoreError):
     """A write carried a version the stream no longer has: another server took it since."""
 
 
+# ---- the contract's refusals, worded once for every store ----------------------------------
+def unknown(stream_id: str) -> UnknownStream:
+    return UnknownStream(f"no stream {stream_id} in the store")
+
+
+def stale(stream_id: str, stored_version: object, version: int | None) -> StaleVersion:
+    return StaleVersion(f"stream {stream_id} was taken by another server (version "
+                        f"{stored_version}, this server holds {version}): nothing was written")
+
+
+def gap(stream_id: str, start: int | None, stored_position: object) -> StoreError:
+    return StoreError(f"stream {stream_id}: a record at position {start} does not follow its "
+                      f"stored position {stored_position}")
+
+
+def exists(stream_id: str) -> StoreError:
+    return StoreError(f"stream {stream_id} exists already")
+
+
+def joined_log(stream_id: str, snapshot_position: int,
+               records: Iterable[tuple[int, bytes]]) -> bytes:
+    """The tokens of a stream's log records (start, tokens), checked to follow each other
+    from the snapshot's position on."""
+    expected, tail = snapshot_position, bytearray()
+    for start, tokens in records:
+        if start != expected:
+            raise StoreError(f"stream {stream_id}: its log has a record at {start} where "
+                             f"{expected} was due: the store is inconsistent")
+        tail += tokens
+        expected += len(tokens)
+    return bytes(tail)
+
+
+def check_identity(store: str, stored_schema: str | None, schema: str,
+                   stored_engine: str | None, engine_key: str, fix: str) -> None:
+    """A store holds one schema's records of one engine's streams; `fix` says how to give
+    another engine its own store."""
+    if stored_schema != schema:
+        raise StoreError(f"{store} has schema version {stored_schema}; this server reads "
+                         f"{schema}")
+    if stored_engine != engine_key:
+        raise StoreError(f"{store} holds streams of another engine ({_graphs(stored_engine)}; "
+                         f"this engine: {_graphs(engine_key)}): their snapshots fit no other "
+                         f"engine; {fix}")
+
+
+def _graphs(engine_key: str | None) -> str:
+    """An engine's identity in a message: its graphs' names and hash prefixes."""
+    try:
+        graphs = json.loads(engine_key or "").get("graphs", {})
+        return ", ".join(f"{name} {str(sha)[:12]}" for name, sha in sorted(graphs.items()))
+    except (ValueError, AttributeError):
+        return repr(engine_key)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A server's hold on a stream it took: the version every write of it carries and, for a
+    lease (a store shared with other servers), until when (time.monotonic) it may answer from
+    its resident copy without asking the store; None: until another server takes it."""
+
+    version: int
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a write made with an Idempotency-Key leaves: the key, its request body's digest and
+    the answer it got (JSON text), kept with the write in one transaction, in a table of their
+    own (the log is cut at every checkpoint); a store keeps a stream's latest few."""
+
+    key: str
+    digest: str
+    answer: str
+
+
 @dataclass(frozen=True)
 class StoredStream:
     """A stream as the store holds it, handed to the server that took it."""
@@ -47,6 +125,7 @@ class StoredStream:
     snapshot: bytes | None  # the stream at snapshot_position, or None (an empty stream)
     snapshot_position: int
     tail: bytes  # the acknowledged tokens after snapshot_position, in order
+    receipts: tuple[Receipt, ...] = ()  # the stream's kept receipts, oldest first
 
     def __post_init__(self) -> None:
         if self.snapshot_position + len(self.tail) != self.position:
@@ -68,15 +147,20 @@ class StreamStore(Protocol):
     def take(self, stream_id: str) -> StoredStream:
         """Claim the stream: increments its version and returns it with its durable state."""
 
-    def append(self, stream_id: str, version: int, start: int, tokens: bytes) -> None:
-        """Log `tokens` acknowledged at position `start` (the stream's position), durably."""
+    def append(self, stream_id: str, version: int, start: int, tokens: bytes,
+               receipt: Receipt | None = None, keep: int = 0,
+               snapshot: bytes | None = None) -> None:
+        """Log `tokens` acknowledged at position `start` (the stream's position), durably; with
+        `receipt`, keep it in the same transaction, and only the stream's latest `keep`; with
+        `snapshot` (the stream after these tokens), make it the stream's snapshot in the same
+        transaction instead of logging them (the log it covers is dropped)."""
 
     def put_snapshot(self, stream_id: str, version: int, position: int, snapshot: bytes) -> None:
         """Make `snapshot` (at `position`) the stream's whole durable state, durably: the log
         it covers is dropped. Used for checkpoints, spills and uploaded snapshots."""
 
     def delete(self, stream_id: str) -> None:
-        """Remove the stream and everything stored for it."""
+        """Remove the stream and everything stored for it (its receipts too)."""
 
     def close(self) -> None:
         """Release the store (files, locks)."""

@@ -47,7 +47,16 @@ class Failed:
     error: ApiError
 
 
-Event = Union[Started, Token, Finished, Done, Failed]
+@dataclass(frozen=True)
+class Cancelled:
+    """The engine let go of a request it was told to cancel: `applied` False when it changed
+    nothing, True when its write was under way (it may have been applied), None when the
+    engine no longer knew the request (answered meanwhile, or one it does not track)."""
+
+    applied: bool | None
+
+
+Event = Union[Started, Token, Finished, Done, Failed, Cancelled]
 
 
 def deliver(batch: list[tuple[Ticket, Event]]) -> None:

@@ -24,3 +24,18 @@ class RedisServer(_RedisServer):
     def __init__(self, *args, **kwargs) -> None:
         need_binary("redis-server", "redis-server")
         super().__init__(*args, **kwargs)
+
+
+def stream_record(url: str, stream_id: str) -> dict[str, str]:
+    """A stream's record in a Redis store (serving/redis_store.py's `s:{id}` hash): its
+    version, position, snapshot_position and holder, as text."""
+    import redis
+
+    from compressive_rt.serving.redis_store import PREFIX
+
+    client = redis.Redis.from_url(url)
+    try:
+        return {key.decode(): value.decode()
+                for key, value in client.hgetall(f"{PREFIX}s:{stream_id}").items()}
+    finally:
+        client.close()

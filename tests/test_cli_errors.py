@@ -121,8 +121,9 @@ CASES = [
     ("serve ENGINE --store GARBAGE", "cannot open the stream store GARBAGE"),
     ("serve ENGINE --store OTHER_STORE", "the stream store OTHER_STORE holds streams of another "
      "engine"),
-    ("serve ENGINE --store OTHER_STORE", "serve this one from a store of its own (a new --store "
-     "folder), or delete OTHER_STORE if the old engine's streams are not wanted any more"),
+    ("serve ENGINE --store OTHER_STORE", "give this engine its own --store folder (a re-export "
+     "or a second `ctrt demo` makes another engine), or delete OTHER_STORE if the old engine's "
+     "streams are not wanted any more"),
     ("bench --checkpoint MISSING --out OUT", "checkpoint directory MISSING does not exist"),
     ("bench --checkpoint GARBAGE --out OUT", "checkpoint directory GARBAGE is not a directory"),
     ("bench --checkpoint CORRUPT_CKPT --out OUT", "is not a readable safetensors file"),

@@ -2,7 +2,6 @@
 completions shape, persistent streams against an uninterrupted in-process stream, errors in
 OpenAI's shape, the API key, limits and metrics."""
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -177,14 +176,20 @@ def test_the_api_key_guards_the_v1_routes_only(served):
     assert client.get("/metrics").status_code == 200
 
 
-def test_the_request_timeout_is_a_504_and_cancels_the_request(served):
-    client = served(request_timeout_s=0.2, max_tokens_limit=100000)
+def test_the_request_timeout_is_a_504_and_cancels_the_request(served, engine_dir):
+    """The 504 cancels the request before it is sent: with one slot, the next request runs
+    (it would wait for 100000 tokens otherwise), and tokens are counted only for requests
+    that run."""
+    client = served(streams=1, request_timeout_s=2, max_tokens_limit=100000)
     answer = client.post("/v1/completions", json={"prompt": "a", "max_tokens": 100000})
     assert answer.status_code == 504 and answer.json()["error"]["code"] == "timeout"
-    time.sleep(0.2)  # the cancel reaches the engine thread
+    assert "and was cancelled before it changed anything" in answer.json()["error"]["message"]
+    request = {"prompt": "def ", "max_tokens": 8, "temperature": 0}
+    assert client.post("/v1/completions", json=request).json()["choices"][0]["token_ids"] == \
+        list(greedy(engine_dir, b"def ", 8))
     generated = metric(client, "ctrt_generated_tokens_total")
-    time.sleep(0.3)
-    assert metric(client, "ctrt_generated_tokens_total") == generated < 100000
+    client.post("/v1/completions", json=request)
+    assert metric(client, "ctrt_generated_tokens_total") == generated + 8
 
 
 def test_metrics_count_requests_tokens_and_latencies(served):
@@ -348,6 +353,33 @@ def test_an_append_of_a_lone_surrogate_is_400_naming_text(served):
     answer = client.post(f"/v1/streams/{stream}/append", content=b'{"text": "a\\ud800"}')
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "text"
     assert client.get(f"/v1/streams/{stream}").json()["position"] == 0
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "redis"])
+def test_creates_beyond_the_stream_limit_are_429_until_one_is_deleted(served, tmp_path,
+                                                                       store_kind):
+    store = None
+    if store_kind == "redis":
+        from redis_helpers import RedisServer
+
+        redis_server = RedisServer(tmp_path / "redis").start()
+        store = redis_server.url
+    try:
+        client = served(store=store, max_stored_streams=2)
+        streams = [new_stream(client) for _ in range(2)]
+        refused = client.post("/v1/streams")
+        assert refused.status_code == 429
+        assert refused.json()["error"] == {
+            "message": "the store holds its limit of 2 streams (--max-stored-streams): delete "
+                       "one (DELETE /v1/streams/{id}) before creating another",
+            "type": "rate_limit_error", "param": None, "code": "too_many_streams"}
+        assert metric(client, "ctrt_max_stored_streams") == 2
+        assert client.delete(f"/v1/streams/{streams[0]}").status_code == 200
+        assert client.post("/v1/streams").status_code == 200
+        assert client.post("/v1/streams").status_code == 429
+    finally:
+        if store_kind == "redis":
+            redis_server.stop()
 
 
 def test_a_deleted_stream_is_gone(served):

@@ -57,6 +57,15 @@ def test_serve_run_builds_the_deployment_from_its_arguments(engine_dir):
         app_builder({"engine_dir": str(engine_dir), "store": "redis://h:1", "replica": "3"})
     with pytest.raises(CtrtError, match="an argument is not a number"):
         app_builder({"engine_dir": str(engine_dir), "store": "redis://h:1", "replicas": "two"})
+    every_setting = {"max_tokens_limit": "100", "max_body_bytes": "4096", "grace_s": "2.5",
+                     "retry_after_s": "3", "max_prompt_bytes": "64"}
+    assert isinstance(app_builder({"engine_dir": str(engine_dir), "store": "redis://h:1",
+                                   **every_setting}), Application)
+    with pytest.raises(CtrtError, match=r"streams='two' is not an integer"):
+        app_builder({"engine_dir": str(engine_dir), "store": "redis://h:1", "streams": "two"})
+    with pytest.raises(CtrtError, match=r"--max-tokens must be >= 1, got 0"):
+        app_builder({"engine_dir": str(engine_dir), "store": "redis://h:1",
+                     "max_tokens_limit": "0"})
     with pytest.raises(CtrtError, match="need a store they share"):
         app_builder({"engine_dir": str(engine_dir), "store": "/tmp/store"})
 

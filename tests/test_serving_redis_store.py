@@ -1,5 +1,5 @@
-"""The shared stream store on a real redis-server (serving/redis_store.py): the local store's
-contract (fencing, gaps, unknown streams; the same tests), durable across kill -9 of Redis
+"""The shared stream store on a real redis-server (serving/redis_store.py) beyond the contract
+every store keeps (test_serving_store_contract.py): durable across kill -9 of Redis
 itself with appendfsync always, the hand-over between holders, passwords and TLS."""
 
 import subprocess
@@ -8,14 +8,7 @@ import time
 
 import pytest
 import redis
-from hypothesis import given, settings
 from redis_helpers import RedisServer, need_binary
-from serving_helpers import STORE_OPERATIONS, replay
-from test_serving_store import (  # noqa: F401 - the same contract, collected here on Redis
-    test_a_record_that_does_not_follow_the_stored_position_is_refused,
-    test_a_writer_whose_stream_was_taken_since_writes_nothing,
-    test_unknown_and_deleted_streams,
-)
 
 from compressive_rt.serving.redis_store import RedisStore
 from compressive_rt.serving.store import StaleVersion, StoreError
@@ -23,6 +16,7 @@ from compressive_rt.serving.store import StaleVersion, StoreError
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 ENGINE = '{"graphs": {"segment": "aaaa"}}'
+WAIT_S = 60  # a holder's bounded wait in these tests: far longer than any hand-over takes
 
 
 @pytest.fixture
@@ -67,9 +61,9 @@ def test_an_acknowledged_append_survives_kill_9_of_redis(redis_server, store):
     assert taken.version == version + 1
 
 
-def test_a_store_of_another_engine_is_refused(redis_server, store):
-    with pytest.raises(StoreError, match=r"holds streams of another engine \(segment aaaa; "
-                                         r"this engine: segment bbbb\).*redis://HOST:PORT/N"):
+def test_another_engine_gets_another_database(redis_server, store):
+    with pytest.raises(StoreError, match=r"holds streams of another engine .*"
+                                         r"its own database \(redis://HOST:PORT/N\)"):
         RedisStore(redis_server.url, '{"graphs": {"segment": "bbbb"}}')
     other_database = redis_server.url.rsplit("/", 1)[0] + "/1"
     RedisStore(other_database, '{"graphs": {"segment": "bbbb"}}').close()
@@ -121,7 +115,7 @@ def test_tls_with_a_certificate_the_client_checks(tmp_path):
 
 def test_a_live_holder_is_asked_to_give_the_stream_up(redis_server):
     holder = RedisStore(redis_server.url, ENGINE)
-    taker = RedisStore(redis_server.url, ENGINE, release_wait_s=30)
+    taker = RedisStore(redis_server.url, ENGINE, release_wait_s=WAIT_S)
     holder.create("s")
     version = holder.take("s").version
     holder.append("s", version, 0, b"ab")
@@ -136,7 +130,7 @@ def test_a_live_holder_is_asked_to_give_the_stream_up(redis_server):
                                                          args=(stream_id,)).start())
     started = time.monotonic()
     taken = taker.take("s")
-    assert time.monotonic() - started < 10  # it did not wait for the 30 s bound
+    assert time.monotonic() - started < WAIT_S  # it did not wait for the whole bound
     assert asked == ["s"]
     assert (taken.snapshot, taken.snapshot_position, taken.tail) == (b"SNAPSHOT@2", 2, b"")
     with pytest.raises(StaleVersion):
@@ -151,28 +145,29 @@ def test_a_gone_holder_is_taken_from_at_once(redis_server):
     holder.create("s")
     holder.take("s")
     holder.close()  # its subscription ends as a dead process's connection does
-    taker = RedisStore(redis_server.url, ENGINE, release_wait_s=30)
+    taker = RedisStore(redis_server.url, ENGINE, release_wait_s=WAIT_S)
     started = time.monotonic()
     taker.take("s")
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < WAIT_S  # not the whole wait
     taker.close()
 
 
 def test_a_holder_that_dies_while_asked_is_taken_from_when_its_connection_closes(
         redis_server):
     holder = RedisStore(redis_server.url, ENGINE)
-    holder.on_release(lambda stream_id: None)  # hears the request, dies before it answers
+    asked = threading.Event()
+    holder.on_release(lambda stream_id: asked.set())  # hears the request, dies before it answers
     holder.create("s")
     holder.take("s")
-    taker = RedisStore(redis_server.url, ENGINE, release_wait_s=30)
+    taker = RedisStore(redis_server.url, ENGINE, release_wait_s=WAIT_S)
     taken = []
     thread = threading.Thread(target=lambda: taken.append(taker.take("s")))
     started = time.monotonic()
     thread.start()
-    time.sleep(0.5)
+    assert asked.wait(WAIT_S)  # the taker is waiting for the holder now
     holder.close()
-    thread.join(30)
-    assert taken and time.monotonic() - started < 5  # not the 30 s bound
+    thread.join(WAIT_S)
+    assert taken and time.monotonic() - started < WAIT_S  # not the whole wait
     taker.close()
 
 
@@ -184,7 +179,7 @@ def test_a_holder_that_does_not_answer_is_taken_from_after_the_wait(redis_server
     taker = RedisStore(redis_server.url, ENGINE, release_wait_s=0.5)
     started = time.monotonic()
     taken = taker.take("s")
-    assert 0.5 <= time.monotonic() - started < 5
+    assert time.monotonic() - started >= 0.5
     assert taken.version == version + 1
     with pytest.raises(StaleVersion, match="nothing was written"):
         holder.append("s", version, 0, b"LOST")
@@ -205,27 +200,12 @@ def test_a_released_stream_keeps_its_holder_if_taken_since(redis_server, store):
     other.close()
 
 
-@settings(max_examples=25)
-@given(STORE_OPERATIONS)
-def test_the_store_replays_exactly_the_acknowledged_history(module_redis, operations):
-    """Whatever the order of appends, snapshots, takes, stale writes and reconnections, taking
-    the stream yields its history: snapshot + log = every acknowledged token, in order."""
-    stream = f"s{time.monotonic_ns()}"
-    store, history, snapshot_at = replay(lambda: RedisStore(module_redis.url, ENGINE), stream,
-                                         operations)
-    taken = store.take(stream)
-    assert store.positions()[stream] == len(history) == store.position(stream)
-    store.close()
-    assert taken.snapshot_position == snapshot_at
-    assert (taken.snapshot or b"") + taken.tail == history
-
-
 def test_a_request_heard_after_the_taker_took_the_stream_is_dropped(redis_server):
     """A paused holder hears the request when it resumes; the stream is no longer its own, so
     it does not act on it (its next write is refused instead)."""
     holder = RedisStore(redis_server.url, ENGINE)
-    heard = []
-    holder.on_release(heard.append)
+    heard, told = [], threading.Event()
+    holder.on_release(lambda stream_id: (heard.append(stream_id), told.set()))
     for stream in ("s", "t"):
         holder.create(stream)
         holder.take(stream)
@@ -233,9 +213,7 @@ def test_a_request_heard_after_the_taker_took_the_stream_is_dropped(redis_server
     client.hset("ctrt:s:s", "holder", "another-server")  # s was taken since, t was not
     client.publish(f"ctrt:release:{holder.name}", "s")
     client.publish(f"ctrt:release:{holder.name}", "t")  # heard after s: one listener thread
-    deadline = time.monotonic() + 10
-    while not heard and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert told.wait(WAIT_S)
     assert heard == ["t"]
     client.close()
     holder.close()

@@ -1,14 +1,15 @@
 """Two `ctrt serve` processes on one Redis store (what each Ray replica is: one Session and its
 engine thread on the shared store): each serves the other's streams from the store, equal to
-an uninterrupted stream, and a holder paused past its claim (SIGSTOP) is fenced out: resumed
-and sent an append, it answers 409 and writes nothing."""
+an uninterrupted stream, and a holder paused past its claim (SIGSTOP, under the test's control:
+pause_harness.py) is fenced out: resumed and sent an append, it answers 409 and writes
+nothing."""
 
-import signal
 import time
 
 import httpx
 import pytest
-from redis_helpers import RedisServer
+from pause_harness import paused
+from redis_helpers import RedisServer, stream_record
 from serving_helpers import Reference, Server, assert_close
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
@@ -20,9 +21,15 @@ def engine_dir(engine):
 
 
 @pytest.fixture
-def servers(engine_dir, tmp_path):
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def servers(engine_dir, tmp_path, redis_server):
     """Two started servers on one fresh redis-server; all stopped at the end."""
-    redis_server = RedisServer(tmp_path / "redis").start()
     # --store given again after the helper's own: the last one counts (its path names the logs)
     started = [Server(engine_dir, tmp_path / name, "--store", redis_server.url, "--streams", "2")
                for name in ("a", "b")]
@@ -31,7 +38,6 @@ def servers(engine_dir, tmp_path):
     finally:
         for server in started:
             server.stop()
-        redis_server.stop()
 
 
 def append(server, stream, text):
@@ -66,20 +72,25 @@ def test_a_stream_another_server_never_created_is_404(servers):
     assert answer.json()["error"]["code"] == "stream_not_found"
 
 
-def test_a_holder_paused_past_its_claim_answers_409_and_writes_nothing(servers, engine_dir):
+def test_a_holder_paused_past_its_claim_answers_409_and_writes_nothing(servers, engine_dir,
+                                                                       redis_server):
     a, b = servers
     stream = httpx.post(f"{a.url}/v1/streams").json()["id"]
     reference = Reference(engine_dir)
     assert_close(append(a, stream, "held by a; ").json()["bits_per_byte"],
                  reference.bits_per_byte(b"held by a; "))
-    a.process.send_signal(signal.SIGSTOP)
-    try:
+    held_by_a = stream_record(redis_server.url, stream)
+    assert held_by_a["version"] == "1"
+    with paused(a.process):
         started = time.monotonic()
         taken = append(b, stream, "taken by b; ")  # b asks a, which cannot answer, then takes
         waited = time.monotonic() - started
-    finally:
-        a.process.send_signal(signal.SIGCONT)
-    assert taken.status_code == 200, taken.text
+        assert taken.status_code == 200, taken.text
+        held_by_b = stream_record(redis_server.url, stream)
+    # a runs again only now, with b's claim in the store: whatever a heard while paused, the
+    # stream is b's, and a's resident copy is stale
+    assert (held_by_b["version"], held_by_b["position"]) == ("2", "23")
+    assert held_by_b["holder"] != held_by_a["holder"]
     assert_close(taken.json()["bits_per_byte"], reference.bits_per_byte(b"taken by b; "))
     assert waited >= 2.0  # the store's bounded wait for a holder that hears but does not answer
     refused = append(a, stream, "STALE WRITE")
