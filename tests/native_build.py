@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from compressive_rt.benchmarks.native_runtime import (
+from compressive_rt.benchmarks.launchers.native import (
     CHECKOUT,
     LIBRARY_ENV,
     default_library,

@@ -1,6 +1,6 @@
 """For the Ray tests: Ray itself (the `ray` extra; missing on a developer machine it skips,
 under CI=true it fails) and the memory a local cluster's processes hold (the cluster itself:
-benchmarks/ray_serve.py's RayCluster)."""
+benchmarks/launchers/ray_cluster.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A real redis-server for the tests (benchmarks/redis_server.py: Debian's package, which
+"""A real redis-server for the tests (benchmarks/launchers/redis_server.py: Debian's package, which
 `.ci/run` installs, on 127.0.0.1 on a free port, appendfsync always, stopped by its owner).
 Missing on a developer machine, the test skips with the reason; under CI=true it fails."""
 
@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from compressive_rt.benchmarks.redis_server import RedisServer as _RedisServer
+from compressive_rt.benchmarks.launchers.redis_server import RedisServer as _RedisServer
 
 
 def need_binary(name: str, package: str) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from compressive_rt.benchmarks.serve import ServerProcess
+from compressive_rt.benchmarks.launchers.server_process import ServerProcess
 from compressive_rt.runtime.generate import generate
 from compressive_rt.runtime.sampling import Sampling
 from compressive_rt.runtime.score import target_bits

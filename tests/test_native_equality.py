@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from native_build import native_library, native_tool
 
-from compressive_rt.benchmarks.native_runtime import NativeEngine, NativeSession
-from compressive_rt.benchmarks.native_runtime import sample as native_sample
+from compressive_rt.benchmarks.launchers.native import NativeEngine, NativeSession
+from compressive_rt.benchmarks.launchers.native import sample as native_sample
 from compressive_rt.errors import EngineError
 from compressive_rt.runtime.generate import generate
 from compressive_rt.runtime.sampling import BatchSampler, Sampling

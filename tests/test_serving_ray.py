@@ -37,7 +37,7 @@ def served(engine_dir, tmp_path_factory):
     need_ray()
     from redis_helpers import need_binary
 
-    from compressive_rt.benchmarks.ray_serve import RayCluster
+    from compressive_rt.benchmarks.launchers.ray_cluster import RayCluster
     from compressive_rt.serving.ray_app import APP_NAME, RayDeployment
     from compressive_rt.serving.settings import ServeSettings
 

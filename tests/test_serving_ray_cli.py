@@ -12,7 +12,7 @@ from ray_helpers import need_ray, wait_ready
 from redis_helpers import RedisServer
 from serving_helpers import Reference, assert_close
 
-from compressive_rt.benchmarks.serve import free_port
+from compressive_rt.benchmarks.launchers.server_process import free_port
 from compressive_rt.serving.redis_store import RedisStore
 
 pytestmark = [pytest.mark.serving, pytest.mark.ray, pytest.mark.slow]
