@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 import pytest
 from avx2_u8s8 import INT16_MAX, emulate_u8s8_avx2
-from engines import COMPRESS_FNS, random_model, tiny_config
 from onnx import numpy_helper
+from support.engines import COMPRESS_FNS, random_model, tiny_config
 
 from compressive_rt.export.inspection import inspect_engine_dir
 from compressive_rt.export.onnx_export import load_graphs, quantize_to_int8, write_graphs

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from native_build import native_library, native_tool
+from support.native import native_library, native_tool
 
 from compressive_rt.benchmarks.launchers.native import NativeSession
 

@@ -10,7 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from native_build import native_library
+from support.native import native_library
 
 from compressive_rt.benchmarks.launchers.native import NativeSession
 from compressive_rt.errors import RuntimeInputError

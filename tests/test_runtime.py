@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from engines import COMPRESS_FNS
-from helpers import FP32
+from support.engines import COMPRESS_FNS
+from support.rules import FP32
 
 from compressive_rt.ct_reference.generate import greedy_generate
 from compressive_rt.export.verify import eager_logits

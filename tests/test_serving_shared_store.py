@@ -1,23 +1,18 @@
 """Two `ctrt serve` processes on one Redis store (what each Ray replica is: one Session and its
 engine thread on the shared store): each serves the other's streams from the store, equal to
 an uninterrupted stream, and a holder paused past its claim (SIGSTOP, under the test's control:
-pause_harness.py) is fenced out: resumed and sent an append, it answers 409 and writes
+support/pause.py) is fenced out: resumed and sent an append, it answers 409 and writes
 nothing."""
 
 import time
 
 import httpx
 import pytest
-from pause_harness import paused
-from redis_helpers import RedisServer, stream_record
-from serving_helpers import Reference, Server, assert_close
+from support.pause import paused
+from support.redis_and_ray import RedisServer, stream_record
+from support.serving import Reference, Server, assert_close
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def engine_dir(engine):
-    return engine("conv")[1]
 
 
 @pytest.fixture
