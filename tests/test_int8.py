@@ -2,7 +2,7 @@
 CPU (no u8 x s8 pair sum can saturate the int16 of the AVX2 kernels).
 
 This machine may have VNNI or not; no test here depends on which: the AVX2 kernel's arithmetic
-is emulated in float ops (tests/avx2_u8s8.py) where a test needs it."""
+is emulated in float ops (tests/support/avx2_u8s8.py) where a test needs it."""
 
 import json
 import platform
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from avx2_u8s8 import INT16_MAX, emulate_u8s8_avx2
 from onnx import numpy_helper
+from support.avx2_u8s8 import INT16_MAX, emulate_u8s8_avx2
 from support.engines import COMPRESS_FNS, random_model, tiny_config
 
 from compressive_rt.export.inspection import inspect_engine_dir

@@ -104,3 +104,10 @@ def test_the_launchers_start_and_bind_and_reach_no_benchmark():
         and not module.startswith(f"{NAMESPACE}.benchmarks.launchers"))
         for path in layer_files("benchmarks/launchers")}
     assert {name: modules for name, modules in reached.items() if modules} == {}
+
+
+def test_tests_hold_their_support_in_the_support_package():
+    """tests/ holds conftest.py and test files; what tests import is in tests/support/."""
+    others = sorted(path.name for path in (ROOT / "tests").glob("*.py")
+                    if path.name != "conftest.py" and not path.name.startswith("test_"))
+    assert others == []

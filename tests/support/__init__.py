@@ -11,4 +11,5 @@ imports `support.<module>`); the shared fixtures are in tests/conftest.py.
   and a `ctrt serve --ray` waited for.
 - pause.py: a server process paused and resumed when the test says.
 - native.py: the native library, built once per session with CMake into build/.
+- avx2_u8s8.py: ONNX Runtime's u8s8 GEMM as CPUs without VNNI compute it (the int8 tests).
 """
