@@ -146,6 +146,7 @@ def test_machine_limits_and_engine_check_are_sane(smoke):
     assert results["check"]["max_abs_logit_error"] < 1e-3
 
 
+@pytest.mark.slow
 def test_fractions_are_taken_against_onnx_runtimes_own_limits_measured_in_the_run(smoke):
     results, out = smoke
     machine, cfg = results["machine"], results["config"]

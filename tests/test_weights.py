@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from support.engines import COMPRESS_FNS, random_model, tiny_config
+from support.engines import each_compress_fn, random_model, tiny_config
 
 from compressive_rt.benchmarks.memory import directory_bytes, runtime_peak_rss, state_bytes
 from compressive_rt.export.pipeline import export_model
@@ -188,7 +188,7 @@ def tensors_made_by_simplifying(model, work_dir) -> dict[str, bytes]:
     return made
 
 
-@pytest.mark.parametrize("compress_fn", COMPRESS_FNS)
+@pytest.mark.parametrize("compress_fn", each_compress_fn())
 def test_simplifying_the_graphs_derives_no_new_tensor_from_the_weights(compress_fn, tmp_path):
     """What simplification folds into new tensors (index tables, slot counts) is the same for
     two models of one config with different weights: nothing is computed from the weights."""
