@@ -255,8 +255,24 @@ class RedisStore:
             raise unknown(stream_id)
         return int(position)
 
-    def take(self, stream_id: str) -> StoredStream:
-        self._ask_holder(stream_id)
+    def version_and_position(self, stream_id: str) -> tuple[int, int]:
+        """The stream's version (who holds it: a fenced read compares its claim) and its
+        acknowledged position; UnknownStream if there is none."""
+        try:
+            version, position = self._client.hmget(self._key("s", stream_id),
+                                                   "version", "position")
+        except self._errors as exc:
+            raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
+                from None
+        if version is None:
+            raise unknown(stream_id)
+        return int(version), int(position)
+
+    def take(self, stream_id: str, ask_holder: bool = True) -> StoredStream:
+        """Take the stream; with `ask_holder`, first `ask_holder` (a server that waits for
+        holders off its store thread asks before, and takes with False)."""
+        if ask_holder:
+            self.ask_holder(stream_id)
         version, position, snapshot_position, snapshot, records, receipts = self._call(
             "take", self._stream_keys(stream_id), [self.name], stream_id)
         tail = joined_log(stream_id, int(snapshot_position),
@@ -266,9 +282,10 @@ class RedisStore:
                             int(snapshot_position), tail,
                             tuple(Receipt(*json.loads(receipt)) for receipt in receipts))
 
-    def _ask_holder(self, stream_id: str) -> None:
+    def ask_holder(self, stream_id: str) -> None:
         """If another server holds the stream, ask it to give it up, and wait (bounded) for it
-        to do so; a holder that is gone or does not answer is taken from anyway."""
+        to do so; a holder that is gone or does not answer is taken from anyway. Safe to call
+        from any thread (the client's connection pool), beside the store thread's calls."""
         key = self._key("s", stream_id)
         try:
             holder = self._client.hget(key, "holder")

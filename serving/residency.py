@@ -87,8 +87,9 @@ class Residency:
         self.resident.add(entry)
         self.streams.count()
         self.core.metrics.loads.inc()
-        self.core.loop.store(lambda store: store.take(entry.stream_id),
-                             lambda stored, error: self._taken(entry, stored, error))
+        wait, take = self.ownership.taking(entry.stream_id)
+        self.core.loop.store(take, lambda stored, error: self._taken(entry, stored, error),
+                             wait)
 
     def _taken(self, entry: StreamEntry, stored: StoredStream | None,
                error: BaseException | None) -> None:

@@ -2,15 +2,18 @@
 engine thread on the shared store): each serves the other's streams from the store, equal to
 an uninterrupted stream, and a holder paused past its claim (SIGSTOP, under the test's control:
 pause_harness.py) is fenced out: resumed and sent an append, it answers 409 and writes
-nothing."""
+nothing; sent a read, it answers from the store's current state, never its stale copy. Two
+servers taking each other's streams at once hand them over without either waiting out the
+store's bound on a silent holder."""
 
+import threading
 import time
 
 import httpx
 import pytest
 from pause_harness import paused
 from redis_helpers import RedisServer, stream_record
-from serving_helpers import Reference, Server, assert_close
+from serving_helpers import Reference, Server, assert_close, greedy
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -102,3 +105,79 @@ def test_a_holder_paused_past_its_claim_answers_409_and_writes_nothing(servers, 
         answer = append(server, stream, text)
         assert answer.status_code == 200, answer.text
         assert_close(answer.json()["bits_per_byte"], reference.bits_per_byte(text.encode()))
+
+
+GIVEN_UP_ANYWAY = "did not give it up within"  # redis_store.py's warning on a silent holder
+
+
+def take_from_paused(a, b, stream, text):
+    """With `a` paused, `b` appends `text` to the stream (taking it from `a` after the store's
+    bounded wait); `a` resumes holding a stale resident copy."""
+    with paused(a.process):
+        taken = append(b, stream, text)
+    assert taken.status_code == 200, taken.text
+    return taken.json()["position"]
+
+
+def test_a_holder_paused_while_its_stream_was_taken_never_reads_its_stale_copy(
+        servers, engine_dir, redis_server):
+    a, b = servers
+    stream = httpx.post(f"{a.url}/v1/streams").json()["id"]
+    history = b""
+    for round_, read in enumerate(["describe", "generate", "snapshot"]):
+        mine = f"a{round_}; ".encode()
+        assert append(a, stream, mine.decode()).status_code == 200  # a holds it (again)
+        history += mine
+        held = httpx.get(f"{a.url}/v1/streams/{stream}").json()
+        assert (held["position"], held["resident"]) == (len(history), True)
+        theirs = f"taken by b {round_}; ".encode()
+        history += theirs
+        assert take_from_paused(a, b, stream, theirs.decode()) == len(history)
+        if read == "describe":
+            described = httpx.get(f"{a.url}/v1/streams/{stream}")
+            assert described.status_code == 200, described.text
+            assert (described.json()["position"], described.json()["resident"]) == \
+                (len(history), False)
+        elif read == "generate":
+            answer = httpx.post(f"{a.url}/v1/streams/{stream}/generate",
+                                json={"max_tokens": 4, "temperature": 0}, timeout=60)
+            assert answer.status_code == 200, answer.text
+            tokens = answer.json()["choices"][0]["token_ids"]
+            assert tokens == list(greedy(engine_dir, history, 4))
+            history += bytes(tokens)
+            assert answer.json()["position"] == len(history)
+        else:
+            snapshot = httpx.get(f"{a.url}/v1/streams/{stream}/snapshot", timeout=60)
+            assert snapshot.status_code == 200, snapshot.text
+            assert snapshot.headers["X-Stream-Position"] == str(len(history))
+    assert stream_record(redis_server.url, stream)["position"] == str(len(history))
+    assert httpx.get(f"{b.url}/v1/streams/{stream}").json()["position"] == len(history)
+
+
+def test_crossed_hand_overs_wait_for_neither_holders_bound(servers, engine_dir):
+    a, b = servers
+    streams = {}
+    for server in servers:  # each server holds one stream (resident: its slots are free)
+        streams[server] = httpx.post(f"{server.url}/v1/streams").json()["id"]
+        assert append(server, streams[server], "mine; ").status_code == 200
+    answers = {}
+
+    def take(server, stream):
+        answers[server] = append(server, stream, "crossed; ")
+
+    # a takes b's stream while b takes a's: each take asks the other holder to give it up
+    crossing = [threading.Thread(target=take, args=(a, streams[b])),
+                threading.Thread(target=take, args=(b, streams[a]))]
+    for thread in crossing:
+        thread.start()
+    for thread in crossing:
+        thread.join(timeout=120)
+    reference = Reference(engine_dir)
+    reference.append(b"mine; ")
+    expected = reference.bits_per_byte(b"crossed; ")
+    for server in servers:
+        assert answers[server].status_code == 200, answers[server].text
+        assert answers[server].json()["position"] == len("mine; crossed; ")
+        assert_close(answers[server].json()["bits_per_byte"], expected)
+    # neither take was stuck behind the other's: each holder gave its stream up when asked
+    assert [server.log().count(GIVEN_UP_ANYWAY) for server in servers] == [0, 0]
