@@ -39,7 +39,7 @@ def open_engine(engine_dir: str | Path, settings: ServeSettings, store_dir: str 
         raise CtrtError(f"ctrt serve takes text (bytes), so it needs a byte-level engine "
                         f"(vocab_size {BYTE_VOCAB}); {engine_dir} has vocab_size {vocab}")
     identity = json.dumps(engine_identity(session.manifest), sort_keys=True)
-    store = open_store(store_dir, identity, settings.store_max_bytes)
+    store = open_store(store_dir, identity, settings.store_max_bytes, settings.lease_s)
     metrics = Metrics()
     if isinstance(store, SQLiteStore):
         metrics.store_bytes.set_function(store.file_bytes)

@@ -8,14 +8,21 @@ store's bound on a silent holder."""
 
 import threading
 import time
+from contextlib import contextmanager
 
 import httpx
 import pytest
+import redis
 from pause_harness import paused
 from redis_helpers import RedisServer, stream_record
 from serving_helpers import Reference, Server, assert_close, greedy
 
+from compressive_rt.serving.redis_store import PREFIX
+
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
+
+GIVEN_UP_ANYWAY = "did not give it up within"  # redis_store.py's warning on a silent holder
+LEASE_LOST = ("lease has expired; taken from it", "lease expired while it was asked")
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +37,23 @@ def redis_server(tmp_path):
     server.stop()
 
 
-@pytest.fixture
-def servers(engine_dir, tmp_path, redis_server):
-    """Two started servers on one fresh redis-server; all stopped at the end."""
+@contextmanager
+def two_servers(engine_dir, tmp_path, redis_url, *options):
+    """Two started servers on one redis-server; all stopped at the end."""
     # --store given again after the helper's own: the last one counts (its path names the logs)
-    started = [Server(engine_dir, tmp_path / name, "--store", redis_server.url, "--streams", "2")
-               for name in ("a", "b")]
+    started = [Server(engine_dir, tmp_path / name, "--store", redis_url, "--streams", "2",
+                      *options) for name in ("a", "b")]
     try:
         yield [server.start() for server in started]
     finally:
         for server in started:
             server.stop()
+
+
+@pytest.fixture
+def servers(engine_dir, tmp_path, redis_server):
+    with two_servers(engine_dir, tmp_path, redis_server.url) as started:
+        yield started
 
 
 def append(server, stream, text):
@@ -85,9 +98,7 @@ def test_a_holder_paused_past_its_claim_answers_409_and_writes_nothing(servers, 
     held_by_a = stream_record(redis_server.url, stream)
     assert held_by_a["version"] == "1"
     with paused(a.process):
-        started = time.monotonic()
         taken = append(b, stream, "taken by b; ")  # b asks a, which cannot answer, then takes
-        waited = time.monotonic() - started
         assert taken.status_code == 200, taken.text
         held_by_b = stream_record(redis_server.url, stream)
     # a runs again only now, with b's claim in the store: whatever a heard while paused, the
@@ -95,7 +106,8 @@ def test_a_holder_paused_past_its_claim_answers_409_and_writes_nothing(servers, 
     assert (held_by_b["version"], held_by_b["position"]) == ("2", "23")
     assert held_by_b["holder"] != held_by_a["holder"]
     assert_close(taken.json()["bits_per_byte"], reference.bits_per_byte(b"taken by b; "))
-    assert waited >= 2.0  # the store's bounded wait for a holder that hears but does not answer
+    # b took it once a's lease ran out (a, paused, could not renew it)
+    assert any(lost in b.log() for lost in LEASE_LOST)
     refused = append(a, stream, "STALE WRITE")
     assert refused.status_code == 409, refused.text
     assert refused.json()["error"]["code"] == "stream_taken"
@@ -105,9 +117,6 @@ def test_a_holder_paused_past_its_claim_answers_409_and_writes_nothing(servers, 
         answer = append(server, stream, text)
         assert answer.status_code == 200, answer.text
         assert_close(answer.json()["bits_per_byte"], reference.bits_per_byte(text.encode()))
-
-
-GIVEN_UP_ANYWAY = "did not give it up within"  # redis_store.py's warning on a silent holder
 
 
 def take_from_paused(a, b, stream, text):
@@ -181,3 +190,87 @@ def test_crossed_hand_overs_wait_for_neither_holders_bound(servers, engine_dir):
         assert_close(answers[server].json()["bits_per_byte"], expected)
     # neither take was stuck behind the other's: each holder gave its stream up when asked
     assert [server.log().count(GIVEN_UP_ANYWAY) for server in servers] == [0, 0]
+
+
+def holder_name(redis_url, stream):
+    return stream_record(redis_url, stream)["holder"]
+
+
+def next_message(subscription) -> str:
+    """The next message on the subscription (its confirmation skipped; None is what
+    redis-py's get_message gives for that)."""
+    deadline = time.monotonic() + 60  # bounds a broken test only
+    while time.monotonic() < deadline:
+        message = subscription.get_message(timeout=1)
+        if message is not None:
+            return message["data"].decode()
+    raise AssertionError("no message within 60 s")
+
+
+def test_a_take_waiting_for_a_paused_holder_holds_up_nothing_else(engine_dir, tmp_path,
+                                                                 redis_server):
+    # a lease long enough that the take below waits for the paused holder to answer
+    with two_servers(engine_dir, tmp_path, redis_server.url, "--lease", "30") as (a, b):
+        held_by_a = httpx.post(f"{a.url}/v1/streams").json()["id"]
+        held_by_b = httpx.post(f"{b.url}/v1/streams").json()["id"]
+        for server, stream in [(a, held_by_a), (b, held_by_b)]:
+            assert append(server, stream, "mine; ").status_code == 200
+        client = redis.Redis.from_url(redis_server.url)
+        asks = client.pubsub(ignore_subscribe_messages=True)
+        asks.subscribe(f"{PREFIX}release:{holder_name(redis_server.url, held_by_a)}")
+        taken, answers = threading.Event(), {}
+
+        def take():
+            answers["taken"] = append(b, held_by_a, "taken; ")
+            taken.set()
+
+        taking = threading.Thread(target=take)
+        try:
+            with paused(a.process):
+                taking.start()
+                assert next_message(asks) == held_by_a  # b asked a for it: b's take waits
+                # b waits for a (paused, its lease still valid): b's other streams go on
+                meanwhile = append(b, held_by_b, "meanwhile; ")
+                assert meanwhile.status_code == 200, meanwhile.text
+                assert meanwhile.json()["position"] == len("mine; meanwhile; ")
+                assert not taken.is_set()
+            # a, resumed, hears the request and gives the stream up: the take goes on
+            taking.join(120)
+        finally:
+            asks.close()
+            client.close()
+        assert answers["taken"].status_code == 200, answers["taken"].text
+        reference = Reference(engine_dir)
+        reference.append(b"mine; ")
+        assert_close(answers["taken"].json()["bits_per_byte"],
+                     reference.bits_per_byte(b"taken; "))
+        assert b.log().count(GIVEN_UP_ANYWAY) == 0
+
+
+def test_a_holder_paused_past_its_lease_loses_its_stream_to_the_next_taker_at_once(
+        servers, engine_dir, redis_server):
+    a, b = servers
+    stream = httpx.post(f"{a.url}/v1/streams").json()["id"]
+    assert append(a, stream, "held by a; ").status_code == 200
+    lease = f"{PREFIX}alive:{holder_name(redis_server.url, stream)}"
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert client.exists(lease)
+        with paused(a.process):
+            expired_by = time.monotonic() + 60  # bounds a broken test: Redis expires it in 2 s
+            while client.exists(lease):
+                assert time.monotonic() < expired_by, "a's lease did not expire"
+                time.sleep(0.05)
+            taken = append(b, stream, "taken by b; ")  # at once: a's lease is over
+            assert taken.status_code == 200, taken.text
+            assert LEASE_LOST[0] in b.log()
+        assert b.log().count(GIVEN_UP_ANYWAY) == 0  # b did not wait for a's answer
+        renewed_by = time.monotonic() + 60
+        while not client.exists(lease):  # a, resumed, renews its lease
+            assert time.monotonic() < renewed_by, "a did not renew its lease"
+            time.sleep(0.05)
+    finally:
+        client.close()
+    described = httpx.get(f"{a.url}/v1/streams/{stream}").json()
+    assert (described["position"], described["resident"]) == (len("held by a; taken by b; "),
+                                                              False)
