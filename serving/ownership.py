@@ -51,7 +51,7 @@ class Ownership(Protocol):
 
     def check(self, stream_id: str) -> Operation | None:
         """The store read a resident copy's read waits for (None: none is needed): it
-        returns the stream's (version, position)."""
+        returns the stream's (version, position, holder)."""
 
     def taking(self, stream_id: str) -> tuple[Wait | None, Operation]:
         """How to take the stream: a wait for its holder (off the store thread), then the
@@ -96,8 +96,8 @@ class SharedStreamStore(StreamStore, Protocol):
     def position(self, stream_id: str) -> int:
         """The stream's acknowledged position; UnknownStream if there is none."""
 
-    def version_and_position(self, stream_id: str) -> tuple[int, int]:
-        """The stream's version and acknowledged position; UnknownStream if there is none."""
+    def standing(self, stream_id: str) -> tuple[int, int, str | None]:
+        """The stream's version, acknowledged position and holder; UnknownStream if none."""
 
     def ask_holder(self, stream_id: str) -> None:
         """Ask the stream's holder (if another server) to give it up; wait (bounded)."""
@@ -129,7 +129,7 @@ class SharedOwnership:
         return claim.expires_at is None or time.monotonic() < claim.expires_at
 
     def check(self, stream_id: str) -> Operation | None:
-        return lambda store: store.version_and_position(stream_id)
+        return lambda store: store.standing(stream_id)
 
     def taking(self, stream_id: str) -> tuple[Wait | None, Operation]:
         return (lambda: self.store.ask_holder(stream_id),

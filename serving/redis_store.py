@@ -152,13 +152,14 @@ class RedisStore:
     """StreamStore on the Redis server at `url` (redis://[:PASSWORD@]HOST:PORT[/DB],
     rediss:// for TLS, with redis-py's query options such as ssl_ca_certs) for the engine
     named by `engine_key`. `password` (or $CTRT_REDIS_PASSWORD) is used when the URL has none.
-    This server's lease lasts `lease_s`, renewed every third of it while the store is open.
+    This server's lease lasts `lease_s`, renewed every third of it while the store is open;
+    `name` is this server's as a stream's holder (default: the host name and a random suffix).
     """
 
     shared = True  # other servers use this store at the same time
 
     def __init__(self, url: str, engine_key: str, password: str | None = None,
-                 lease_s: float = LEASE_S) -> None:
+                 lease_s: float = LEASE_S, name: str | None = None) -> None:
         try:
             import redis
         except ImportError:
@@ -167,7 +168,8 @@ class RedisStore:
 
         self.url, self.address = url, public_address(url)
         self.lease_s = lease_s
-        self.name = f"{socket.gethostname()}-{secrets.token_hex(6)}"  # this server, as holder
+        # this server, as holder (a Ray replica: its replica id, what X-Ctrt-Replica says)
+        self.name = name or f"{socket.gethostname()}-{secrets.token_hex(6)}"
         self._errors = (redis.RedisError, OSError)
         self._refusal = redis.ResponseError  # a script's error reply
         self._release_listener: Callable[[str], None] | None = None
@@ -286,18 +288,18 @@ class RedisStore:
             raise unknown(stream_id)
         return int(position)
 
-    def version_and_position(self, stream_id: str) -> tuple[int, int]:
-        """The stream's version (who holds it: a fenced read compares its claim) and its
-        acknowledged position; UnknownStream if there is none."""
+    def standing(self, stream_id: str) -> tuple[int, int, str | None]:
+        """The stream's version (a fenced read compares its claim), its acknowledged position
+        and its holder's name (None: nobody holds it); UnknownStream if there is none."""
         try:
-            version, position = self._client.hmget(self._key("s", stream_id),
-                                                   "version", "position")
+            version, position, holder = self._client.hmget(self._key("s", stream_id),
+                                                           "version", "position", "holder")
         except self._errors as exc:
             raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
                 from None
         if version is None:
             raise unknown(stream_id)
-        return int(version), int(position)
+        return int(version), int(position), None if holder is None else holder.decode()
 
     def take(self, stream_id: str, ask_holder: bool = True) -> StoredStream:
         """Take the stream; with `ask_holder`, first `ask_holder` (a server that waits for

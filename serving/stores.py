@@ -16,14 +16,16 @@ from compressive_rt.serving.store import StreamStore
 
 
 def open_store(location: str, engine_key: str, max_bytes: int | None = None,
-               lease_s: float = LEASE_S) -> StreamStore:
+               lease_s: float = LEASE_S, name: str | None = None) -> StreamStore:
     """The store at `location` for the engine named by `engine_key` (a Redis store's password:
-    in its URL or $CTRT_REDIS_PASSWORD; its holders' lease `lease_s`); a local store's database
+    in its URL or $CTRT_REDIS_PASSWORD; this server's lease `lease_s` and holder `name`); a
+    local store's database
     is at most `max_bytes` (SQLiteStore's default: None). Redis bounds its own memory
     (maxmemory)."""
     if is_redis_url(str(location)):
         return RedisStore(str(location), engine_key,
-                          password=os.environ.get(PASSWORD_VARIABLE) or None, lease_s=lease_s)
+                          password=os.environ.get(PASSWORD_VARIABLE) or None, lease_s=lease_s,
+                          name=name)
     return SQLiteStore(location, engine_key, max_bytes)
 
 

@@ -46,7 +46,7 @@ from compressive_rt.serving.jobs import (
     StreamEntry,
 )
 from compressive_rt.serving.ownership import Ownership
-from compressive_rt.serving.store import Receipt, StreamStore, UnknownStream
+from compressive_rt.serving.store import Receipt, StaleVersion, StreamStore, UnknownStream
 from compressive_rt.serving.store_worker import Operation
 from compressive_rt.serving.tickets import Done, Event, Failed, Started, Ticket
 
@@ -128,7 +128,7 @@ class PersistentStreams:
     def describe(self, ticket: Ticket, stream_id: str) -> None:
         """The stream's position: this server's record on a store of its own; on a shared
         store, the store's (a fenced read: the resident copy counts only if its claim is still
-        the stream's)."""
+        the stream's), with the name of the server holding it (None: none does)."""
         entry = self.entry_for(stream_id)
         check = self.ownership.check(stream_id)
         if check is None:
@@ -143,9 +143,9 @@ class PersistentStreams:
             if error is not None:
                 self._send(ticket, Failed(store_failure(error)))
                 return
-            version, position = found
-            self._send(ticket, Done(self.info(stream_id, self._still_held(entry, version),
-                                              position)))
+            version, position, holder = found
+            self._send(ticket, Done({**self.info(stream_id, self._still_held(entry, version),
+                                                 position), "holder": holder}))
 
         self.core.loop.store(check, read)
 
@@ -161,6 +161,7 @@ class PersistentStreams:
                  "its resident copy is dropped", entry.stream_id, version, entry.claim.version)
         if entry.current is None and not entry.releasing:
             self.core.residency.release(entry)
+        self.core.residency.lost(entry.stream_id)
         return False
 
     def list(self, ticket: Ticket) -> None:
@@ -364,6 +365,8 @@ class PersistentStreams:
         def written(_: Any, error: BaseException | None) -> None:
             if error is not None:
                 log.error("stream %s: a log write failed: %s", entry.stream_id, error)
+                if isinstance(error, StaleVersion):
+                    self.core.residency.lost(entry.stream_id)
                 self.abandon(entry, job, store_failure(error))
                 return
             entry.position = end

@@ -128,6 +128,9 @@ def test_a_replica_killed_mid_traffic_loses_nothing_acknowledged(served, engine_
     acknowledged[streams[0]].append((0, b"first ", first.json()["bits_per_byte"]))
     history[streams[0]] = b"first "
     victim = first.headers["x-ctrt-replica"]
+    # the store names the stream's holder as answers name their replica
+    described = httpx.get(f"{url}/v1/streams/{streams[0]}", timeout=TIMEOUT_S)
+    assert described.json()["holder"] == victim, described.text
     # stream 0 (on the victim) stops after its third append until the kill is done: its
     # later appends meet the kill, however fast the others run and however slow the kill
     traffic, killed, killed_at, recovered_at = threading.Event(), threading.Event(), [], []

@@ -147,6 +147,8 @@ def test_a_holder_paused_while_its_stream_was_taken_never_reads_its_stale_copy(
             assert described.status_code == 200, described.text
             assert (described.json()["position"], described.json()["resident"]) == \
                 (len(history), False)
+            assert described.json()["holder"] == stream_record(redis_server.url,
+                                                               stream)["holder"]
         elif read == "generate":
             answer = httpx.post(f"{a.url}/v1/streams/{stream}/generate",
                                 json={"max_tokens": 4, "temperature": 0}, timeout=60)
