@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from native_build import native_library, native_tool
 
 from compressive_rt.benchmarks.native_runtime import NativeEngine, NativeSession
 from compressive_rt.benchmarks.native_runtime import sample as native_sample
-from compressive_rt.errors import EngineError
+from compressive_rt.errors import EngineError, RuntimeInputError
 from compressive_rt.runtime.generate import generate
 from compressive_rt.runtime.sampling import BatchSampler, Sampling
 from compressive_rt.runtime.score import score_documents, total_bits_per_byte
@@ -119,17 +121,40 @@ def test_a_reduced_precision_engine_gives_bitwise_equal_logits_and_state(engine_
     assert (logit, state) == (0.0, 0.0), f"largest differences: logits {logit}, state {state}"
 
 
+# A process's native engines share one ONNX Runtime thread pool whose size the first engine
+# fixes (ctrt.h): this process's engines run at one thread, so the two-thread comparison runs in
+# a process of its own and prints (max |logit diff|, max |logit|, max |state diff|, positions).
+TWO_THREADS = """
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_native_equality import sessions, worst_differences
+python, native = sessions(sys.argv[2], threads=2)
+streams = [python.add_stream(), python.add_stream()]
+native.add_stream(), native.add_stream()
+differences = worst_differences(python, native, streams, 30, np.random.default_rng(1))
+print(json.dumps([*differences, python.position(streams[1]) // python.dims.seg_len]))
+"""
+
+
 @pytest.mark.parametrize("compress_fn", ["conv", "most_used"])
 def test_two_threads_agree_within_the_design_tolerance(engine, compress_fn):
     _, engine_dir = engine(compress_fn)
-    python, native = sessions(engine_dir, threads=2)
-    streams = [python.add_stream(), python.add_stream()]
-    native.add_stream(), native.add_stream()
-    logit, scale, state = worst_differences(python, native, streams, 30,
-                                            np.random.default_rng(1))
-    assert python.position(streams[1]) // python.dims.seg_len >= 20
+    run = subprocess.run([sys.executable, "-c", TWO_THREADS, str(Path(__file__).parent),
+                          str(engine_dir)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    logit, scale, state, segments = json.loads(run.stdout.splitlines()[-1])
+    assert segments >= 20
     assert logit <= 1e-4 * scale, f"largest logit difference {logit} (scale {scale})"
     assert state <= 1e-4 * scale, f"largest state difference {state}"
+
+
+def test_engines_of_another_thread_count_are_refused_in_one_process(engine):
+    _, engine_dir = engine("conv")
+    NativeEngine(engine_dir, threads=1, library=native_library())
+    refusal = "threads 2 differs from this process's ONNX Runtime thread pool of 1, fixed by"
+    with pytest.raises(RuntimeInputError, match=refusal):
+        NativeEngine(engine_dir, threads=2, library=native_library())
 
 
 def test_bits_per_byte_of_ctrt_native_score_equal_the_python_runtime(engine, tmp_path):

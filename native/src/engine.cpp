@@ -69,16 +69,22 @@ int online_cores() {
 }
 
 // runtime/backends/ort.py: cpu_session_options(threads) and the prepack mode. Every precision
-// runs optimized: the Casts of fp16 weights fold once at load instead of in every call.
-Ort::SessionOptions session_options(const EngineOptions& options, Entry entry) {
+// runs optimized: the Casts of fp16 weights fold once at load instead of in every call. The
+// threads are the process's global intra-op pool (ort::env), shared by every graph, unless the
+// host's environment has no global pools: then each graph gets a pool of its own.
+Ort::SessionOptions session_options(const EngineOptions& options, Entry entry, int threads) {
   Ort::SessionOptions out;
   out.SetGraphOptimizationLevel(ORT_ENABLE_ALL);
   out.SetExecutionMode(ORT_SEQUENTIAL);
-  out.SetIntraOpNumThreads(options.threads > 0 ? options.threads : online_cores());
-  out.SetInterOpNumThreads(1);
+  if (ort::global_pools()) {
+    out.DisablePerSessionThreads();
+  } else {
+    out.SetIntraOpNumThreads(threads);
+    out.SetInterOpNumThreads(1);
+    // Spinning workers take the cores the loop (and everyone else on a shared machine) needs.
+    out.AddConfigEntry("session.intra_op.allow_spinning", "0");
+  }
   out.SetLogSeverityLevel(3);
-  // Spinning workers take the cores the loop (and everyone else on a shared machine) needs.
-  out.AddConfigEntry("session.intra_op.allow_spinning", "0");
   if (!prepacked(options.prepack, entry)) out.AddConfigEntry("session.disable_prepacking", "1");
   return out;
 }
@@ -219,7 +225,8 @@ std::shared_ptr<Engine> Engine::open(const std::string& engine_dir, const Engine
                      std::to_string(options.max_batch));
   }
   Manifest manifest = load_manifest(engine_dir);  // every check before anything is loaded
-  ort::env();
+  const int threads = options.threads > 0 ? options.threads : cores;
+  ort::env(threads);  // loads ONNX Runtime, checks threads against the process pool
   std::shared_ptr<Engine> engine(new Engine(std::move(manifest), options));
   engine->impl_ = std::make_unique<Impl>();
   Impl& impl = *engine->impl_;
@@ -245,15 +252,26 @@ std::shared_ptr<Engine> Engine::open(const std::string& engine_dir, const Engine
   for (int index = 0; index < 3; ++index) {
     const Entry entry = static_cast<Entry>(index);
     const std::string path = m.graph_path(entry_name(entry));
-    try {
-      Ort::SessionOptions session_opts = session_options(options, entry);
+    const auto create = [&] {
+      Ort::SessionOptions session_opts = session_options(options, entry, threads);
       if (options.provider != "cpu") append_gpu_provider(session_opts, m, options, entry);
       const auto& shared = m.data().at("entry_points").at(entry_name(entry))
                                .value("initializers", nlohmann::json::object());
       for (const auto& [name, key] : shared.items()) {
         session_opts.AddInitializer(name.c_str(), impl.shared_weights.at(key.get<std::string>()));
       }
-      impl.sessions[index] = Ort::Session(ort::env(), path.c_str(), session_opts, impl.prepacked.get());
+      return Ort::Session(ort::env(threads), path.c_str(), session_opts, impl.prepacked.get());
+    };
+    try {
+      try {
+        impl.sessions[index] = create();
+      } catch (const Ort::Exception& exc) {
+        // ONNX Runtime's refusal of a session without threads of its own in an environment
+        // created (by the host, before libctrt) without global pools
+        if (!ort::global_pools() || !std::strstr(exc.what(), "CreateEnvWithGlobalThreadPools")) throw;
+        ort::note_environment_without_global_pools();
+        impl.sessions[index] = create();
+      }
     } catch (const Ort::Exception& exc) {
       throw EngineError(path + " cannot be loaded by ONNX Runtime: " + exc.what());
     } catch (const std::out_of_range&) {

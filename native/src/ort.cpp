@@ -21,7 +21,9 @@ using GetApiBase = const OrtApiBase* (*)();
 std::mutex loading;
 std::string loaded_path;
 std::unique_ptr<Ort::Env> shared_env;
+int pool_threads = 0;  // the intra-op threads of the global pool: the first engine's `threads`
 std::atomic<Ort::Env*> ready{nullptr};
+std::atomic<bool> environment_has_global_pools{true};
 
 std::vector<std::string> venv_libraries() {
   std::vector<std::string> out;
@@ -60,7 +62,7 @@ std::string try_load(const std::string& path, const OrtApi** api) {
   return "";  // the handle stays open for the life of the process
 }
 
-void load() {
+void load(int threads) {
   std::vector<std::string> candidates;
   const char* forced = std::getenv("CTRT_ONNXRUNTIME_LIBRARY");
   if (forced && *forced) {
@@ -76,7 +78,13 @@ void load() {
     const std::string why = try_load(path, &api);
     if (why.empty()) {
       Ort::InitApi(api);
-      shared_env = std::make_unique<Ort::Env>(ORT_LOGGING_LEVEL_ERROR, "ctrt");
+      Ort::ThreadingOptions pools;
+      pools.SetGlobalIntraOpNumThreads(threads);
+      pools.SetGlobalInterOpNumThreads(1);  // ORT_SEQUENTIAL sessions never use an inter-op pool
+      // Spinning workers take the cores the loop (and everyone else on a shared machine) needs.
+      pools.SetGlobalSpinControl(0);
+      shared_env = std::make_unique<Ort::Env>(pools, ORT_LOGGING_LEVEL_ERROR, "ctrt");
+      pool_threads = threads;
       loaded_path = path;
       ready.store(shared_env.get());
       return;
@@ -91,12 +99,25 @@ void load() {
 
 }  // namespace
 
-Ort::Env& env() {
-  if (Ort::Env* loaded = ready.load()) return *loaded;
-  std::lock_guard<std::mutex> lock(loading);
-  if (!ready.load()) load();  // throws; the next call searches again
-  return *ready.load();
+Ort::Env& env(int threads) {
+  Ort::Env* loaded = ready.load();
+  if (!loaded) {
+    std::lock_guard<std::mutex> lock(loading);
+    if (!ready.load()) load(threads);  // throws; the next call searches again
+    loaded = ready.load();
+  }
+  if (threads != pool_threads) {
+    throw InputError("threads " + std::to_string(threads) + " differs from this process's ONNX Runtime "
+                     "thread pool of " + std::to_string(pool_threads) + ", fixed by the first engine "
+                     "opened (the pool is per process and shared by every engine): open every engine "
+                     "with threads " + std::to_string(pool_threads));
+  }
+  return *loaded;
 }
+
+bool global_pools() { return environment_has_global_pools.load(); }
+
+void note_environment_without_global_pools() { environment_has_global_pools.store(false); }
 
 const char* library_path() { return ready.load() ? loaded_path.c_str() : ""; }
 

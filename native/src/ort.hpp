@@ -13,9 +13,19 @@
 
 namespace ctrt::ort {
 
-// Loads the library once per process (thread-safe) and returns the shared environment; throws
-// BackendUnavailable naming every place it looked, and searches again at the next call.
-Ort::Env& env();
+// Loads the library once per process (thread-safe) and returns the shared environment, created
+// with ONNX Runtime's global thread pools: one intra-op pool of `threads` threads (spinning off)
+// and no inter-op pool, which every session of every engine uses. The first successful call
+// fixes `threads` for the process; a later call with another count throws InputError naming
+// both. Throws BackendUnavailable naming every place it looked, and searches again at the next
+// call.
+Ort::Env& env(int threads);
+
+// False once a session found that the environment has no global pools: the host process created
+// ONNX Runtime's one environment (same library) before libctrt, without them. Engines then give
+// each graph a pool of its own, as ONNX Runtime's default sessions do.
+bool global_pools();
+void note_environment_without_global_pools();
 
 // The path of the loaded library ("" before env() first succeeded).
 const char* library_path();

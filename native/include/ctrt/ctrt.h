@@ -25,6 +25,30 @@
  * per thread. Functions without a session (ctrt_sample, ctrt_uniform, ctrt_version,
  * ctrt_last_error, ctrt_onnxruntime_library) may be called from any thread.
  *
+ * Thread budget: one ONNX Runtime intra-op pool per process (ONNX Runtime's global thread
+ * pools: an environment created with CreateEnvWithGlobalThreadPools, spinning off, no inter-op
+ * pool; every graph's session made with DisablePerSessionThreads), shared by the three graphs of
+ * every engine and by every session on any thread, so a process runs threads - 1 pool threads
+ * (the calling thread is the pool's first) whatever the number of engines, instead of
+ * 3 x (threads - 1) per engine. The first engine opened fixes the pool's size for the life of
+ * the process (0 counts as the online cores); an engine opened later with another count is
+ * refused with CTRT_INPUT_ERROR naming both ("threads 2 differs from this process's ONNX
+ * Runtime thread pool of 1, ..."). Refused rather than silently shared, so that no engine runs
+ * with a thread count (and, above one thread, numbers) other than the one it asked for.
+ *
+ * A host process that uses ONNX Runtime itself: ONNX Runtime has one environment per loaded
+ * library, and its first creator's threading options win.
+ * - A different libonnxruntime (Python's onnxruntime module, whose extension carries its own
+ *   copy; another file): a separate environment; nothing is shared, each side keeps its pools.
+ * - The same library file, environment created by the host before libctrt's first engine: that
+ *   environment is libctrt's. Created with global thread pools, every engine's graphs run on the
+ *   host's pool, whatever `threads` says (engines must still agree on `threads`). Created
+ *   without (CreateEnv), ONNX Runtime refuses sessions without threads of their own: libctrt
+ *   then gives each graph an intra-op pool of `threads` threads, 3 x (threads - 1) per engine,
+ *   for the rest of the process.
+ * - The same library, environment created by the host after libctrt: the host gets libctrt's
+ *   environment; its sessions with threads of their own (ONNX Runtime's default) are unchanged.
+ *
  * Token ids are int32 in [0, vocab). Stream ids are int64, assigned from 0 upwards, never reused
  * within a session.
  */
@@ -65,9 +89,9 @@ typedef struct ctrt_session ctrt_session;
 /* What an engine is prepared with, for every session over it. */
 typedef struct ctrt_engine_options {
   size_t struct_size;   /* sizeof(ctrt_engine_options) of the caller's header */
-  int32_t threads;      /* ONNX Runtime intra-op threads of each graph, at most the machine's
-                           online cores; 0: every core (default 0). Sessions on several threads
-                           share these pools */
+  int32_t threads;      /* ONNX Runtime intra-op threads, at most the machine's online cores;
+                           0: every core (default 0). A process budget, not a per-engine one:
+                           see "Thread budget" above */
   const char* prepack;  /* "all" (default), "decode" or "none": which graphs prepack weights */
   const char* provider; /* "cpu" (default), "cuda" or "tensorrt" (builds with CTRT_GPU) */
   int32_t device_id;    /* GPU for cuda / tensorrt (default 0, >= 0) */
@@ -122,9 +146,9 @@ CTRT_API const char* ctrt_last_error(void);
  * libonnxruntime.so.1 and libonnxruntime.so through the dynamic loader (LD_LIBRARY_PATH, the
  * system's folders). A failed search is made again at the next open, so fixing the
  * environment needs no restart. A host process that uses the same libonnxruntime itself
- * shares ONNX Runtime's one environment per process with libctrt (ONNX Runtime counts its
- * users); libctrt's own ONNX Runtime API pointer is private to it, so neither overwrites the
- * other's. */
+ * shares ONNX Runtime's one environment per library with libctrt (ONNX Runtime counts its
+ * users; "Thread budget" above says whose thread pools run); libctrt's own ONNX Runtime API
+ * pointer is private to it, so neither overwrites the other's. */
 CTRT_API const char* ctrt_onnxruntime_library(void);
 
 CTRT_API ctrt_engine_options ctrt_engine_options_default(void);

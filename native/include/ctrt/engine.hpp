@@ -2,7 +2,8 @@
 // one read-only mapping of weights.bin whose tensors every ONNX Runtime session is handed
 // (AddInitializer: one copy of the weights), and the three sessions with exactly the session
 // options of the Python backend (runtime/backends/ort.py, cpu_session_options) and one
-// PrepackedWeightsContainer (one prepacked copy shared by the three). Immutable once open: any
+// PrepackedWeightsContainer (one prepacked copy shared by the three), running on the process's
+// one intra-op thread pool (ort::env; ctrt.h, "Thread budget"). Immutable once open: any
 // number of ctrt::Session objects on any threads share it (ONNX Runtime's Run is thread-safe).
 #pragma once
 
@@ -20,7 +21,7 @@ const char* entry_name(Entry entry);
 constexpr int kMaxStreams = 65535;  // a session's capacity, and the largest call
 
 struct EngineOptions {
-  int threads = 0;               // intra-op threads; 0: every online core (os.cpu_count())
+  int threads = 0;               // the process's intra-op pool (ort::env); 0: every online core
   std::string prepack = "all";   // "all", "decode" (extend only) or "none"
   std::string provider = "cpu";  // "cpu", or with CTRT_GPU "cuda" / "tensorrt" (untested)
   int device_id = 0;
