@@ -63,6 +63,9 @@ class Ownership(Protocol):
     def listen(self, asked: Callable[[str], None]) -> None:
         """Call `asked(stream_id)` (from any thread) when another server asks for a stream."""
 
+    def reachable(self) -> bool:
+        """Can the store be reached (as last seen, without asking it now)?"""
+
 
 class LocalOwnership:
     """A store of this server's own; see the module doc."""
@@ -87,6 +90,9 @@ class LocalOwnership:
     def listen(self, asked: Callable[[str], None]) -> None:
         """Nobody else uses the store: nobody asks."""
 
+    def reachable(self) -> bool:
+        return True  # a local store's failures are its writes' own errors
+
 
 class SharedStreamStore(StreamStore, Protocol):
     """What a store shared by several servers adds (redis_store.py has it)."""
@@ -110,6 +116,8 @@ class SharedStreamStore(StreamStore, Protocol):
 
     def on_release(self, listener: Any) -> None:
         """Call `listener(stream_id)` when another server asks for a stream held here."""
+
+    reachable: bool  # its last lease renewal succeeded
 
 
 class SharedOwnership:
@@ -140,6 +148,9 @@ class SharedOwnership:
 
     def listen(self, asked: Callable[[str], None]) -> None:
         self.store.on_release(asked)
+
+    def reachable(self) -> bool:
+        return self.store.reachable
 
 
 def ownership_of(store: StreamStore) -> Ownership:

@@ -195,6 +195,7 @@ class RedisStore:
                        "give this engine its own database (redis://HOST:PORT/N)")
         self.durability = self._durability()
         self._closing = threading.Event()
+        self.reachable = True  # the last renewal of the lease succeeded (/ready says it)
         try:
             self._renew()
         except self._errors as exc:
@@ -213,8 +214,14 @@ class RedisStore:
             try:
                 self._renew()
             except self._errors as exc:
-                log.warning("the Redis store %s: this server's lease was not renewed (%s)",
-                            self.address, exc)
+                if self.reachable:
+                    log.warning("the Redis store %s: this server's lease was not renewed "
+                                "(%s); not ready until it is", self.address, exc)
+                self.reachable = False
+            else:
+                if not self.reachable:
+                    log.info("the Redis store %s: reached again", self.address)
+                self.reachable = True
 
     def _key(self, name: str, stream_id: str | None = None) -> str:
         return PREFIX + name + ("" if stream_id is None else ":" + stream_id)

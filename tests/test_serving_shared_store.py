@@ -198,6 +198,14 @@ def holder_name(redis_url, stream):
     return stream_record(redis_url, stream)["holder"]
 
 
+def eventually(check, failure: str) -> None:
+    """Wait until `check()` holds (Redis expiring a key, a server seeing Redis go or come)."""
+    deadline = time.monotonic() + 60  # bounds a broken test only
+    while not check():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.05)
+
+
 def next_message(subscription) -> str:
     """The next message on the subscription (its confirmation skipped; None is what
     redis-py's get_message gives for that)."""
@@ -259,20 +267,35 @@ def test_a_holder_paused_past_its_lease_loses_its_stream_to_the_next_taker_at_on
     try:
         assert client.exists(lease)
         with paused(a.process):
-            expired_by = time.monotonic() + 60  # bounds a broken test: Redis expires it in 2 s
-            while client.exists(lease):
-                assert time.monotonic() < expired_by, "a's lease did not expire"
-                time.sleep(0.05)
+            eventually(lambda: not client.exists(lease), "a's lease did not expire")
             taken = append(b, stream, "taken by b; ")  # at once: a's lease is over
             assert taken.status_code == 200, taken.text
             assert LEASE_LOST[0] in b.log()
         assert b.log().count(GIVEN_UP_ANYWAY) == 0  # b did not wait for a's answer
-        renewed_by = time.monotonic() + 60
-        while not client.exists(lease):  # a, resumed, renews its lease
-            assert time.monotonic() < renewed_by, "a did not renew its lease"
-            time.sleep(0.05)
+        eventually(lambda: client.exists(lease), "a, resumed, did not renew its lease")
     finally:
         client.close()
     described = httpx.get(f"{a.url}/v1/streams/{stream}").json()
     assert (described["position"], described["resident"]) == (len("held by a; taken by b; "),
                                                               False)
+
+
+def test_ready_is_503_while_the_store_cannot_be_reached(servers, redis_server):
+    a, b = servers
+    stream = httpx.post(f"{a.url}/v1/streams").json()["id"]
+    assert append(a, stream, "before; ").status_code == 200
+    assert httpx.get(f"{a.url}/ready").json() == {"status": "ready"}
+    redis_server.kill()
+    try:
+        eventually(lambda: httpx.get(f"{a.url}/ready").status_code == 503,
+                   "/ready stayed 200 with Redis down")
+        assert httpx.get(f"{a.url}/ready").json() == {
+            "status": "not ready", "reason": "the store cannot be reached"}
+    finally:
+        redis_server.start()
+    for server in servers:
+        eventually(lambda server=server: httpx.get(f"{server.url}/ready").status_code == 200,
+                   "/ready did not come back with Redis")
+    answer = append(b, stream, "after")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["position"] == len("before; after")
