@@ -120,6 +120,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--grace", type=float, default=defaults.grace_s, metavar="SECONDS",
                        help=f"SIGTERM: time in-flight requests get to finish (default "
                             f"{defaults.grace_s:g})")
+    serve.add_argument("--lease", type=float, default=defaults.lease_s, metavar="SECONDS",
+                       help=f"a Redis store: a server that has not renewed its lease for this "
+                            f"long (paused, partitioned, dead) loses its streams to the next "
+                            f"server that asks; a take waits at most twice this for a live "
+                            f"holder to give a stream up (default {defaults.lease_s:g})")
     serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
     ray = serve.add_argument_group(
         "replicas on Ray Serve", "--ray serves the same API from several replicas (each one "
@@ -174,7 +179,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_stored_streams=args.max_stored_streams, idempotency_keys=args.idempotency_keys,
         grace_s=args.grace, store_max_bytes=args.store_max_bytes,
         max_body_bytes_in_flight=args.max_body_bytes_in_flight, body_timeout_s=args.body_timeout,
-        header_timeout_s=args.header_timeout, max_connections=args.max_connections)
+        header_timeout_s=args.header_timeout, max_connections=args.max_connections,
+        lease_s=args.lease)
     if args.ray:
         return run_on_ray(args, settings)
     from compressive_rt.serving.server import serve

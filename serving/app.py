@@ -100,9 +100,12 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        if engine.ready:
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "not ready"}, status_code=503)
+        if not engine.ready:
+            return JSONResponse({"status": "not ready"}, status_code=503)
+        if not engine.ownership.reachable():
+            return JSONResponse({"status": "not ready", "reason": "the store cannot be reached"},
+                                status_code=503)
+        return JSONResponse({"status": "ready"})
 
     @app.get("/metrics")
     async def prometheus() -> Response:

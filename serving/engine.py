@@ -70,9 +70,9 @@ class Engine:
                  metrics: Metrics, ownership: Ownership | None = None) -> None:
         self.session, self.settings, self.metrics = session, settings, metrics
         self.state_bytes = state_bytes(session)
-        ownership = ownership or ownership_of(store)
+        self.ownership = ownership = ownership or ownership_of(store)
         positions = store.positions() if ownership.knows_every_stream else {}
-        self.loop = EngineLoop(store)
+        self.loop = EngineLoop(store, waiters=settings.streams)
         self.work: dict[Ticket, CompletionRequest | Job] = {}  # every request not yet answered
         self._arrivals = itertools.count()
         self.streams = PersistentStreams(self, ownership, positions)

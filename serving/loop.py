@@ -22,10 +22,10 @@ Answer = Callable[[Any, BaseException | None], None]  # (result, error), on the 
 
 
 class EngineLoop:
-    def __init__(self, store: StreamStore) -> None:
+    def __init__(self, store: StreamStore, waiters: int) -> None:
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._outbox: list[tuple[Ticket, Event]] = []
-        self._store = StoreWorker(store)
+        self._store = StoreWorker(store, waiters)
         self.store_calls = 0  # store operations whose answer has not been handled yet
 
     def post(self, work: Callable[[], None]) -> None:
@@ -41,15 +41,20 @@ class EngineLoop:
             batch, self._outbox = self._outbox, []
             deliver(batch)
 
-    def store(self, operation: Callable[[StreamStore], Any], answer: Answer) -> None:
-        """Run `operation(store)` on the store thread (in submission order); `answer(result,
-        error)` then runs on the engine thread."""
+    def store(self, operation: Callable[[StreamStore], Any], answer: Answer,
+              wait: Callable[[], None] | None = None) -> None:
+        """Run `operation(store)` on the store thread (in submission order; with `wait`, once
+        `wait()` has returned on a waiter thread); `answer(result, error)` then runs on the
+        engine thread."""
         self.store_calls += 1
 
         def answered(result: Any, error: BaseException | None) -> None:
             self.post(lambda: self._answered(answer, result, error))
 
-        self._store.submit(operation, answered)
+        if wait is None:
+            self._store.submit(operation, answered)
+        else:
+            self._store.submit_after(wait, operation, answered)
 
     def _answered(self, answer: Answer, result: Any, error: BaseException | None) -> None:
         self.store_calls -= 1

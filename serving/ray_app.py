@@ -63,6 +63,7 @@ ROUTER, REPLICA = "StreamRouter", "StreamReplica"
 STREAM_PATH = re.compile(r"/v1/streams/([A-Za-z0-9_-]{1,64})(/|$)")
 # the replica or its node is gone, or Serve cannot reach one now: a retry will find another
 UNAVAILABLE = (RayActorError, BackPressureError, DeploymentUnavailableError)
+HEALTH_CHECK_PERIOD_S, HEALTH_CHECK_TIMEOUT_S = 2, 5  # see build_app
 # Where Ray 2.60's serve.multiplexed keeps a replica's streams (ray/serve/multiplex.py,
 # _ModelMultiplexWrapper: `models`, and the flag that pushes the ids to the routers). Serve has
 # no call to drop one id; without it a stream given up here would stay routed here too, and
@@ -117,16 +118,16 @@ class StreamReplica:
     def __init__(self, deployment: RayDeployment) -> None:
         logging.basicConfig(level=logging.INFO,
                             format="%(levelname)s: %(name)s: %(message)s")
+        replica = serve.get_replica_context().replica_id.unique_id  # the stream's holder too
         self.app, self.engine = open_engine(
             deployment.engine_dir, deployment.settings, deployment.store, deployment.backend,
-            deployment.threads, deployment.prepack)
+            deployment.threads, deployment.prepack, replica)
         self.loop: asyncio.AbstractEventLoop | None = None  # the one requests run on
         self.engine.residency.on_give_up = self._given_up
         self.engine.start()
         session = self.engine.session
         self.largest_body = max(deployment.settings.max_body_bytes,
                                 most_snapshot_bytes(session.manifest, row_specs(session)))
-        replica = serve.get_replica_context().replica_id.unique_id
         self.identity = [(b"x-ctrt-replica", replica.encode()),
                          (b"x-ctrt-node", ray.get_runtime_context().get_node_id().encode()),
                          (b"x-ctrt-pid", str(os.getpid()).encode())]
@@ -288,7 +289,10 @@ def build_app(deployment: RayDeployment) -> Any:
         max_ongoing_requests=settings.queue_size + settings.streams,
         ray_actor_options=replica_options,
         graceful_shutdown_timeout_s=settings.grace_s + 30,
-        health_check_period_s=5, health_check_timeout_s=30)
+        # check_health answers on the replica's event loop, never waiting for the engine
+        # thread: 5 s without an answer means a stopped process or a blocked loop. Serve
+        # replaces a replica after 3 failed checks in a row: about 15 to 20 s, not minutes
+        health_check_period_s=HEALTH_CHECK_PERIOD_S, health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S)
     router = serve.deployment(StreamRouter, name=ROUTER, num_replicas=1,
                               max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
     return router.bind(replicas.bind(deployment), settings)

@@ -16,13 +16,20 @@ holder), `snap:{id}` (the snapshot's bytes), `wal:{id}` (a list of records: the 
 position, 8 bytes big-endian, then the tokens) and `rcpt:{id}` (the latest receipts of writes
 made with an Idempotency-Key, oldest first, each a JSON [key, digest, answer]).
 
+Leases: every server holds `alive:{name}`, a key that expires `lease_s` after it was last
+set, and renews it every third of that on a thread of its own; closing the store deletes it.
+A server that does not renew it in time (paused, partitioned from Redis, dead) has lost its
+lease, and with it its streams to whoever asks.
+
 Hand-over between replicas: `take` records the taker as the stream's holder. A taker that
-finds another holder asks it, over a pub/sub channel of that holder's own, to give the stream
-up; a live holder spills it (its snapshot stored) and `release`s it, and the taker goes on at
-once. A holder that is gone has no subscriber (the taker goes on at once, or as soon as a dying
-holder's connection closes), one that does not
-answer within `release_wait_s` (paused, partitioned) is taken from anyway: fencing makes its
-later writes fail rather than overwrite, and the request it hears late is dropped.
+finds another holder whose lease has expired takes the stream at once. Otherwise it asks the
+holder, over a pub/sub channel of that holder's own, to give the stream up; a live holder
+spills it (its snapshot stored) and `release`s it, and the taker goes on at once. A holder that
+is gone has no subscriber (the taker goes on at once, or as soon as a dying holder's
+connection closes), one whose lease expires while the taker waits (paused) is taken from then,
+and one that renews but does not answer within twice the taker's `lease_s` is taken from anyway:
+fencing makes its later writes fail rather than overwrite, and the request it hears late is
+dropped.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import logging
 import secrets
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -53,7 +61,8 @@ log = logging.getLogger("compressive_rt.serving")
 PREFIX = "ctrt:"
 SCHEMA_VERSION = "1"
 START = struct.Struct(">Q")  # a log record's start position
-RELEASE_WAIT_S = 2.0
+LEASE_S = 2.0  # ServeSettings.lease_s's default
+LIVE_HOLDER_WAIT = 2  # leases: how long a take waits for a holder that renews but does not answer
 POLL_S = 0.02
 LISTEN_S = 0.2  # the listener's wait for a message: how long closing it may take
 PASSWORD_VARIABLE = "CTRT_REDIS_PASSWORD"
@@ -143,12 +152,14 @@ class RedisStore:
     """StreamStore on the Redis server at `url` (redis://[:PASSWORD@]HOST:PORT[/DB],
     rediss:// for TLS, with redis-py's query options such as ssl_ca_certs) for the engine
     named by `engine_key`. `password` (or $CTRT_REDIS_PASSWORD) is used when the URL has none.
+    This server's lease lasts `lease_s`, renewed every third of it while the store is open;
+    `name` is this server's as a stream's holder (default: the host name and a random suffix).
     """
 
     shared = True  # other servers use this store at the same time
 
     def __init__(self, url: str, engine_key: str, password: str | None = None,
-                 release_wait_s: float = RELEASE_WAIT_S) -> None:
+                 lease_s: float = LEASE_S, name: str | None = None) -> None:
         try:
             import redis
         except ImportError:
@@ -156,8 +167,9 @@ class RedisStore:
                              "'compressive-rt[ray]'") from None
 
         self.url, self.address = url, public_address(url)
-        self.release_wait_s = release_wait_s
-        self.name = f"{socket.gethostname()}-{secrets.token_hex(6)}"  # this server, as holder
+        self.lease_s = lease_s
+        # this server, as holder (a Ray replica: its replica id, what X-Ctrt-Replica says)
+        self.name = name or f"{socket.gethostname()}-{secrets.token_hex(6)}"
         self._errors = (redis.RedisError, OSError)
         self._refusal = redis.ResponseError  # a script's error reply
         self._release_listener: Callable[[str], None] | None = None
@@ -182,6 +194,34 @@ class RedisStore:
                        SCHEMA_VERSION, stored_engine.decode(), engine_key,
                        "give this engine its own database (redis://HOST:PORT/N)")
         self.durability = self._durability()
+        self._closing = threading.Event()
+        self.reachable = True  # the last renewal of the lease succeeded (/ready says it)
+        try:
+            self._renew()
+        except self._errors as exc:
+            raise StoreError(f"the Redis store {self.address} cannot be used: {exc}") from None
+        self._renewing = threading.Thread(target=self._keep_lease, name="ctrt-lease",
+                                          daemon=True)
+        self._renewing.start()
+
+    def _renew(self) -> None:
+        self._client.set(self._key("alive", self.name), b"1", px=max(1, int(self.lease_s * 1000)))
+
+    def _keep_lease(self) -> None:
+        """Renew this server's lease until the store closes; a failed renewal is retried (the
+        lease may lapse meanwhile: the streams are then anyone's, and fencing guards them)."""
+        while not self._closing.wait(self.lease_s / 3):
+            try:
+                self._renew()
+            except self._errors as exc:
+                if self.reachable:
+                    log.warning("the Redis store %s: this server's lease was not renewed "
+                                "(%s); not ready until it is", self.address, exc)
+                self.reachable = False
+            else:
+                if not self.reachable:
+                    log.info("the Redis store %s: reached again", self.address)
+                self.reachable = True
 
     def _key(self, name: str, stream_id: str | None = None) -> str:
         return PREFIX + name + ("" if stream_id is None else ":" + stream_id)
@@ -255,8 +295,24 @@ class RedisStore:
             raise unknown(stream_id)
         return int(position)
 
-    def take(self, stream_id: str) -> StoredStream:
-        self._ask_holder(stream_id)
+    def standing(self, stream_id: str) -> tuple[int, int, str | None]:
+        """The stream's version (a fenced read compares its claim), its acknowledged position
+        and its holder's name (None: nobody holds it); UnknownStream if there is none."""
+        try:
+            version, position, holder = self._client.hmget(self._key("s", stream_id),
+                                                           "version", "position", "holder")
+        except self._errors as exc:
+            raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
+                from None
+        if version is None:
+            raise unknown(stream_id)
+        return int(version), int(position), None if holder is None else holder.decode()
+
+    def take(self, stream_id: str, ask_holder: bool = True) -> StoredStream:
+        """Take the stream; with `ask_holder`, first `ask_holder` (a server that waits for
+        holders off its store thread asks before, and takes with False)."""
+        if ask_holder:
+            self.ask_holder(stream_id)
         version, position, snapshot_position, snapshot, records, receipts = self._call(
             "take", self._stream_keys(stream_id), [self.name], stream_id)
         tail = joined_log(stream_id, int(snapshot_position),
@@ -266,25 +322,35 @@ class RedisStore:
                             int(snapshot_position), tail,
                             tuple(Receipt(*json.loads(receipt)) for receipt in receipts))
 
-    def _ask_holder(self, stream_id: str) -> None:
+    def ask_holder(self, stream_id: str) -> None:
         """If another server holds the stream, ask it to give it up, and wait (bounded) for it
-        to do so; a holder that is gone or does not answer is taken from anyway."""
+        to do so; a holder that is gone or does not answer is taken from anyway. Safe to call
+        from any thread (the client's connection pool), beside the store thread's calls."""
         key = self._key("s", stream_id)
         try:
             holder = self._client.hget(key, "holder")
             if holder is None or holder.decode() == self.name:
                 return
-            channel = self._key("release", holder.decode())
+            channel, lease = (self._key(name, holder.decode()) for name in ("release", "alive"))
+            if not self._client.exists(lease):
+                log.info("stream %s: its holder %s's lease has expired; taken from it",
+                         stream_id, holder.decode())
+                return
             if not self._client.publish(channel, stream_id):
                 return  # nobody listens there: the holder is gone
-            deadline = time.monotonic() + self.release_wait_s
+            # a paused holder's lease runs out before this: it was renewed before the ask
+            deadline = time.monotonic() + LIVE_HOLDER_WAIT * self.lease_s
             while self._client.hget(key, "holder") == holder:
                 if not self._client.pubsub_numsub(channel)[0][1]:
                     return  # its connection closed while we waited: it died
+                if not self._client.exists(lease):
+                    log.info("stream %s: its holder %s's lease expired while it was asked; "
+                             "taken from it", stream_id, holder.decode())
+                    return
                 if time.monotonic() > deadline:
                     log.warning("stream %s: its holder %s did not give it up within %g s; "
                                 "taken from it (its later writes are refused)", stream_id,
-                                holder.decode(), self.release_wait_s)
+                                holder.decode(), LIVE_HOLDER_WAIT * self.lease_s)
                     return
                 time.sleep(POLL_S)
         except self._errors as exc:
@@ -350,6 +416,14 @@ class RedisStore:
                    stream_id)
 
     def close(self) -> None:
+        """Stop listening and renewing; the lease is given back (its streams are anyone's)."""
+        self._closing.set()
+        self._renewing.join()
+        try:
+            self._client.delete(self._key("alive", self.name))
+        except self._errors as exc:
+            log.warning("the Redis store %s: this server's lease was not given back (%s); "
+                        "it expires in %g s", self.address, exc, self.lease_s)
         listening, self._listening = self._listening, None
         if listening is not None:
             listening.stop()  # its thread closes the subscription when it ends

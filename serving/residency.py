@@ -87,8 +87,9 @@ class Residency:
         self.resident.add(entry)
         self.streams.count()
         self.core.metrics.loads.inc()
-        self.core.loop.store(lambda store: store.take(entry.stream_id),
-                             lambda stored, error: self._taken(entry, stored, error))
+        wait, take = self.ownership.taking(entry.stream_id)
+        self.core.loop.store(take, lambda stored, error: self._taken(entry, stored, error),
+                             wait)
 
     def _taken(self, entry: StreamEntry, stored: StoredStream | None,
                error: BaseException | None) -> None:
@@ -120,14 +121,19 @@ class Residency:
             self.core.work.pop(job.ticket, None)
             self.core.loop.send(job.ticket, Failed(store_failure(error)))
 
+    def lost(self, stream_id: str) -> None:
+        """Another server took the stream (a fenced read or write found out): a replica's
+        router stops routing it here (the resident copy is dropped by the caller)."""
+        if self.on_give_up is not None:
+            self.on_give_up(stream_id)
+
     def give_up(self, stream_id: str) -> None:
         """Spill the stream as soon as no request of it runs (from any thread): another server
         asked for it, or a replica's router routes it elsewhere from now on."""
         self.core.loop.post(lambda: self._asked_for(stream_id))
 
     def _asked_for(self, stream_id: str) -> None:
-        if self.on_give_up is not None:
-            self.on_give_up(stream_id)
+        self.lost(stream_id)
         entry = self.streams.entries.get(stream_id)
         if entry is None or entry.slot is None:  # not held here (any more): say so
             release = self.ownership.release(stream_id)

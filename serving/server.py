@@ -29,9 +29,10 @@ from compressive_rt.serving.stores import describe_store, open_store
 
 def open_engine(engine_dir: str | Path, settings: ServeSettings, store_dir: str | Path,
                 backend: str = "auto", threads: int | None = None,
-                prepack: str = "all") -> tuple[object, Engine]:
+                prepack: str = "all", name: str | None = None) -> tuple[object, Engine]:
     """(the ASGI app, its engine, not started) for an engine directory and a store (a
-    directory, or the URL of a store shared with other servers: serving/stores.py)."""
+    directory, or the URL of a store shared with other servers: serving/stores.py, where this
+    server's name as a stream's holder is `name`)."""
     session = Session(engine_dir, backend=backend, max_streams=settings.streams,
                       threads=threads, prepack=prepack)
     vocab = session.dims.vocab_size
@@ -39,7 +40,7 @@ def open_engine(engine_dir: str | Path, settings: ServeSettings, store_dir: str 
         raise CtrtError(f"ctrt serve takes text (bytes), so it needs a byte-level engine "
                         f"(vocab_size {BYTE_VOCAB}); {engine_dir} has vocab_size {vocab}")
     identity = json.dumps(engine_identity(session.manifest), sort_keys=True)
-    store = open_store(store_dir, identity, settings.store_max_bytes)
+    store = open_store(store_dir, identity, settings.store_max_bytes, settings.lease_s, name)
     metrics = Metrics()
     if isinstance(store, SQLiteStore):
         metrics.store_bytes.set_function(store.file_bytes)

@@ -13,7 +13,8 @@ LOOPBACK = "127.0.0.1"
 # the command-line option of each setting whose field is named otherwise
 OPTION_NAMES = {"request_timeout_s": "request-timeout", "max_tokens_limit": "max-tokens",
                 "grace_s": "grace", "retry_after_s": "retry-after",
-                "body_timeout_s": "body-timeout", "header_timeout_s": "header-timeout"}
+                "body_timeout_s": "body-timeout", "header_timeout_s": "header-timeout",
+                "lease_s": "lease"}
 
 
 def option(field: str) -> str:
@@ -46,6 +47,9 @@ class ServeSettings:
     idempotency_keys: int = 64  # Idempotency-Key answers kept per stream (the latest)
     grace_s: float = 30.0  # SIGTERM: time for in-flight requests before they are cancelled
     retry_after_s: int = 1  # the Retry-After of a 429
+    # a shared store: a server that does not renew its lease this long (paused, partitioned,
+    # dead) loses its streams to whoever asks; a take waits at most twice this for a holder
+    lease_s: float = 2.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -65,7 +69,7 @@ class ServeSettings:
         for name in ("store_max_bytes", "max_body_bytes_in_flight"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise CtrtError(f"{option(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("request_timeout_s", "body_timeout_s", "header_timeout_s"):
+        for name in ("request_timeout_s", "body_timeout_s", "header_timeout_s", "lease_s"):
             if not getattr(self, name) > 0:
                 raise CtrtError(f"{option(name)} must be > 0, got {getattr(self, name):g}")
         if self.grace_s < 0:

@@ -5,18 +5,27 @@ from __future__ import annotations
 
 import os
 
-from compressive_rt.serving.redis_store import PASSWORD_VARIABLE, RedisStore, is_redis_url
+from compressive_rt.serving.redis_store import (
+    LEASE_S,
+    PASSWORD_VARIABLE,
+    RedisStore,
+    is_redis_url,
+)
 from compressive_rt.serving.sqlite_store import SQLiteStore
 from compressive_rt.serving.store import StreamStore
 
 
-def open_store(location: str, engine_key: str, max_bytes: int | None = None) -> StreamStore:
+def open_store(location: str, engine_key: str, max_bytes: int | None = None,
+               lease_s: float = LEASE_S, name: str | None = None) -> StreamStore:
     """The store at `location` for the engine named by `engine_key` (a Redis store's password:
-    in its URL or $CTRT_REDIS_PASSWORD); a local store's database is at most `max_bytes`
-    (SQLiteStore's default: None). Redis bounds its own memory (maxmemory)."""
+    in its URL or $CTRT_REDIS_PASSWORD; this server's lease `lease_s` and holder `name`); a
+    local store's database
+    is at most `max_bytes` (SQLiteStore's default: None). Redis bounds its own memory
+    (maxmemory)."""
     if is_redis_url(str(location)):
         return RedisStore(str(location), engine_key,
-                          password=os.environ.get(PASSWORD_VARIABLE) or None)
+                          password=os.environ.get(PASSWORD_VARIABLE) or None, lease_s=lease_s,
+                          name=name)
     return SQLiteStore(location, engine_key, max_bytes)
 
 

@@ -46,7 +46,8 @@ from compressive_rt.serving.jobs import (
     StreamEntry,
 )
 from compressive_rt.serving.ownership import Ownership
-from compressive_rt.serving.store import Receipt, StreamStore, UnknownStream
+from compressive_rt.serving.store import Receipt, StaleVersion, StreamStore, UnknownStream
+from compressive_rt.serving.store_worker import Operation
 from compressive_rt.serving.tickets import Done, Event, Failed, Started, Ticket
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("compressive_rt.serving")
 
+READS = (SnapshotOutJob, GenerateJob)  # jobs that answer from the resident copy before a write
 UNKNOWN = -1  # the position of a stream on a shared store until this server reads or takes it
 
 
@@ -123,29 +125,48 @@ class PersistentStreams:
             entry = self.entries[stream_id] = StreamEntry(stream_id, UNKNOWN, UNKNOWN)
         return entry
 
-    def _answers_here(self, entry: StreamEntry) -> bool:
-        """This server's record of the stream is current (else the store is asked)."""
-        if entry.slot is not None and not entry.loading:
-            return self.ownership.current(entry.claim)
-        return self.ownership.knows_every_stream
-
     def describe(self, ticket: Ticket, stream_id: str) -> None:
+        """The stream's position: this server's record on a store of its own; on a shared
+        store, the store's (a fenced read: the resident copy counts only if its claim is still
+        the stream's), with the name of the server holding it (None: none does)."""
         entry = self.entry_for(stream_id)
-        if self._answers_here(entry):
+        check = self.ownership.check(stream_id)
+        if check is None:
             self._send(ticket, Done(self.info(stream_id, entry.slot is not None,
                                               entry.position)))
             return
 
-        def read(position: Any, error: BaseException | None) -> None:
+        def read(found: Any, error: BaseException | None) -> None:
             if isinstance(error, UnknownStream) and entry.slot is None and not entry.jobs \
                     and entry.current is None:
                 self.entries.pop(stream_id, None)
-            self._send(ticket, Failed(store_failure(error)) if error else
-                       Done(self.info(stream_id, False, position)))
+            if error is not None:
+                self._send(ticket, Failed(store_failure(error)))
+                return
+            version, position, holder = found
+            self._send(ticket, Done({**self.info(stream_id, self._still_held(entry, version),
+                                                 position), "holder": holder}))
 
-        self.core.loop.store(lambda store: store.position(stream_id), read)
+        self.core.loop.store(check, read)
+
+    def _still_held(self, entry: StreamEntry, version: int) -> bool:
+        """After a read of the stream's version in the store: is the resident copy the
+        current one? A stale one (another server took the stream since) is dropped unless a
+        request of it runs (whose write the store refuses); its next job takes it again."""
+        if entry.slot is None or entry.loading or entry.claim is None:
+            return False
+        if entry.claim.version == version:
+            return True
+        log.info("stream %s: taken by another server (version %d, this server held %d); "
+                 "its resident copy is dropped", entry.stream_id, version, entry.claim.version)
+        if entry.current is None and not entry.releasing:
+            self.core.residency.release(entry)
+        self.core.residency.lost(entry.stream_id)
+        return False
 
     def list(self, ticket: Ticket) -> None:
+        """Every stream; on a shared store with the store's positions, `resident` being this
+        server's view (a description checks it)."""
         if self.ownership.knows_every_stream:
             self._send(ticket, Done({"object": "list", "data": [
                 self.info(entry.stream_id, entry.slot is not None, entry.position)
@@ -156,10 +177,10 @@ class PersistentStreams:
             if error is not None:
                 self._send(ticket, Failed(store_failure(error)))
                 return
-            resident = {entry.stream_id: entry.position
-                        for entry in self.core.residency.resident if self._answers_here(entry)}
+            resident = {entry.stream_id for entry in self.core.residency.resident
+                        if not entry.loading}
             self._send(ticket, Done({"object": "list", "data": [
-                self.info(stream_id, stream_id in resident, resident.get(stream_id, position))
+                self.info(stream_id, stream_id in resident, position)
                 for stream_id, position in positions.items()]}))
 
         self.core.loop.store(lambda store: store.positions(), listed)
@@ -188,13 +209,38 @@ class PersistentStreams:
     def admit(self, entry: StreamEntry, slots_blocked: bool) -> bool:
         """Start the stream's next job (loading the stream into a granted slot if it is not
         resident); False when it needs a slot and none is granted."""
-        if isinstance(entry.jobs[0], DeleteJob) or entry.slot is not None:
+        head = entry.jobs[0]
+        check = self.ownership.check(entry.stream_id) if isinstance(head, READS) else None
+        if entry.slot is not None and check is not None:
+            self._check_then_start(entry, check)
+        elif isinstance(head, DeleteJob) or entry.slot is not None:
             self._start_job(entry)
         elif not slots_blocked and self.core.admission.grant():
             self.core.residency.load(entry)
         else:
             return False
         return True
+
+    def _check_then_start(self, entry: StreamEntry, check: Operation) -> None:
+        """A fenced read: start the head job (a snapshot, a generation) on the resident copy
+        once the store shows the copy is current; a stale one is dropped and the job, still
+        at the head, takes the stream again at the next admission."""
+        entry.loading = True  # no other job starts, nor a spill, while the store is read
+
+        def checked(found: Any, error: BaseException | None) -> None:
+            entry.loading = False
+            if isinstance(error, UnknownStream):
+                self.forget(entry)
+            elif not entry.jobs:  # the job was cancelled meanwhile
+                return
+            elif error is not None:
+                job = entry.jobs.popleft()
+                self.core.work.pop(job.ticket, None)
+                self._send(job.ticket, Failed(store_failure(error)))
+            elif self._still_held(entry, found[0]):
+                self._start_job(entry)
+
+        self.core.loop.store(check, checked)
 
     def started(self, job: Job) -> None:
         """The job left the queue (its ticket hears it once)."""
@@ -319,6 +365,8 @@ class PersistentStreams:
         def written(_: Any, error: BaseException | None) -> None:
             if error is not None:
                 log.error("stream %s: a log write failed: %s", entry.stream_id, error)
+                if isinstance(error, StaleVersion):
+                    self.core.residency.lost(entry.stream_id)
                 self.abandon(entry, job, store_failure(error))
                 return
             entry.position = end

@@ -124,7 +124,12 @@ def test_a_replica_killed_mid_traffic_loses_nothing_acknowledged(served, engine_
     acknowledged[streams[0]].append((0, b"first ", first.json()["bits_per_byte"]))
     history[streams[0]] = b"first "
     victim = first.headers["x-ctrt-replica"]
-    traffic, killed_at, recovered_at = threading.Event(), [], []
+    # the store names the stream's holder as answers name their replica
+    described = httpx.get(f"{url}/v1/streams/{streams[0]}", timeout=TIMEOUT_S)
+    assert described.json()["holder"] == victim, described.text
+    # stream 0 (on the victim) stops after its third append until the kill is done: its
+    # later appends meet the kill, however fast the others run and however slow the kill
+    traffic, killed, killed_at, recovered_at = threading.Event(), threading.Event(), [], []
     errors: list[BaseException] = []
 
     def position(client, stream) -> int:
@@ -144,6 +149,8 @@ def test_a_replica_killed_mid_traffic_loses_nothing_acknowledged(served, engine_
                 for count in range(12):
                     if count == 3:
                         traffic.set()
+                        if stream == streams[0]:
+                            assert killed.wait(TIMEOUT_S), "the replica was not killed"
                     text = text_of(rng).encode()
                     for _ in range(50):  # until acknowledged, or found in the store
                         answer = client.post(f"/v1/streams/{stream}/append",
@@ -179,6 +186,7 @@ def test_a_replica_killed_mid_traffic_loses_nothing_acknowledged(served, engine_
     ray.kill(ray.get_actor(f"SERVE_REPLICA::{APP_NAME}#{REPLICA}#{victim}", namespace="serve"),
              no_restart=True)
     killed_at.append(time.monotonic())
+    killed.set()
     for thread in threads:
         thread.join(TIMEOUT_S * 3)
     assert not errors, errors

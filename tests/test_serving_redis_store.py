@@ -116,7 +116,7 @@ def test_tls_with_a_certificate_the_client_checks(tmp_path):
 
 def test_a_live_holder_is_asked_to_give_the_stream_up(redis_server):
     holder = RedisStore(redis_server.url, ENGINE)
-    taker = RedisStore(redis_server.url, ENGINE, release_wait_s=WAIT_S)
+    taker = RedisStore(redis_server.url, ENGINE, lease_s=WAIT_S)
     holder.create("s")
     version = holder.take("s").version
     holder.append("s", version, 0, b"ab")
@@ -146,7 +146,7 @@ def test_a_gone_holder_is_taken_from_at_once(redis_server):
     holder.create("s")
     holder.take("s")
     holder.close()  # its subscription ends as a dead process's connection does
-    taker = RedisStore(redis_server.url, ENGINE, release_wait_s=WAIT_S)
+    taker = RedisStore(redis_server.url, ENGINE, lease_s=WAIT_S)
     started = time.monotonic()
     taker.take("s")
     assert time.monotonic() - started < WAIT_S  # not the whole wait
@@ -160,7 +160,7 @@ def test_a_holder_that_dies_while_asked_is_taken_from_when_its_connection_closes
     holder.on_release(lambda stream_id: asked.set())  # hears the request, dies before it answers
     holder.create("s")
     holder.take("s")
-    taker = RedisStore(redis_server.url, ENGINE, release_wait_s=WAIT_S)
+    taker = RedisStore(redis_server.url, ENGINE, lease_s=WAIT_S)
     taken = []
     thread = threading.Thread(target=lambda: taken.append(taker.take("s")))
     started = time.monotonic()
@@ -177,7 +177,7 @@ def test_a_holder_that_does_not_answer_is_taken_from_after_the_wait(redis_server
     holder.on_release(lambda stream_id: None)  # hears the request, never gives it up
     holder.create("s")
     version = holder.take("s").version
-    taker = RedisStore(redis_server.url, ENGINE, release_wait_s=0.5)
+    taker = RedisStore(redis_server.url, ENGINE, lease_s=0.5)
     started = time.monotonic()
     taken = taker.take("s")
     assert time.monotonic() - started >= 0.5
