@@ -33,6 +33,7 @@ from compressive_rt.runtime.backends.base import NUMPY_DTYPES
 from compressive_rt.runtime.buffers import FILL_INPUT
 from compressive_rt.runtime.scheduler import Scheduler
 from compressive_rt.runtime.session import Session
+from compressive_rt.serving import stream_requests
 from compressive_rt.serving.appends import Appends
 from compressive_rt.serving.completions import Completions
 from compressive_rt.serving.errors import ApiError, server_error
@@ -126,13 +127,13 @@ class Engine:
         self.completions.complete(ticket, prompts, params)
 
     def create_stream(self, ticket: Ticket) -> None:
-        self.streams.create(ticket)
+        stream_requests.create(self.streams, ticket)
 
     def describe_stream(self, ticket: Ticket, stream_id: str) -> None:
-        self.streams.describe(ticket, stream_id)
+        stream_requests.describe(self.streams, ticket, stream_id)
 
     def list_streams(self, ticket: Ticket) -> None:
-        self.streams.list(ticket)
+        stream_requests.list_streams(self.streams, ticket)
 
     def stream_job(self, ticket: Ticket, stream_id: str, job: Job) -> None:
         """Queue a request on a persistent stream (behind the stream's earlier ones)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -26,11 +25,9 @@ import numpy as np
 from compressive_rt.errors import RuntimeInputError
 from compressive_rt.serving.errors import (
     ApiError,
-    StreamLimitReached,
     bad_request,
     server_error,
     store_failure,
-    too_many_streams,
     unknown_stream,
 )
 from compressive_rt.serving.idempotency import stored_answer
@@ -46,8 +43,9 @@ from compressive_rt.serving.jobs import (
     StreamEntry,
 )
 from compressive_rt.serving.ownership import Ownership
-from compressive_rt.serving.store import Receipt, StaleVersion, StreamStore, UnknownStream
+from compressive_rt.serving.store import Receipt, StaleVersion, UnknownStream
 from compressive_rt.serving.store_worker import Operation
+from compressive_rt.serving.stream_requests import still_held
 from compressive_rt.serving.tickets import Done, Event, Failed, Started, Ticket
 
 if TYPE_CHECKING:
@@ -57,14 +55,6 @@ log = logging.getLogger("compressive_rt.serving")
 
 READS = (SnapshotOutJob, GenerateJob)  # jobs that answer from the resident copy before a write
 UNKNOWN = -1  # the position of a stream on a shared store until this server reads or takes it
-
-
-def create_within(store: StreamStore, stream_id: str, limit: int) -> None:
-    """Create the stream unless the store holds `limit` streams already (a store shared with
-    other servers: only it knows them all)."""
-    if len(store.positions()) >= limit:
-        raise StreamLimitReached(limit)
-    store.create(stream_id)
 
 
 class PersistentStreams:
@@ -87,35 +77,10 @@ class PersistentStreams:
         return {"id": stream_id, "object": "stream", "position": position,
                 "state_bytes": self.core.state_bytes, "resident": resident}
 
-    def _send(self, ticket: Ticket, event: Event) -> None:
+    def send(self, ticket: Ticket, event: Event) -> None:
         self.core.loop.send(ticket, event)
 
     # ---- requests ------------------------------------------------------------------------
-    def create(self, ticket: Ticket) -> None:
-        """A new stream, within --max-stored-streams (counting creates under way)."""
-        stream_id, limit = f"st_{secrets.token_hex(12)}", self.core.settings.max_stored_streams
-        if self.ownership.knows_every_stream:
-            if len(self.entries) + self.creating >= limit:
-                raise too_many_streams(limit)
-
-            def operation(store: StreamStore) -> None:
-                store.create(stream_id)
-        else:
-            def operation(store: StreamStore) -> None:
-                create_within(store, stream_id, limit)
-        self.creating += 1
-
-        def created(_: Any, error: BaseException | None) -> None:
-            self.creating -= 1
-            if error is not None:
-                self._send(ticket, Failed(store_failure(error)))
-                return
-            self.entries[stream_id] = StreamEntry(stream_id, 0, 0)
-            self.count()
-            self._send(ticket, Done(self.info(stream_id, False, 0)))
-
-        self.core.loop.store(operation, created)
-
     def entry_for(self, stream_id: str) -> StreamEntry:
         entry = self.entries.get(stream_id)
         if entry is None:
@@ -124,66 +89,6 @@ class PersistentStreams:
             # perhaps created by another server: reading or taking it will tell
             entry = self.entries[stream_id] = StreamEntry(stream_id, UNKNOWN, UNKNOWN)
         return entry
-
-    def describe(self, ticket: Ticket, stream_id: str) -> None:
-        """The stream's position: this server's record on a store of its own; on a shared
-        store, the store's (a fenced read: the resident copy counts only if its claim is still
-        the stream's), with the name of the server holding it (None: none does)."""
-        entry = self.entry_for(stream_id)
-        check = self.ownership.check(stream_id)
-        if check is None:
-            self._send(ticket, Done(self.info(stream_id, entry.slot is not None,
-                                              entry.position)))
-            return
-
-        def read(found: Any, error: BaseException | None) -> None:
-            if isinstance(error, UnknownStream) and entry.slot is None and not entry.jobs \
-                    and entry.current is None:
-                self.entries.pop(stream_id, None)
-            if error is not None:
-                self._send(ticket, Failed(store_failure(error)))
-                return
-            version, position, holder = found
-            self._send(ticket, Done({**self.info(stream_id, self._still_held(entry, version),
-                                                 position), "holder": holder}))
-
-        self.core.loop.store(check, read)
-
-    def _still_held(self, entry: StreamEntry, version: int) -> bool:
-        """After a read of the stream's version in the store: is the resident copy the
-        current one? A stale one (another server took the stream since) is dropped unless a
-        request of it runs (whose write the store refuses); its next job takes it again."""
-        if entry.slot is None or entry.loading or entry.claim is None:
-            return False
-        if entry.claim.version == version:
-            return True
-        log.info("stream %s: taken by another server (version %d, this server held %d); "
-                 "its resident copy is dropped", entry.stream_id, version, entry.claim.version)
-        if entry.current is None and not entry.releasing:
-            self.core.residency.release(entry)
-        self.core.residency.lost(entry.stream_id)
-        return False
-
-    def list(self, ticket: Ticket) -> None:
-        """Every stream; on a shared store with the store's positions, `resident` being this
-        server's view (a description checks it)."""
-        if self.ownership.knows_every_stream:
-            self._send(ticket, Done({"object": "list", "data": [
-                self.info(entry.stream_id, entry.slot is not None, entry.position)
-                for entry in self.entries.values()]}))
-            return
-
-        def listed(positions: Any, error: BaseException | None) -> None:
-            if error is not None:
-                self._send(ticket, Failed(store_failure(error)))
-                return
-            resident = {entry.stream_id for entry in self.core.residency.resident
-                        if not entry.loading}
-            self._send(ticket, Done({"object": "list", "data": [
-                self.info(stream_id, stream_id in resident, position)
-                for stream_id, position in positions.items()]}))
-
-        self.core.loop.store(lambda store: store.positions(), listed)
 
     def queue(self, ticket: Ticket, stream_id: str, job: Job) -> None:
         """Queue a request on the stream (behind its earlier ones). One whose Idempotency-Key
@@ -236,8 +141,8 @@ class PersistentStreams:
             elif error is not None:
                 job = entry.jobs.popleft()
                 self.core.work.pop(job.ticket, None)
-                self._send(job.ticket, Failed(store_failure(error)))
-            elif self._still_held(entry, found[0]):
+                self.send(job.ticket, Failed(store_failure(error)))
+            elif still_held(self, entry, found[0]):
                 self._start_job(entry)
 
         self.core.loop.store(check, checked)
@@ -246,7 +151,7 @@ class PersistentStreams:
         """The job left the queue (its ticket hears it once)."""
         if not job.started:
             job.started = True
-            self._send(job.ticket, Started())
+            self.send(job.ticket, Started())
 
     # ---- jobs ----------------------------------------------------------------------------
     def _start_job(self, entry: StreamEntry) -> None:
@@ -287,7 +192,7 @@ class PersistentStreams:
             return
         self.started(job)
         for event in events:
-            self._send(job.ticket, event)
+            self.send(job.ticket, event)
         self._finish_job(entry, job, answer)
 
     def _finish_job(self, entry: StreamEntry, job: Job, result: dict | None = None,
@@ -295,7 +200,7 @@ class PersistentStreams:
         entry.current = None
         entry.last_used = time.monotonic()
         self.core.work.pop(job.ticket, None)
-        self._send(job.ticket, Failed(error) if error else Done(result or {}))
+        self.send(job.ticket, Failed(error) if error else Done(result or {}))
         self.core.loop.post(lambda: None)  # the stream's next job may start: end a loop's wait
 
     def abandon(self, entry: StreamEntry, job: Job | None, error: ApiError | None) -> None:
@@ -310,7 +215,7 @@ class PersistentStreams:
         if job is not None:
             self.core.work.pop(job.ticket, None)
             if error is not None:
-                self._send(job.ticket, Failed(error))
+                self.send(job.ticket, Failed(error))
 
     def cancel(self, job: Job) -> bool:
         """The client left or its time ran out: a queued job is dropped; a running append or
@@ -330,7 +235,7 @@ class PersistentStreams:
         for entry in self.entries.values():
             for job in entry.jobs:
                 self.core.work.pop(job.ticket, None)
-                self._send(job.ticket, Failed(error))
+                self.send(job.ticket, Failed(error))
             entry.jobs.clear()
 
     def appended(self, run: AppendRun) -> None:
@@ -377,7 +282,7 @@ class PersistentStreams:
                 while len(entry.receipts) > keep:
                     del entry.receipts[next(iter(entry.receipts))]
             for event in events:
-                self._send(job.ticket, event)
+                self.send(job.ticket, event)
             self._finish_job(entry, job, answer)
 
         self.core.loop.store(lambda store: store.append(
@@ -447,6 +352,6 @@ class PersistentStreams:
         self.entries.pop(entry.stream_id, None)
         for later in entry.jobs:
             self.core.work.pop(later.ticket, None)
-            self._send(later.ticket, Failed(unknown_stream(entry.stream_id)))
+            self.send(later.ticket, Failed(unknown_stream(entry.stream_id)))
         entry.jobs.clear()
         self.count()
