@@ -27,7 +27,7 @@ class NativeContender(SessionContender):
     name = "native (C++)"
 
     def __init__(self, engine_dir: Path, threads: int) -> None:
-        from compressive_rt.benchmarks.native_runtime import NativeSession, load_library
+        from compressive_rt.benchmarks.launchers.native import NativeSession, load_library
 
         try:
             load_library()

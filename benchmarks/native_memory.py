@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compressive_rt.benchmarks.native_runtime import NativeEngine, NativeSession
+from compressive_rt.benchmarks.launchers.native import NativeEngine, NativeSession
 
 
 def rss_mib() -> float:

@@ -1,14 +1,14 @@
 """The suite's shared fixtures (engines exported once per session), the hypothesis profiles, and
 the rule that keeps the native tests from configuring CMake themselves. Helpers the tests
-import: engines.py (the tiny config, models, engines) and helpers.py (skip_or_fail, FP32)."""
+import: the support package (tests/support/: the tiny config and engines, skip_or_fail, FP32)."""
 
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import skip_or_fail
 from hypothesis import HealthCheck, settings
+from support.rules import skip_or_fail
 
 # Property tests (tests/test_properties.py): "ci" keeps them under two minutes on two cores;
 # HYPOTHESIS_PROFILE=long tries twenty times as many, freshly random cases. "ci" is derandomized
@@ -43,24 +43,39 @@ def _seed() -> None:
 
 @pytest.fixture(scope="session")
 def engine(tmp_path_factory):
-    """engine(compress_fn, **config changes) -> (eager model, engine dir), exported once."""
-    from engines import export_tiny
+    """engine(compress_fn, precision="fp32", **config changes) -> (eager model, engine dir),
+    exported once per session (read only: a test that changes an engine copies it)."""
+    from support.engines import export_tiny
 
     cache = {}
 
-    def get(compress_fn: str, **changes):
-        key = (compress_fn, tuple(sorted(changes.items())))
+    def get(compress_fn: str, precision: str = "fp32", **changes):
+        key = (compress_fn, precision, tuple(sorted(changes.items())))
         if key not in cache:
-            out = tmp_path_factory.mktemp(f"engine_{compress_fn}") / "engine"
-            cache[key] = export_tiny(compress_fn, out, **changes)
+            out = tmp_path_factory.mktemp(f"engine_{compress_fn}_{precision}") / "engine"
+            cache[key] = export_tiny(compress_fn, out, precision, **changes)
         return cache[key]
 
     return get
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def engine_dir(engine):
+    """The session's tiny conv engine (read only: a test that changes an engine copies it)."""
     return engine("conv")[1]
+
+
+@pytest.fixture(scope="session")
+def bench_engine(tmp_path_factory):
+    """(model, engine dir) of the benchmarks' smoke config (benchmarks/settings.py's SMOKE),
+    exported as `ctrt bench` exports (no verification), once per session."""
+    from compressive_rt.benchmarks.contenders import random_model
+    from compressive_rt.benchmarks.engines import export_engine
+    from compressive_rt.benchmarks.settings import SMOKE
+    from compressive_rt.ct_reference.config import ModelConfig
+
+    model = random_model(ModelConfig().replace(**SMOKE.config))
+    return model, export_engine(model, tmp_path_factory.mktemp("bench_engine") / "engine")
 
 
 @pytest.fixture
@@ -91,8 +106,8 @@ def served(engine_dir, tmp_path):
 @pytest.fixture
 def server(engine_dir, tmp_path):
     """server(*options, env=None) -> a started `ctrt serve` subprocess on 127.0.0.1
-    (serving_helpers.Server); all are stopped at the end."""
-    from serving_helpers import Server
+    (support.serving.Server); all are stopped at the end."""
+    from support.serving import Server
 
     started = []
 

@@ -1,7 +1,7 @@
 """Attention reads [cmem, mem, segment] with padding masked and a causal mask on the segment."""
 
 import torch
-from engines import TINY
+from support.engines import TINY
 
 from compressive_rt.ct_reference.model import CompressiveTransformer, Memory, attention_mask
 

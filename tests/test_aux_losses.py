@@ -4,7 +4,7 @@ trains only f_c, and the auto-encoding loss also its decoder g."""
 import pytest
 import torch
 import torch.nn.functional as F
-from engines import TINY
+from support.engines import TINY
 
 from compressive_rt.ct_reference.config import ConfigError
 from compressive_rt.ct_reference.model import CompressiveTransformer

@@ -7,7 +7,7 @@ import platform
 
 import numpy as np
 import pytest
-from helpers import FP32
+from support.rules import FP32
 
 from compressive_rt.benchmarks.bench import EXPERIMENTS, EXTRAS, run_benchmark
 from compressive_rt.benchmarks.contenders import MAIN_CONTENDERS
@@ -32,17 +32,6 @@ def smoke(tmp_path_factory):
     results = run_benchmark(quick=True, out_dir=out, threads=1, checkpoint=None,
                             profile="smoke", experiments=SMOKE_EXPERIMENTS)
     return results, out
-
-
-@pytest.fixture(scope="module")
-def small_engine(tmp_path_factory):
-    from compressive_rt.benchmarks.contenders import random_model
-    from compressive_rt.benchmarks.engines import export_engine
-    from compressive_rt.benchmarks.settings import SMOKE
-    from compressive_rt.ct_reference.config import ModelConfig
-
-    model = random_model(ModelConfig().replace(**SMOKE.config))
-    return model, export_engine(model, tmp_path_factory.mktemp("engine") / "engine")
 
 
 @pytest.mark.slow
@@ -157,6 +146,7 @@ def test_machine_limits_and_engine_check_are_sane(smoke):
     assert results["check"]["max_abs_logit_error"] < 1e-3
 
 
+@pytest.mark.slow
 def test_fractions_are_taken_against_onnx_runtimes_own_limits_measured_in_the_run(smoke):
     results, out = smoke
     machine, cfg = results["machine"], results["config"]
@@ -184,14 +174,14 @@ def test_fractions_are_taken_against_onnx_runtimes_own_limits_measured_in_the_ru
         in printed
 
 
-def test_torch_backend_under_the_session_equals_the_onnx_engine(small_engine):
+def test_torch_backend_under_the_session_equals_the_onnx_engine(bench_engine):
     """Streams at different positions, through segment, extend and commit: same logits and
     memory on both backends of one Session."""
     from compressive_rt.export.torch_backend import TorchBackend
     from compressive_rt.runtime.manifest import load_manifest
     from compressive_rt.runtime.session import Session
 
-    model, engine_dir = small_engine
+    model, engine_dir = bench_engine
     rng = np.random.default_rng(0)
     first, second = rng.integers(0, 256, 50), rng.integers(0, 256, 23)
     runs = []
@@ -206,14 +196,14 @@ def test_torch_backend_under_the_session_equals_the_onnx_engine(small_engine):
         np.testing.assert_allclose(torch_value, onnx_value, atol=FP32, rtol=0)
 
 
-def test_timed_backend_counts_engine_calls_and_their_seconds(small_engine):
+def test_timed_backend_counts_engine_calls_and_their_seconds(bench_engine):
     """One full segment is one `segment` call; 3 more tokens one `extend` call."""
     from compressive_rt.benchmarks.timed_backend import TimedBackend
     from compressive_rt.runtime.backends.ort import OrtCpuBackend
     from compressive_rt.runtime.manifest import load_manifest
     from compressive_rt.runtime.session import Session
 
-    _, engine_dir = small_engine
+    _, engine_dir = bench_engine
     timed = TimedBackend(OrtCpuBackend(load_manifest(engine_dir), threads=1))
     session = Session(engine_dir, backend=timed, max_streams=1)
     stream = session.add_stream()
@@ -225,12 +215,12 @@ def test_timed_backend_counts_engine_calls_and_their_seconds(small_engine):
     assert timed.calls == 2 and timed.engine_seconds > before
 
 
-def test_torch_backend_refuses_another_models_engine(small_engine):
+def test_torch_backend_refuses_another_models_engine(bench_engine):
     from compressive_rt.benchmarks.contenders import random_model
     from compressive_rt.export.torch_backend import TorchBackend
     from compressive_rt.runtime.manifest import EngineError, load_manifest
 
-    model, engine_dir = small_engine
+    model, engine_dir = bench_engine
     other = random_model(model.config.replace(d_ff=64))
     with pytest.raises(EngineError, match="another model config"):
         TorchBackend(load_manifest(engine_dir), other)
@@ -264,14 +254,14 @@ def test_ctrt_bench_exits_2_with_an_error_line(capsys):
     assert capsys.readouterr().err.strip() == "error: --threads must be >= 1, got 0"
 
 
-def test_serving_curve_counts_generated_tokens_per_second(small_engine):
+def test_serving_curve_counts_generated_tokens_per_second(bench_engine):
     pytest.importorskip("compressive_rt.runtime.scheduler",
                         reason="compressive_rt.runtime.scheduler is on the sched branch")
     from compressive_rt.benchmarks.contenders import Bench
     from compressive_rt.benchmarks.experiments import serving_curve
     from compressive_rt.benchmarks.settings import SMOKE
 
-    model, engine_dir = small_engine
+    model, engine_dir = bench_engine
     curve = serving_curve(Bench(model, engine_dir, threads=1), SMOKE)
     assert [row["concurrency"] for row in curve["rows"]] == [1, 2, 4]
     for row in curve["rows"]:

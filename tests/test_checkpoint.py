@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from engines import TINY
+from support.engines import TINY
 
 from compressive_rt.ct_reference.checkpoint import (
     checkpoint_sha256,

@@ -9,7 +9,7 @@ run as root, for whom permissions do not apply, so a corrupt file stands in for 
 import json
 
 import pytest
-from engines import random_model, tiny_config
+from support.engines import random_model, tiny_config
 
 from compressive_rt.cli.main import COMMAND_MODULES, build_parser, main
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from engines import tiny_config
+from support.engines import tiny_config
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 README = CHECKOUT / "README.md"

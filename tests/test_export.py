@@ -5,8 +5,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from engines import each_compress_fn, random_model, tiny_config
-from helpers import FP32
+from support.engines import each_compress_fn, random_model, tiny_config
+from support.rules import FP32
 
 from compressive_rt.export.pipeline import ExportError, export_model
 from compressive_rt.export.verify import eager_logits
@@ -249,13 +249,13 @@ def test_ctrt_export_of_an_unknown_compression_function_is_a_clear_error(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("compress_fn", each_compress_fn())
-def test_fp16_engine_runs_optimized_on_the_cpu_within_the_fp16_tolerance(tmp_path, compress_fn):
+def test_fp16_engine_runs_optimized_on_the_cpu_within_the_fp16_tolerance(engine, compress_fn):
     """ONNX Runtime opens fp16 graphs with graph optimisation on (the Casts of the fp16
     weights fold at load), and they stay within fp16's stated tolerance of the eager model."""
     import onnxruntime
 
-    model = random_model(tiny_config(compress_fn))
-    manifest = export_model(model, tmp_path / "engine", precision="fp16", log=lambda *_: None)
+    model, engine_dir = engine(compress_fn, "fp16")
+    manifest = json.loads((engine_dir / "manifest.json").read_text())
     assert manifest["precision"] == "fp16"
     assert manifest["verification_fp32"]["passed"]
     check = manifest["verification"]
@@ -264,7 +264,7 @@ def test_fp16_engine_runs_optimized_on_the_cpu_within_the_fp16_tolerance(tmp_pat
     assert check["segment_max_abs_error"] > manifest["verification_fp32"]["segment_max_abs_error"]
     tokens = random_tokens(1, 21 * model.config.seg_len, seed=5)
     expected, _ = eager_logits(model, tokens)
-    session = Session(tmp_path / "engine", backend="onnxruntime-cpu")
+    session = Session(engine_dir, backend="onnxruntime-cpu")
     levels = {entry: ort_session.get_session_options().graph_optimization_level
               for entry, ort_session in session.backend.sessions.items()}
     assert levels == dict.fromkeys(("segment", "extend", "commit"),
@@ -275,15 +275,14 @@ def test_fp16_engine_runs_optimized_on_the_cpu_within_the_fp16_tolerance(tmp_pat
 
 
 @pytest.mark.slow
-def test_fp16_export_of_most_used_is_verified_and_types_check(tmp_path):
+def test_fp16_export_of_most_used_is_verified_and_types_check(engine):
     """most_used counts slots in floats (CumSum, Range, Casts from bool): they stay fp32, so
     the fp16 graph is well typed (a strongly typed TensorRT build needs that) and verifies."""
-    manifest = export_model(random_model(tiny_config("most_used")), tmp_path / "engine",
-                            precision="fp16", log=lambda *_: None)
+    _, engine_dir = engine("most_used", "fp16")
+    manifest = json.loads((engine_dir / "manifest.json").read_text())
     assert manifest["precision"] == "fp16" and manifest["verification"]["passed"]
     for entry in manifest["entry_points"].values():
-        onnx.checker.check_model(onnx.load(str(tmp_path / "engine" / entry["file"])),
-                                 full_check=True)
+        onnx.checker.check_model(onnx.load(str(engine_dir / entry["file"])), full_check=True)
 
 
 def test_graphs_are_simplified_and_the_manifest_and_inspect_count_their_nodes(engine,

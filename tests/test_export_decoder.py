@@ -3,8 +3,8 @@
 import numpy as np
 import onnx
 import pytest
-from engines import random_model, tiny_config
 from onnx import numpy_helper
+from support.engines import random_model, tiny_config
 
 from compressive_rt.ct_reference.model import CompressiveTransformer
 from compressive_rt.export.pipeline import export_model

@@ -16,7 +16,7 @@ ctp = pytest.importorskip(
 
 from compressive_transformer_pytorch import AutoregressiveWrapper  # noqa: E402
 from compressive_transformer_pytorch import CompressiveTransformer as TheirModel  # noqa: E402
-from helpers import FP32  # noqa: E402
+from support.rules import FP32  # noqa: E402
 
 from compressive_rt.cli.import_checkpoint import register  # noqa: E402
 from compressive_rt.ct_reference.checkpoint import load_model  # noqa: E402

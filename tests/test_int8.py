@@ -2,7 +2,7 @@
 CPU (no u8 x s8 pair sum can saturate the int16 of the AVX2 kernels).
 
 This machine may have VNNI or not; no test here depends on which: the AVX2 kernel's arithmetic
-is emulated in float ops (tests/avx2_u8s8.py) where a test needs it."""
+is emulated in float ops (tests/support/avx2_u8s8.py) where a test needs it."""
 
 import json
 import platform
@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from avx2_u8s8 import INT16_MAX, emulate_u8s8_avx2
-from engines import COMPRESS_FNS, random_model, tiny_config
 from onnx import numpy_helper
+from support.avx2_u8s8 import INT16_MAX, emulate_u8s8_avx2
+from support.engines import each_compress_fn, random_model, tiny_config
 
 from compressive_rt.export.inspection import inspect_engine_dir
 from compressive_rt.export.onnx_export import load_graphs, quantize_to_int8, write_graphs
@@ -129,7 +129,7 @@ def test_no_u8s8_pair_sum_of_the_int8_graphs_can_saturate_int16(int8_engine):
             assert worst <= INT16_MAX, (name, node.name, worst)
 
 
-@pytest.mark.parametrize("compress_fn", COMPRESS_FNS)
+@pytest.mark.parametrize("compress_fn", each_compress_fn())
 def test_int8_logits_are_the_same_under_the_avx2_kernels_saturating_arithmetic(compress_fn,
                                                                               tmp_path):
     """On the simplified graphs of every compression function: the emulation rewrites every

@@ -92,3 +92,22 @@ def test_pyproject_packages_are_exactly_the_folders_with_an_init():
     assert set(setuptools["packages"]) == expected
     assert setuptools["package-dir"] == {f"{NAMESPACE}.{folder.replace('/', '.')}": folder
                       for folder in folders if folder != NAMESPACE}
+
+
+def test_the_launchers_start_and_bind_and_reach_no_benchmark():
+    """benchmarks/launchers/ (what the tests and the benchmarks start or bind) imports no
+    benchmark: only its own modules and benchmarks.settings (BenchError)."""
+    allowed = {f"{NAMESPACE}.benchmarks.settings"}
+    reached = {str(path.relative_to(ROOT)): sorted(
+        module for module in imported_modules(path)
+        if module.startswith(f"{NAMESPACE}.benchmarks") and module not in allowed
+        and not module.startswith(f"{NAMESPACE}.benchmarks.launchers"))
+        for path in layer_files("benchmarks/launchers")}
+    assert {name: modules for name, modules in reached.items() if modules} == {}
+
+
+def test_tests_hold_their_support_in_the_support_package():
+    """tests/ holds conftest.py and test files; what tests import is in tests/support/."""
+    others = sorted(path.name for path in (ROOT / "tests").glob("*.py")
+                    if path.name != "conftest.py" and not path.name.startswith("test_"))
+    assert others == []

@@ -1,7 +1,7 @@
 """Algorithm 1: FIFO memory and compressed memory after k segments, by hand."""
 
 import torch
-from engines import TINY
+from support.engines import TINY
 
 from compressive_rt.ct_reference.model import CompressiveTransformer, Memory
 

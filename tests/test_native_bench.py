@@ -3,21 +3,19 @@ time outside engine calls measured inside the native loop."""
 
 import numpy as np
 import pytest
-from native_build import native_library
+from support.native import native_library
 
-from compressive_rt.benchmarks.contenders import Bench, build, random_model
-from compressive_rt.benchmarks.engines import export_engine
+from compressive_rt.benchmarks.contenders import Bench, build
 from compressive_rt.benchmarks.settings import SMOKE
 from compressive_rt.benchmarks.workloads import compare
-from compressive_rt.ct_reference.config import ModelConfig
 
 pytestmark = [pytest.mark.native, pytest.mark.slow]
 
 
-def test_native_contender_runs_interleaved_with_the_python_runtime(tmp_path):
+def test_native_contender_runs_interleaved_with_the_python_runtime(bench_engine):
     native_library()
-    model = random_model(ModelConfig().replace(**SMOKE.config))
-    bench = Bench(model, export_engine(model, tmp_path / "engine"), threads=1)
+    model, engine_dir = bench_engine
+    bench = Bench(model, engine_dir, threads=1)
     contenders = {key: build(key, bench) for key in ("runtime", "native")}
     out = compare(contenders, model.config, SMOKE, np.random.default_rng(0), (1, 2), (1, 2))
     native = out["contenders"]["native"]

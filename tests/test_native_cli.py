@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from native_build import native_library, native_tool
+from support.native import native_library, native_tool
 
-from compressive_rt.benchmarks.native_runtime import NativeSession
+from compressive_rt.benchmarks.launchers.native import NativeSession
 
 pytestmark = [pytest.mark.native, pytest.mark.slow]
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from native_build import native_library
+from support.native import native_library
 
-from compressive_rt.benchmarks.native_runtime import NativeSession
+from compressive_rt.benchmarks.launchers.native import NativeSession
 from compressive_rt.errors import RuntimeInputError
 from compressive_rt.runtime.session import Session
 

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import fp32_bound
 from hypothesis import given, note
 from hypothesis import strategies as st
+from support.rules import fp32_bound
 
 from compressive_rt.runtime.manifest import MANIFEST_NAME, EngineError
 from compressive_rt.runtime.session import RuntimeInputError, Session
 
 MAX_STREAMS = 3
-SEG_LEN = 8  # the tiny engines' L (tests/engines.py)
+SEG_LEN = 8  # the tiny engines' L (tests/support/engines.py)
 
 
 def eager(model, tokens: list[int]) -> np.ndarray:

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from engines import TINY
+from support.engines import TINY
 
 from compressive_rt.benchmarks.quality import (
     TRANSFORMER_XL,

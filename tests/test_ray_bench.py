@@ -6,8 +6,7 @@ killed replica's stream answers again, both applications answer every completion
 import json
 
 import pytest
-from ray_helpers import need_ray
-from redis_helpers import need_binary
+from support.rules import need_binary, need_ray
 
 from compressive_rt.benchmarks.ray_serve import SMOKE, run_ray_benchmark
 

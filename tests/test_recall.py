@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import fp32_bound
+from support.rules import fp32_bound
 
 from compressive_rt.benchmarks.recall import (
     COMPRESSIVE,

@@ -5,7 +5,7 @@ import os
 import shutil
 
 import pytest
-from engines import random_model, tiny_config
+from support.engines import random_model, tiny_config
 
 import compressive_rt.export.replace as replace
 from compressive_rt.export.pipeline import ExportError, export_model

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from engines import COMPRESS_FNS
-from helpers import FP32
+from support.engines import each_compress_fn
+from support.rules import FP32
 
 from compressive_rt.ct_reference.generate import greedy_generate
 from compressive_rt.export.verify import eager_logits
@@ -38,7 +38,7 @@ def eager_bits(model, data: bytes) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("compress_fn", COMPRESS_FNS)
+@pytest.mark.parametrize("compress_fn", each_compress_fn())
 def test_scoring_long_documents_equals_eager_bits_per_byte_and_memory(engine, compress_fn):
     model, engine_dir = engine(compress_fn)
     seg_len = model.config.seg_len

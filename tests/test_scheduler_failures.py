@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from engines import RecordingBackend
-from helpers import fp32_bound
 from hypothesis import given
 from hypothesis import strategies as st
+from support.engines import RecordingBackend
+from support.rules import fp32_bound
 
 from compressive_rt.runtime.generate import generate
 from compressive_rt.runtime.sampling import Sampling

@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serving_helpers import Reference, assert_close, greedy, sse_events
 from starlette.testclient import TestClient
+from support.serving import Reference, assert_close, greedy, sse_events
 
 from compressive_rt.runtime.backends.ort import OrtCpuBackend
 from compressive_rt.runtime.manifest import load_manifest
@@ -360,7 +360,7 @@ def test_creates_beyond_the_stream_limit_are_429_until_one_is_deleted(served, tm
                                                                        store_kind):
     store = None
     if store_kind == "redis":
-        from redis_helpers import RedisServer
+        from support.redis_and_ray import RedisServer
 
         redis_server = RedisServer(tmp_path / "redis").start()
         store = redis_server.url

@@ -18,18 +18,13 @@ import time
 
 import httpx
 import pytest
-from serving_helpers import Reference, Server, assert_close
+from support.serving import Reference, Server, assert_close
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 KILLS = 10
 CLIENTS = 3
 ALPHABET = "abcdefghij klmnopqrstuvwxyz.,;\n(){}=+-*/0123456789éü€"
-
-
-@pytest.fixture
-def engine_dir(engine):
-    return engine("conv")[1]
 
 
 def test_kill_9_at_random_moments_loses_no_acknowledged_append(engine_dir, tmp_path):

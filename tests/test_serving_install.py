@@ -4,7 +4,6 @@ imported, with the same numbers as the development install; torch-only commands 
 extra to install. Bounded: pip and every command run under a timeout."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving_helpers import Server, greedy
+from support.rules import skip_or_fail
+from support.serving import Server, greedy
 
 from compressive_rt.runtime.score import score_documents
 from compressive_rt.runtime.session import Session
@@ -48,15 +48,8 @@ def plain_venv(tmp_path_factory):
     installed = run(venv / "bin" / "python", "-m", "pip", "install", "--quiet", source,
                     timeout=PIP_TIMEOUT_S)
     if installed.returncode:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"pip install of the project failed:\n{installed.stderr[-3000:]}")
-        pytest.skip(f"pip could not install the project here: {installed.stderr[-500:]}")
+        skip_or_fail(f"pip could not install the project here:\n{installed.stderr[-3000:]}")
     return venv / "bin"
-
-
-@pytest.fixture(scope="module")
-def engine_dir(engine):
-    return engine("conv")[1]
 
 
 def test_the_plain_install_has_no_torch(plain_venv):

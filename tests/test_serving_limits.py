@@ -7,7 +7,7 @@ import json
 import numpy as np
 import openai
 import pytest
-from serving_helpers import greedy
+from support.serving import greedy
 from test_serving_api import TEXT_A, append, metric, new_stream
 
 from compressive_rt.runtime.snapshot import META

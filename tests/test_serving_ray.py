@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from ray_helpers import need_ray, tree_rss_bytes
-from serving_helpers import Reference, assert_close, greedy
+from support.redis_and_ray import tree_rss_bytes
+from support.rules import need_ray
+from support.serving import Reference, assert_close, greedy
 
 pytestmark = [pytest.mark.serving, pytest.mark.ray, pytest.mark.slow]
 
@@ -28,16 +29,11 @@ ALPHABET = "abcdefghij klmnopqrstuvwxyz.,;\n(){}=+-*/0123456789"
 
 
 @pytest.fixture(scope="module")
-def engine_dir(engine):
-    return engine("conv")[1]
-
-
-@pytest.fixture(scope="module")
 def served(engine_dir, tmp_path_factory):
     need_ray()
-    from redis_helpers import need_binary
+    from support.rules import need_binary
 
-    from compressive_rt.benchmarks.ray_serve import RayCluster
+    from compressive_rt.benchmarks.launchers.ray_cluster import RayCluster
     from compressive_rt.serving.ray_app import APP_NAME, RayDeployment
     from compressive_rt.serving.settings import ServeSettings
 

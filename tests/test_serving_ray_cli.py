@@ -8,21 +8,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ray_helpers import need_ray, wait_ready
-from redis_helpers import RedisServer
-from serving_helpers import Reference, assert_close
+from support.redis_and_ray import RedisServer, wait_ready
+from support.rules import need_ray
+from support.serving import Reference, assert_close
 
-from compressive_rt.benchmarks.serve import free_port
+from compressive_rt.benchmarks.launchers.server_process import free_port
 from compressive_rt.serving.redis_store import RedisStore
 
 pytestmark = [pytest.mark.serving, pytest.mark.ray, pytest.mark.slow]
 
 CTRT = Path(sys.executable).parent / "ctrt"
-
-
-@pytest.fixture(scope="module")
-def engine_dir(engine):
-    return engine("conv")[1]
 
 
 def ctrt(*args, timeout=120):

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ray_helpers import need_ray, wait_ready
-from redis_helpers import RedisServer
+from support.redis_and_ray import RedisServer, wait_ready
+from support.rules import need_ray
 from test_serving_connections import UPLOAD_BYTES, assert_refused, withheld_upload
 
-from compressive_rt.benchmarks.serve import free_port
+from compressive_rt.benchmarks.launchers.server_process import free_port
 
 pytestmark = [pytest.mark.serving, pytest.mark.ray, pytest.mark.slow]
 

@@ -8,7 +8,8 @@ import time
 
 import pytest
 import redis
-from redis_helpers import RedisServer, need_binary
+from support.redis_and_ray import RedisServer
+from support.rules import need_binary
 
 from compressive_rt.serving.redis_store import RedisStore
 from compressive_rt.serving.store import StaleVersion, StoreError

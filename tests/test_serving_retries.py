@@ -9,8 +9,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from serving_helpers import Reference, assert_close, greedy
 from starlette.testclient import TestClient
+from support.serving import Reference, assert_close, greedy
 from test_serving_api import metric
 
 from compressive_rt.runtime.session import Session
@@ -23,11 +23,6 @@ from compressive_rt.serving.settings import ServeSettings
 from compressive_rt.serving.sqlite_store import SQLiteStore
 
 TEXT = "a stream appended to once, whatever the retries"
-
-
-@pytest.fixture
-def engine_dir(engine):
-    return engine("conv")[1]
 
 
 @pytest.fixture

@@ -16,14 +16,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from serving_helpers import Reference, Server, assert_close, greedy, sse_events
+from support.serving import Reference, Server, assert_close, greedy, sse_events
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def engine_dir(engine):
-    return engine("conv")[1]
 
 
 @pytest.fixture(scope="module")

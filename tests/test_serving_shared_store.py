@@ -1,7 +1,7 @@
 """Two `ctrt serve` processes on one Redis store (what each Ray replica is: one Session and its
 engine thread on the shared store): each serves the other's streams from the store, equal to
 an uninterrupted stream, and a holder paused past its claim (SIGSTOP, under the test's control:
-pause_harness.py) is fenced out: resumed and sent an append, it answers 409 and writes
+support/pause.py) is fenced out: resumed and sent an append, it answers 409 and writes
 nothing; sent a read, it answers from the store's current state, never its stale copy. Two
 servers taking each other's streams at once hand them over without either waiting out the
 store's bound on a silent holder."""
@@ -13,9 +13,9 @@ from contextlib import contextmanager
 import httpx
 import pytest
 import redis
-from pause_harness import paused
-from redis_helpers import RedisServer, stream_record
-from serving_helpers import Reference, Server, assert_close, greedy
+from support.pause import paused
+from support.redis_and_ray import RedisServer, stream_record
+from support.serving import Reference, Server, assert_close, greedy
 
 from compressive_rt.serving.redis_store import PREFIX
 
@@ -23,11 +23,6 @@ pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 GIVEN_UP_ANYWAY = "did not give it up within"  # redis_store.py's warning on a silent holder
 LEASE_LOST = ("lease has expired; taken from it", "lease expired while it was asked")
-
-
-@pytest.fixture(scope="module")
-def engine_dir(engine):
-    return engine("conv")[1]
 
 
 @pytest.fixture

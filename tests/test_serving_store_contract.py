@@ -9,8 +9,8 @@ import itertools
 
 import pytest
 from hypothesis import given, settings
-from redis_helpers import RedisServer
-from serving_helpers import STORE_OPERATIONS, replay
+from support.redis_and_ray import RedisServer
+from support.serving import STORE_OPERATIONS, replay
 
 from compressive_rt.serving.redis_store import RedisStore
 from compressive_rt.serving.sqlite_store import SQLiteStore

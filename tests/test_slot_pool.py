@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 import pytest
-from engines import RecordingBackend
+from support.engines import RecordingBackend
 
 from compressive_rt.runtime.manifest import EngineError
 from compressive_rt.runtime.session import ConcurrentUseError, EngineCallError, Session

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from engines import random_model, tiny_config
+from support.engines import random_model, tiny_config
 
 from compressive_rt.export.pipeline import export_model
 from compressive_rt.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME

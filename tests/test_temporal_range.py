@@ -2,7 +2,7 @@
 than N*(M + c*C + L) cannot."""
 
 import torch
-from engines import TINY
+from support.engines import TINY
 
 from compressive_rt.ct_reference.model import CompressiveTransformer
 

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import onnx
 import pytest
-from engines import tiny_config
+from support.engines import tiny_config
 
 from compressive_rt.export.inspection import inspect_engine_dir
-from compressive_rt.export.pipeline import export_model
 from compressive_rt.export.tensorrt_build import (
     build_engines,
     check_engine_compatibility,
@@ -31,12 +30,6 @@ from compressive_rt.runtime.manifest import EngineError, load_manifest, sha256_f
 
 CONFIG = tiny_config("conv")
 NO_GPU_STACK = pytest.mark.skipif(gpu_available(), reason="a GPU stack is present here")
-
-
-@pytest.fixture
-def engine_dir(engine):
-    """The session's tiny conv engine (read only: a build works on a copy, `own_engine`)."""
-    return engine("conv")[1]
 
 
 # ---- optimization profiles ------------------------------------------------------------------
@@ -360,11 +353,9 @@ def own_engine(engine_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def fp16_engine_dir(engine, tmp_path_factory):
-    out = tmp_path_factory.mktemp("engine16") / "tiny"
-    export_model(engine("conv")[0], out, verify_segments=2, precision="fp16",
-                 log=lambda *_: None)
-    return out
+def fp16_engine_dir(engine):
+    """The session's tiny fp16 conv engine (read only: a build works on a copy)."""
+    return engine("conv", "fp16")[1]
 
 
 def directory_bytes(path: Path) -> dict[str, bytes]:

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from engines import TINY
+from support.engines import TINY
 
 from compressive_rt.ct_reference.train import TrainOptions, learning_rate, train
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from engines import COMPRESS_FNS, random_model, tiny_config
 from onnx import TensorProto, helper
+from support.engines import COMPRESS_FNS, random_model, tiny_config
 
 from compressive_rt.export import trt_ops
 from compressive_rt.export.onnx_export import export_graphs, write_graphs

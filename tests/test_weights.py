@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from engines import COMPRESS_FNS, random_model, tiny_config
 from onnx import numpy_helper
+from support.engines import each_compress_fn, random_model, tiny_config
 
 from compressive_rt.benchmarks.memory import directory_bytes, runtime_peak_rss, state_bytes
 from compressive_rt.export.pipeline import export_model
@@ -148,12 +148,12 @@ def test_an_unknown_prepack_mode_is_refused(wide_engine):
 
 
 @pytest.mark.slow
-def test_fp16_engine_has_its_own_weights_file_at_half_the_size(tmp_path, engine):
+def test_fp16_engine_has_its_own_weights_file_at_half_the_size(engine):
     _, fp32_dir = engine("conv")
-    model = random_model(tiny_config("conv"))
-    manifest = export_model(model, tmp_path / "engine", precision="fp16", log=quiet)
+    _, fp16_dir = engine("conv", "fp16")
+    manifest = json.loads((fp16_dir / "manifest.json").read_text())
     fp16_bytes = manifest["weights"]["bytes"]
-    assert fp16_bytes == (tmp_path / "engine" / "weights.bin").stat().st_size
+    assert fp16_bytes == (fp16_dir / "weights.bin").stat().st_size
     stored = sum(int(np.prod(t["shape"])) for t in manifest["weights"]["tensors"].values())
     dtypes = {t["dtype"] for t in manifest["weights"]["tensors"].values()}
     assert {dtype for dtype in dtypes if dtype.startswith("float")} == {"float16"}
@@ -188,7 +188,7 @@ def tensors_made_by_simplifying(model, work_dir) -> dict[str, bytes]:
     return made
 
 
-@pytest.mark.parametrize("compress_fn", COMPRESS_FNS)
+@pytest.mark.parametrize("compress_fn", each_compress_fn())
 def test_simplifying_the_graphs_derives_no_new_tensor_from_the_weights(compress_fn, tmp_path):
     """What simplification folds into new tensors (index tables, slot counts) is the same for
     two models of one config with different weights: nothing is computed from the weights."""

@@ -1,23 +1,32 @@
 #include "ctrt/planner.hpp"
 
 #include <algorithm>
+#include <iterator>
 
 namespace ctrt {
 
+int64_t decoding_step(const std::vector<FeedStream>& feed, int64_t seg_len, std::vector<int64_t>& streams) {
+  streams.clear();
+  int64_t pending = 0;
+  for (const auto& s : feed) {
+    if (s.pending == 0) continue;  // full or not, a stream with nothing pending takes no part
+    if (pending == 0) pending = s.pending;
+    if (s.pending != pending || s.fill + pending >= seg_len) return 0;
+    streams.push_back(s.stream);
+  }
+  return pending;
+}
+
 std::vector<PlannedCall> plan_feed(const std::vector<FeedStream>& feed, int64_t seg_len) {
   std::vector<PlannedCall> calls;
-  if (feed.empty()) return calls;
-  // the decoding step: every stream appends the same few tokens inside its partial segment
-  const int64_t pending = feed[0].pending;
-  bool one_extend = true;
-  for (const auto& s : feed) one_extend = one_extend && s.pending == pending && s.fill + pending < seg_len;
-  if (one_extend) {
-    PlannedCall call{Entry::extend, {}, pending};
-    for (const auto& s : feed) call.streams.push_back(s.stream);
-    calls.push_back(std::move(call));
+  PlannedCall step{Entry::extend, {}, 0};
+  step.tokens = decoding_step(feed, seg_len, step.streams);
+  if (step.tokens) {
+    calls.push_back(std::move(step));
     return calls;
   }
-  std::vector<FeedStream> left = feed;  // fill and pending as the calls go
+  std::vector<FeedStream> left;  // the streams with tokens pending; fill and pending as the calls go
+  std::copy_if(feed.begin(), feed.end(), std::back_inserter(left), [](const FeedStream& s) { return s.pending > 0; });
   // 1. streams whose commit failed in an earlier feed are committed first
   PlannedCall waiting{Entry::commit, {}, 0};
   for (auto& s : left) {

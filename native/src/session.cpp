@@ -323,23 +323,15 @@ void Session::run_planned(const std::vector<StreamTokens>& feed, std::vector<siz
   planned_.clear();
   feed_index_.clear();
   for (size_t i = 0; i < feed.size(); ++i) {
-    if (!feed[i].count) continue;
     planned_.push_back({feed[i].stream, seg_len_[static_cast<size_t>(rows_.at(feed[i].stream))],
                         static_cast<int64_t>(feed[i].count)});
     feed_index_.emplace_back(feed[i].stream, i);
   }
-  if (planned_.empty()) return;
-  // The decoding step (streams with the same few tokens, all inside their partial segments) is
-  // the one extend plan_feed plans for it, made here without the planner's allocations.
-  const int64_t pending = planned_[0].pending;
-  bool one_extend = true;
-  call_streams_.clear();
-  for (const FeedStream& s : planned_) {
-    one_extend = one_extend && s.pending == pending && s.fill + pending < seg_len;
-    call_streams_.push_back(s.stream);
-  }
-  if (one_extend) {
-    run_tokens(Entry::extend, call_streams_, pending, feed, done);
+  // The decoding step is the one extend plan_feed plans for it, made here without the
+  // planner's allocations (call_streams_ holds max_streams).
+  const int64_t step = decoding_step(planned_, seg_len, call_streams_);
+  if (step) {
+    run_tokens(Entry::extend, call_streams_, step, feed, done);
     return;
   }
   for (const PlannedCall& call : plan_feed(planned_, seg_len)) {

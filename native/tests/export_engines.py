@@ -1,7 +1,7 @@
 """Export the tiny test engines the C++ tests and the C example run on (ctest's fixture).
 
 python native/tests/export_engines.py OUT_DIR  ->  OUT_DIR/conv, OUT_DIR/most_used, OUT_DIR/none
-The models are tests/engines.py's (random weights, seed 0), so the engines are the ones the
+The models are tests/support/engines.py's (random weights, seed 0), so the engines are the ones the
 pytest suite exports. An engine already there (manifest.json) is kept.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 CHECKOUT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(CHECKOUT / "tests"))
 
-from engines import export_tiny  # noqa: E402
+from support.engines import export_tiny  # noqa: E402
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])

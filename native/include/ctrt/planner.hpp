@@ -13,7 +13,7 @@ namespace ctrt {
 struct FeedStream {
   int64_t stream;
   int64_t fill;     // tokens in its partial segment: 0 <= fill < L, or L after a failed commit
-  int64_t pending;  // tokens of this feed, > 0
+  int64_t pending;  // tokens of this feed, >= 0
 };
 
 struct PlannedCall {
@@ -23,9 +23,14 @@ struct PlannedCall {
 };
 
 // The calls of one feed, in order, when every call succeeds (the session stops at the first
-// that fails). `feed` holds the streams with tokens pending, in the feed's order; a call lists
-// its streams in that order. Streams outside the feed take no part, even when their partial
-// segment is full.
+// that fails). `feed` holds the feed's streams in its order; a call lists its streams in that
+// order. A stream with no tokens pending takes no part, even when its partial segment is full.
 std::vector<PlannedCall> plan_feed(const std::vector<FeedStream>& feed, int64_t seg_len);
+
+// The decoding step: when every stream with tokens pending appends the same count, all inside
+// its partial segment, the feed is that one extend. Returns its tokens per stream and puts its
+// streams (those with tokens pending, in the feed's order) in `streams`; otherwise returns 0.
+// Allocates nothing when `streams` has the capacity (the session calls it for every token).
+int64_t decoding_step(const std::vector<FeedStream>& feed, int64_t seg_len, std::vector<int64_t>& streams);
 
 }  // namespace ctrt

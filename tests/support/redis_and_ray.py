@@ -1,6 +1,8 @@
-"""For the Ray tests: Ray itself (the `ray` extra; missing on a developer machine it skips,
-under CI=true it fails) and the memory a local cluster's processes hold (the cluster itself:
-benchmarks/ray_serve.py's RayCluster)."""
+"""For the shared-store and Ray tests: a real redis-server (benchmarks/launchers/redis_server.py:
+Debian's package, which `.ci/run` installs, on 127.0.0.1 on a free port, appendfsync always,
+stopped by its owner) that skips or fails (support.rules) when the binary is missing, a
+stream's record in a Redis store, the memory a local Ray cluster's processes hold and a
+`ctrt serve --ray` waited for (the cluster itself: benchmarks/launchers/ray_cluster.py)."""
 
 from __future__ import annotations
 
@@ -10,20 +12,32 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
+
+from compressive_rt.benchmarks.launchers.redis_server import RedisServer as _RedisServer
+from support.rules import need_binary
 
 READY_DEADLINE_S = 300  # Ray and Serve start in tens of seconds; minutes on a loaded machine
 
 
-def need_ray() -> None:
+class RedisServer(_RedisServer):
+    def __init__(self, *args, **kwargs) -> None:
+        need_binary("redis-server", "redis-server")
+        super().__init__(*args, **kwargs)
+
+
+def stream_record(url: str, stream_id: str) -> dict[str, str]:
+    """A stream's record in a Redis store (serving/redis_store.py's `s:{id}` hash): its
+    version, position, snapshot_position and holder, as text."""
+    import redis
+
+    from compressive_rt.serving.redis_store import PREFIX
+
+    client = redis.Redis.from_url(url)
     try:
-        import ray  # noqa: F401
-        from ray import serve  # noqa: F401
-    except ImportError as exc:
-        reason = f"Ray Serve is not installed ({exc}): pip install -e '.[ray]'"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        return {key.decode(): value.decode()
+                for key, value in client.hgetall(f"{PREFIX}s:{stream_id}").items()}
+    finally:
+        client.close()
 
 
 def tree_rss_bytes(root: int) -> int:

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from compressive_rt.benchmarks.serve import free_port
+from compressive_rt.benchmarks.launchers.server_process import free_port
 from compressive_rt.benchmarks.settings import BenchError
 
 STARTUP_S = 30.0

@@ -26,7 +26,7 @@ from compressive_rt.runtime.session import ConcurrentUseError, EngineCallError
 
 LIBRARY_ENV = "CTRT_NATIVE_LIBRARY"
 ONNXRUNTIME_ENV = "CTRT_ONNXRUNTIME_LIBRARY"
-CHECKOUT = Path(__file__).resolve().parents[1]
+CHECKOUT = Path(__file__).resolve().parents[2]
 DTYPES = {0: np.float32, 1: np.int32}
 # ctrt_status -> the project's error for it
 CTRT_OK, CTRT_INPUT_ERROR, CTRT_ENGINE_ERROR, CTRT_BACKEND_UNAVAILABLE = 0, 1, 2, 3

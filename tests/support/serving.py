@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from compressive_rt.benchmarks.serve import ServerProcess
+from compressive_rt.benchmarks.launchers.server_process import ServerProcess
 from compressive_rt.runtime.generate import generate
 from compressive_rt.runtime.sampling import Sampling
 from compressive_rt.runtime.score import target_bits
 from compressive_rt.runtime.session import Session
 from compressive_rt.serving.store import StaleVersion
-
-REL = 1e-4  # the project's equality rule for logits, applied to bits here
+from support.rules import fp32_bound
 
 
 class Reference:
@@ -51,11 +50,12 @@ def greedy(engine_dir: Path, prompt: bytes, count: int) -> bytes:
 
 
 def assert_close(got: float | None, expected: float | None) -> None:
-    """Equal to the rule's tolerance; None (nothing predicted) only equals None."""
+    """Equal within the fp32 rule (support.rules) applied to bits; None (nothing predicted)
+    only equals None."""
     if expected is None or got is None:
         assert got is expected, (got, expected)
         return
-    assert abs(got - expected) <= REL * max(1.0, abs(expected)), (got, expected)
+    assert abs(got - expected) <= fp32_bound(expected), (got, expected)
 
 
 def sse_events(lines) -> list:

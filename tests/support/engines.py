@@ -48,11 +48,12 @@ def random_model(config: ModelConfig, seed: int = 0, std: float = 0.3) -> Compre
     return model.eval()
 
 
-def export_tiny(compress_fn: str, out_dir: Path, **changes) -> tuple[CompressiveTransformer, Path]:
+def export_tiny(compress_fn: str, out_dir: Path, precision: str = "fp32",
+                **changes) -> tuple[CompressiveTransformer, Path]:
     from compressive_rt.export.pipeline import export_model
 
     model = random_model(tiny_config(compress_fn, **changes))
-    export_model(model, out_dir, verify_segments=20, log=lambda *_: None)
+    export_model(model, out_dir, verify_segments=20, precision=precision, log=lambda *_: None)
     return model, out_dir
 
 

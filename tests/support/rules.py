@@ -1,10 +1,10 @@
-"""The tests' shared rules (tests/ is on sys.path under pytest's default import mode): what a
-missing prerequisite does, and the equality rule for logits (tiny models and their engines:
-engines.py; fixtures: conftest.py)."""
+"""The tests' shared rules: what a missing prerequisite does (`skip_or_fail`, and the checks
+built on it), and the equality rule for logits, read from export/tolerances.py."""
 
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -20,6 +20,21 @@ def skip_or_fail(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (under CI=true a missing prerequisite fails: .ci/run provides it)")
     pytest.skip(reason)
+
+
+def need_binary(name: str, package: str) -> None:
+    """A program on PATH, from the Debian package `package` (`.ci/run` installs it)."""
+    if shutil.which(name) is None:
+        skip_or_fail(f"{name} is not installed (Debian: apt-get install {package})")
+
+
+def need_ray() -> None:
+    """Ray Serve (the `ray` extra)."""
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError as exc:
+        skip_or_fail(f"Ray Serve is not installed ({exc}): pip install -e '.[ray]'")
 
 
 def fp32_bound(reference) -> float:

@@ -18,23 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from compressive_rt.benchmarks.native_runtime import (
+from compressive_rt.benchmarks.launchers.native import (
     CHECKOUT,
     LIBRARY_ENV,
     default_library,
     point_at_onnxruntime,
 )
+from support.rules import skip_or_fail
 
 BUILD_DIR = CHECKOUT / "build"
 HEADERS = {"nlohmann-json3-dev": "/usr/include/nlohmann/json.hpp",
            "libssl-dev": "/usr/include/openssl/evp.h", "libzip-dev": "/usr/include/zip.h",
            "libgtest-dev": "/usr/include/gtest/gtest.h"}
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"native runtime: {reason} (.ci/run installs the prerequisites)")
-    pytest.skip(f"native runtime: {reason}")
 
 
 def _missing_prerequisites() -> list[str]:
@@ -70,7 +65,7 @@ def native_library() -> Path:
     """The built library's path (skips or fails the calling test when it cannot be built)."""
     library, why, prerequisites_missing = _build()
     if prerequisites_missing:
-        _unavailable(why)
+        skip_or_fail(f"native runtime: {why}")
     if library is None:
         pytest.fail(f"native runtime: {why}")
     return library
