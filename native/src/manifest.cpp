@@ -191,7 +191,7 @@ Manifest parse_manifest(const std::string& text, const std::string& engine_dir, 
   nlohmann::json data;
   try {
     data = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& exc) {
+  } catch (const nlohmann::json::exception& exc) {  // bad syntax, or a number out of range (1e505)
     throw EngineError(path + " is not valid JSON: " + exc.what());
   }
   if (!data.is_object() || data.value("format", nlohmann::json()) != kFormat) {

@@ -339,7 +339,7 @@ StreamSnapshot read_snapshot(const uint8_t* bytes, size_t size, const Manifest& 
   try {
     const auto text = read_data(archive, members.at(kMeta));
     meta = nlohmann::json::parse(text.begin(), text.end());
-  } catch (const nlohmann::json::parse_error& exc) {
+  } catch (const nlohmann::json::exception& exc) {  // bad syntax, or a number out of range (1e505)
     throw refuse(std::string("its ") + kMeta + " record is not JSON (" + exc.what() + ")");
   } catch (const std::runtime_error& exc) {
     throw refuse(exc.what());

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -124,6 +125,17 @@ TEST(HostileManifest, AConfigEditedAwayFromTheGraphsIsRefusedAtOpen) {
         if (tensor["name"] == "logits") tensor["shape"].back() = 128;
   });
   expect_open_refused(dir, CTRT_ENGINE_ERROR, "graph output logits has shape [?, 8, 256]");
+}
+
+TEST(HostileManifest, ANumberBeyondADoubleIsAnEngineError) {
+  // found by fuzz_manifest: nlohmann's out_of_range escaped the parser as an uncaught exception
+  const auto dir = edited_engine("huge_number", [](auto&) {});
+  std::stringstream text;
+  text << std::ifstream(dir / "manifest.json").rdbuf();
+  std::string manifest = text.str();
+  manifest.insert(manifest.find('{') + 1, "\"huge\": 1e505,");
+  std::ofstream(dir / "manifest.json", std::ios::trunc) << manifest;
+  expect_open_refused(dir, CTRT_ENGINE_ERROR, "is not valid JSON");
 }
 
 TEST(HostileManifest, MalformedFieldsAreEngineErrorsNamingTheField) {
