@@ -2,6 +2,7 @@
 through Serve's proxy on 127.0.0.1, and on SIGTERM spills every stream to the Redis store,
 stops Ray and exits 0; and the option errors it gives before starting anything."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,52 @@ def test_serve_run_builds_the_deployment_from_its_arguments(engine_dir):
                      "max_tokens_limit": "0"})
     with pytest.raises(CtrtError, match="need a store they share"):
         app_builder({"engine_dir": str(engine_dir), "store": "/tmp/store"})
+
+
+def test_serve_run_takes_every_setting_by_its_option_name(engine_dir, monkeypatch):
+    need_ray()
+    from compressive_rt.serving.ray_app import deployment_from_arguments
+
+    monkeypatch.delenv("CTRT_API_KEY", raising=False)
+    built = deployment_from_arguments({
+        "engine_dir": str(engine_dir), "store": "redis://h:1", "replicas": "3",
+        "replicas-per-node": "1", "max_tokens": "100", "max-body-bytes": "4096",
+        "grace": "2.5", "request_timeout": "30", "retry-after": "3", "lease": "4",
+        "access_log": "false", "body-timeout": "7", "header_timeout": "8"})
+    settings = built.settings
+    assert (built.replicas, built.replicas_per_node) == (3, 1)
+    assert (settings.max_tokens_limit, settings.max_body_bytes, settings.grace_s,
+            settings.request_timeout_s, settings.retry_after_s, settings.lease_s,
+            settings.access_log, settings.body_timeout_s, settings.header_timeout_s) == (
+        100, 4096, 2.5, 30.0, 3, 4.0, False, 7.0, 8.0)
+    assert settings.model_name == Path(engine_dir).resolve().name and settings.api_key is None
+    monkeypatch.setenv("CTRT_API_KEY", "k3y")
+    assert deployment_from_arguments({"engine_dir": str(engine_dir),
+                                      "store": "redis://h:1"}).settings.api_key == "k3y"
+
+
+def test_the_serve_run_arguments_ctrt_prints_rebuild_the_same_deployment(engine_dir,
+                                                                         monkeypatch):
+    need_ray()
+    from compressive_rt.serving.ray_app import (
+        RayDeployment,
+        deployment_from_arguments,
+        serve_run_arguments,
+    )
+    from compressive_rt.serving.settings import ServeSettings
+
+    settings = ServeSettings(model_name="tiny", streams=3, api_key="s3cret", queue_size=9,
+                             max_tokens_limit=77, max_body_bytes=5000, grace_s=1.5,
+                             snapshot_every=128, lease_s=3.0, access_log=False,
+                             max_body_bytes_in_flight=1 << 22)
+    deployment = RayDeployment(str(engine_dir), "redis://:pa55@127.0.0.1:6380/1", settings,
+                               replicas=3, replicas_per_node=2, threads=2, prepack="none")
+    arguments = serve_run_arguments(deployment, "5")
+    assert "s3cret" not in " ".join(arguments) and "pa55" not in " ".join(arguments)
+    monkeypatch.setenv("CTRT_API_KEY", "s3cret")
+    rebuilt = deployment_from_arguments(dict(argument.split("=", 1) for argument in arguments))
+    assert rebuilt == dataclasses.replace(deployment, store="redis://127.0.0.1:6380/1",
+                                          replicas=5)
 
 
 def test_an_unreachable_store_is_refused_before_ray_starts(engine_dir):
