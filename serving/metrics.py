@@ -39,7 +39,8 @@ class Labelled:
 def refused_counter(registry: CollectorRegistry) -> Counter:
     return Counter("ctrt_refused", "Requests and connections refused by a bound (json_depth, "
                    "bodies_in_flight, connections, header_timeout, body_timeout, store_full; "
-                   "the Ray router's: replica_unavailable)", ["bound"], registry=registry)
+                   "the Ray router's: request_too_large, replica_unavailable)", ["bound"],
+                   registry=registry)
 
 
 def body_bytes_gauge(registry: CollectorRegistry) -> Gauge:

@@ -231,6 +231,7 @@ class StreamRouter:
         chunked = "transfer-encoding" in request.headers
         reserved = int(declared) if declared.isdigit() else self.largest_body if chunked else 0
         if reserved > self.largest_body:
+            self.metrics.refused.labels("request_too_large").inc()
             return error_response(too_large(reserved, self.largest_body))
         if not self.budget.reserve(reserved):
             return error_response(bodies_full(self.budget, reserved))
@@ -246,6 +247,7 @@ class StreamRouter:
                 async for chunk in request.stream():
                     body += chunk
                     if len(body) > self.largest_body:
+                        self.metrics.refused.labels("request_too_large").inc()
                         return error_response(too_large(len(body), self.largest_body))
         except TimeoutError:
             self.metrics.refused.labels("body_timeout").inc()

@@ -52,8 +52,10 @@ def serve_on_ray(deployment: RayDeployment, address: str | None = None,
     from ray import serve
 
     started_here = address is None and not os.environ.get("RAY_ADDRESS")
-    context = ray.init(address=address, include_dashboard=False,
-                       logging_level=logging.WARNING)
+    # "local": a Ray of this process's own; with no address ray.init would join whatever
+    # cluster was started last on this machine (/tmp/ray/ray_current_cluster), anyone's
+    context = ray.init(address="local" if started_here else address or None,
+                       include_dashboard=False, logging_level=logging.WARNING)
     # after ray.init, which installs handlers of its own that end the process at once
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())

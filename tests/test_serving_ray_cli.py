@@ -3,6 +3,7 @@ through Serve's proxy on 127.0.0.1, and on SIGTERM spills every stream to the Re
 stops Ray and exits 0; and the option errors it gives before starting anything."""
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,8 +125,18 @@ def test_serve_ray_answers_and_spills_every_stream_at_sigterm(engine_dir, tmp_pa
     need_ray()
     redis_server = RedisServer(tmp_path / "redis").start()
     try:
-        stream, output = serve_one_stream_then_sigterm(engine_dir, redis_server, tmp_path)
+        stream, replica, output = serve_one_stream_then_sigterm(engine_dir, redis_server,
+                                                                tmp_path)
         assert "listening on http://127.0.0.1:" in output
+        # the replica's access log, through Ray's log forwarding; not Serve's `POST / 200`
+        assert re.search(rf"POST /v1/streams/{stream}/append 200 stream={stream} "
+                         rf"\d+\.\d ms replica={replica}\n", output), output
+        assert re.search(rf"GET /v1/models 200 stream=- \d+\.\d ms replica={replica}\n",
+                         output), output
+        assert "POST / 200" not in output
+        assert re.search(r"serve run --address auto --name ctrt --route-prefix / --non-blocking "
+                         r"compressive_rt.serving.ray_app:app_builder engine_dir=\S+ "
+                         r"store=redis://127.0.0.1:\d+/0 replicas=N model_name=tiny\n", output)
         assert "appendonly yes, appendfsync always" in output
         assert "stopped; every stream is in the store" in output
         store = RedisStore(redis_server.url, _identity(engine_dir))
@@ -138,7 +149,7 @@ def test_serve_ray_answers_and_spills_every_stream_at_sigterm(engine_dir, tmp_pa
 
 
 def serve_one_stream_then_sigterm(engine_dir, redis_server, tmp_path):
-    """(the stream it appended to, the command's output)."""
+    """(the stream it appended to, the replica that answered, the command's output)."""
     port, log = free_port(), tmp_path / "serve.log"
     with log.open("wb") as out:
         server = subprocess.Popen(
@@ -156,13 +167,14 @@ def serve_one_stream_then_sigterm(engine_dir, redis_server, tmp_path):
                      Reference(engine_dir).bits_per_byte(b"to the store"))
         models = httpx.get(f"{url}/v1/models", timeout=60).json()
         assert [model["id"] for model in models["data"]] == ["tiny"]
+        replica = answer.headers["x-ctrt-replica"]
         server.terminate()
         assert server.wait(180) == 0, log.read_text()
     finally:
         if server.poll() is None:
             server.kill()
             server.wait(60)
-    return stream, log.read_text()
+    return stream, replica, log.read_text()
 
 
 def _identity(engine_dir):
