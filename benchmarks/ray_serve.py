@@ -1,7 +1,8 @@
 """`ctrt bench --ray`: the shared store and the Ray Serve deployment, on loopback only.
 
-Four experiments, every loop bounded in count and time, every server on 127.0.0.1 and stopped
-at the end:
+Four experiments here and three in benchmarks/ray_fleet.py (many streams moving at once,
+crossed hand-overs and failover with many streams; the fence's cost), every loop bounded in
+count and time, every server on 127.0.0.1 and stopped at the end:
 - store costs: the price of durability. A small log append and a snapshot put (the size of a
   snapshot of this engine) through serving.redis_store against redis-server with appendfsync
   always, everysec and no, and through serving.sqlite_store (synchronous=FULL), contenders
@@ -41,6 +42,14 @@ from compressive_rt.benchmarks.launchers.ray_cluster import RayCluster
 from compressive_rt.benchmarks.launchers.redis_server import RedisServer
 from compressive_rt.benchmarks.launchers.server_process import ServerProcess
 from compressive_rt.benchmarks.measure import ratio_stats
+from compressive_rt.benchmarks.ray_fleet import (
+    failover_many,
+    fence_cost,
+    fleet_report,
+    kill_replica,
+    moving_streams,
+    wait_for_replacement,
+)
 from compressive_rt.benchmarks.settings import SEED, BenchError, log
 from compressive_rt.benchmarks.workloads import interleave
 from compressive_rt.ct_reference.config import ModelConfig
@@ -66,18 +75,25 @@ class RayBenchSettings:
     clients: int = 8
     new_tokens: int = 32
     throughput_repeats: int = 3
+    moving: tuple[int, ...] = (1, 8, 32)  # streams moving at once (hand-over, failover)
+    moving_history: int = 64  # tokens each moving stream holds
+    fence_reads: int = 50  # GETs per repeat and contender
+    fence_steps: int = 20  # one-token generations per repeat and contender
+    fence_repeats: int = 5
 
 
 FULL = RayBenchSettings()
 QUICK = RayBenchSettings(
     config=dict(n_layers=2, d_model=256, n_heads=4, d_ff=1024, seg_len=64, mem_len=64,
                 cmem_len=32),
-    store_repeats=3, moves=4, failovers=2, throughput_repeats=2)
+    store_repeats=3, moves=4, failovers=2, throughput_repeats=2, moving=(1, 8),
+    fence_repeats=3)
 SMOKE = RayBenchSettings(
     config=dict(n_layers=1, d_model=64, n_heads=2, d_ff=128, seg_len=16, mem_len=16,
                 cmem_len=8, compress_rate=2),
     store_repeats=1, appends_per_repeat=5, snapshots_per_repeat=1, move_history=40, moves=2,
-    failovers=1, clients=2, new_tokens=4, throughput_repeats=1)
+    failovers=1, clients=2, new_tokens=4, throughput_repeats=1, moving=(1, 2),
+    moving_history=8, fence_reads=5, fence_steps=3, fence_repeats=1)
 PROFILES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
 
@@ -188,10 +204,7 @@ def append(client: httpx.Client, url: str, stream: str, text: str) -> float:
 
 # ---- on a Ray cluster ------------------------------------------------------------------------
 def failover(cluster: RayCluster, app: str, prefix: str, settings: RayBenchSettings) -> dict:
-    import ray
     from ray import serve
-
-    from compressive_rt.serving.ray_app import REPLICA
 
     url = cluster.url + prefix
     deaths, back = [], []
@@ -201,9 +214,7 @@ def failover(cluster: RayCluster, app: str, prefix: str, settings: RayBenchSetti
             answer = client.post(f"{url}/v1/streams/{stream}/append", json={"text": "held"})
             if answer.status_code != 200:
                 raise BenchError(f"an append answered {answer.status_code}")
-            victim = answer.headers["x-ctrt-replica"]
-            ray.kill(ray.get_actor(f"SERVE_REPLICA::{app}#{REPLICA}#{victim}",
-                                   namespace="serve"), no_restart=True)
+            kill_replica(app, answer.headers["x-ctrt-replica"])
             killed = time.perf_counter()
             for _ in range(10_000):
                 answer = client.post(f"{url}/v1/streams/{stream}/append", json={"text": "!"})
@@ -213,8 +224,7 @@ def failover(cluster: RayCluster, app: str, prefix: str, settings: RayBenchSetti
                     raise BenchError(f"after the kill an append answered {answer.status_code}")
                 time.sleep(0.01)
             deaths.append(time.perf_counter() - killed)
-            wait_for(lambda: running_replicas(serve, app) < 2, "Serve to see the death")
-            wait_for(lambda: running_replicas(serve, app) == 2, "a replacement replica")
+            wait_for_replacement(serve, app)
             back.append(time.perf_counter() - killed)
     result = {"kills": settings.failovers,
               "to_answering_ms": float(np.median(deaths) * 1e3),
@@ -224,21 +234,6 @@ def failover(cluster: RayCluster, app: str, prefix: str, settings: RayBenchSetti
         f"kill (max {result['to_answering_ms_max']:.0f}), a replacement replica after "
         f"{result['to_replacement_s']:.1f} s")
     return result
-
-
-def wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise BenchError(f"waited {TIMEOUT_S} s for {what}")
-        time.sleep(0.05)
-
-
-def running_replicas(serve, app: str) -> int:
-    from compressive_rt.serving.ray_app import REPLICA
-
-    status = serve.status().applications[app].deployments[REPLICA]
-    return status.replica_states.get("RUNNING", 0)
 
 
 async def _completions(url: str, prompts: list[bytes], new_tokens: int) -> tuple[int, float]:
@@ -294,15 +289,21 @@ def on_ray(engine_dir: Path, settings: RayBenchSettings, threads: int, work: Pat
     from compressive_rt.serving.settings import ServeSettings
 
     with RayCluster(work, cpus=2 * threads) as cluster:
-        serve_settings = ServeSettings(model_name="bench", streams=max(8, settings.clients))
+        serve_settings = ServeSettings(model_name="bench",
+                                       streams=max(8, settings.clients, *settings.moving))
         apps = {"1 replica": ("one", "/one", 1), "2 replicas": ("two", "/two", 2)}
         for name, prefix, replicas in apps.values():
             cluster.deploy(name, RayDeployment(str(engine_dir), cluster.redis.url,
                                                serve_settings, replicas=replicas,
                                                replicas_per_node=1, threads=threads), prefix)
+        from ray import serve
+
         return {"throughput": throughput(
                     cluster, {key: prefix for key, (_, prefix, _) in apps.items()}, settings),
-                "failover": failover(cluster, "two", "/two", settings)}
+                "failover": failover(cluster, "two", "/two", settings),
+                "failover_streams": failover_many(
+                    cluster.url + "/two", lambda replica: kill_replica("two", replica),
+                    lambda: wait_for_replacement(serve, "two"), settings.moving)}
 
 
 # ---- driver ----------------------------------------------------------------------------------
@@ -332,6 +333,10 @@ def run_ray_benchmark(out_dir: Path, threads: int, profile: str = "full") -> dic
                         "load_average_at_start": os.getloadavg()},
             "store_costs": store_costs(identity, snapshot_bytes, settings, work),
             "stream_move": stream_move(engine_dir, settings, threads, work),
+            "moving_streams": moving_streams(engine_dir, settings.moving,
+                                             settings.moving_history, threads, work),
+            "fence": fence_cost(engine_dir, settings.fence_reads, settings.fence_steps,
+                                settings.fence_repeats, threads, work),
             **on_ray(engine_dir, settings, threads, work)}
     results["seconds"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = os.getloadavg()
@@ -368,6 +373,7 @@ def report(results: dict) -> str:
                  f"{fail['to_answering_ms']:.0f} ms after its replica's death (max "
                  f"{fail['to_answering_ms_max']:.0f} ms); Serve runs a replacement after "
                  f"{fail['to_replacement_s']:.1f} s")
+    lines += fleet_report(results)
     flow = results["throughput"]
     lines.append(f"throughput, {flow['clients']} streaming clients x {flow['new_tokens']} "
                  f"tokens: " + ", ".join(f"{name} {row['tokens_per_s']:.0f} tokens/s "
@@ -376,3 +382,4 @@ def report(results: dict) -> str:
                                         for name, row in flow["apps"].items())
                  + f"; 2 vs 1: {flow['two_vs_one']['median']:.2f}x ({flow['note']})")
     return "\n".join(lines)
+

@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 
 from compressive_rt.benchmarks.settings import BenchError, log
+from compressive_rt.serving.metrics import sample_value
 
 CLIENT_TIMEOUT_S = 120
 SAMPLE_S = 0.02
@@ -168,10 +169,7 @@ async def zip_uploads(url: str, stream: str, data: bytes, count: int) -> dict[st
 
 
 def metric(url: str, name: str) -> float:
-    for line in httpx.get(f"{url}/metrics", timeout=CLIENT_TIMEOUT_S).text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
-    return 0.0
+    return sum(sample_value(httpx.get(f"{url}/metrics", timeout=CLIENT_TIMEOUT_S).text, name))
 
 
 def run_abuse(server: object, settings: AbuseSettings, upload_limit: int) -> list[dict]:

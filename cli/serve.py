@@ -12,9 +12,9 @@ from pathlib import Path
 from compressive_rt.cli.options import check_options
 from compressive_rt.cli.run import _add_engine_args
 from compressive_rt.errors import CtrtError
+from compressive_rt.serving.settings import API_KEY_VARIABLE
 
 DEFAULT_REPLICAS = 2
-API_KEY_VARIABLE = "CTRT_API_KEY"
 DEFAULT_STORE = "ctrt_store"
 
 
@@ -180,13 +180,13 @@ def run_serve(args: argparse.Namespace) -> int:
         grace_s=args.grace, store_max_bytes=args.store_max_bytes,
         max_body_bytes_in_flight=args.max_body_bytes_in_flight, body_timeout_s=args.body_timeout,
         header_timeout_s=args.header_timeout, max_connections=args.max_connections,
-        lease_s=args.lease)
+        lease_s=args.lease, access_log=not args.no_access_log)
     if args.ray:
         return run_on_ray(args, settings)
     from compressive_rt.serving.server import serve
 
     return serve(args.engine_dir, settings, args.store, backend=args.backend,
-                 threads=args.threads, prepack=args.prepack, access_log=not args.no_access_log)
+                 threads=args.threads, prepack=args.prepack)
 
 
 def run_on_ray(args: argparse.Namespace, settings: object) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from compressive_rt.serving.engine import Engine
@@ -36,6 +36,7 @@ from compressive_rt.serving.jobs import (
 )
 from compressive_rt.serving.metrics import Metrics
 from compressive_rt.serving.middleware import (
+    AccessLog,
     BodyBudget,
     CountRequests,
     LimitBody,
@@ -109,7 +110,7 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     # ---- models and completions -----------------------------------------------------------
     def model_card() -> dict:
@@ -230,7 +231,8 @@ def create_app(engine: Engine, settings: ServeSettings, metrics: Metrics,
     largest = max(snapshot_limit, settings.max_body_bytes)
     budget = BodyBudget(bodies_in_flight(settings.max_body_bytes_in_flight, largest), metrics)
     limited = LimitBody(app, body_limit, budget, settings.body_timeout_s)
-    return CountRequests(RequireApiKey(limited, settings.api_key), metrics)
+    counted = CountRequests(RequireApiKey(limited, settings.api_key), metrics)
+    return AccessLog(counted, metrics.replica) if settings.access_log else counted
 
 
 async def respond(call: Exchange, answer: CompletionAnswer, stream: bool) -> Response:

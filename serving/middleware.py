@@ -1,17 +1,20 @@
-"""ASGI middleware around the app: request counting, the API key, the body-size limit and
-the bound on the bytes of bodies held at once."""
+"""ASGI middleware around the app: the access log, request counting, the API key, the
+body-size limit and the bound on the bytes of bodies held at once."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import json
+import logging
+import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from compressive_rt.errors import CtrtError
 from compressive_rt.serving.errors import ApiError
-from compressive_rt.serving.metrics import Metrics
+from compressive_rt.serving.metrics import Metrics, RouterMetrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -19,6 +22,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+access_log = logging.getLogger("compressive_rt.serving.access")
+
+STREAM_PATH = re.compile(r"/v1/streams/([A-Za-z0-9_-]{1,64})(/|$)")
 PROTECTED_PREFIX = "/v1/"
 DOC_ROUTES = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")  # FastAPI's
 DRAIN_FACTOR = 2  # /health, /ready and /metrics stay open for probes and scrapers
@@ -51,6 +57,42 @@ class CountRequests:
             await send(message)
 
         await self.app(scope, receive, counted)
+
+
+def log_access(method: str, path: str, status: int, seconds: float, replica: str) -> None:
+    """One access-log line: `POST /v1/streams/ID/append 200 stream=ID 12.3 ms replica=NAME`
+    (`stream=-` when the path names no stream)."""
+    match = STREAM_PATH.match(path)
+    access_log.info("%s %s %d stream=%s %.1f ms replica=%s", method, path, status,
+                    match[1] if match else "-", seconds * 1e3, replica)
+
+
+class AccessLog:
+    """One access-log line per request once its answer is sent (a streamed answer: its last
+    byte), with the server's name; a request the client left before any answer: 499."""
+
+    def __init__(self, app: App, replica: str) -> None:
+        self.app, self.replica = app, replica
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), None
+
+        async def logged(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, logged)
+        except Exception:
+            status = status or 500  # a bug: the server answers 500 if it has not answered
+            raise
+        finally:
+            log_access(scope["method"], scope["path"], status or 499,
+                       time.perf_counter() - started, self.replica)
 
 
 class RequireApiKey:
@@ -110,7 +152,7 @@ class BodyBudget:
     answered. So a client that withholds the end of an upload costs its reservation, and all
     of them together at most `limit`. The event loop's thread alone touches it."""
 
-    def __init__(self, limit: int, metrics: Metrics) -> None:
+    def __init__(self, limit: int, metrics: Metrics | RouterMetrics) -> None:
         self.limit, self.held, self.metrics = limit, 0, metrics
 
     def reserve(self, size: int) -> bool:

@@ -16,7 +16,8 @@ by a replica's death ends with an error event instead of `[DONE]`. Never a wrong
 answer is only sent once the replica that computed it has made it durable in the store.
 
 Also run with `serve run compressive_rt.serving.ray_app:app_builder engine_dir=DIR
-store=redis://HOST:PORT [replicas=N ...]` (the keys of `RayDeployment`).
+store=redis://HOST:PORT [replicas=N max_tokens=... ...]` (the keys of `RayDeployment` and
+every setting of `ctrt serve`: deployment_from_arguments).
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ import dataclasses
 import json
 import logging
 import os
-import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
+from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -44,26 +46,39 @@ from compressive_rt.runtime.snapshot import most_snapshot_bytes
 from compressive_rt.serving.asgi_call import Head, call_asgi
 from compressive_rt.serving.engine import row_specs
 from compressive_rt.serving.errors import ApiError, server_error
-from compressive_rt.serving.metrics import Metrics
+from compressive_rt.serving.metrics import RouterMetrics
 from compressive_rt.serving.middleware import (
+    STREAM_PATH,
     BodyBudget,
     bodies_full,
     bodies_in_flight,
     body_timeout,
+    log_access,
     too_large,
 )
-from compressive_rt.serving.redis_store import is_redis_url
+from compressive_rt.serving.ray_metrics import ROUTER_NAME, gather_metrics
+from compressive_rt.serving.redis_store import is_redis_url, public_address
 from compressive_rt.serving.server import open_engine
-from compressive_rt.serving.settings import SETTINGS_FIELDS, ServeSettings, settings_from_strings
+from compressive_rt.serving.settings import (
+    API_KEY_VARIABLE,
+    SETTING_NAMES,
+    ServeSettings,
+    settings_from_strings,
+)
 
 log = logging.getLogger("compressive_rt.serving")
 
 APP_NAME = "ctrt"
+APP_BUILDER = "compressive_rt.serving.ray_app:app_builder"  # for `serve run`
 ROUTER, REPLICA = "StreamRouter", "StreamReplica"
-STREAM_PATH = re.compile(r"/v1/streams/([A-Za-z0-9_-]{1,64})(/|$)")
 # the replica or its node is gone, or Serve cannot reach one now: a retry will find another
 UNAVAILABLE = (RayActorError, BackPressureError, DeploymentUnavailableError)
 HEALTH_CHECK_PERIOD_S, HEALTH_CHECK_TIMEOUT_S = 2, 5  # see build_app
+# Serve's own access log says `POST / 200` for every request (the router's one route); the
+# app's (middleware.AccessLog) says the path, the stream and the replica
+NO_SERVE_ACCESS_LOG = {"enable_access_log": False}
+# settings a `serve run` deployment does not read: Serve's proxy has its own host and port
+UNUSED_BY_SERVE_RUN = ("host", "port", "api_key")
 # Where Ray 2.60's serve.multiplexed keeps a replica's streams (ray/serve/multiplex.py,
 # _ModelMultiplexWrapper: `models`, and the flag that pushes the ids to the routers). Serve has
 # no call to drop one id; without it a stream given up here would stay routed here too, and
@@ -160,6 +175,10 @@ class StreamReplica:
             held.evicted = True  # given up already: its __del__ must not ask again
             setattr(multiplexer, PUSH_IDS, True)
 
+    def metrics_text(self) -> str:
+        """This replica's metrics, for the router's GET /metrics (ray_metrics.py)."""
+        return self.engine.metrics.exposition().decode()
+
     def body_limit(self) -> int:
         """The largest body a request may have (an uploaded snapshot's bound)."""
         return self.largest_body
@@ -184,19 +203,35 @@ class StreamRouter:
         self.retry_after_s = settings.retry_after_s
         self.largest_body: int | None = None
         self.budget: BodyBudget | None = None  # the replicas' bound on bodies, here too
+        self.metrics = RouterMetrics(ROUTER_NAME)
 
     async def __call__(self, request: Request) -> Response:
+        """The request's answer; one the router gives itself (a refusal, no replica) is
+        logged here, every other by the replica that answers it."""
+        started = time.perf_counter()
+        response = await self._answer(request)
+        if self.settings.access_log and not any(
+                name == b"x-ctrt-replica" for name, _ in response.raw_headers):
+            log_access(request.method, app_path(request.scope), response.status_code,
+                       time.perf_counter() - started, ROUTER_NAME)
+        return response
+
+    async def _answer(self, request: Request) -> Response:
+        if request.method == "GET" and app_path(request.scope) == "/metrics":
+            return Response(await gather_metrics(REPLICA, self.metrics),
+                            media_type=CONTENT_TYPE_LATEST)
         if self.largest_body is None:
             try:
                 self.largest_body = await self.replicas.body_limit.remote()
             except UNAVAILABLE as exc:
                 return self._unavailable(exc)
             self.budget = BodyBudget(bodies_in_flight(self.settings.max_body_bytes_in_flight,
-                                                      self.largest_body), Metrics())
+                                                      self.largest_body), self.metrics)
         declared = request.headers.get("content-length", "")
         chunked = "transfer-encoding" in request.headers
         reserved = int(declared) if declared.isdigit() else self.largest_body if chunked else 0
         if reserved > self.largest_body:
+            self.metrics.refused.labels("request_too_large").inc()
             return error_response(too_large(reserved, self.largest_body))
         if not self.budget.reserve(reserved):
             return error_response(bodies_full(self.budget, reserved))
@@ -212,8 +247,10 @@ class StreamRouter:
                 async for chunk in request.stream():
                     body += chunk
                     if len(body) > self.largest_body:
+                        self.metrics.refused.labels("request_too_large").inc()
                         return error_response(too_large(len(body), self.largest_body))
         except TimeoutError:
+            self.metrics.refused.labels("body_timeout").inc()
             return error_response(body_timeout(self.settings.body_timeout_s, len(body)))
         path = app_path(request.scope)
         match = STREAM_PATH.match(path)
@@ -239,6 +276,7 @@ class StreamRouter:
 
     def _unavailable(self, exc: BaseException) -> JSONResponse:
         log.warning("no replica answered: %s", type(exc).__name__)
+        self.metrics.refused.labels("replica_unavailable").inc()
         error = ApiError(503, f"the replica serving this request is gone or busy; retry after "
                               f"{self.retry_after_s} s (its streams continue on another "
                               f"replica from the store)", "server_error",
@@ -292,9 +330,11 @@ def build_app(deployment: RayDeployment) -> Any:
         # check_health answers on the replica's event loop, never waiting for the engine
         # thread: 5 s without an answer means a stopped process or a blocked loop. Serve
         # replaces a replica after 3 failed checks in a row: about 15 to 20 s, not minutes
-        health_check_period_s=HEALTH_CHECK_PERIOD_S, health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S)
+        health_check_period_s=HEALTH_CHECK_PERIOD_S, health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
+        logging_config=NO_SERVE_ACCESS_LOG)
     router = serve.deployment(StreamRouter, name=ROUTER, num_replicas=1,
-                              max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+                              max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},
+                              logging_config=NO_SERVE_ACCESS_LOG)
     return router.bind(replicas.bind(deployment), settings)
 
 
@@ -302,17 +342,43 @@ DEPLOYMENT_KEYS = {"engine_dir": str, "store": str, "replicas": int, "replicas_p
                    "threads": int, "backend": str, "prepack": str}
 
 
-def app_builder(args: dict[str, str]) -> Any:
-    """For `serve run compressive_rt.serving.ray_app:app_builder engine_dir=... store=...`:
-    the deployment's fields and every ServeSettings field."""
-    unknown = set(args) - SETTINGS_FIELDS - set(DEPLOYMENT_KEYS)
+def deployment_from_arguments(args: dict[str, str]) -> RayDeployment:
+    """The deployment `serve run ...:app_builder KEY=VALUE...` describes: the keys of
+    RayDeployment, and every setting of `ctrt serve` by its field's name or its option's
+    (max_tokens or max-tokens for --max-tokens; grace for --grace); api_key, when not
+    given, from $CTRT_API_KEY as for `ctrt serve`."""
+    keys = {key.replace("-", "_"): value for key, value in args.items()}
+    unknown = set(keys) - set(SETTING_NAMES) - set(DEPLOYMENT_KEYS)
     if unknown:
         raise CtrtError(f"unknown arguments {sorted(unknown)}; known: "
-                        f"{sorted({*SETTINGS_FIELDS, *DEPLOYMENT_KEYS})}")
-    settings = settings_from_strings({key: args[key] for key in SETTINGS_FIELDS & set(args)})
+                        f"{sorted({*SETTING_NAMES, *DEPLOYMENT_KEYS})}")
+    given = {SETTING_NAMES[key]: value for key, value in keys.items() if key in SETTING_NAMES}
+    if "api_key" not in given and os.environ.get(API_KEY_VARIABLE):
+        given["api_key"] = os.environ[API_KEY_VARIABLE]
+    settings = settings_from_strings(given)
     try:
-        fields = {key: kind(args[key]) for key, kind in DEPLOYMENT_KEYS.items() if key in args}
+        fields = {key: kind(keys[key]) for key, kind in DEPLOYMENT_KEYS.items() if key in keys}
     except ValueError as exc:
         raise CtrtError(f"an argument is not a number: {exc}") from None
-    settings.setdefault("model_name", Path(args.get("engine_dir", "")).resolve().name)
-    return build_app(RayDeployment(settings=ServeSettings(**settings), **fields))
+    settings.setdefault("model_name", Path(keys.get("engine_dir", "")).resolve().name)
+    return RayDeployment(settings=ServeSettings(**settings), **fields)
+
+
+def serve_run_arguments(deployment: RayDeployment, replicas: str = "") -> list[str]:
+    """`serve run` arguments that deploy `deployment` again with `replicas` replicas (default:
+    as many): every field and setting that is not its default; the API key left to
+    $CTRT_API_KEY and a Redis password to $CTRT_REDIS_PASSWORD, never on a command line."""
+    fields = {"engine_dir": deployment.engine_dir, "store": public_address(deployment.store),
+              "replicas": replicas or deployment.replicas}
+    defaults = RayDeployment.__dataclass_fields__
+    fields.update({key: getattr(deployment, key) for key in DEPLOYMENT_KEYS
+                   if key not in fields and getattr(deployment, key) != defaults[key].default})
+    fields.update({key: value for key, value in dataclasses.asdict(deployment.settings).items()
+                   if key not in UNUSED_BY_SERVE_RUN
+                   and value != ServeSettings.__dataclass_fields__[key].default})
+    return [f"{key}={value}" for key, value in fields.items()]
+
+
+def app_builder(args: dict[str, str]) -> Any:
+    """For `serve run compressive_rt.serving.ray_app:app_builder engine_dir=... store=...`."""
+    return build_app(deployment_from_arguments(args))

@@ -15,8 +15,15 @@ from collections.abc import Callable
 from compressive_rt.errors import CtrtError
 from compressive_rt.runtime.manifest import load_manifest
 from compressive_rt.runtime.snapshot import engine_identity
-from compressive_rt.serving.ray_app import APP_NAME, RayDeployment, build_app
+from compressive_rt.serving.ray_app import (
+    APP_BUILDER,
+    APP_NAME,
+    RayDeployment,
+    build_app,
+    serve_run_arguments,
+)
 from compressive_rt.serving.server import listen
+from compressive_rt.serving.settings import API_KEY_VARIABLE
 from compressive_rt.serving.stores import describe_store, open_store
 
 
@@ -45,8 +52,10 @@ def serve_on_ray(deployment: RayDeployment, address: str | None = None,
     from ray import serve
 
     started_here = address is None and not os.environ.get("RAY_ADDRESS")
-    context = ray.init(address=address, include_dashboard=False,
-                       logging_level=logging.WARNING)
+    # "local": a Ray of this process's own; with no address ray.init would join whatever
+    # cluster was started last on this machine (/tmp/ray/ray_current_cluster), anyone's
+    context = ray.init(address="local" if started_here else address or None,
+                       include_dashboard=False, logging_level=logging.WARNING)
     # after ray.init, which installs handlers of its own that end the process at once
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
@@ -66,6 +75,9 @@ def serve_on_ray(deployment: RayDeployment, address: str | None = None,
             f" ({durability})")
         key = "API key required" if settings.api_key else "no API key"
         say(f"listening on http://{settings.host}:{settings.port} ({key})")
+        say(f"the same deployment with N replicas (the API key from ${API_KEY_VARIABLE}): "
+            f"serve run --address auto --name {APP_NAME} --route-prefix / --non-blocking "
+            f"{APP_BUILDER} {' '.join(serve_run_arguments(deployment, 'N'))}")
         while not stop.wait(1.0):
             pass
         say("ctrt serve --ray: stopping; the replicas spill their streams to the store")

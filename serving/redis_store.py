@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
-import socket
 import struct
 import threading
 import time
@@ -52,6 +50,7 @@ from compressive_rt.serving.store import (
     exists,
     gap,
     joined_log,
+    server_name,
     stale,
     unknown,
 )
@@ -169,7 +168,7 @@ class RedisStore:
         self.url, self.address = url, public_address(url)
         self.lease_s = lease_s
         # this server, as holder (a Ray replica: its replica id, what X-Ctrt-Replica says)
-        self.name = name or f"{socket.gethostname()}-{secrets.token_hex(6)}"
+        self.name = name or server_name()
         self._errors = (redis.RedisError, OSError)
         self._refusal = redis.ResponseError  # a script's error reply
         self._release_listener: Callable[[str], None] | None = None

@@ -24,6 +24,7 @@ from compressive_rt.serving.metrics import Metrics
 from compressive_rt.serving.schemas import BYTE_VOCAB
 from compressive_rt.serving.settings import LOOPBACK, ServeSettings
 from compressive_rt.serving.sqlite_store import SQLiteStore
+from compressive_rt.serving.store import server_name
 from compressive_rt.serving.stores import describe_store, open_store
 
 
@@ -31,8 +32,10 @@ def open_engine(engine_dir: str | Path, settings: ServeSettings, store_dir: str 
                 backend: str = "auto", threads: int | None = None,
                 prepack: str = "all", name: str | None = None) -> tuple[object, Engine]:
     """(the ASGI app, its engine, not started) for an engine directory and a store (a
-    directory, or the URL of a store shared with other servers: serving/stores.py, where this
-    server's name as a stream's holder is `name`)."""
+    directory, or the URL of a store shared with other servers: serving/stores.py). `name`:
+    this server's as a stream's holder, in its metrics and its access log (default: its host
+    name and a random suffix)."""
+    name = name or server_name()
     session = Session(engine_dir, backend=backend, max_streams=settings.streams,
                       threads=threads, prepack=prepack)
     vocab = session.dims.vocab_size
@@ -41,7 +44,7 @@ def open_engine(engine_dir: str | Path, settings: ServeSettings, store_dir: str 
                         f"(vocab_size {BYTE_VOCAB}); {engine_dir} has vocab_size {vocab}")
     identity = json.dumps(engine_identity(session.manifest), sort_keys=True)
     store = open_store(store_dir, identity, settings.store_max_bytes, settings.lease_s, name)
-    metrics = Metrics()
+    metrics = Metrics(name)
     if isinstance(store, SQLiteStore):
         metrics.store_bytes.set_function(store.file_bytes)
         metrics.store_max_bytes.set(store.max_bytes)
@@ -68,14 +71,15 @@ def listen(host: str, port: int) -> socket.socket:
 
 def serve(engine_dir: str | Path, settings: ServeSettings, store_dir: str | Path,
           backend: str = "auto", threads: int | None = None, prepack: str = "all",
-          access_log: bool = True, say: Callable[[str], None] = print) -> int:
+          say: Callable[[str], None] = print) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
     app, engine = open_engine(engine_dir, settings, store_dir, backend, threads, prepack)
     sock = listen(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     say(f"ctrt serve: {engine_dir} as model {settings.model_name!r} on "
         f"{engine.session.backend.name}, {settings.streams} resident streams, "
-        f"{len(engine.streams)} stored in {describe_store(store_dir)}")
+        f"{len(engine.streams)} stored in {describe_store(store_dir)}; its name (a stream's "
+        f"holder, metrics' replica label, access log): {engine.metrics.replica}")
     if settings.host != LOOPBACK and settings.api_key is None:
         say(f"warning: listening on {settings.host} without an API key: anyone who reaches "
             f"this port can use the server (--api-key)")
@@ -83,7 +87,8 @@ def serve(engine_dir: str | Path, settings: ServeSettings, store_dir: str | Path
     say(f"listening on http://{host}:{port} ({key})")
     protocol = bounded_protocol(settings.header_timeout_s, settings.max_connections,
                                 engine.metrics)
-    config = uvicorn.Config(app, lifespan="on", log_level="info", access_log=access_log,
+    # the app logs each request itself (settings.access_log), with its stream and name
+    config = uvicorn.Config(app, lifespan="on", log_level="info", access_log=False,
                             timeout_graceful_shutdown=settings.grace_s, http=protocol)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it stopped for once it is done; for SIGTERM that graceful

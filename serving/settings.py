@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from compressive_rt.errors import CtrtError
 
 LOOPBACK = "127.0.0.1"
+API_KEY_VARIABLE = "CTRT_API_KEY"  # the API key, when no option gives it
 # the command-line option of each setting whose field is named otherwise
 OPTION_NAMES = {"request_timeout_s": "request-timeout", "max_tokens_limit": "max-tokens",
                 "grace_s": "grace", "retry_after_s": "retry-after",
@@ -50,6 +51,7 @@ class ServeSettings:
     # a shared store: a server that does not renew its lease this long (paused, partitioned,
     # dead) loses its streams to whoever asks; a take waits at most twice this for a holder
     lease_s: float = 2.0
+    access_log: bool = True  # one line per request (serving/middleware.py's AccessLog)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -61,6 +63,8 @@ class ServeSettings:
                 raise CtrtError(f"{option(field.name)} must be an integer, got {value!r}")
             if kind == "float" and not isinstance(value, (int, float)):
                 raise CtrtError(f"{option(field.name)} must be a number, got {value!r}")
+            if kind == "bool" and not isinstance(value, bool):
+                raise CtrtError(f"{option(field.name)} must be true or false, got {value!r}")
         for name in ("streams", "queue_size", "max_body_bytes", "max_prompt_bytes",
                      "max_json_depth", "max_tokens_limit", "snapshot_every", "max_stored_streams",
                      "idempotency_keys", "retry_after_s", "max_connections"):
@@ -85,7 +89,8 @@ class ServeSettings:
 def settings_from_strings(values: dict[str, str]) -> dict[str, object]:
     """ServeSettings fields from text (`serve run` arguments): each converted to its field's
     type; a value that is not one is a CtrtError naming it."""
-    kinds = {"int": (int, "an integer"), "float": (float, "a number"), "str": (str, "text")}
+    kinds = {"int": (int, "an integer"), "float": (float, "a number"), "str": (str, "text"),
+             "bool": (boolean, "true or false")}
     kinds.update({f"{name} | None": kind for name, kind in kinds.items()})
     types = {field.name: kinds[field.type] for field in dataclasses.fields(ServeSettings)}
     converted = {}
@@ -98,4 +103,17 @@ def settings_from_strings(values: dict[str, str]) -> dict[str, object]:
     return converted
 
 
+def boolean(text: str) -> bool:
+    """true/false, yes/no, 1/0 (any case)."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(
+        text.strip().lower())
+    if value is None:
+        raise ValueError(text)
+    return value
+
+
 SETTINGS_FIELDS = frozenset(field.name for field in dataclasses.fields(ServeSettings))
+# each setting by its field's name and by its option's (underscores for dashes): grace_s and
+# grace, max_tokens_limit and max_tokens
+SETTING_NAMES = {name: field for field in SETTINGS_FIELDS
+                 for name in (field, option(field)[2:].replace("-", "_"))}

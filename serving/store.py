@@ -16,11 +16,20 @@ from one thread at a time (serving/store_worker.py's).
 from __future__ import annotations
 
 import json
+import secrets
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from compressive_rt.errors import CtrtError
+
+
+def server_name() -> str:
+    """A server's name when it is given none: its host name and a random suffix. The one name
+    of a server, as a stream's holder, in its metrics' `replica` label and in its access log
+    (a Ray replica's is its replica id, what X-Ctrt-Replica says)."""
+    return f"{socket.gethostname()}-{secrets.token_hex(6)}"
 
 
 class StoreError(CtrtError):

@@ -1,7 +1,8 @@
 """`ctrt bench --ray` smoke: the smallest profile runs end to end (Redis stores, two servers
-moving a stream, a local Ray cluster with a failover and 1 vs 2 replicas), and its numbers are
-sane: every store measured, a move writes at least the stream's snapshot to Redis's log, the
-killed replica's stream answers again, both applications answer every completion."""
+moving a stream, then several at once and crossed, the fence's cost against no fence, a local
+Ray cluster with failovers of one and of several streams and 1 vs 2 replicas), and its numbers
+are sane: every store measured, a move writes at least the stream's snapshot to Redis's log,
+the killed replica's streams answer again, both applications answer every completion."""
 
 import json
 
@@ -51,3 +52,25 @@ def test_failover_and_throughput_figures(smoke):
     apps = results["throughput"]["apps"]
     assert sorted(apps) == ["1 replica", "2 replicas"]
     assert all(row["tokens_per_s"] > 0 for row in apps.values())
+
+
+def test_many_streams_moving_crossed_and_failing_over(smoke):
+    results = smoke[0]
+    counts = [str(count) for count in SMOKE.moving]
+    moving = results["moving_streams"]["streams"]
+    assert list(moving) == counts == list(results["failover_streams"])
+    assert all(0 < row["one_way_s"] < 120 and 0 < row["crossed_s"] < 120
+               for row in moving.values())
+    assert all(0 < row["median_stream_s"] <= row["every_stream_s"] < 120
+               for row in results["failover_streams"].values())
+
+
+def test_the_fences_cost_is_measured_against_no_fence_with_its_targets(smoke):
+    fence = smoke[0]["fence"]
+    assert sorted(fence["contenders"]) == ["fenced", "unfenced"]
+    for row in fence["contenders"].values():
+        assert 0 < row["get_ms_p50"] <= row["get_ms_p99"]
+        assert 0 < row["decode_ms_p50"] <= row["decode_ms_p99"]
+    assert fence["get_p50_added_ms"] == pytest.approx(
+        fence["contenders"]["fenced"]["get_ms_p50"] - fence["contenders"]["unfenced"]["get_ms_p50"])
+    assert len(fence["targets"]) == 2 and set(fence["targets"].values()) <= {"met", "missed"}

@@ -2,10 +2,12 @@
 completions shape, persistent streams against an uninterrupted in-process stream, errors in
 OpenAI's shape, the API key, limits and metrics."""
 
+import logging
+import re
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 from support.serving import Reference, assert_close, greedy, sse_events
 
@@ -14,6 +16,7 @@ from compressive_rt.runtime.manifest import load_manifest
 from compressive_rt.runtime.sampling import Sampling
 from compressive_rt.runtime.scheduler import Scheduler
 from compressive_rt.runtime.session import Session
+from compressive_rt.serving.metrics import parse, sample_value
 from compressive_rt.serving.server import open_engine
 from compressive_rt.serving.settings import ServeSettings
 
@@ -25,12 +28,9 @@ TEXT_B = "and compresses them: \u00e9t\u00e9, caf\u00e9, na\u00efve.\n".encode()
 
 
 def metric(client, name, labels=None):
-    """A sample's value from GET /metrics."""
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and (labels is None or sample.labels == labels):
-                return sample.value
-    return None
+    """A sample's value from GET /metrics (its labels include `labels`)."""
+    values = sample_value(client.get("/metrics").text, name, labels)
+    return values[0] if values else None
 
 
 # ---- completions ----------------------------------------------------------------------------
@@ -205,6 +205,52 @@ def test_metrics_count_requests_tokens_and_latencies(served):
     assert metric(client, "ctrt_inter_token_latency_seconds_count") == 4
     assert metric(client, "ctrt_engine_step_seconds_count", {"kind": "generate"}) >= 5
     assert metric(client, "ctrt_queue_depth") == 0
+
+
+def test_every_sample_of_metrics_is_labelled_with_the_servers_name(engine_dir, tmp_path):
+    from starlette.testclient import TestClient
+
+    app, engine = open_engine(engine_dir, ServeSettings(model_name=MODEL, streams=2),
+                              tmp_path / "store", threads=1, name="alpha")
+    with TestClient(app) as client:
+        client.post("/v1/completions", json={"prompt": "ab", "max_tokens": 3})
+        text = client.get("/metrics").text
+    samples = [sample for family in parse(text) for sample in family.samples]
+    assert len(samples) > 50
+    assert {sample.labels["replica"] for sample in samples} == {"alpha"}
+    assert sample_value(text, "ctrt_generated_tokens_total") == [3.0]
+    assert sample_value(text, "ctrt_requests_total",
+                        {"route": "/v1/completions", "status": "200", "replica": "alpha"}) == [1.0]
+
+
+def test_each_request_writes_one_access_log_line(served, caplog):
+    client = served()
+    with caplog.at_level(logging.INFO, logger="compressive_rt.serving.access"):
+        stream = new_stream(client)
+        append(client, stream, b"hello")
+        client.post(f"/v1/streams/{stream}/generate", json={"max_tokens": 2, "stream": True})
+        client.get("/v1/streams/nope")
+        client.post("/v1/completions", json={"prompt": ""})
+    lines = [record.getMessage() for record in caplog.records
+             if record.name == "compressive_rt.serving.access"]
+    pattern = re.compile(r"(\S+) (\S+) (\d{3}) stream=(\S+) (\d+\.\d) ms replica=(\S+)")
+    parsed = [pattern.fullmatch(line).groups() for line in lines]
+    assert [fields[:4] for fields in parsed] == [
+        ("POST", "/v1/streams", "200", "-"),
+        ("POST", f"/v1/streams/{stream}/append", "200", stream),
+        ("POST", f"/v1/streams/{stream}/generate", "200", stream),
+        ("GET", "/v1/streams/nope", "404", "nope"),
+        ("POST", "/v1/completions", "400", "-")]
+    replicas = {fields[5] for fields in parsed}
+    assert len(replicas) == 1 and replicas.pop().startswith(socket.gethostname() + "-")
+
+
+def test_no_access_log_writes_none(served, caplog):
+    client = served(access_log=False)
+    with caplog.at_level(logging.INFO, logger="compressive_rt.serving.access"):
+        assert client.get("/health").status_code == 200
+    assert not [record for record in caplog.records
+                if record.name == "compressive_rt.serving.access"]
 
 
 # ---- persistent streams ---------------------------------------------------------------------

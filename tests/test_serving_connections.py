@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from compressive_rt.serving.metrics import sample_value
+
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 DEADLINE_S = 60.0  # for an event the server must cause; reached only if it does not
@@ -42,11 +44,8 @@ def response_of(sock: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def metric(server, name: str, labels: str = "") -> float:
-    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith(f"{name}{labels} "):
-            return float(line.split()[1])
-    return 0.0
+def metric(server, name: str, labels: dict[str, str] | None = None) -> float:
+    return sum(sample_value(httpx.get(f"{server.url}/metrics").text, name, labels))
 
 
 def withheld_upload(port: int, stream: str) -> socket.socket:
@@ -82,7 +81,7 @@ def test_connections_that_never_finish_their_headers_are_closed(server):
         assert answer_of(sock) == b""  # closed without an answer
         sock.close()
     assert httpx.get(f"{running.url}/health").status_code == 200
-    assert metric(running, "ctrt_refused_total", '{bound="header_timeout"}') == 20
+    assert metric(running, "ctrt_refused_total", {"bound": "header_timeout"}) == 20
 
 
 def test_connections_beyond_the_bound_get_503_and_a_freed_place_is_taken_again(server):
@@ -115,7 +114,7 @@ def test_withheld_uploads_hold_their_reservation_and_no_more(server):
     stream = httpx.post(f"{running.url}/v1/streams").json()["id"]
     uploads = [withheld_upload(running.port, stream) for _ in range(10)]
     assert_refused(uploads, 7)
-    assert metric(running, "ctrt_refused_total", '{bound="bodies_in_flight"}') == 7
+    assert metric(running, "ctrt_refused_total", {"bound": "bodies_in_flight"}) == 7
     assert metric(running, "ctrt_request_body_bytes_held") == 3 * UPLOAD_BYTES
     models = httpx.get(f"{running.url}/v1/models")
     assert models.status_code == 200

@@ -20,6 +20,8 @@ import httpx
 import pytest
 from support.serving import Reference, Server, assert_close
 
+from compressive_rt.serving.metrics import sample_value
+
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 KILLS = 10
@@ -100,10 +102,9 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_append(engine_dir, tmp_p
 
 
 def replayed_tokens(url):
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("ctrt_replayed_tokens_total "):
-            return float(line.split()[1])
-    raise AssertionError("no ctrt_replayed_tokens_total")
+    values = sample_value(httpx.get(f"{url}/metrics").text, "ctrt_replayed_tokens_total")
+    assert len(values) == 1, values
+    return values[0]
 
 
 def test_after_kill_9_a_stream_replays_at_most_snapshot_every_tokens(engine_dir, tmp_path):

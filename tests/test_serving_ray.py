@@ -9,6 +9,7 @@ every loop a count, and the processes of the whole cluster stay under MEMORY_BOU
 import json
 import os
 import random
+import socket
 import threading
 import time
 from collections import Counter
@@ -106,6 +107,79 @@ def test_sixteen_streams_over_two_nodes_equal_a_single_process_run(served, engin
     assert len(nodes) == 2, nodes  # both worker nodes served streams
     stuck = sum(Counter(result["replicas"]).most_common(1)[0][1] for result in results)
     print(f"affinity: {stuck} of {3 * STREAMS} appends on their stream's usual replica")
+
+
+def appended_per_replica(url: str) -> dict[str, float]:
+    """ctrt_appended_tokens_total by replica, from one scrape of the router's /metrics."""
+    from compressive_rt.serving.metrics import parse
+
+    answer = httpx.get(f"{url}/metrics", timeout=TIMEOUT_S)
+    assert answer.status_code == 200, answer.text
+    return {sample.labels["replica"]: sample.value for family in parse(answer.text)
+            for sample in family.samples if sample.name == "ctrt_appended_tokens_total"}
+
+
+def test_metrics_gather_every_replica_under_its_name_and_add_up(served):
+    """Through the proxy, /metrics is every replica's, each under its X-Ctrt-Replica name (and
+    the router's): successive scrapes never go back for any replica, whichever replica a
+    scrape would have landed on, and the counts add up to the appends made."""
+    from compressive_rt.serving.metrics import sample_value
+
+    url, rng = served.url, random.Random(7)
+    streams: dict[str, str] = {}  # stream -> the replica that answered its first append
+    appended, scrapes = 0, [appended_per_replica(url)]
+    with httpx.Client(base_url=url, timeout=TIMEOUT_S) as client:
+        for _ in range(12):  # streams until both replicas hold some (routing picks them)
+            stream = new_stream(url)
+            text = text_of(rng)
+            answer = client.post(f"/v1/streams/{stream}/append", json={"text": text})
+            assert answer.status_code == 200, answer.text
+            streams[stream], appended = answer.headers["x-ctrt-replica"], appended + len(text)
+            if len(set(streams.values())) == 2 and len(streams) >= 4:
+                break
+        replicas = set(streams.values())
+        assert len(replicas) == 2, streams
+        for round_ in range(3):
+            scrapes.append(appended_per_replica(url))
+            for stream in streams:
+                text = text_of(rng)
+                answer = client.post(f"/v1/streams/{stream}/append", json={"text": text})
+                assert answer.status_code == 200, answer.text
+                appended += len(text)
+        scrapes += [appended_per_replica(url) for _ in range(3)]
+    assert set(scrapes[-1]) == replicas  # the router appends nothing
+    for earlier, later in zip(scrapes, scrapes[1:]):
+        assert all(later[name] >= earlier.get(name, 0) for name in later), (earlier, later)
+    assert scrapes[-3] == scrapes[-2] == scrapes[-1]  # no traffic: every scrape the same
+    grown = sum(scrapes[-1].values()) - sum(scrapes[0].values())
+    assert grown == appended
+    text = httpx.get(f"{url}/metrics", timeout=TIMEOUT_S).text
+    assert sample_value(text, "ctrt_scrape_replicas", {"answered": "yes"}) == [2.0]
+    assert sample_value(text, "ctrt_scrape_replicas", {"answered": "no"}) == [0.0]
+
+
+def test_a_refusal_of_the_router_is_in_its_metrics(served):
+    from compressive_rt.serving.metrics import sample_value
+
+    def refused() -> list[float]:
+        text = httpx.get(f"{served.url}/metrics", timeout=TIMEOUT_S).text
+        return sample_value(text, "ctrt_refused_total",
+                            {"bound": "request_too_large", "replica": "router"})
+
+    before = refused()
+    host, port = httpx.URL(served.url).host, httpx.URL(served.url).port
+    with socket.create_connection((host, port), timeout=TIMEOUT_S) as sock:
+        # a body declared larger than any this service takes (sent: none of it)
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: 1073741824\r\n\r\n")
+        answer = b""
+        for _ in range(100):  # until the error's code or the end of the connection
+            chunk = sock.recv(65536)
+            answer += chunk
+            if not chunk or b"request_too_large" in answer:
+                break
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"request_too_large" in answer, answer
+    assert refused() == [(before[0] if before else 0) + 1]
 
 
 def test_a_replica_killed_mid_traffic_loses_nothing_acknowledged(served, engine_dir):

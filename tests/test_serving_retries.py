@@ -123,7 +123,7 @@ def held_server(engine_dir, tmp_path):
         session = Session(engine_dir, max_streams=settings.streams, threads=1)
         store = HeldStore(tmp_path / "store",
                           json.dumps(engine_identity(session.manifest), sort_keys=True))
-        metrics = Metrics()
+        metrics = Metrics("retries")
         app = create_app(Engine(session, store, settings, metrics), settings, metrics,
                          most_snapshot_bytes(session.manifest, row_specs(session)))
         client = TestClient(app)

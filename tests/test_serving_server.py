@@ -18,6 +18,8 @@ import openai
 import pytest
 from support.serving import Reference, Server, assert_close, greedy, sse_events
 
+from compressive_rt.serving.metrics import sample_value
+
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 
@@ -31,10 +33,8 @@ def shared(engine_dir, tmp_path_factory):
 
 
 def metric(url, name):
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
+    values = sample_value(httpx.get(f"{url}/metrics").text, name)
+    return values[0] if values else None
 
 
 def test_the_openai_client_completes_with_and_without_streaming(shared):
