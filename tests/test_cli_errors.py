@@ -20,7 +20,7 @@ def paths(engine, tmp_path_factory):
     """Placeholders of the table: real files, directories, checkpoints and engines (ENGINE is
     the session's conv engine: the table only reads it)."""
     from compressive_rt.ct_reference.checkpoint import save_checkpoint
-    from compressive_rt.serving.sqlite_store import DATABASE
+    from compressive_rt.serving.sqlite_store import DATABASE, SQLiteStore
 
     root = tmp_path_factory.mktemp("cli_errors")
     model, engine = engine("conv")
@@ -52,11 +52,12 @@ def paths(engine, tmp_path_factory):
     newer.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); "
                         "INSERT INTO meta VALUES ('schema_version', '9')")
     newer.close()
+    SQLiteStore(root / "empty_store", None).close()
     return {"CKPT": checkpoint, "CORRUPT_CKPT": corrupt_checkpoint, "ENGINE": engine,
             "CORRUPT_MANIFEST": corrupt_manifest, "CORRUPT_GRAPH": corrupt_graph,
             "GARBAGE": garbage, "DOC": doc, "DIR": folder, "ARGS": constructor_args,
             "MISSING": root / "no_such_path", "OUT": root / "out",
-            "NEWER_STORE": newer_store}
+            "NEWER_STORE": newer_store, "EMPTY_STORE": root / "empty_store"}
 
 
 CASES = [
@@ -127,6 +128,13 @@ CASES = [
     ("serve ENGINE --store GARBAGE", "cannot open the stream store GARBAGE"),
     ("serve ENGINE --store NEWER_STORE", "the stream store NEWER_STORE has schema version 9; "
      "this server reads 3 (and upgrades 1 and 2)"),
+    ("store list MISSING", "no stream store at MISSING: give the --store directory of `ctrt "
+     "serve` or its redis:// URL"),
+    ("store list NEWER_STORE", "the stream store NEWER_STORE has schema version 9"),
+    ("store migrate EMPTY_STORE --engine MISSING", "engine directory MISSING does not exist"),
+    ("store migrate NEWER_STORE --engine ENGINE", "has schema version 9"),
+    ("store migrate EMPTY_STORE --engine ENGINE --from 0123", "--from 0123 names 0 of the store's "
+     "namespaces"),
     ("bench --checkpoint MISSING --out OUT", "checkpoint directory MISSING does not exist"),
     ("bench --checkpoint GARBAGE --out OUT", "checkpoint directory GARBAGE is not a directory"),
     ("bench --checkpoint CORRUPT_CKPT --out OUT", "is not a readable safetensors file"),
@@ -138,7 +146,7 @@ CASES = [
 def test_the_table_covers_every_subcommand():
     subcommands = build_parser()._subparsers._group_actions[0].choices
     assert {argv.split()[0] for argv, _ in CASES} == set(subcommands)
-    assert len(COMMAND_MODULES) == 6 and len(subcommands) == 11
+    assert len(COMMAND_MODULES) == 7 and len(subcommands) == 12
 
 
 @pytest.mark.parametrize("argv, message", CASES, ids=[argv for argv, _ in CASES])
