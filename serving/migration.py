@@ -2,7 +2,8 @@
 new engine of the same checkpoint, a stream at a time, while servers keep serving.
 
 Each stream is taken with the store's fencing (on a shared store, its holder is asked to
-spill it and give it up first): from then on its old holder's writes are refused (409) and
+spill it and give it up first; a server that asks for it meanwhile waits for the move,
+bounded, rather than taking it back): from then on the old holder's writes are refused (409) and
 nothing it acknowledged is lost, because everything acknowledged is in the store. Its snapshot
 is read with the runtime's safe reader and written again by the new engine's runtime; its log
 tail (the tokens after the snapshot) and its receipts are carried as they are: tokens fit every
@@ -119,6 +120,8 @@ def migrate(store, source: EngineNamespace, session: Session,
     check_compatible(source, target)
     convert = SnapshotConverter(session, source)
     store.enter(source)
+    if getattr(store, "shared", False):  # a server asking for a stream being moved waits for
+        store.on_release(lambda stream_id: None)  # the move (then finds it moved: 409)
     done = gone = 0
     for stream_id in sorted(store.positions()):
         if _move(store, stream_id, target, convert):

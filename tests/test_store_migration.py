@@ -4,17 +4,14 @@ another identity and namespace) and continue there equal to an uninterrupted str
 of another checkpoint are refused with what differs; a rerun moves nothing twice, and a run
 cut off midway is finished by the next."""
 
-import json
-import shutil
-
 import numpy as np
-import onnx
 import pytest
 from starlette.testclient import TestClient
+from support.engines import copy_engine
 from support.serving import Reference, assert_close
 
 from compressive_rt.cli.main import main
-from compressive_rt.runtime.manifest import file_entry, load_manifest
+from compressive_rt.runtime.manifest import load_manifest
 from compressive_rt.runtime.session import Session
 from compressive_rt.serving import migration
 from compressive_rt.serving.namespaces import EngineNamespace, engine_namespace
@@ -30,23 +27,6 @@ STREAMS = {"snapshot_and_log": (b"def main():\n    return 0\n", b"# a tail\n"),
            "log_only": (b"", b"print('hello')\n"),
            "empty": (b"", b"")}
 CONTINUATION = b"if __name__ == '__main__':\n    main()\n"
-
-
-def copy_engine(engine_dir, out, checkpoint: str, doc_string: str | None = None):
-    """The engine exported from `checkpoint` (recorded in its manifest); with `doc_string`,
-    its segment graph's bytes differ (same numerics, another identity)."""
-    shutil.copytree(engine_dir, out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["checkpoint"] = {"path": "tiny", "sha256": checkpoint}
-    if doc_string is not None:
-        entry = manifest["entry_points"]["segment"]
-        graph = out / entry["file"]
-        model = onnx.load(graph, load_external_data=False)
-        model.doc_string = doc_string
-        onnx.save(model, graph)
-        entry.update(file_entry(graph))
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return out
 
 
 @pytest.fixture
