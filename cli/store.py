@@ -51,9 +51,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     move.add_argument("--from", dest="source", default=None, metavar="NAMESPACE",
                       help="the namespace to move from, or a prefix of it (default: the only "
                            "other namespace that holds streams; `ctrt store list` shows them)")
-    move.add_argument("--source-precision", default=None, choices=("fp32", "fp16", "int8"),
-                      help="the precision of the old engine, for a namespace written before "
-                           "stores recorded it (`ctrt inspect OLD_ENGINE_DIR` shows it)")
     move.set_defaults(handler=run_migrate)
 
 
@@ -83,8 +80,6 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_migrate(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from compressive_rt.progress import progress_bar
     from compressive_rt.runtime.session import Session
     from compressive_rt.serving.migration import check_compatible, choose_source, migrate
@@ -100,9 +95,7 @@ def run_migrate(args: argparse.Namespace) -> int:
                   f"{target.digest}")
             return 0
         source = chosen.namespace
-        if source.precision is None and args.source_precision is not None:
-            source = replace(source, precision=args.source_precision)
-        check_compatible(source, target)  # before the progress bar starts
+        check_compatible(source, session.manifest)  # before the progress bar starts
         with progress_bar(total=chosen.streams, desc=f"{source.digest} -> {target.digest}",
                           unit="stream") as bar:
             done = migrate(store, source, session, lambda _: bar.update())

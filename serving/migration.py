@@ -18,19 +18,18 @@ whole: running the command again finishes the job, and moves nothing twice.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from compressive_rt.errors import RuntimeInputError
 from compressive_rt.runtime.manifest import Manifest
 from compressive_rt.runtime.session import Session
-from compressive_rt.runtime.snapshot import encode_snapshot, read_snapshot
-from compressive_rt.serving.engine import row_specs
-from compressive_rt.serving.namespaces import (
-    EngineNamespace,
-    NamespaceUsage,
-    engine_namespace,
-    restore_differences,
+from compressive_rt.runtime.snapshot import (
+    check_restore_compatible,
+    encode_snapshot,
+    read_snapshot,
 )
+from compressive_rt.serving.engine import row_specs
+from compressive_rt.serving.namespaces import EngineNamespace, NamespaceUsage, engine_namespace
 from compressive_rt.serving.store import StaleVersion, StoreError, StreamMoved, UnknownStream
 
 TRIES = 8  # takes of one stream that a server of the old engine may take back in between
@@ -67,49 +66,32 @@ def choose_source(usages: list[NamespaceUsage], target: EngineNamespace,
     return others[0] if others else None
 
 
-def check_compatible(source: EngineNamespace, target: EngineNamespace) -> None:
-    """Refuse (one line naming what differs) unless `source`'s snapshots restore into
-    `target`'s engine (the restore-compatibility rule, namespaces.py)."""
-    differences = restore_differences(source, target)
-    if source.config is None:  # a namespace from before stores recorded it: each snapshot's
-        differences = [d for d in differences if d != "config not recorded"]  # is checked
-    if source.precision is None and not differences[:-1]:  # only the precision is unknown
-        raise StoreError(f"namespace {source.digest} was written before stores recorded their "
-                         f"engine's precision: give it with --source-precision (`ctrt inspect "
-                         f"OLD_ENGINE_DIR` shows it)")
-    if differences:
-        raise StoreError(f"the streams of namespace {source.digest} do not restore into "
-                         f"{target.digest} ({target.summary()}): {'; '.join(differences)}")
+def check_compatible(source: EngineNamespace, manifest: Manifest) -> None:
+    """Refuse (one line naming what differs) unless the snapshots of `source`'s engine restore
+    into `manifest`'s: runtime/snapshot.py's restore-compatibility rule, the one that
+    Session.restore applies to every snapshot (and the reader to each as it is converted). A
+    namespace that never recorded its engine's config (written before namespaces) leaves the
+    config to each snapshot's check; one that never recorded its precision counts as the
+    rule's default (fp32)."""
+    config = manifest.config if source.config is None else source.config
+    check_restore_compatible(source.identity, config, manifest, f"namespace {source.digest}",
+                             source.precision)
 
 
 class SnapshotConverter:
-    """Snapshots of `source`'s engine, checked by the runtime's reader and written again for
-    the engine of `session`."""
+    """Snapshots of the old engine, checked by the runtime's reader (its restore rule
+    included) and written again for the engine of `session`."""
 
-    def __init__(self, session: Session, source: EngineNamespace) -> None:
+    def __init__(self, session: Session) -> None:
         self.manifest, self.expected = session.manifest, row_specs(session)
-        self.written_by = _as_written_by(self.manifest, source.identity)
 
     def __call__(self, stream_id: str, data: bytes) -> bytes:
         try:
-            snapshot = read_snapshot(data, self.written_by, self.expected)
+            snapshot = read_snapshot(data, self.manifest, self.expected)
         except RuntimeInputError as exc:
             raise StoreError(f"stream {stream_id} was not moved: {exc}") from None
         return encode_snapshot(self.manifest, snapshot.state, snapshot.position,
                                snapshot.last_logits)
-
-
-def _as_written_by(manifest: Manifest, identity: dict) -> Manifest:
-    """`manifest` with the identity of the engine that wrote the snapshots (same checkpoint,
-    config and precision: check_compatible held), for the reader's identity check: until the
-    reader applies the restore-compatibility rule itself, it accepts only an equal identity."""
-    data = manifest.data
-    return replace(manifest, data={
-        **data, "format_version": identity.get("contract_version"),
-        "checkpoint": {**(data.get("checkpoint") or {}),
-                       "sha256": identity.get("checkpoint_sha256")},
-        "entry_points": {name: {**entry, "sha256": identity.get("graphs", {}).get(name)}
-                         for name, entry in data["entry_points"].items()}})
 
 
 def migrate(store, source: EngineNamespace, session: Session,
@@ -117,8 +99,8 @@ def migrate(store, source: EngineNamespace, session: Session,
     """Move every stream of `source`'s namespace in `store` (opened with no namespace) to the
     namespace of `session`'s engine; `moved(stream_id)` after each."""
     target = engine_namespace(session.manifest)
-    check_compatible(source, target)
-    convert = SnapshotConverter(session, source)
+    check_compatible(source, session.manifest)
+    convert = SnapshotConverter(session)
     store.enter(source)
     if getattr(store, "shared", False):  # a server asking for a stream being moved waits for
         store.on_release(lambda stream_id: None)  # the move (then finds it moved: 409)

@@ -6,7 +6,7 @@ computed with that engine's weights), so a store keeps the streams of each engin
 identity. A server opens its engine's namespace (empty the first time: a re-exported engine
 starts with no streams rather than being refused); streams move to another namespace only by
 `ctrt store migrate` (serving/migration.py), and only where the restore-compatibility rule
-(`restore_differences`) holds.
+(runtime/snapshot.py's `check_restore_compatible`) holds.
 
 A namespace's record keeps the engine's identity and what the rule compares beyond it: the
 model config and the engine's precision. A namespace carried over from a store written before
@@ -68,7 +68,8 @@ class EngineNamespace:
         graphs = identity.get("graphs") if isinstance(identity.get("graphs"), dict) else {}
         return (f"contract v{identity.get('contract_version')}, checkpoint "
                 f"{str(checkpoint)[:12] if checkpoint else 'not recorded'}, "
-                f"{self.precision or 'precision not recorded'}, graphs "
+                f"{self.precision or identity.get('precision') or 'precision not recorded'}, "
+                f"graphs "
                 + " ".join(f"{name} {str(sha)[:12]}" for name, sha in sorted(graphs.items())))
 
 
@@ -76,31 +77,6 @@ def engine_namespace(manifest: Manifest) -> EngineNamespace:
     """The namespace of the engine whose manifest this is."""
     return EngineNamespace(json.dumps(engine_identity(manifest), sort_keys=True),
                            manifest.config, manifest.data.get("precision"))
-
-
-def restore_differences(source: EngineNamespace, target: EngineNamespace) -> list[str]:
-    """What keeps the snapshots of `source`'s engine from restoring into `target`'s (empty: they
-    restore). The restore-compatibility rule (contract v3): an equal identity, or the same
-    non-null checkpoint, config and precision (graphs and contract version may differ)."""
-    if source.key == target.key:
-        return []
-    ours, theirs = source.identity.get("checkpoint_sha256"), \
-        target.identity.get("checkpoint_sha256")
-    differences = []
-    if not ours or not theirs:
-        differences.append("the checkpoint is not recorded (an engine exported from a model in "
-                           "memory): only an equal engine identity restores")
-    elif ours != theirs:
-        differences.append(f"checkpoint {ours[:12]} != {theirs[:12]}")
-    if source.config != target.config:
-        changed = sorted(key for key in {*(source.config or {}), *(target.config or {})}
-                         if (source.config or {}).get(key) != (target.config or {}).get(key))
-        differences.append("config not recorded" if source.config is None
-                           else f"config differs in {', '.join(changed)}")
-    if source.precision != target.precision:
-        differences.append(f"precision {source.precision or 'not recorded'} != "
-                           f"{target.precision}")
-    return differences
 
 
 @dataclass(frozen=True)

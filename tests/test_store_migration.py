@@ -1,8 +1,14 @@
 """`ctrt store list` and `ctrt store migrate` (serving/migration.py) on a local store: streams of
 an engine move to a re-export of the same checkpoint (same numerics, other graph bytes, so
-another identity and namespace) and continue there equal to an uninterrupted stream; engines
-of another checkpoint are refused with what differs; a rerun moves nothing twice, and a run
-cut off midway is finished by the next."""
+another identity and namespace), and a contract v2 engine's store (tests/fixtures/contract_v2)
+to the v3 engine of its checkpoint, and continue there equal to an uninterrupted stream;
+engines of another checkpoint, config or precision are refused with what differs; a rerun
+moves nothing twice, and a run cut off midway is finished by the next."""
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +17,7 @@ from support.engines import copy_engine
 from support.serving import Reference, assert_close
 
 from compressive_rt.cli.main import main
+from compressive_rt.errors import RuntimeInputError
 from compressive_rt.runtime.manifest import load_manifest
 from compressive_rt.runtime.session import Session
 from compressive_rt.serving import migration
@@ -21,6 +28,7 @@ from compressive_rt.serving.sqlite_store import SQLiteStore
 
 pytestmark = pytest.mark.serving
 
+V2_FIXTURE = Path(__file__).parent / "fixtures" / "contract_v2"
 CHECKPOINT = "c0ffee" * 10 + "abcd"  # a checkpoint's SHA-256, as `ctrt export` records it
 # (history fed before the snapshot, tokens logged after it), per stream
 STREAMS = {"snapshot_and_log": (b"def main():\n    return 0\n", b"# a tail\n"),
@@ -119,35 +127,33 @@ def test_an_engine_of_another_checkpoint_is_refused_with_what_differs(engines, t
     fill_store(tmp_path / "store", old)
     code, out, err = ctrt(capsys, "store", "migrate", tmp_path / "store", "--engine", other)
     old_ns = engine_namespace(load_manifest(old))
-    other_ns = engine_namespace(load_manifest(other))
-    assert code == 2
-    assert err == (f"error: the streams of namespace {old_ns.digest} do not restore into "
-                   f"{other_ns.digest} ({other_ns.summary()}): checkpoint "
-                   f"{CHECKPOINT[:12]} != {'0' * 12}\n")
+    assert (code, out, len(err.splitlines())) == (2, "", 1)
+    assert err.startswith(f"error: namespace {old_ns.digest} was taken with another engine "
+                          f"(other weights or graphs; its memory projections do not fit this "
+                          f"one) and names another checkpoint: snapshot engine contract v3, "
+                          f"checkpoint {CHECKPOINT[:12]}, fp32, graphs ")
+    assert f"; this engine contract v3, checkpoint {'0' * 12}, fp32, graphs " in err
     store = SQLiteStore(tmp_path / "store", old_ns)
     assert sorted(store.positions()) == sorted(STREAMS)  # nothing moved
     store.close()
 
 
-def test_a_namespace_without_its_precision_needs_it_named(engines, tmp_path, capsys):
-    """A store written before namespaces recorded only its engine's identity."""
+def test_the_rule_asks_the_same_config_and_precision(engines):
+    """The restore-compatibility rule, as the migration applies it to a namespace (the
+    engines' graphs are not needed: this is the store's record against a manifest)."""
     old, new, _ = engines
-    fill_store(tmp_path / "store", old)
-    store = SQLiteStore(tmp_path / "store", None)
-    identity_only = EngineNamespace(engine_namespace(load_manifest(old)).key)
-    store._db.execute("UPDATE namespaces SET record = ? WHERE id = ?",
-                      (identity_only.record(), identity_only.digest))
-    store.close()
-    code, _, err = ctrt(capsys, "store", "migrate", tmp_path / "store", "--engine", new)
-    assert code == 2
-    assert "was written before stores recorded their engine's precision: give it with " \
-           "--source-precision" in err
-    code, out, err = ctrt(capsys, "store", "migrate", tmp_path / "store", "--engine", new,
-                          "--source-precision", "fp16")
-    assert (code, err.endswith(": precision fp16 != fp32\n")) == (2, True), err
-    code, out, err = ctrt(capsys, "store", "migrate", tmp_path / "store", "--engine", new,
-                          "--source-precision", "fp32")
-    assert code == 0 and out.startswith("moved 3 streams"), err
+    source, manifest = engine_namespace(load_manifest(old)), load_manifest(new)
+    migration.check_compatible(source, manifest)
+    int8 = replace(manifest, data={**manifest.data, "precision": "int8"})
+    with pytest.raises(RuntimeInputError, match=f"namespace {source.digest} was taken with a "
+                                                f"fp32 engine of this checkpoint; this engine "
+                                                f"is int8"):
+        migration.check_compatible(source, int8)
+    wider = replace(source, config={**source.config, "d_model": 64})
+    with pytest.raises(RuntimeInputError, match="was taken with another model config"):
+        migration.check_compatible(wider, manifest)
+    unrecorded = EngineNamespace(source.key)  # a namespace from before stores recorded these
+    migration.check_compatible(unrecorded, manifest)
 
 
 def test_the_converted_snapshot_is_the_new_engines(engines, tmp_path):
@@ -163,3 +169,33 @@ def test_the_converted_snapshot_is_the_new_engines(engines, tmp_path):
     restored = session.restore(store.take("snapshot_and_log").snapshot)
     assert session.positions[restored] == len(STREAMS["snapshot_and_log"][0])
     store.close()
+
+
+def test_a_store_of_the_v2_engine_moves_to_the_v3_engine_of_its_checkpoint(tmp_path, capsys):
+    """tests/fixtures/contract_v2/store: a `ctrt serve` store (SQLite schema 2) of a contract
+    v2 engine, killed with streams that have a snapshot and a log tail. Moved by the command to
+    the v3 engine re-exported from the same checkpoint, every stream continues there equal to
+    an uninterrupted run of the v3 engine."""
+    from compressive_rt.ct_reference.checkpoint import checkpoint_sha256, load_model
+    from compressive_rt.export.pipeline import export_model
+
+    model, _ = load_model(V2_FIXTURE / "checkpoint")
+    engine = tmp_path / "engine_v3"
+    export_model(model, engine, log=lambda *_: None,
+                 checkpoint={"path": "checkpoint",
+                             "sha256": checkpoint_sha256(V2_FIXTURE / "checkpoint")})
+    shutil.copytree(V2_FIXTURE / "store", tmp_path / "store")
+    texts = json.loads((V2_FIXTURE / "store_texts.json").read_text())
+    code, out, err = ctrt(capsys, "store", "migrate", tmp_path / "store", "--engine", engine)
+    assert (code, out.split(" from ")[0]) == (0, f"moved {len(texts)} streams"), err
+    settings = ServeSettings(model_name="v3", streams=2)
+    app, _ = open_engine(engine, settings, tmp_path / "store", threads=1)
+    with TestClient(app) as client:
+        for stream_id, text in texts.items():
+            reference = Reference(engine)
+            reference.append(text.encode())
+            answer = client.post(f"/v1/streams/{stream_id}/append",
+                                 json={"text": CONTINUATION.decode()})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["position"] == len(text) + len(CONTINUATION)
+            assert_close(answer.json()["bits_per_byte"], reference.bits_per_byte(CONTINUATION))
