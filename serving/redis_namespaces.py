@@ -137,7 +137,8 @@ class RedisNamespaces:
 
     def _upgrade(self, opener: EngineNamespace | None) -> None:
         """Give a new store the layout of namespaces, or move a schema 1 store's streams into
-        the namespace of the engine it held (redis_namespaces.py)."""
+        the namespace of the engine it held (recorded with `opener`'s config and precision
+        when `opener` is that engine; the module doc says when it refuses)."""
         legacy = self._client.get(f"{PREFIX}engine")
         held = EngineNamespace(legacy.decode() if legacy else "")
         if opener is not None and opener.key == held.key:

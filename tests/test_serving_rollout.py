@@ -92,6 +92,10 @@ def test_streams_move_to_the_new_engine_under_traffic_and_lose_nothing(engine_di
             migrated.stdout
         client.run(1)  # every stream's client hears that it moved, once
         assert client.moved_answers == STREAMS
+        listed = subprocess.run([sys.executable, "-m", "compressive_rt.cli.main", "store", "list",
+                                 redis_server.url], capture_output=True, text=True, timeout=120)
+        rows = [line.split()[1:4:2] for line in listed.stdout.splitlines()[1:]]
+        assert rows == [[str(STREAMS), "0"], ["0", str(STREAMS)]]  # streams, moved
         for stream in streams:
             history = client.acknowledged[stream]
             gone = append(old_server.url, stream, "late")
