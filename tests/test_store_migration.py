@@ -78,6 +78,7 @@ def test_streams_move_to_a_re_export_and_continue_equal_to_an_uninterrupted_run(
     new_ns = engine_namespace(load_manifest(new))
     assert (code, out) == (0, f"moved 3 streams from namespace {old_ns.digest} to "
                               f"{new_ns.digest}\n"), err
+    assert f"{old_ns.digest} -> {new_ns.digest}: 100%" in err.splitlines()[-1]  # progress
     code, out, _ = ctrt(capsys, "store", "list", tmp_path / "store")
     rows = [line.split()[:4] for line in out.splitlines()[1:]]
     assert rows == [[new_ns.digest, "3", rows[0][2], "0"], [old_ns.digest, "0", "0", "3"]]
