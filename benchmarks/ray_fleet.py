@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -227,17 +226,17 @@ def fence_cost(engine_dir: Path, reads: int, steps: int, repeats: int, threads: 
 
 def fence_app(engine_dir: Path, store_url: str, ownership: type, threads: int, name: str):
     from compressive_rt.runtime.session import Session
-    from compressive_rt.runtime.snapshot import engine_identity, most_snapshot_bytes
+    from compressive_rt.runtime.snapshot import most_snapshot_bytes
     from compressive_rt.serving.app import create_app
     from compressive_rt.serving.engine import Engine, row_specs
     from compressive_rt.serving.metrics import Metrics
+    from compressive_rt.serving.namespaces import engine_namespace
     from compressive_rt.serving.redis_store import RedisStore
     from compressive_rt.serving.settings import ServeSettings
 
     settings = ServeSettings(streams=1, access_log=False)
     session = Session(engine_dir, max_streams=1, threads=threads)
-    store = RedisStore(store_url, json.dumps(engine_identity(session.manifest), sort_keys=True),
-                       name=name)
+    store = RedisStore(store_url, engine_namespace(session.manifest), name=name)
     metrics = Metrics(name)
     engine = Engine(session, store, settings, metrics, ownership(store))
     return create_app(engine, settings, metrics,

@@ -54,7 +54,7 @@ from compressive_rt.benchmarks.settings import SEED, BenchError, log
 from compressive_rt.benchmarks.workloads import interleave
 from compressive_rt.ct_reference.config import ModelConfig
 from compressive_rt.runtime.session import Session
-from compressive_rt.runtime.snapshot import engine_identity
+from compressive_rt.serving.namespaces import EngineNamespace, engine_namespace
 from compressive_rt.serving.redis_store import RedisStore
 from compressive_rt.serving.sqlite_store import SQLiteStore
 
@@ -98,7 +98,7 @@ PROFILES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
 
 # ---- store costs ------------------------------------------------------------------------------
-def store_costs(identity: str, snapshot_bytes: int, settings: RayBenchSettings,
+def store_costs(identity: EngineNamespace, snapshot_bytes: int, settings: RayBenchSettings,
                 work: Path) -> dict:
     servers = {policy: RedisServer(work / f"redis_{policy}", fsync=policy).start()
                for policy in FSYNC_POLICIES}
@@ -322,7 +322,7 @@ def run_ray_benchmark(out_dir: Path, threads: int, profile: str = "full") -> dic
         log(f"ray bench: exporting a random {config.n_layers}-layer d={config.d_model} model")
         engine_dir = export_engine(random_model(config), work / "engine")
         session = Session(engine_dir, max_streams=1, threads=threads)
-        identity = json.dumps(engine_identity(session.manifest), sort_keys=True)
+        identity = engine_namespace(session.manifest)
         stream = session.add_stream()
         session.feed({stream: list(b"a snapshot of this engine")}, want_logits=False)
         snapshot_bytes = len(session.snapshot(stream))

@@ -44,8 +44,9 @@ from compressive_rt.runtime.generate import generate
 from compressive_rt.runtime.sampling import Sampling
 from compressive_rt.runtime.scheduler import Scheduler
 from compressive_rt.runtime.session import Session
-from compressive_rt.runtime.snapshot import engine_identity, most_snapshot_bytes
+from compressive_rt.runtime.snapshot import most_snapshot_bytes
 from compressive_rt.serving.engine import row_specs
+from compressive_rt.serving.namespaces import engine_namespace
 from compressive_rt.serving.sqlite_store import SQLiteStore
 
 CLIENT_TIMEOUT_S = 300
@@ -187,8 +188,7 @@ def long_lived_stream(engine_dir: Path, settings: ServeBenchSettings, threads: i
     """Spill and resume through the server's store after growing histories."""
     session = Session(engine_dir, max_streams=2, threads=threads)
     config = session.manifest.config
-    store = SQLiteStore(work / "store_long",
-                        json.dumps(engine_identity(session.manifest), sort_keys=True))
+    store = SQLiteStore(work / "store_long", engine_namespace(session.manifest))
     store.create("long")
     version = store.take("long").version
     stream = session.add_stream()

@@ -21,7 +21,8 @@ TRAIN_EXTRA = {"torch", "safetensors", "matplotlib", "onnxconverter_common", "on
 
 COMMAND_MODULES = [
     "compressive_rt.cli.train", "compressive_rt.cli.import_checkpoint", "compressive_rt.cli.engine",
-    "compressive_rt.cli.run", "compressive_rt.cli.serve", "compressive_rt.cli.bench"]
+    "compressive_rt.cli.run", "compressive_rt.cli.serve", "compressive_rt.cli.store",
+    "compressive_rt.cli.bench"]
 
 
 class VersionAction(argparse.Action):

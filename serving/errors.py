@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from compressive_rt.errors import CtrtError
-from compressive_rt.serving.store import StaleVersion, StoreFull, UnknownStream
+from compressive_rt.serving.store import StaleVersion, StoreFull, StreamMoved, UnknownStream
 
 
 class ApiError(Exception):
@@ -60,6 +60,8 @@ def store_failure(error: BaseException) -> ApiError:
     """The answer to a request whose store operation failed."""
     if isinstance(error, StreamLimitReached):
         return too_many_streams(error.limit)
+    if isinstance(error, StreamMoved):
+        return ApiError(409, str(error), "conflict_error", code="stream_moved")
     if isinstance(error, StaleVersion):
         return ApiError(409, str(error), "conflict_error", code="stream_taken")
     if isinstance(error, UnknownStream):

@@ -5,7 +5,6 @@ to the store) and, if this process started Ray, stop it. Exit 0."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -14,7 +13,7 @@ from collections.abc import Callable
 
 from compressive_rt.errors import CtrtError
 from compressive_rt.runtime.manifest import load_manifest
-from compressive_rt.runtime.snapshot import engine_identity
+from compressive_rt.serving.namespaces import engine_namespace
 from compressive_rt.serving.ray_app import (
     APP_BUILDER,
     APP_NAME,
@@ -30,8 +29,7 @@ from compressive_rt.serving.stores import describe_store, open_store
 def check_store(deployment: RayDeployment) -> str:
     """Open the store once here, so an unreachable or foreign store is this command's error,
     not replicas that fail to start; returns its durability setting."""
-    identity = json.dumps(engine_identity(load_manifest(deployment.engine_dir)), sort_keys=True)
-    store = open_store(deployment.store, identity)
+    store = open_store(deployment.store, engine_namespace(load_manifest(deployment.engine_dir)))
     try:
         return store.durability
     finally:

@@ -10,11 +10,12 @@ the reply to a script is the acknowledgement). `open` says in its `durability` w
 the server runs; a server that is not `always` is logged as a warning, not refused (a managed
 Redis may forbid CONFIG, or run replicas that make `everysec` good enough for its owner).
 
-Keys, under `ctrt:` in the URL's database: `engine` and `schema` (what the store holds), `ids`
-(a set of stream ids), and per stream `s:{id}` (a hash: version, position, snapshot_position,
-holder), `snap:{id}` (the snapshot's bytes), `wal:{id}` (a list of records: the start
-position, 8 bytes big-endian, then the tokens) and `rcpt:{id}` (the latest receipts of writes
-made with an Idempotency-Key, oldest first, each a JSON [key, digest, answer]).
+Keys, under `ctrt:ns:N:` in the URL's database for the namespace N of this server's engine
+(redis_namespaces.py has the rest of the layout): `ids` (a set of stream ids), and per stream
+`s:{id}` (a hash: version, position, snapshot_position, holder; `moved` once the stream moved
+to another namespace), `snap:{id}` (the snapshot's bytes), `wal:{id}` (a list of records: the
+start position, 8 bytes big-endian, then the tokens) and `rcpt:{id}` (the latest receipts of
+writes made with an Idempotency-Key, oldest first, each a JSON [key, digest, answer]).
 
 Leases: every server holds `alive:{name}`, a key that expires `lease_s` after it was last
 set, and renews it every third of that on a thread of its own; closing the store deletes it.
@@ -42,14 +43,16 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from compressive_rt.serving import redis_namespaces as layout
+from compressive_rt.serving.namespaces import EngineNamespace
 from compressive_rt.serving.store import (
     Receipt,
     StoredStream,
     StoreError,
-    check_identity,
     exists,
     gap,
     joined_log,
+    moved,
     server_name,
     stale,
     unknown,
@@ -57,8 +60,6 @@ from compressive_rt.serving.store import (
 
 log = logging.getLogger("compressive_rt.serving")
 
-PREFIX = "ctrt:"
-SCHEMA_VERSION = "1"
 START = struct.Struct(">Q")  # a log record's start position
 LEASE_S = 2.0  # ServeSettings.lease_s's default
 LIVE_HOLDER_WAIT = 2  # leases: how long a take waits for a holder that renews but does not answer
@@ -68,9 +69,14 @@ PASSWORD_VARIABLE = "CTRT_REDIS_PASSWORD"
 
 # KEYS = s:{id}, wal:{id}, rcpt:{id}, snap:{id}; ARGV = version, start, record, count, receipt
 # ("": none), receipts kept, the snapshot after the record ("": none; it replaces the log)
-APPEND = """
+# (a stream moved to another namespace: its marker answers GONE)
+NOT_HERE = """
 local version = redis.call('HGET', KEYS[1], 'version')
 if not version then return redis.error_reply('UNKNOWN') end
+local moved = redis.call('HGET', KEYS[1], 'moved')
+if moved then return redis.error_reply('GONE ' .. moved) end
+"""
+APPEND = NOT_HERE + """
 if version ~= ARGV[1] then return redis.error_reply('STALE ' .. version) end
 local position = redis.call('HGET', KEYS[1], 'position')
 if position ~= ARGV[2] then return redis.error_reply('GAP ' .. position) end
@@ -89,9 +95,7 @@ end
 return 1
 """
 # KEYS = s:{id}, snap:{id}, wal:{id}; ARGV = version, position, snapshot
-PUT_SNAPSHOT = """
-local version = redis.call('HGET', KEYS[1], 'version')
-if not version then return redis.error_reply('UNKNOWN') end
+PUT_SNAPSHOT = NOT_HERE + """
 if version ~= ARGV[1] then return redis.error_reply('STALE ' .. version) end
 redis.call('SET', KEYS[2], ARGV[3])
 redis.call('DEL', KEYS[3])
@@ -99,9 +103,8 @@ redis.call('HSET', KEYS[1], 'position', ARGV[2], 'snapshot_position', ARGV[2])
 return 1
 """
 # KEYS = s:{id}, snap:{id}, wal:{id}, rcpt:{id}; ARGV = the taker's name
-TAKE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('UNKNOWN') end
-local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+TAKE = NOT_HERE + """
+version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('HSET', KEYS[1], 'holder', ARGV[1])
 local fields = redis.call('HMGET', KEYS[1], 'position', 'snapshot_position')
 local snapshot = redis.call('GET', KEYS[2])
@@ -115,23 +118,20 @@ return 1
 """
 # KEYS = s:{id}, ids; ARGV = id
 CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('EXISTS') end
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], 'moved') == 0 then
+  return redis.error_reply('EXISTS')
+end
+redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'version', 0, 'position', 0, 'snapshot_position', 0)
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
 # KEYS = s:{id}, snap:{id}, wal:{id}, rcpt:{id}, ids; ARGV = id
-DELETE = """
-if redis.call('DEL', KEYS[1]) == 0 then return redis.error_reply('UNKNOWN') end
+DELETE = NOT_HERE + """
+redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('SREM', KEYS[5], ARGV[1])
 return 1
-"""
-# KEYS = engine, schema; ARGV = engine key, schema version
-CLAIM = """
-redis.call('SETNX', KEYS[1], ARGV[1])
-redis.call('SETNX', KEYS[2], ARGV[2])
-return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}
 """
 
 
@@ -147,17 +147,18 @@ def public_address(url: str) -> str:
         (parts.path if parts.hostname and parts.path not in ("", "/") else "")
 
 
-class RedisStore:
+class RedisStore(layout.RedisNamespaces):
     """StreamStore on the Redis server at `url` (redis://[:PASSWORD@]HOST:PORT[/DB],
-    rediss:// for TLS, with redis-py's query options such as ssl_ca_certs) for the engine
-    named by `engine_key`. `password` (or $CTRT_REDIS_PASSWORD) is used when the URL has none.
+    rediss:// for TLS, with redis-py's query options such as ssl_ca_certs) in the namespace of
+    `engine` (None: for `namespaces` and `enter` alone, as `ctrt store` opens it).
+    `password` (or $CTRT_REDIS_PASSWORD) is used when the URL has none.
     This server's lease lasts `lease_s`, renewed every third of it while the store is open;
     `name` is this server's as a stream's holder (default: the host name and a random suffix).
     """
 
     shared = True  # other servers use this store at the same time
 
-    def __init__(self, url: str, engine_key: str, password: str | None = None,
+    def __init__(self, url: str, engine: EngineNamespace | None, password: str | None = None,
                  lease_s: float = LEASE_S, name: str | None = None) -> None:
         try:
             import redis
@@ -173,6 +174,7 @@ class RedisStore:
         self._refusal = redis.ResponseError  # a script's error reply
         self._release_listener: Callable[[str], None] | None = None
         self._listening = None
+        self.namespace: str | None = None
         try:
             options = {"password": password} if password and "@" not in url else {}
             self._client = redis.Redis.from_url(url, socket_timeout=60,
@@ -180,18 +182,17 @@ class RedisStore:
             self._scripts = {name: self._client.register_script(source) for name, source in
                              [("append", APPEND), ("put_snapshot", PUT_SNAPSHOT),
                               ("take", TAKE), ("release", RELEASE), ("create", CREATE),
-                              ("delete", DELETE), ("claim", CLAIM)]}
-            stored_engine, stored_schema = self._scripts["claim"](
-                [self._key("engine"), self._key("schema")], [engine_key, SCHEMA_VERSION])
+                              ("delete", DELETE), ("upgrade", layout.UPGRADE),
+                              ("enter", layout.ENTER), ("move", layout.MOVE)]}
+            self._upgrade(engine)
+            if engine is not None:
+                self.enter(engine)
         except redis.AuthenticationError as exc:
             raise StoreError(f"the Redis store {self.address} refused the password ({exc}): "
                              f"give it in the URL (redis://:PASSWORD@HOST:PORT) or "
                              f"${PASSWORD_VARIABLE}") from None
         except (ValueError, *self._errors) as exc:
             raise StoreError(f"the Redis store {self.address} cannot be used: {exc}") from None
-        check_identity(f"the Redis store {self.address}", stored_schema.decode(),
-                       SCHEMA_VERSION, stored_engine.decode(), engine_key,
-                       "give this engine its own database (redis://HOST:PORT/N)")
         self.durability = self._durability()
         self._closing = threading.Event()
         self.reachable = True  # the last renewal of the lease succeeded (/ready says it)
@@ -204,7 +205,8 @@ class RedisStore:
         self._renewing.start()
 
     def _renew(self) -> None:
-        self._client.set(self._key("alive", self.name), b"1", px=max(1, int(self.lease_s * 1000)))
+        self._client.set(self._server_key("alive", self.name), b"1",
+                         px=max(1, int(self.lease_s * 1000)))
 
     def _keep_lease(self) -> None:
         """Renew this server's lease until the store closes; a failed renewal is retried (the
@@ -221,13 +223,6 @@ class RedisStore:
                 if not self.reachable:
                     log.info("the Redis store %s: reached again", self.address)
                 self.reachable = True
-
-    def _key(self, name: str, stream_id: str | None = None) -> str:
-        return PREFIX + name + ("" if stream_id is None else ":" + stream_id)
-
-    def _stream_keys(self, stream_id: str) -> list[str]:
-        return [self._key("s", stream_id), self._key("snap", stream_id),
-                self._key("wal", stream_id), self._key("rcpt", stream_id)]
 
     def _durability(self) -> str:
         """What survives Redis's own death, from its configuration (if it shows it)."""
@@ -261,6 +256,11 @@ class RedisStore:
                 raise gap(stream_id, start, detail) from None
             if kind == "EXISTS":
                 raise exists(stream_id) from None
+            if kind == "GONE":
+                raise moved(stream_id, detail) from None
+            if kind == "THERE":
+                raise StoreError(f"stream {stream_id} is in the target namespace already: it "
+                                 f"was not moved") from None
             raise StoreError(f"the Redis store {self.address} failed: {exc}") from None
         except self._errors as exc:
             raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
@@ -286,25 +286,32 @@ class RedisStore:
 
     def position(self, stream_id: str) -> int:
         try:
-            position = self._client.hget(self._key("s", stream_id), "position")
+            position, target = self._client.hmget(self._key("s", stream_id), "position",
+                                                  "moved")
         except self._errors as exc:
             raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
                 from None
+        self._check_here(stream_id, position, target)
+        return int(position)
+
+    @staticmethod
+    def _check_here(stream_id: str, position: bytes | None, target: bytes | None) -> None:
+        """UnknownStream or StreamMoved unless the stream's record here has a position."""
+        if target is not None:
+            raise moved(stream_id, target.decode())
         if position is None:
             raise unknown(stream_id)
-        return int(position)
 
     def standing(self, stream_id: str) -> tuple[int, int, str | None]:
         """The stream's version (a fenced read compares its claim), its acknowledged position
         and its holder's name (None: nobody holds it); UnknownStream if there is none."""
         try:
-            version, position, holder = self._client.hmget(self._key("s", stream_id),
-                                                           "version", "position", "holder")
+            version, position, holder, target = self._client.hmget(
+                self._key("s", stream_id), "version", "position", "holder", "moved")
         except self._errors as exc:
             raise StoreError(f"the Redis store {self.address} cannot be reached: {exc}") \
                 from None
-        if version is None:
-            raise unknown(stream_id)
+        self._check_here(stream_id, position, target)
         return int(version), int(position), None if holder is None else holder.decode()
 
     def take(self, stream_id: str, ask_holder: bool = True) -> StoredStream:
@@ -330,7 +337,8 @@ class RedisStore:
             holder = self._client.hget(key, "holder")
             if holder is None or holder.decode() == self.name:
                 return
-            channel, lease = (self._key(name, holder.decode()) for name in ("release", "alive"))
+            channel, lease = (self._server_key(name, holder.decode())
+                              for name in ("release", "alive"))
             if not self._client.exists(lease):
                 log.info("stream %s: its holder %s's lease has expired; taken from it",
                          stream_id, holder.decode())
@@ -382,7 +390,7 @@ class RedisStore:
             return
         try:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(**{self._key("release", self.name): self._released})
+            pubsub.subscribe(**{self._server_key("release", self.name): self._released})
             self._listening = pubsub.run_in_thread(
                 sleep_time=LISTEN_S, daemon=True, exception_handler=self._listener_failed)
         except self._errors as exc:
@@ -419,7 +427,7 @@ class RedisStore:
         self._closing.set()
         self._renewing.join()
         try:
-            self._client.delete(self._key("alive", self.name))
+            self._client.delete(self._server_key("alive", self.name))
         except self._errors as exc:
             log.warning("the Redis store %s: this server's lease was not given back (%s); "
                         "it expires in %g s", self.address, exc, self.lease_s)

@@ -4,7 +4,6 @@ period, then the engine cancels what is left and spills every stream), exit 0.""
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import socket
@@ -16,11 +15,12 @@ import uvicorn
 
 from compressive_rt.errors import CtrtError
 from compressive_rt.runtime.session import Session
-from compressive_rt.runtime.snapshot import engine_identity, most_snapshot_bytes
+from compressive_rt.runtime.snapshot import most_snapshot_bytes
 from compressive_rt.serving.app import create_app
 from compressive_rt.serving.connections import bounded_protocol
 from compressive_rt.serving.engine import Engine, row_specs
 from compressive_rt.serving.metrics import Metrics
+from compressive_rt.serving.namespaces import engine_namespace
 from compressive_rt.serving.schemas import BYTE_VOCAB
 from compressive_rt.serving.settings import LOOPBACK, ServeSettings
 from compressive_rt.serving.sqlite_store import SQLiteStore
@@ -42,8 +42,8 @@ def open_engine(engine_dir: str | Path, settings: ServeSettings, store_dir: str 
     if vocab != BYTE_VOCAB:
         raise CtrtError(f"ctrt serve takes text (bytes), so it needs a byte-level engine "
                         f"(vocab_size {BYTE_VOCAB}); {engine_dir} has vocab_size {vocab}")
-    identity = json.dumps(engine_identity(session.manifest), sort_keys=True)
-    store = open_store(store_dir, identity, settings.store_max_bytes, settings.lease_s, name)
+    store = open_store(store_dir, engine_namespace(session.manifest), settings.store_max_bytes,
+                       settings.lease_s, name)
     metrics = Metrics(name)
     if isinstance(store, SQLiteStore):
         metrics.store_bytes.set_function(store.file_bytes)

@@ -17,6 +17,10 @@ that frees pages (a delete, a snapshot that replaces a log); a store written bef
 auto_vacuum) is rewritten once by VACUUM when it is opened.
 
 An exclusive lock on `DIR/lock` keeps a second process off the same store.
+
+Namespaces (serving/namespaces.py, tables in sqlite_schema.py): the store keeps each engine's
+streams apart; an instance works in the namespace of the engine it was opened for. The size
+bound is the store's (one database on one disk), not a namespace's.
 """
 
 from __future__ import annotations
@@ -27,15 +31,17 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+from compressive_rt.serving.namespaces import EngineNamespace, NamespaceUsage
+from compressive_rt.serving.sqlite_schema import upgrade
 from compressive_rt.serving.store import (
     Receipt,
     StoredStream,
     StoreError,
     StoreFull,
-    check_identity,
     exists,
     gap,
     joined_log,
+    moved,
     stale,
     unknown,
 )
@@ -44,59 +50,20 @@ log = logging.getLogger("compressive_rt.serving")
 
 DATABASE = "streams.sqlite3"
 LOCK = "lock"
-SCHEMA_VERSION = 2  # 1: the snapshot in the streams row (rewritten by every take and append)
 INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 DISK_SHARE = 0.9  # the default bound: of (what the store holds + the disk's free space)
 WAL_LIMIT_BYTES = 16 << 20  # the WAL file is truncated back to this after a checkpoint
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS streams (
-    id TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
-    position INTEGER NOT NULL,
-    snapshot_position INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS snapshots (stream TEXT PRIMARY KEY, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS wal (
-    stream TEXT NOT NULL,
-    start INTEGER NOT NULL,
-    tokens BLOB NOT NULL,
-    PRIMARY KEY (stream, start)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS receipts (
-    stream TEXT NOT NULL,
-    start INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    answer TEXT NOT NULL,
-    PRIMARY KEY (stream, start)
-) WITHOUT ROWID;
-"""
-# version 1 kept each snapshot in its streams row, which every take and append rewrote whole
-MIGRATE_FROM_1 = """
-CREATE TABLE IF NOT EXISTS snapshots (stream TEXT PRIMARY KEY, data BLOB NOT NULL);
-INSERT INTO snapshots SELECT id, snapshot FROM streams WHERE snapshot IS NOT NULL;
-CREATE TABLE streams_2 (
-    id TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
-    position INTEGER NOT NULL,
-    snapshot_position INTEGER NOT NULL
-);
-INSERT INTO streams_2 SELECT id, version, position, snapshot_position FROM streams;
-DROP TABLE streams;
-ALTER TABLE streams_2 RENAME TO streams;
-UPDATE meta SET value = '2' WHERE key = 'schema_version'
-"""
 
 
 class SQLiteStore:
-    """StreamStore on `directory` (created if missing) for the engine named by `engine_key`
-    (a store holds the streams of one engine: its snapshots fit no other), its database at
-    most `max_bytes` (None: 90% of what it holds plus the disk's free space)."""
+    """StreamStore on `directory` (created if missing), in the namespace of `engine` (None: for
+    `namespaces` and `enter` alone, as `ctrt store` opens it), its database at most `max_bytes`
+    (None: 90% of what it holds plus the disk's free space)."""
 
-    def __init__(self, directory: str | Path, engine_key: str,
+    def __init__(self, directory: str | Path, engine: EngineNamespace | None,
                  max_bytes: int | None = None) -> None:
         self.directory = Path(directory)
+        self.namespace: str | None = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock = (self.directory / LOCK).open("a")
@@ -108,7 +75,8 @@ class SQLiteStore:
         except OSError:
             self._lock.close()
             raise StoreError(f"the stream store {self.directory} is in use by another process "
-                             f"(another ctrt serve?): give each server its own --store") from None
+                             f"(another ctrt serve?): give each server its own --store, and "
+                             f"stop its server before `ctrt store migrate`") from None
         try:
             self._db = sqlite3.connect(self.directory / DATABASE, isolation_level=None,
                                        check_same_thread=False)
@@ -120,11 +88,15 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
-            self._db.executescript(SCHEMA)
+            with _Transaction(self._db, self.directory, None):  # before the bound: it copies
+                copied = upgrade(self._db, self.directory, engine)
             self.max_bytes = self._bound(max_bytes)
-            self._check_owner(engine_key)
+            if engine is not None:
+                self.enter(engine)
             if written_before:
                 self._reclaim_freed_pages()
+            elif copied:
+                self._vacuum()
         except sqlite3.Error as exc:
             self.close()
             raise StoreError(f"the stream store {self.directory} cannot be used: {exc}") from None
@@ -164,56 +136,103 @@ class SQLiteStore:
         files = (self.directory / DATABASE, self.directory / f"{DATABASE}-wal")
         return sum(path.stat().st_size for path in files if path.exists())
 
-    def _check_owner(self, engine_key: str) -> None:
-        rows = dict(self._db.execute("SELECT key, value FROM meta"))
-        if not rows:
-            with self._transaction():
-                self._db.executemany("INSERT INTO meta VALUES (?, ?)",
-                                     [("schema_version", str(SCHEMA_VERSION)),
-                                      ("engine", engine_key)])
-            return
-        if rows.get("schema_version") == "1" and rows.get("engine") == engine_key:
-            with self._transaction():  # statement by statement: executescript would commit
-                for statement in MIGRATE_FROM_1.split(";"):
-                    self._db.execute(statement)
-            rows["schema_version"] = str(SCHEMA_VERSION)
-        check_identity(f"the stream store {self.directory}", rows.get("schema_version"),
-                       str(SCHEMA_VERSION), rows.get("engine"), engine_key,
-                       f"give this engine its own --store folder (a re-export or a second "
-                       f"`ctrt demo` makes another engine), or delete {self.directory} if the "
-                       f"old engine's streams are not wanted any more")
-
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db, self.directory, self.max_bytes)
+
+    # ---- namespaces ------------------------------------------------------------------------
+    def enter(self, engine: EngineNamespace) -> None:
+        """Work in `engine`'s namespace from now on (recorded if new; a record without the
+        engine's config and precision gets them)."""
+        with self._transaction():
+            stored = self._db.execute("SELECT record FROM namespaces WHERE id = ?",
+                                      (engine.digest,)).fetchone()
+            if stored is None or (EngineNamespace.from_record(stored[0]).precision is None
+                                  and engine.precision is not None):
+                self._db.execute("INSERT OR REPLACE INTO namespaces VALUES (?, ?)",
+                                 (engine.digest, engine.record()))
+        self.namespace = engine.digest
+
+    def namespaces(self) -> list[NamespaceUsage]:
+        """Every namespace with what it holds, the most streams first."""
+        rows = self._db.execute("""
+            SELECT n.record,
+              (SELECT count(*) FROM streams s WHERE s.namespace = n.id),
+              (SELECT coalesce(sum(length(data)), 0) FROM snapshots p WHERE p.namespace = n.id)
+              + (SELECT coalesce(sum(length(tokens)), 0) FROM wal w WHERE w.namespace = n.id)
+              + (SELECT coalesce(sum(length(answer)), 0) FROM receipts r
+                 WHERE r.namespace = n.id),
+              (SELECT count(*) FROM moved m WHERE m.namespace = n.id)
+            FROM namespaces n""").fetchall()
+        usages = [NamespaceUsage(EngineNamespace.from_record(record), *counts)
+                  for record, *counts in rows]
+        return sorted(usages, key=lambda usage: (-usage.streams, usage.namespace.digest))
+
+    def move(self, stream_id: str, version: int, target: EngineNamespace,
+             snapshot: bytes | None) -> None:
+        """Move the stream, taken at `version`, to `target`'s namespace with `snapshot` (its
+        snapshot, converted for that engine) in one transaction: its log and receipts go
+        with it, and it leaves a marker (StreamMoved) here. StaleVersion if another server took
+        it since; a stream of that id in the target is refused (nothing moves)."""
+        here, there = self.namespace, target.digest
+        with self._transaction():
+            row = self._db.execute(
+                "DELETE FROM streams WHERE namespace = ? AND id = ? AND version = ? "
+                "RETURNING position, snapshot_position", (here, stream_id, version)).fetchone()
+            if row is None:
+                self._refuse(stream_id, version)
+            if self._db.execute("SELECT 1 FROM streams WHERE namespace = ? AND id = ?",
+                                (there, stream_id)).fetchone():
+                raise StoreError(f"stream {stream_id} is in namespace {there} already: it "
+                                 f"was not moved")
+            self._db.execute("INSERT OR IGNORE INTO namespaces VALUES (?, ?)",
+                             (there, target.record()))
+            self._db.execute("INSERT INTO streams VALUES (?, ?, ?, ?, ?)",
+                             (there, stream_id, version, *row))
+            self._db.execute("DELETE FROM snapshots WHERE namespace = ? AND stream = ?",
+                             (here, stream_id))
+            if snapshot is not None:
+                self._db.execute("INSERT INTO snapshots VALUES (?, ?, ?)",
+                                 (there, stream_id, snapshot))
+            for table in ("wal", "receipts"):
+                self._db.execute(f"UPDATE {table} SET namespace = ? "  # noqa: S608 - our names
+                                 f"WHERE namespace = ? AND stream = ?", (there, here, stream_id))
+            self._db.execute("INSERT OR REPLACE INTO moved VALUES (?, ?, ?)",
+                             (here, stream_id, there))
+        self._vacuum()
 
     # ---- StreamStore ---------------------------------------------------------------------
     def create(self, stream_id: str) -> None:
         with self._transaction():
             try:
-                self._db.execute("INSERT INTO streams VALUES (?, 0, 0, 0)", (stream_id,))
+                self._db.execute("INSERT INTO streams VALUES (?, ?, 0, 0, 0)",
+                                 (self.namespace, stream_id))
             except sqlite3.IntegrityError:
                 raise exists(stream_id) from None
+            self._db.execute("DELETE FROM moved WHERE namespace = ? AND stream = ?",
+                             (self.namespace, stream_id))
 
     def positions(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT id, position FROM streams"))
+        return dict(self._db.execute("SELECT id, position FROM streams WHERE namespace = ?",
+                                     (self.namespace,)))
 
     def take(self, stream_id: str) -> StoredStream:
+        here = (self.namespace, stream_id)
         with self._transaction():
             row = self._db.execute(
-                "UPDATE streams SET version = version + 1 WHERE id = ? "
-                "RETURNING version, position, snapshot_position", (stream_id,)).fetchone()
+                "UPDATE streams SET version = version + 1 WHERE namespace = ? AND id = ? "
+                "RETURNING version, position, snapshot_position", here).fetchone()
             if row is None:
-                raise unknown(stream_id)
+                self._refuse(stream_id, None)
             version, position, snapshot_position = row
-            stored = self._db.execute("SELECT data FROM snapshots WHERE stream = ?",
-                                      (stream_id,)).fetchone()
+            stored = self._db.execute("SELECT data FROM snapshots WHERE namespace = ? AND "
+                                      "stream = ?", here).fetchone()
             snapshot = None if stored is None else stored[0]
             records = self._db.execute(
-                "SELECT start, tokens FROM wal WHERE stream = ? ORDER BY start",
-                (stream_id,)).fetchall()
+                "SELECT start, tokens FROM wal WHERE namespace = ? AND stream = ? "
+                "ORDER BY start", here).fetchall()
             receipts = self._db.execute(
-                "SELECT key, digest, answer FROM receipts WHERE stream = ? ORDER BY start",
-                (stream_id,)).fetchall()
+                "SELECT key, digest, answer FROM receipts WHERE namespace = ? AND stream = ? "
+                "ORDER BY start", here).fetchall()
         return StoredStream(stream_id, version, position, snapshot, snapshot_position,
                             joined_log(stream_id, snapshot_position, records),
                             tuple(Receipt(*row) for row in receipts))
@@ -221,50 +240,55 @@ class SQLiteStore:
     def append(self, stream_id: str, version: int, start: int, tokens: bytes,
                receipt: Receipt | None = None, keep: int = 0,
                snapshot: bytes | None = None) -> None:
+        here = (self.namespace, stream_id)
         with self._transaction():
             updated = self._db.execute(
                 "UPDATE streams SET position = position + ? "
-                "WHERE id = ? AND version = ? AND position = ?",
-                (len(tokens), stream_id, version, start)).rowcount
+                "WHERE namespace = ? AND id = ? AND version = ? AND position = ?",
+                (len(tokens), *here, version, start)).rowcount
             if not updated:
                 self._refuse(stream_id, version, start)
             if snapshot is None:
-                self._db.execute("INSERT INTO wal VALUES (?, ?, ?)", (stream_id, start, tokens))
+                self._db.execute("INSERT INTO wal VALUES (?, ?, ?, ?)", (*here, start, tokens))
             else:
-                self._db.execute("UPDATE streams SET snapshot_position = ? WHERE id = ?",
-                                 (start + len(tokens), stream_id))
-                self._db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)",
-                                 (stream_id, snapshot))
-                self._db.execute("DELETE FROM wal WHERE stream = ?", (stream_id,))
+                self._db.execute("UPDATE streams SET snapshot_position = ? "
+                                 "WHERE namespace = ? AND id = ?", (start + len(tokens), *here))
+                self._db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?)",
+                                 (*here, snapshot))
+                self._db.execute("DELETE FROM wal WHERE namespace = ? AND stream = ?", here)
             if receipt is not None:
-                self._db.execute("INSERT INTO receipts VALUES (?, ?, ?, ?, ?)",
-                                 (stream_id, start, receipt.key, receipt.digest, receipt.answer))
+                self._db.execute("INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?)",
+                                 (*here, start, receipt.key, receipt.digest, receipt.answer))
                 self._db.execute(
-                    "DELETE FROM receipts WHERE stream = ? AND start NOT IN (SELECT start "
-                    "FROM receipts WHERE stream = ? ORDER BY start DESC LIMIT ?)",
-                    (stream_id, stream_id, keep))
+                    "DELETE FROM receipts WHERE namespace = ? AND stream = ? AND start NOT IN "
+                    "(SELECT start FROM receipts WHERE namespace = ? AND stream = ? "
+                    "ORDER BY start DESC LIMIT ?)", (*here, *here, keep))
         if snapshot is not None:
             self._vacuum()  # the log records the snapshot replaced
 
     def put_snapshot(self, stream_id: str, version: int, position: int, snapshot: bytes) -> None:
+        here = (self.namespace, stream_id)
         with self._transaction():
             updated = self._db.execute(
                 "UPDATE streams SET snapshot_position = ?, position = ? "
-                "WHERE id = ? AND version = ?", (position, position, stream_id, version)).rowcount
+                "WHERE namespace = ? AND id = ? AND version = ?",
+                (position, position, *here, version)).rowcount
             if not updated:
                 self._refuse(stream_id, version)
-            self._db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)",
-                             (stream_id, snapshot))
-            self._db.execute("DELETE FROM wal WHERE stream = ?", (stream_id,))
+            self._db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?)",
+                             (*here, snapshot))
+            self._db.execute("DELETE FROM wal WHERE namespace = ? AND stream = ?", here)
         self._vacuum()
 
     def delete(self, stream_id: str) -> None:
+        here = (self.namespace, stream_id)
         with self._transaction():
-            if not self._db.execute("DELETE FROM streams WHERE id = ?", (stream_id,)).rowcount:
-                raise unknown(stream_id)
-            self._db.execute("DELETE FROM wal WHERE stream = ?", (stream_id,))
-            self._db.execute("DELETE FROM snapshots WHERE stream = ?", (stream_id,))
-            self._db.execute("DELETE FROM receipts WHERE stream = ?", (stream_id,))
+            if not self._db.execute("DELETE FROM streams WHERE namespace = ? AND id = ?",
+                                    here).rowcount:
+                self._refuse(stream_id, None)
+            for table in ("wal", "snapshots", "receipts"):
+                self._db.execute(f"DELETE FROM {table} "  # noqa: S608 - our table names
+                                 f"WHERE namespace = ? AND stream = ?", here)
         self._vacuum()
 
     def close(self) -> None:
@@ -275,12 +299,15 @@ class SQLiteStore:
         if not self._lock.closed:
             self._lock.close()  # releases the flock
 
-    def _refuse(self, stream_id: str, version: int, start: int | None = None) -> None:
-        """Why a conditional write matched no row; raises."""
-        row = self._db.execute("SELECT version, position FROM streams WHERE id = ?",
-                               (stream_id,)).fetchone()
+    def _refuse(self, stream_id: str, version: int | None, start: int | None = None) -> None:
+        """Why a write (or, with `version` None, a take or delete) matched no row; raises."""
+        here = (self.namespace, stream_id)
+        row = self._db.execute("SELECT version, position FROM streams "
+                               "WHERE namespace = ? AND id = ?", here).fetchone()
         if row is None:
-            raise unknown(stream_id)
+            target = self._db.execute("SELECT target FROM moved WHERE namespace = ? AND "
+                                      "stream = ?", here).fetchone()
+            raise unknown(stream_id) if target is None else moved(stream_id, target[0])
         if row[0] != version:
             raise stale(stream_id, row[0], version)
         raise gap(stream_id, start, row[1])

@@ -9,13 +9,17 @@ stream before it serves it, which increments the version and hands the new one t
 every write carries the version and is a compare-and-set on it. A server that lost its claim
 (another took the stream since) gets StaleVersion and has written nothing.
 
-`SQLiteStore` (serving/sqlite_store.py) is the local implementation. Every method is called
-from one thread at a time (serving/store_worker.py's).
+Namespaces (serving/namespaces.py): a store keeps each engine's streams apart; an open store
+works in the namespace of its server's engine, and every method below reads and writes only
+there. A stream moved to another namespace (`ctrt store migrate`) is StreamMoved here.
+
+`SQLiteStore` (serving/sqlite_store.py) is the local implementation, `RedisStore`
+(serving/redis_store.py) the shared one. Every method is called from one thread at a time
+(serving/store_worker.py's).
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import socket
 from collections.abc import Iterable
@@ -48,6 +52,11 @@ class StaleVersion(StoreError):
     """A write carried a version the stream no longer has: another server took it since."""
 
 
+class StreamMoved(StaleVersion):
+    """The stream was moved to another engine's namespace (`ctrt store migrate`): a server of
+    that engine serves it now; this one writes nothing (409, like any server taken from)."""
+
+
 # ---- the contract's refusals, worded once for every store ----------------------------------
 def unknown(stream_id: str) -> UnknownStream:
     return UnknownStream(f"no stream {stream_id} in the store")
@@ -56,6 +65,12 @@ def unknown(stream_id: str) -> UnknownStream:
 def stale(stream_id: str, stored_version: object, version: int | None) -> StaleVersion:
     return StaleVersion(f"stream {stream_id} was taken by another server (version "
                         f"{stored_version}, this server holds {version}): nothing was written")
+
+
+def moved(stream_id: str, target: str) -> StreamMoved:
+    return StreamMoved(f"stream {stream_id} was moved to another engine's namespace {target} "
+                       f"(ctrt store migrate): send it to a server of that engine; nothing "
+                       f"was written")
 
 
 def gap(stream_id: str, start: int | None, stored_position: object) -> StoreError:
@@ -79,28 +94,6 @@ def joined_log(stream_id: str, snapshot_position: int,
         tail += tokens
         expected += len(tokens)
     return bytes(tail)
-
-
-def check_identity(store: str, stored_schema: str | None, schema: str,
-                   stored_engine: str | None, engine_key: str, fix: str) -> None:
-    """A store holds one schema's records of one engine's streams; `fix` says how to give
-    another engine its own store."""
-    if stored_schema != schema:
-        raise StoreError(f"{store} has schema version {stored_schema}; this server reads "
-                         f"{schema}")
-    if stored_engine != engine_key:
-        raise StoreError(f"{store} holds streams of another engine ({_graphs(stored_engine)}; "
-                         f"this engine: {_graphs(engine_key)}): their snapshots fit no other "
-                         f"engine; {fix}")
-
-
-def _graphs(engine_key: str | None) -> str:
-    """An engine's identity in a message: its graphs' names and hash prefixes."""
-    try:
-        graphs = json.loads(engine_key or "").get("graphs", {})
-        return ", ".join(f"{name} {str(sha)[:12]}" for name, sha in sorted(graphs.items()))
-    except (ValueError, AttributeError):
-        return repr(engine_key)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,15 @@ def test_train_help_describes_its_options():
     assert "--minutes" in result.stdout and "memory restarts empty" in result.stdout
 
 
+def test_store_migrate_help_explains_the_move():
+    result = ctrt("store", "migrate", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "--engine NEW_ENGINE_DIR" in text and "--from NAMESPACE" in text
+    assert "the same checkpoint with the same config and precision" in text
+    assert "answers 409 for it from then on" in text
+
+
 def test_building_the_cli_does_not_import_torch():
     code = ("import sys; from compressive_rt.cli.main import build_parser; build_parser(); "
             "assert 'torch' not in sys.modules, 'torch imported'")

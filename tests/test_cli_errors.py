@@ -7,6 +7,7 @@ run as root, for whom permissions do not apply, so a corrupt file stands in for 
 """
 
 import json
+import sqlite3
 
 import pytest
 from support.engines import random_model, tiny_config
@@ -19,7 +20,7 @@ def paths(engine, tmp_path_factory):
     """Placeholders of the table: real files, directories, checkpoints and engines (ENGINE is
     the session's conv engine: the table only reads it)."""
     from compressive_rt.ct_reference.checkpoint import save_checkpoint
-    from compressive_rt.serving.sqlite_store import SQLiteStore
+    from compressive_rt.serving.sqlite_store import DATABASE, SQLiteStore
 
     root = tmp_path_factory.mktemp("cli_errors")
     model, engine = engine("conv")
@@ -45,12 +46,18 @@ def paths(engine, tmp_path_factory):
     doc.write_bytes(b"hello compressive transformer " * 10)
     folder = root / "folder"
     (folder / "empty_subfolder").mkdir(parents=True)
-    SQLiteStore(root / "other_store", engine_key="another engine").close()
+    newer_store = root / "newer_store"
+    newer_store.mkdir()
+    newer = sqlite3.connect(newer_store / DATABASE)
+    newer.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); "
+                        "INSERT INTO meta VALUES ('schema_version', '9')")
+    newer.close()
+    SQLiteStore(root / "empty_store", None).close()
     return {"CKPT": checkpoint, "CORRUPT_CKPT": corrupt_checkpoint, "ENGINE": engine,
             "CORRUPT_MANIFEST": corrupt_manifest, "CORRUPT_GRAPH": corrupt_graph,
             "GARBAGE": garbage, "DOC": doc, "DIR": folder, "ARGS": constructor_args,
             "MISSING": root / "no_such_path", "OUT": root / "out",
-            "OTHER_STORE": root / "other_store"}
+            "NEWER_STORE": newer_store, "EMPTY_STORE": root / "empty_store"}
 
 
 CASES = [
@@ -119,11 +126,15 @@ CASES = [
     ("serve ENGINE --request-timeout 0", "--request-timeout must be > 0, got 0"),
     ("serve ENGINE --api-key-file MISSING", "--api-key-file MISSING cannot be read"),
     ("serve ENGINE --store GARBAGE", "cannot open the stream store GARBAGE"),
-    ("serve ENGINE --store OTHER_STORE", "the stream store OTHER_STORE holds streams of another "
-     "engine"),
-    ("serve ENGINE --store OTHER_STORE", "give this engine its own --store folder (a re-export "
-     "or a second `ctrt demo` makes another engine), or delete OTHER_STORE if the old engine's "
-     "streams are not wanted any more"),
+    ("serve ENGINE --store NEWER_STORE", "the stream store NEWER_STORE has schema version 9; "
+     "this server reads 3 (and upgrades 1 and 2)"),
+    ("store list MISSING", "no stream store at MISSING: give the --store directory of `ctrt "
+     "serve` or its redis:// URL"),
+    ("store list NEWER_STORE", "the stream store NEWER_STORE has schema version 9"),
+    ("store migrate EMPTY_STORE --engine MISSING", "engine directory MISSING does not exist"),
+    ("store migrate NEWER_STORE --engine ENGINE", "has schema version 9"),
+    ("store migrate EMPTY_STORE --engine ENGINE --from 0123", "--from 0123 names 0 of the store's "
+     "namespaces"),
     ("bench --checkpoint MISSING --out OUT", "checkpoint directory MISSING does not exist"),
     ("bench --checkpoint GARBAGE --out OUT", "checkpoint directory GARBAGE is not a directory"),
     ("bench --checkpoint CORRUPT_CKPT --out OUT", "is not a readable safetensors file"),
@@ -135,7 +146,7 @@ CASES = [
 def test_the_table_covers_every_subcommand():
     subcommands = build_parser()._subparsers._group_actions[0].choices
     assert {argv.split()[0] for argv, _ in CASES} == set(subcommands)
-    assert len(COMMAND_MODULES) == 6 and len(subcommands) == 11
+    assert len(COMMAND_MODULES) == 7 and len(subcommands) == 12
 
 
 @pytest.mark.parametrize("argv, message", CASES, ids=[argv for argv, _ in CASES])

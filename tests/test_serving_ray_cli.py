@@ -178,9 +178,7 @@ def serve_one_stream_then_sigterm(engine_dir, redis_server, tmp_path):
 
 
 def _identity(engine_dir):
-    import json
-
     from compressive_rt.runtime.manifest import load_manifest
-    from compressive_rt.runtime.snapshot import engine_identity
+    from compressive_rt.serving.namespaces import engine_namespace
 
-    return json.dumps(engine_identity(load_manifest(engine_dir)), sort_keys=True)
+    return engine_namespace(load_manifest(engine_dir))

@@ -11,12 +11,14 @@ import redis
 from support.redis_and_ray import RedisServer
 from support.rules import need_binary
 
+from compressive_rt.serving.namespaces import EngineNamespace
 from compressive_rt.serving.redis_store import RedisStore
 from compressive_rt.serving.store import StaleVersion, StoreError
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
-ENGINE = '{"graphs": {"segment": "aaaa"}}'
+ENGINE = EngineNamespace('{"graphs": {"segment": "aaaa"}}')
+OTHER_ENGINE = EngineNamespace('{"graphs": {"segment": "bbbb"}}')
 WAIT_S = 60  # a holder's bounded wait in these tests: far longer than any hand-over takes
 
 
@@ -62,12 +64,39 @@ def test_an_acknowledged_append_survives_kill_9_of_redis(redis_server, store):
     assert taken.version == version + 1
 
 
-def test_another_engine_gets_another_database(redis_server, store):
-    with pytest.raises(StoreError, match=r"holds streams of another engine .*"
-                                         r"its own database \(redis://HOST:PORT/N\)"):
-        RedisStore(redis_server.url, '{"graphs": {"segment": "bbbb"}}')
-    other_database = redis_server.url.rsplit("/", 1)[0] + "/1"
-    RedisStore(other_database, '{"graphs": {"segment": "bbbb"}}').close()
+def test_a_store_of_the_layout_before_namespaces_is_upgraded_once_no_old_server_is_live(
+        redis_server):
+    """Schema 1 kept one engine's streams under ctrt: itself: the first server of this version
+    renames them into that engine's namespace, but not while a server of the older version
+    holds a lease there (its keys would vanish under it)."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.set("ctrt:engine", ENGINE.key)
+    client.set("ctrt:schema", "1")
+    client.sadd("ctrt:ids", "s")
+    client.hset("ctrt:s:s", mapping={"version": 2, "position": 5, "snapshot_position": 3})
+    client.set("ctrt:snap:s", b"SNAPSHOT@3")
+    client.rpush("ctrt:wal:s", (3).to_bytes(8, "big") + b"de")
+    client.set("ctrt:alive:old-server", b"1")
+    with pytest.raises(StoreError, match="has the layout of an older ctrt .* and its server "
+                                         "old-server is live: stop the servers of the older "
+                                         "version"):
+        RedisStore(redis_server.url, OTHER_ENGINE)
+    client.delete("ctrt:alive:old-server")
+    other = RedisStore(redis_server.url, OTHER_ENGINE)  # a re-export: an empty namespace
+    assert other.positions() == {}
+    [held] = [usage for usage in other.namespaces() if usage.namespace.digest == ENGINE.digest]
+    assert (held.streams, held.bytes) == (1, len(b"SNAPSHOT@3") + 8 + len(b"de"))
+    other.close()
+    store = RedisStore(redis_server.url, ENGINE)
+    taken = store.take("s")
+    store.close()
+    assert (taken.version, taken.position, taken.snapshot, taken.tail) == \
+        (3, 5, b"SNAPSHOT@3", b"de")
+    assert sorted(key.decode() for key in client.keys("ctrt:*") if b":alive:" not in key) == \
+        sorted(["ctrt:schema", "ctrt:namespaces", f"ctrt:ns:{ENGINE.digest}:ids",
+                f"ctrt:ns:{ENGINE.digest}:s:s", f"ctrt:ns:{ENGINE.digest}:snap:s",
+                f"ctrt:ns:{ENGINE.digest}:wal:s"])
+    client.close()
 
 
 def test_an_unreachable_store_is_a_clear_error(redis_server):
@@ -196,7 +225,7 @@ def test_a_released_stream_keeps_its_holder_if_taken_since(redis_server, store):
     other.take("s")
     store.release("s")  # a stale release must not clear the new holder
     client = redis.Redis.from_url(redis_server.url)
-    assert client.hget("ctrt:s:s", "holder").decode() == other.name
+    assert client.hget(f"ctrt:ns:{ENGINE.digest}:s:s", "holder").decode() == other.name
     client.close()
     other.close()
 
@@ -211,7 +240,8 @@ def test_a_request_heard_after_the_taker_took_the_stream_is_dropped(redis_server
         holder.create(stream)
         holder.take(stream)
     client = redis.Redis.from_url(redis_server.url)
-    client.hset("ctrt:s:s", "holder", "another-server")  # s was taken since, t was not
+    # s was taken since, t was not
+    client.hset(f"ctrt:ns:{ENGINE.digest}:s:s", "holder", "another-server")
     client.publish(f"ctrt:release:{holder.name}", "s")
     client.publish(f"ctrt:release:{holder.name}", "t")  # heard after s: one listener thread
     assert told.wait(WAIT_S)

@@ -14,10 +14,11 @@ from support.serving import Reference, assert_close, greedy
 from test_serving_api import metric
 
 from compressive_rt.runtime.session import Session
-from compressive_rt.runtime.snapshot import engine_identity, most_snapshot_bytes
+from compressive_rt.runtime.snapshot import most_snapshot_bytes
 from compressive_rt.serving.app import create_app
 from compressive_rt.serving.engine import Engine, row_specs
 from compressive_rt.serving.metrics import Metrics
+from compressive_rt.serving.namespaces import engine_namespace
 from compressive_rt.serving.server import open_engine
 from compressive_rt.serving.settings import ServeSettings
 from compressive_rt.serving.sqlite_store import SQLiteStore
@@ -121,8 +122,7 @@ def held_server(engine_dir, tmp_path):
     def start(request_timeout_s):
         settings = ServeSettings(streams=2, request_timeout_s=request_timeout_s)
         session = Session(engine_dir, max_streams=settings.streams, threads=1)
-        store = HeldStore(tmp_path / "store",
-                          json.dumps(engine_identity(session.manifest), sort_keys=True))
+        store = HeldStore(tmp_path / "store", engine_namespace(session.manifest))
         metrics = Metrics("retries")
         app = create_app(Engine(session, store, settings, metrics), settings, metrics,
                          most_snapshot_bytes(session.manifest, row_specs(session)))

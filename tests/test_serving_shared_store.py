@@ -17,7 +17,7 @@ from support.pause import paused
 from support.redis_and_ray import RedisServer, stream_record
 from support.serving import Reference, Server, assert_close, greedy
 
-from compressive_rt.serving.redis_store import PREFIX
+from compressive_rt.serving.redis_namespaces import PREFIX
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 

@@ -6,12 +6,13 @@ import sqlite3
 
 import pytest
 
+from compressive_rt.serving.namespaces import EngineNamespace
 from compressive_rt.serving.sqlite_store import DATABASE, SQLiteStore
 from compressive_rt.serving.store import StoreFull
 
 pytestmark = pytest.mark.serving
 
-ENGINE = '{"graphs": {"segment": "aaaa"}}'
+ENGINE = EngineNamespace('{"graphs": {"segment": "aaaa"}}')
 STATE = 200_000  # bytes of one stream's snapshot
 SCHEMA_1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -61,7 +62,7 @@ def test_a_store_of_schema_1_without_auto_vacuum_is_migrated_and_shrinks(tmp_pat
     old.execute("PRAGMA journal_mode=WAL")
     old.executescript(SCHEMA_1)
     old.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", "1"),
-                                                       ("engine", ENGINE)])
+                                                       ("engine", ENGINE.key)])
     for index in range(20):
         old.execute("INSERT INTO streams VALUES (?, 0, 64, ?, 64)",
                     (f"s{index}", snapshot_of(index)))

@@ -2,8 +2,8 @@
 (SQLite, sqlite_store.py) and the shared one on a real redis-server (redis_store.py; without
 redis-server it skips with the reason, under CI=true it fails). Durable across reopening,
 fencing by version (a stale writer writes nothing), records that follow the position, unknown
-and deleted streams, one engine per store, and any order of operations replays exactly the
-acknowledged history."""
+and deleted streams, a namespace per engine and streams moved between them, and any order of
+operations replays exactly the acknowledged history."""
 
 import itertools
 
@@ -12,12 +12,19 @@ from hypothesis import given, settings
 from support.redis_and_ray import RedisServer
 from support.serving import STORE_OPERATIONS, replay
 
+from compressive_rt.serving.namespaces import EngineNamespace
 from compressive_rt.serving.redis_store import RedisStore
 from compressive_rt.serving.sqlite_store import SQLiteStore
-from compressive_rt.serving.store import Receipt, StaleVersion, StoreError, UnknownStream
+from compressive_rt.serving.store import (
+    Receipt,
+    StaleVersion,
+    StoreError,
+    StreamMoved,
+    UnknownStream,
+)
 
-ENGINE = '{"graphs": {"segment": "aaaa"}}'
-OTHER_ENGINE = '{"graphs": {"segment": "bbbb"}}'
+ENGINE = EngineNamespace('{"graphs": {"segment": "aaaa"}}')
+OTHER_ENGINE = EngineNamespace('{"graphs": {"segment": "bbbb"}}')
 NAMES = itertools.count()
 
 
@@ -158,12 +165,69 @@ def test_an_append_with_a_snapshot_replaces_the_log_in_one_write(open_store, str
     assert store.take(stream).snapshot == b"SNAPSHOT@7"
 
 
-def test_a_store_of_another_engine_is_refused(open_store):
-    open_store().close()
-    with pytest.raises(StoreError, match=r"holds streams of another engine \(segment aaaa; "
-                                         r"this engine: segment bbbb\): their snapshots fit no "
-                                         r"other engine; give this engine its own"):
-        open_store(OTHER_ENGINE)
+def test_another_engine_opens_a_namespace_of_its_own(open_store, stream):
+    """A re-exported engine starts with no streams rather than being refused; neither engine
+    sees, nor may take, the other's streams."""
+    first = open_store()
+    first.create(stream)
+    version = first.take(stream).version
+    first.append(stream, version, 0, b"first engine")
+    first.close()
+    other = open_store(OTHER_ENGINE)
+    assert stream not in other.positions()
+    with pytest.raises(UnknownStream):
+        other.take(stream)
+    other.create(stream)  # the same id in another namespace is another stream
+    other.append(stream, other.take(stream).version, 0, b"other")
+    usage = {found.namespace.digest: found for found in other.namespaces()}
+    assert usage[OTHER_ENGINE.digest].namespace == OTHER_ENGINE
+    assert usage[ENGINE.digest].streams >= 1
+    other.close()
+    again = open_store()
+    assert again.take(stream).tail == b"first engine"
+
+
+def test_a_stream_moves_to_another_namespace_whole_and_leaves_a_409_behind(open_store, stream):
+    """`move` (ctrt store migrate's step): the log and receipts go with the stream, the
+    snapshot is the converted one; the old namespace refuses its old holder and any taker with
+    StreamMoved (a 409), and a second move finds nothing to move."""
+    source = open_store()
+    source.create(stream)
+    holder = source.take(stream).version  # a server of the old engine holds it
+    source.append(stream, holder, 0, b"abc")
+    source.put_snapshot(stream, holder, 3, b"OLD SNAPSHOT@3")
+    source.append(stream, holder, 3, b"de", Receipt("k", "d", '{"position": 5}'), keep=2)
+    mover = source.take(stream).version  # the migration fences the holder out
+    source.move(stream, mover, OTHER_ENGINE, b"NEW SNAPSHOT@3")
+    for refused in (lambda: source.append(stream, holder, 5, b"LOST"),
+                    lambda: source.take(stream), lambda: source.delete(stream)):
+        with pytest.raises(StreamMoved, match=f"stream {stream} was moved to another engine's "
+                                              f"namespace {OTHER_ENGINE.digest}"):
+            refused()
+    with pytest.raises(StreamMoved):  # a rerun: already moved
+        source.move(stream, mover, OTHER_ENGINE, b"NEW SNAPSHOT@3")
+    assert stream not in source.positions()
+    source.close()
+    target = open_store(OTHER_ENGINE)
+    taken = target.take(stream)
+    assert (taken.position, taken.snapshot, taken.snapshot_position, taken.tail) == \
+        (5, b"NEW SNAPSHOT@3", 3, b"de")
+    assert taken.receipts == (Receipt("k", "d", '{"position": 5}'),)
+    assert taken.version > mover
+    assert target.positions()[stream] == 5
+
+
+def test_a_move_by_a_mover_taken_from_since_moves_nothing(open_store, stream):
+    store = open_store()
+    store.create(stream)
+    mover = store.take(stream).version
+    retaken = store.take(stream).version  # the old engine's server took it back
+    store.append(stream, retaken, 0, b"acknowledged")
+    with pytest.raises(StaleVersion):
+        store.move(stream, mover, OTHER_ENGINE, None)
+    assert store.take(stream).tail == b"acknowledged"
+    store.close()
+    assert stream not in open_store(OTHER_ENGINE).positions()
 
 
 @settings(max_examples=30, deadline=None)

@@ -1,6 +1,6 @@
 """The tests' one tiny config, random models and their engines (exported once per session by
-conftest.py's `engine`), and a recording backend. native/tests/export_engines.py exports the
-C++ tests' engines from here too."""
+conftest.py's `engine`) and copies of them as re-exports, and a recording backend.
+native/tests/export_engines.py exports the C++ tests' engines from here too."""
 
 from __future__ import annotations
 
@@ -84,3 +84,29 @@ class RecordingBackend(OrtCpuBackend):
             self.inside.set()
             self.release.wait(timeout=30)
         super().run(inner)
+
+
+def copy_engine(engine_dir: Path, out: Path, checkpoint: str,
+                doc_string: str | None = None) -> Path:
+    """A copy of an engine as if exported from `checkpoint` (its SHA-256, recorded in the
+    manifest); with `doc_string`, its segment graph's bytes differ: a re-export of the same
+    checkpoint (same numerics, another engine identity)."""
+    import json
+    import shutil
+
+    import onnx
+
+    from compressive_rt.runtime.manifest import file_entry
+
+    shutil.copytree(engine_dir, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["checkpoint"] = {"path": "tiny", "sha256": checkpoint}
+    if doc_string is not None:
+        entry = manifest["entry_points"]["segment"]
+        graph = out / entry["file"]
+        model = onnx.load(graph, load_external_data=False)
+        model.doc_string = doc_string
+        onnx.save(model, graph)
+        entry.update(file_entry(graph))
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out

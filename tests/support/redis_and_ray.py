@@ -26,16 +26,17 @@ class RedisServer(_RedisServer):
 
 
 def stream_record(url: str, stream_id: str) -> dict[str, str]:
-    """A stream's record in a Redis store (serving/redis_store.py's `s:{id}` hash): its
-    version, position, snapshot_position and holder, as text."""
+    """A stream's record in a Redis store of one engine's streams (serving/redis_store.py's
+    `s:{id}` hash in that engine's namespace): its version, position, snapshot_position and
+    holder, as text."""
     import redis
 
-    from compressive_rt.serving.redis_store import PREFIX
+    from compressive_rt.serving.redis_namespaces import PREFIX
 
     client = redis.Redis.from_url(url)
     try:
-        return {key.decode(): value.decode()
-                for key, value in client.hgetall(f"{PREFIX}s:{stream_id}").items()}
+        [key] = client.keys(f"{PREFIX}ns:*:s:{stream_id}")
+        return {field.decode(): value.decode() for field, value in client.hgetall(key).items()}
     finally:
         client.close()
 
