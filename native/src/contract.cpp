@@ -66,6 +66,22 @@ int64_t size_field(const nlohmann::json& config, const char* name, int64_t least
 
 }  // namespace
 
+TensorName split_name(const std::string& name) {
+  TensorName out{name, -1, false};
+  const size_t suffix = std::char_traits<char>::length(kOutSuffix);
+  if (out.base.size() > suffix && out.base.compare(out.base.size() - suffix, suffix, kOutSuffix) == 0) {
+    out.base.resize(out.base.size() - suffix);
+    out.out = true;
+  }
+  const size_t dot = out.base.rfind('.');
+  if (dot != std::string::npos && dot + 1 < out.base.size() &&
+      out.base.find_first_not_of("0123456789", dot + 1) == std::string::npos && out.base.size() - dot <= 8) {
+    out.layer = std::stoi(out.base.substr(dot + 1));
+    out.base.resize(dot);
+  }
+  return out;
+}
+
 int64_t checked_product(const std::vector<int64_t>& dims, const std::string& what) {
   int64_t product = 1;
   for (int64_t dim : dims) {

@@ -62,6 +62,15 @@ extern const char* const kPartialState[3];  // seg_h, seg_k, seg_v
 extern const char* const kNewRows[3];       // new_h, new_k, new_v: extend's rows of each
 extern const char* const kOutSuffix;        // "_out": a call's next value of state tensor X
 
+// A graph tensor's name split by the contract's naming rule: `X_out` is the next value of X,
+// and `X.{i}` (next value `X.{i}_out`) is layer i's piece of a tensor taken per layer.
+struct TensorName {
+  std::string base;  // X
+  int layer;         // i, or -1 for a tensor taken whole
+  bool out;          // the name ends in kOutSuffix
+};
+TensorName split_name(const std::string& name);
+
 // Every state tensor a stream has, by name (absent tensors of the config are absent).
 std::map<std::string, TensorSpec> state_specs(const Dims& dims);
 std::map<std::string, EntryPoint> entry_points(const Dims& dims);
