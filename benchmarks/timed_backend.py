@@ -43,6 +43,9 @@ class TimedBackend(Backend):
     def view(self, buffer: Any, shape: tuple[int, ...]) -> Any:
         return self.inner.view(buffer, shape)
 
+    def layer(self, buffer: Any, index: int) -> Any:
+        return self.inner.layer(buffer, index)
+
     def to_host(self, buffer: Any) -> np.ndarray:
         return self.inner.to_host(buffer)
 

@@ -14,6 +14,9 @@ distance and the stream's memory fill (`learned_position_rows`).
 
 With enhanced recurrence each layer reads another layer's memory, so `mem_k`/`mem_v` hold the
 keys of what each layer reads and `commit` projects them whole (it never reads seg_k/seg_v).
+
+State is per layer (contract v3): each per-layer tensor arrives as N graph inputs and is
+handled here as a list of N tensors [B, ...rest], so no graph splits or concatenates state.
 """
 
 from __future__ import annotations
@@ -30,7 +33,15 @@ from compressive_rt.ct_reference.model import (
     learned_position_rows,
     sinusoid_table,
 )
-from compressive_rt.runtime.contract import MEMORY_STATE, Dims, entry_points, state_specs
+from compressive_rt.runtime.contract import (
+    MEMORY_STATE,
+    NEW_ROWS,
+    OUT_SUFFIX,
+    entry_points,
+    graph_tensor_parts,
+)
+
+State = dict[str, torch.Tensor | list[torch.Tensor] | None]  # per-layer tensors as N-lists
 
 
 class StepCore(nn.Module):
@@ -44,9 +55,9 @@ class StepCore(nn.Module):
         self.n_mem = cfg.cmem_len + cfg.mem_len  # memory keys per layer: C + M
         self.most_used = cfg.compress_fn == "most_used"
         self.learned_positions = cfg.position_encoding == "learned"
-        present = state_specs(Dims.from_config(cfg))
-        self.memory_names = [n for n in MEMORY_STATE if n in present]  # contract order
-        self.extend_names = entry_points(cfg)["extend"].input_names[2:]  # after tokens, seg_len
+        contract = entry_points(cfg)
+        self.input_names = {name: entry.input_names for name, entry in contract.items()}
+        self.output_names = {name: entry.output_names for name, entry in contract.items()}
         if not self.learned_positions:
             # W_r R depends on weights only: project it once when the steps are built (what
             # ONNX constant folding would do), not on every call.
@@ -126,20 +137,17 @@ class StepCore(nn.Module):
         read = read.transpose(1, 2).reshape(batch, n_new, heads * d_head)
         return layer.finish(h, attn.out_proj(read)), probs
 
-    def run_layers(self, tokens: torch.Tensor, cached_k: list[torch.Tensor],
-                   cached_v: list[torch.Tensor], distance: torch.Tensor, mask: torch.Tensor,
-                   usage: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """Embed tokens [B, T] and run every layer over its cached keys/values (the
-        [B,N,H,S,dh] tensors of cached_k / cached_v, read in order) plus the new tokens' own.
+    def run_layers(self, tokens: torch.Tensor, layer_k: list[list[torch.Tensor]],
+                   layer_v: list[list[torch.Tensor]], distance: torch.Tensor, mask: torch.Tensor,
+                   layer_usage: list[torch.Tensor] | None) -> tuple:
+        """Embed tokens [B, T] and run every layer over its cached keys/values (per part of the
+        cache, N tensors [B,H,S,dh], read in order) plus the new tokens' own.
 
-        distance, mask [B,1,T,K]; usage [B,N,M] (most_used) gains the attention the memory
-        received. -> logits [B,T,V], stored states [B,N,T,d], keys, values [B,N,H,T,dh] of
-        the new tokens, next usage (or None)."""
+        distance, mask [B,1,T,K]; usage N x [B,M] (most_used) gains the attention the memory
+        received. -> logits [B,T,V] and N-lists of stored states [B,T,d], keys, values
+        [B,H,T,dh] of the new tokens, next usage [B,M] (or None)."""
         cfg, model = self.cfg, self.model
         h = model.embed_tokens(tokens)  # [B, T, d]
-        layer_k = [cached.unbind(1) for cached in cached_k]  # per part: N x [B, H, S, dh]
-        layer_v = [cached.unbind(1) for cached in cached_v]
-        layer_usage = usage.unbind(1) if usage is not None else None  # N x [B, M]
         new_h, new_k, new_v, next_usage = [], [], [], []
         for i, layer in enumerate(model.layers):
             stored = layer.memory_state(h)  # [B, T, d]
@@ -154,65 +162,61 @@ class StepCore(nn.Module):
             if layer_usage is not None:
                 mem_probs = probs[..., cfg.cmem_len:self.n_mem]  # [B, H, T, M]
                 next_usage.append(layer_usage[i] + mem_probs.sum(dim=(1, 2)))
-        return (model.project_logits(h), torch.stack(new_h, 1), torch.stack(new_k, 1),
-                torch.stack(new_v, 1), torch.stack(next_usage, 1) if next_usage else None)
+        return model.project_logits(h), new_h, new_k, new_v, next_usage or None
 
-    def rotate(self, seg_h: torch.Tensor, seg_k: torch.Tensor, seg_v: torch.Tensor,
-               mem: torch.Tensor, cmem: torch.Tensor | None, mem_k: torch.Tensor,
-               mem_v: torch.Tensor, mem_len: torch.Tensor, cmem_len: torch.Tensor | None,
-               usage: torch.Tensor | None) -> list[torch.Tensor]:
+    def rotate(self, state: State) -> State:
         """Algorithm 1 for every row: append the segment, evict, compress.
 
-        seg_h [B,N,L,d], seg_k/seg_v [B,N,H,L,dh], mem [B,N,M,d], cmem [B,N,C,d],
-        mem_k/mem_v [B,N,H,C+M,dh], counts [B] int32, usage [B,N,M]. Returns the next memory
-        state in contract order.
+        state: per layer seg_h [B,L,d], seg_k/seg_v [B,H,L,dh], mem [B,M,d], cmem [B,C,d],
+        mem_k/mem_v [B,H,C+M,dh], usage [B,M] (N-lists); counts [B] int32. Returns the next
+        memory state by name.
         """
         cfg = self.cfg
         seg_len, n_cmem = cfg.seg_len, cfg.cmem_len
+        mem, cmem, usage = state["mem"], state.get("cmem"), state.get("usage")
+        mem_k, mem_v, mem_len = state["mem_k"], state["mem_v"], state["mem_len"]
         if cfg.enhanced_recurrence:  # each layer rotates the memory it read (another layer's)
             order = list(self.model.read_order)
-            mem = mem[:, order]
-            cmem = cmem[:, order] if cmem is not None else None
-        mem_next = shift_in(mem, seg_h, dim=2)  # [B, N, M, d]
-        k_mem = shift_in(mem_k[:, :, :, n_cmem:], seg_k, dim=3)  # [B, N, H, M, dh]
-        v_mem = shift_in(mem_v[:, :, :, n_cmem:], seg_v, dim=3)
+            mem = [mem[j] for j in order]
+            cmem = [cmem[j] for j in order] if cmem is not None else None
+        mem_next = [shift_in(m, h, dim=1) for m, h in zip(mem, state["seg_h"])]  # N x [B,M,d]
+        k_mem = [shift_in(k[:, :, n_cmem:], s, dim=2)  # N x [B, H, M, dh]
+                 for k, s in zip(mem_k, state["seg_k"])]
+        v_mem = [shift_in(v[:, :, n_cmem:], s, dim=2) for v, s in zip(mem_v, state["seg_v"])]
         outputs = {"mem": mem_next, "mem_len": torch.clamp(mem_len + seg_len, max=cfg.mem_len)}
         if cmem is not None:
             evicts = mem_len == cfg.mem_len  # [B]: only a full memory evicts (0 or L slots)
-            new_cm, k_new, v_new = [], [], []
+            shift = evicts[:, None, None]  # [B, 1, 1]
+            shift_kv = evicts[:, None, None, None]  # [B, 1, 1, 1]
+            outputs["cmem"] = []
             for i, layer in enumerate(self.model.layers):
-                old_usage = usage[:, i, :seg_len] if usage is not None else None
-                slots = self.model.compressors[i](mem[:, i, :seg_len], old_usage)  # [B,L/c,d]
+                old_usage = usage[i][:, :seg_len] if usage is not None else None
+                slots = self.model.compressors[i](mem[i][:, :seg_len], old_usage)  # [B,L/c,d]
                 k_i, v_i = self.project_kv(layer, slots)  # [B, H, L/c, dh]
-                new_cm.append(slots)
-                k_new.append(k_i)
-                v_new.append(v_i)
-            shift = evicts[:, None, None, None]  # [B, 1, 1, 1]
-            shift_kv = evicts[:, None, None, None, None]
-            cmem_next = shift_in(cmem, torch.stack(new_cm, 1), dim=2)  # [B, N, C, d]
-            k_cmem = shift_in(mem_k[:, :, :, :n_cmem], torch.stack(k_new, 1), dim=3)
-            v_cmem = shift_in(mem_v[:, :, :, :n_cmem], torch.stack(v_new, 1), dim=3)
-            k_mem = torch.cat([torch.where(shift_kv, k_cmem, mem_k[:, :, :, :n_cmem]), k_mem],
-                              dim=3)  # [B, N, H, C+M, dh]
-            v_mem = torch.cat([torch.where(shift_kv, v_cmem, mem_v[:, :, :, :n_cmem]), v_mem],
-                              dim=3)
-            outputs["cmem"] = torch.where(shift, cmem_next, cmem)
+                outputs["cmem"].append(torch.where(shift, shift_in(cmem[i], slots, dim=1),
+                                                   cmem[i]))  # [B, C, d]
+                k_c, v_c = mem_k[i][:, :, :n_cmem], mem_v[i][:, :, :n_cmem]  # [B, H, C, dh]
+                k_mem[i] = torch.cat([torch.where(shift_kv, shift_in(k_c, k_i, dim=2), k_c),
+                                      k_mem[i]], dim=2)  # [B, H, C+M, dh]
+                v_mem[i] = torch.cat([torch.where(shift_kv, shift_in(v_c, v_i, dim=2), v_c),
+                                      v_mem[i]], dim=2)
             outputs["cmem_len"] = torch.where(
-                evicts, torch.clamp(cmem_len + cfg.cmem_per_segment, max=n_cmem), cmem_len)
+                evicts, torch.clamp(state["cmem_len"] + cfg.cmem_per_segment, max=n_cmem),
+                state["cmem_len"])
         if cfg.enhanced_recurrence:
             # The cache holds keys of what each layer reads next: another layer's new memory,
             # so it is projected whole (commit rewrites the memory anyway).
-            reads = outputs["mem"][:, order]
-            if cmem is not None:
-                reads = torch.cat([outputs["cmem"][:, order], reads], dim=2)  # [B, N, C+M, d]
-            projected = [self.project_kv(layer, reads[:, i])
+            reads = [outputs["mem"][j] for j in order]
+            if cmem is not None:  # N x [B, C+M, d]
+                reads = [torch.cat([outputs["cmem"][j], r], dim=1) for j, r in zip(order, reads)]
+            projected = [self.project_kv(layer, reads[i])
                          for i, layer in enumerate(self.model.layers)]
-            k_mem = torch.stack([k for k, _ in projected], 1)
-            v_mem = torch.stack([v for _, v in projected], 1)
+            k_mem = [k for k, _ in projected]
+            v_mem = [v for _, v in projected]
         outputs["mem_k"], outputs["mem_v"] = k_mem, v_mem
         if usage is not None:
-            outputs["usage"] = F.pad(usage, (0, seg_len))[:, :, -cfg.mem_len:]  # [B, N, M]
-        return [outputs[name] for name in MEMORY_STATE if name in outputs]
+            outputs["usage"] = [F.pad(u, (0, seg_len))[:, -cfg.mem_len:] for u in usage]  # [B,M]
+        return outputs
 
 
 def shift_in(old: torch.Tensor, new: torch.Tensor, dim: int) -> torch.Tensor:
@@ -224,12 +228,23 @@ def shift_in(old: torch.Tensor, new: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([old.narrow(dim, added, keep - added), new], dim=dim)
 
 
-def _split_memory(core: StepCore,
-                  state: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor | None]:
-    """Name the memory-state tensors given in contract order (cmem/cmem_len/usage optional)."""
-    named: dict[str, torch.Tensor | None] = dict.fromkeys(MEMORY_STATE)
-    named.update(zip(core.memory_names, state, strict=True))
+def gather_layers(names: list[str], tensors: tuple[torch.Tensor, ...]) -> State:
+    """Graph tensors in contract order by state name: a per-layer tensor's N inputs (`mem_k.0`
+    .. `mem_k.{N-1}`, layer order) as one list; cmem/cmem_len/usage None when absent."""
+    named: State = dict.fromkeys(MEMORY_STATE)
+    for name, tensor in zip(names, tensors, strict=True):
+        base, layer = graph_tensor_parts(name)
+        named[base] = tensor if layer is None else [*(named.get(base) or []), tensor]
     return named
+
+
+def scatter_layers(names: list[str], named: State) -> tuple[torch.Tensor, ...]:
+    """The graph tensors `names` (outputs, in contract order) from N-lists by state name."""
+    def value(name: str) -> torch.Tensor:
+        base, layer = graph_tensor_parts(name)
+        base = base.removesuffix(OUT_SUFFIX)
+        return named[base] if layer is None else named[base][layer]
+    return tuple(value(name) for name in names)
 
 
 class SegmentStep(StepCore):
@@ -237,7 +252,7 @@ class SegmentStep(StepCore):
 
     def forward(self, tokens: torch.Tensor, *memory: torch.Tensor) -> tuple[torch.Tensor, ...]:
         cfg = self.cfg
-        m = _split_memory(self, memory)
+        m = gather_layers(self.input_names["segment"][1:], memory)
         seg_len = cfg.seg_len
         valid = self.memory_valid(m["mem_len"], m["cmem_len"])  # [B, C+M]
         pos = torch.arange(seg_len, device=tokens.device)
@@ -249,10 +264,10 @@ class SegmentStep(StepCore):
         distance = self.position_index(distance, m["mem_len"], m["cmem_len"]).expand(
             valid.shape[0], 1, -1, -1)  # [B, 1, L, C+M+L]
         logits, seg_h, seg_k, seg_v, usage = self.run_layers(
-            tokens, [m["mem_k"]], [m["mem_v"]], distance, mask, m["usage"])
-        next_state = self.rotate(seg_h, seg_k, seg_v, m["mem"], m["cmem"], m["mem_k"],
-                                 m["mem_v"], m["mem_len"], m["cmem_len"], usage)
-        return (logits, *next_state)
+            tokens, [m["mem_k"]], [m["mem_v"]], distance, mask, m["usage"])  # N-lists
+        next_state = self.rotate({**m, "seg_h": seg_h, "seg_k": seg_k, "seg_v": seg_v,
+                                  "usage": usage})
+        return (logits, *scatter_layers(self.output_names["segment"][1:], next_state))
 
 
 class ExtendStep(StepCore):
@@ -261,9 +276,9 @@ class ExtendStep(StepCore):
     def forward(self, tokens: torch.Tensor, seg_len: torch.Tensor,
                 *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         cfg = self.cfg
-        s = dict(zip(self.extend_names, state, strict=True))
+        s = gather_layers(self.input_names["extend"][2:], state)  # after tokens, seg_len
         batch, n_new = tokens.shape
-        valid = self.memory_valid(s["mem_len"], s.get("cmem_len"))  # [B, C+M]
+        valid = self.memory_valid(s["mem_len"], s["cmem_len"])  # [B, C+M]
         slot = torch.arange(cfg.seg_len, device=tokens.device)
         cached_ok = slot[None, :] < seg_len[:, None]  # [B, L]
         new = torch.arange(n_new, device=tokens.device)
@@ -276,21 +291,21 @@ class ExtendStep(StepCore):
         key_pos = torch.cat([mem_keys.expand(batch, -1), slot.expand(batch, -1),
                              query_pos], dim=1)  # [B, C+M+L+T]
         distance = self.position_index((query_pos[:, :, None] - key_pos[:, None, :])[:, None],
-                                       s["mem_len"], s.get("cmem_len"))  # [B, 1, T, K]
+                                       s["mem_len"], s["cmem_len"])  # [B, 1, T, K]
         logits, new_h, new_k, new_v, usage = self.run_layers(
             tokens, [s["mem_k"], s["seg_k"]], [s["mem_v"], s["seg_v"]], distance, mask,
-            s.get("usage"))
-        return (logits, new_h, new_k, new_v) + ((usage,) if usage is not None else ())
+            s["usage"])
+        new_rows = {NEW_ROWS["seg_h"]: new_h, NEW_ROWS["seg_k"]: new_k,
+                    NEW_ROWS["seg_v"]: new_v, "usage": usage, "logits": logits}
+        return scatter_layers(self.output_names["extend"], new_rows)
 
 
 class CommitStep(StepCore):
     """A full partial segment + memory state -> next memory state."""
 
-    def forward(self, seg_h: torch.Tensor, seg_k: torch.Tensor, seg_v: torch.Tensor,
-                *memory: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        m = _split_memory(self, memory)
-        return tuple(self.rotate(seg_h, seg_k, seg_v, m["mem"], m["cmem"], m["mem_k"],
-                                 m["mem_v"], m["mem_len"], m["cmem_len"], m["usage"]))
+    def forward(self, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        named = gather_layers(self.input_names["commit"], state)
+        return scatter_layers(self.output_names["commit"], self.rotate(named))
 
 
 STEP_MODULES = {"segment": SegmentStep, "extend": ExtendStep, "commit": CommitStep}

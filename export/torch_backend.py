@@ -42,6 +42,9 @@ class TorchBackend(Backend):
     def view(self, buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         return buffer.view(-1)[:int(np.prod(shape))].view(shape)
 
+    def layer(self, buffer: torch.Tensor, index: int) -> torch.Tensor:
+        return buffer[index]
+
     def bind(self, entry: str, feeds: dict[str, torch.Tensor], fetches: dict[str, torch.Tensor],
              tokens: int | None = None) -> tuple:
         spec = self.contract[entry]

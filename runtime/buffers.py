@@ -4,7 +4,11 @@ Two banks of each memory-state tensor (ping-pong: a call reads bank p and writes
 bank flips only after the call succeeded, so a failed call leaves the committed state as it
 was), one bank of the partial-segment tensors (written by slice), scratch for the token axis
 sized for T = L, and host arrays per row: the partial fill of each row and its last logits.
-A call on rows [0, r) binds views of the first r rows: its cost follows the streams taking part.
+
+Per-layer state tensors (contract v3) are layer-major: one buffer [N, S, ...rest] per tensor
+and bank, whose layer i, [S, ...rest], is what the graph tensor `X.i` binds; the counts are
+[S]. Row moves, swaps, clears and the ping-pong flip run per layer. A call on rows [0, r) binds
+views of the first r rows of each layer (contiguous): its cost follows the streams taking part.
 
 Calls are bound once per (entry point, rows, tokens, banks) and kept: the one cache of bound
 calls, so a steady-state step looks up a handle and runs it.
@@ -23,8 +27,12 @@ from compressive_rt.runtime.contract import (
     NEW_ROWS,
     OUT_SUFFIX,
     PARTIAL_STATE,
+    PER_LAYER,
     TOKENS,
     Dims,
+    TensorSpec,
+    graph_tensor_parts,
+    layer_name,
     state_specs,
 )
 from compressive_rt.runtime.manifest import Manifest
@@ -44,7 +52,8 @@ class BoundCall(NamedTuple):
     host_tokens: np.ndarray  # where the runtime writes the tokens input: [batch, T]
     host_fills: np.ndarray  # the partial fills of the call's rows: [batch]
     uploads: tuple[tuple[Any, np.ndarray], ...]  # (input, host array) copied in before a run
-    new_rows: tuple[tuple[Any, Any], ...]  # extend: (partial [S, n, L, w], new [batch, n, T, w])
+    new_rows: tuple[tuple[Any, Any], ...]  # extend, per layer: (partial [S, n, L, w], new
+    # [batch, n, T, w])
 
 
 class StateBuffers:
@@ -55,16 +64,18 @@ class StateBuffers:
         specs = self.specs = state_specs(dims)
         self.memory_names = tuple(n for n in MEMORY_STATE if n in specs)
         allocate = backend.allocate
-        # [bank][name] -> buffer [max_streams, ...]; parity[name]: the bank holding the current
-        # value of rows [0, k)
-        self.memory = [{n: allocate(specs[n], max_streams) for n in self.memory_names}
+        self.n_layers = dims.n_layers
+        # [bank][name] -> the layers of a buffer: N buffers [max_streams, ...rest] of one
+        # layer-major buffer [N, max_streams, ...rest] (per-layer tensors) or the one buffer
+        # [max_streams] (counts); parity[name]: the bank holding the current value of rows [0, k)
+        self.memory = [{n: self._layers(specs[n], max_streams) for n in self.memory_names}
                        for _ in range(2)]
         self.parity = dict.fromkeys(self.memory_names, 0)
         self._banks = tuple(self.parity.values())  # the parities as a cache key
-        self.partial = {n: allocate(specs[n], max_streams) for n in PARTIAL_STATE}
+        self.partial = {n: self._layers(specs[n], max_streams) for n in PARTIAL_STATE}
         self.row_state = (*self.memory_names, *PARTIAL_STATE)  # one stream's row of each
         # one row per state tensor: the middle stop when two streams swap rows
-        self.row_scratch = {n: allocate(specs[n], 1) for n in self.row_state}
+        self.row_scratch = {n: self._layers(specs[n], 1) for n in self.row_state}
         self.fill_buffer = allocate(specs[FILL_INPUT], max_streams)
         # [S] tokens in each partial segment; a host backend binds it as the engine input
         self.fills = self.fill_buffer if backend.host_buffers else \
@@ -76,41 +87,61 @@ class StateBuffers:
                         for spec in (extend.inputs[0], *extend.outputs) if TOKENS in spec.shape}
         self.host_tokens = np.zeros((max_streams, seg_len), dtype=np.int32)  # [S, L]
         self.last_logits = np.zeros((max_streams, dims.vocab_size), dtype=np.float32)  # [S, V]
-        # [S, n, L, w] views of the partial segment: each tensor's blocks of L rows of width w
-        self._partial_blocks = {name: backend.view(buffer, blocks(buffer.shape))
-                                for name, buffer in self.partial.items()}
+        # per layer, [S, n, L, w] views of the partial segment: blocks of L rows of width w
+        self._partial_blocks = {name: [backend.view(layer, blocks(layer.shape))
+                                       for layer in layers]
+                                for name, layers in self.partial.items()}
         self._calls: dict[tuple, BoundCall] = {}
 
-    def current(self, name: str) -> Any:
-        """The buffer holding the current value of a state tensor."""
+    def _layers(self, spec: TensorSpec, rows: int) -> list[Any]:
+        """A state tensor's buffer for `rows` streams, as the list of what its graph tensors
+        bind: the N layers of one layer-major buffer [N, rows, ...rest], or [the buffer]."""
+        if spec.name not in PER_LAYER:
+            return [self.backend.allocate(spec, rows)]
+        return self.backend.allocate_layers(spec, rows)
+
+    def current(self, name: str) -> list[Any]:
+        """The layers of the buffer holding the current value of a state tensor."""
         if name in self.parity:
             return self.memory[self.parity[name]][name]
         return self.partial[name]
 
     def row_shape(self, name: str) -> tuple[int, ...]:
+        """One stream's row of a state tensor, as snapshots hold it: [N, ...rest] or ()."""
         return self.specs[name].concrete_shape(1)[1:]
+
+    def get_row(self, name: str, row: int) -> np.ndarray:
+        """A host copy of one stream's row of a state tensor, in logical order [N, ...rest]."""
+        layers = [self.backend.get_row(layer, row) for layer in self.current(name)]
+        return np.stack(layers) if name in PER_LAYER else layers[0]
+
+    def set_row(self, name: str, row: int, values: np.ndarray | float) -> None:
+        """Overwrite one stream's row of a state tensor (values [N, ...rest], () or a scalar)."""
+        per_layer = name in PER_LAYER and np.ndim(values) > 0
+        for i, layer in enumerate(self.current(name)):
+            self.backend.set_row(layer, row, values[i] if per_layer else values)
 
     # ---- rows --------------------------------------------------------------------------------
     def clear_row(self, row: int) -> None:
         for name in self.row_state:
-            self.backend.set_row(self.current(name), row, 0)
+            self.set_row(name, row, 0)
         self.fills[row] = 0
 
     def move_row(self, src: int, dst: int) -> None:
         """One stream's whole state from row src to row dst (current banks only)."""
         for name in self.row_state:
-            buffer = self.current(name)
-            self.backend.copy_rows(buffer, dst, buffer, src, 1)
+            for layer in self.current(name):
+                self.backend.copy_rows(layer, dst, layer, src, 1)
         self.fills[dst] = self.fills[src]
         self.last_logits[dst] = self.last_logits[src]
 
     def swap_rows(self, a: int, b: int) -> None:
         copy = self.backend.copy_rows
         for name in self.row_state:
-            buffer, scratch = self.current(name), self.row_scratch[name]
-            copy(scratch, 0, buffer, a, 1)
-            copy(buffer, a, buffer, b, 1)
-            copy(buffer, b, scratch, 0, 1)
+            for layer, scratch in zip(self.current(name), self.row_scratch[name], strict=True):
+                copy(scratch, 0, layer, a, 1)
+                copy(layer, a, layer, b, 1)
+                copy(layer, b, scratch, 0, 1)
         for host in (self.fills, self.last_logits):
             host[[a, b]] = host[[b, a]]
 
@@ -119,17 +150,19 @@ class StateBuffers:
         moves: the `batch` written rows are copied back into the current bank, or the
         `rows - batch` rows that sat out are copied into the written bank, which becomes
         current (one block copy per tensor either way). So a call of one stream among many
-        costs a copy of one stream's state, not of all the others'."""
+        costs a copy of one stream's state, not of all the others' (per layer)."""
         copy = self.backend.copy_rows
         flipped = False
         for name in names:
             current = self.parity[name]
-            written, kept = self.memory[1 - current][name], self.memory[current][name]
+            pairs = zip(self.memory[1 - current][name], self.memory[current][name], strict=True)
             if batch < rows - batch:
-                copy(kept, 0, written, 0, batch)
+                for written, kept in pairs:
+                    copy(kept, 0, written, 0, batch)
                 continue
             if batch < rows:
-                copy(written, batch, kept, batch, rows - batch)
+                for written, kept in pairs:
+                    copy(written, batch, kept, batch, rows - batch)
             self.parity[name] = 1 - current
             flipped = True
         if flipped:
@@ -149,14 +182,16 @@ class StateBuffers:
         view = self.backend.view
 
         def buffer_of(name: str) -> Any:
-            base = name[:-len(OUT_SUFFIX)] if name.endswith(OUT_SUFFIX) else None
-            if base in self.parity:  # an output of the memory state: the other bank
-                return self.memory[1 - self.parity[base]][base]
-            if name in self.parity:
-                return self.memory[self.parity[name]][name]
+            state, layer = graph_tensor_parts(name)  # `mem_k.3_out` -> mem_k_out, layer 3
+            base = state.removesuffix(OUT_SUFFIX)
+            if base in self.parity:  # the memory state: outputs to the other bank
+                bank = self.parity[base] if base == state else 1 - self.parity[base]
+                return self.memory[bank][base][layer or 0]
             if name == FILL_INPUT:
                 return self.fill_buffer
-            return self.partial.get(name, self.scratch.get(name))
+            if state in self.partial:
+                return self.partial[state][layer]
+            return self.scratch[name]
 
         feeds = {t.name: view(buffer_of(t.name), t.concrete_shape(batch, tokens))
                  for t in spec.inputs}
@@ -164,9 +199,10 @@ class StateBuffers:
                    for t in spec.outputs}
         new_rows = []
         for name, new in NEW_ROWS.items():
-            if new in fetches:
-                rows = fetches[new]
-                new_rows.append((self._partial_blocks[name], view(rows, blocks(rows.shape))))
+            for i, partial in enumerate(self._partial_blocks[name]):
+                rows = fetches.get(layer_name(new, i))  # [batch, T, d] or [batch, H, T, dh]
+                if rows is not None:
+                    new_rows.append((partial, view(rows, blocks(rows.shape))))
         host_tokens = self.host_tokens[:batch, :tokens or self.dims.seg_len]
         uploads = []
         if "tokens" in feeds:

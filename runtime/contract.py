@@ -1,15 +1,11 @@
-"""The engine contract (version 2): names, shapes and dtypes of every graph input and output.
+"""The engine contract (version 3): names, shapes and dtypes of every graph input and output.
 
 Defined once here and imported by export, runtime and tests (pure Python: the runtime never
 imports torch). Shapes use ints for static sizes and two symbolic names: BATCH (every graph)
 and TOKENS (the new-token count of `extend`, 1..L).
 
-Every tensor is batch-first, so one stream's state is one contiguous block of each tensor and
-the first r rows of a buffer are a contiguous [r, ...] tensor: a call on r streams binds views
-of the first r rows. Keys and values are head-major ([.., H, S, dh]), the layout attention
-reads, so no graph re-lays the cache out on a call.
-
-State tensors (per stream B, per layer N, heads H, dh = d / H):
+A stream's state (per layer N, heads H, dh = d / H), as `state_specs` gives it and as
+snapshots hold it (one stream's row: the shape without its batch axis):
   mem [B,N,M,d]     last M layer inputs h^(i), right-aligned, oldest first
   cmem [B,N,C,d]    compressed slots, right-aligned, oldest first
   mem_k, mem_v [B,N,H,C+M,dh]  key / value projections of the [cmem, mem] each layer reads
@@ -20,19 +16,45 @@ State tensors (per stream B, per layer N, heads H, dh = d / H):
   seg_h [B,N,L,d], seg_k, seg_v [B,N,H,L,dh]  layer inputs / keys / values of the partial
                     segment
   seg_len [B] int32  tokens in the partial segment
-A graph's next value of state tensor X is the output named X + "_out" with the shape of X, so
-an output buffer can be bound as the next call's input (ping-pong).
+
+Graphs take and give that state per layer (PER_LAYER: every tensor above with an N axis).
+State tensor X of shape [B,N,...rest] is the graph tensors `X.0` .. `X.{N-1}`, each
+[B, ...rest] (`layer_name`); the counts are whole tensors. Every layer has every per-layer
+tensor, also a layer that reads no memory (`memory_layers`): its mem_k.i / mem_v.i are bound
+and masked as in version 2, so the state and the snapshots are the same for every config.
+Inputs are ordered state by state as listed in `entry_points` and, within a state tensor,
+layer 0 first. A graph's next value of graph tensor X is the output named X + "_out" with the
+shape of X (`mem.3_out`, `mem_len_out`), so an output buffer can be bound as the next call's
+input (ping-pong).
+
+Why per layer (version 3): version 2 packed the state as [B,N,...] tensors, so every step
+Split mem_k / mem_v / seg_k / seg_v into per-layer pieces and Concat the new rows back:
+the biggest single nodes of a decode step (issue 28: Split/Concat 11% of extend at b1, 23% at
+b8, the two largest nodes Splits copying mem_k and mem_v). Now no graph splits, concatenates
+or squeezes state: each layer reads its own inputs in place.
+
+The runtime keeps each per-layer state tensor in one layer-major buffer [N, S, ...rest] (S =
+max streams) and binds, for layer i of a call on rows [0, r), the view X[i, :r], which is
+contiguous. Measured against separate per-layer buffers (default config, extend b1 and b8,
+2 threads, interleaved medians, on a shared, loaded 2-core machine): MEASUREMENT so the
+layout stays one buffer per state tensor: one allocation, one row-copy plan per tensor.
+
+Every tensor is batch-first within its layer, so one stream's state is one contiguous block of
+each layer's tensor. Keys and values are head-major ([.., H, S, dh]), the layout attention
+reads, so no graph re-lays the cache out on a call.
 
 Entry points. Every row of a call takes part in it (the runtime packs the streams of a call
 into the first rows), so no graph has a per-row mask:
   segment  tokens [B,L] + memory state -> logits [B,L,V] + next memory state (for streams with
            an empty partial segment)
-  extend   tokens [B,T] + seg_len + cached projections -> logits [B,T,V] and the T new rows
-           new_h [B,N,T,d], new_k/new_v [B,N,H,T,dh] that the runtime writes at offset seg_len
-           of seg_h/seg_k/seg_v; with most_used also usage -> usage_out
+  extend   tokens [B,T] + seg_len + cached projections -> logits [B,T,V] and, per layer i, the
+           T new rows new_h.i [B,T,d], new_k.i / new_v.i [B,H,T,dh] that the runtime writes at
+           offset seg_len of seg_h.i / seg_k.i / seg_v.i; with most_used also usage.i ->
+           usage.i_out
   commit   a full partial segment + memory state -> next memory state
-Version 1 was layer-first ([N,B,...]) with commit/active masks; engines of that version are
-refused by the manifest check (runtime.manifest.FORMAT_VERSION).
+Version 1 was layer-first ([N,B,...]) with commit/active masks, version 2 batch-first packed
+[B,N,...]; engines of either are refused by the manifest check (runtime.manifest
+.FORMAT_VERSION). Snapshots hold the same arrays in every version (runtime/snapshot.py).
 """
 
 from __future__ import annotations
@@ -140,6 +162,33 @@ PARTIAL_STATE = ("seg_h", "seg_k", "seg_v")
 # extend's outputs: the T new rows of each partial-state tensor, written at its offset seg_len
 NEW_ROWS = {"seg_h": "new_h", "seg_k": "new_k", "seg_v": "new_v"}
 COUNTS = ("mem_len", "cmem_len", "seg_len")  # the int32 [B] valid counts
+# the state tensors with a layer axis (axis 1 of the stream state): the graphs see them per layer
+PER_LAYER = ("mem", "cmem", "mem_k", "mem_v", "usage", "seg_h", "seg_k", "seg_v")
+LAYER_SEPARATOR = "."
+
+
+def layer_name(name: str, layer: int) -> str:
+    """The graph tensor of one layer of a per-layer tensor: `mem_k.3`."""
+    return f"{name}{LAYER_SEPARATOR}{layer}"
+
+
+def graph_tensor_parts(name: str) -> tuple[str, int | None]:
+    """`mem_k.3` -> ("mem_k", 3), `mem_k.3_out` -> ("mem_k_out", 3), `mem_len` -> ("mem_len",
+    None): which tensor a graph tensor is a layer of."""
+    base, separator, rest = name.partition(LAYER_SEPARATOR)
+    if not separator:
+        return name, None
+    digits = rest[:-len(OUT_SUFFIX)] if rest.endswith(OUT_SUFFIX) else rest
+    return base + rest[len(digits):], int(digits)
+
+
+def per_layer(spec: TensorSpec, n_layers: int) -> tuple[TensorSpec, ...]:
+    """A state tensor [B, N, ...rest] as the graphs take it: N tensors [B, ...rest] in layer
+    order (per-layer tensors), or the tensor itself (the counts)."""
+    if spec.name not in PER_LAYER and spec.name not in NEW_ROWS.values():
+        return (spec,)
+    rest = (spec.shape[0], *spec.shape[2:])
+    return tuple(TensorSpec(layer_name(spec.name, i), spec.dtype, rest) for i in range(n_layers))
 
 
 def out_spec(spec: TensorSpec) -> TensorSpec:
@@ -148,29 +197,34 @@ def out_spec(spec: TensorSpec) -> TensorSpec:
 
 def entry_points(config: object) -> dict[str, EntryPoint]:
     dims = Dims.from_config(config)
-    state = state_specs(dims)
-    memory = [state[name] for name in MEMORY_STATE if name in state]
     n, b, d = dims.n_layers, BATCH, dims.d_model
     heads, d_head = dims.n_heads, dims.d_head
-    usage = [state["usage"]] if dims.most_used else []
+    state = state_specs(dims)
+
+    def layers(*specs: TensorSpec) -> list[TensorSpec]:
+        return [graph for spec in specs for graph in per_layer(spec, n)]
+
+    memory = layers(*(state[name] for name in MEMORY_STATE if name in state))
+    usage = layers(state["usage"]) if dims.most_used else []
 
     segment = EntryPoint(
         "segment",
         inputs=(TensorSpec("tokens", "int32", (b, dims.seg_len)), *memory),
         outputs=(TensorSpec("logits", "float32", (b, dims.seg_len, dims.vocab_size)),
                  *(out_spec(s) for s in memory)))
-    readonly = [state[name] for name in ("mem_k", "mem_v", "mem_len", "cmem_len") if name in state]
+    readonly = layers(*(state[name] for name in ("mem_k", "mem_v", "mem_len", "cmem_len")
+                        if name in state))
     extend = EntryPoint(
         "extend",
         inputs=(TensorSpec("tokens", "int32", (b, TOKENS)), state["seg_len"], *readonly,
-                state["seg_k"], state["seg_v"], *usage),
+                *layers(state["seg_k"], state["seg_v"]), *usage),
         outputs=(TensorSpec("logits", "float32", (b, TOKENS, dims.vocab_size)),
-                 TensorSpec(NEW_ROWS["seg_h"], "float32", (b, n, TOKENS, d)),
-                 TensorSpec(NEW_ROWS["seg_k"], "float32", (b, n, heads, TOKENS, d_head)),
-                 TensorSpec(NEW_ROWS["seg_v"], "float32", (b, n, heads, TOKENS, d_head)),
+                 *layers(TensorSpec(NEW_ROWS["seg_h"], "float32", (b, n, TOKENS, d)),
+                         TensorSpec(NEW_ROWS["seg_k"], "float32", (b, n, heads, TOKENS, d_head)),
+                         TensorSpec(NEW_ROWS["seg_v"], "float32", (b, n, heads, TOKENS, d_head))),
                  *(out_spec(s) for s in usage)))
     commit = EntryPoint(
         "commit",
-        inputs=(*(state[name] for name in PARTIAL_STATE), *memory),
+        inputs=(*layers(*(state[name] for name in PARTIAL_STATE)), *memory),
         outputs=tuple(out_spec(s) for s in memory))
     return {"segment": segment, "extend": extend, "commit": commit}

@@ -16,7 +16,7 @@ from compressive_rt.runtime.files import atomic_write
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.bin"  # every graph's initializers, each stored once (ONNX external data)
 FORMAT = "compressive-rt-engine"
-FORMAT_VERSION = 2  # 2: contract v2, batch-first, no per-row masks
+FORMAT_VERSION = 3  # 3: contract v3, state per layer (2: batch-first packed, 1: layer-first)
 
 
 def sha256_file(path: Path) -> str:
@@ -105,7 +105,7 @@ def load_manifest(engine_dir: Path | str, verify_hashes: bool = True) -> Manifes
         raise EngineError(f"{path} is not a compressive-rt manifest (format != {FORMAT!r})")
     if data.get("format_version") != FORMAT_VERSION:
         raise EngineError(f"{path} has format_version {data.get('format_version')!r}; this "
-                          f"runtime reads version {FORMAT_VERSION} (contract v2, batch-first): "
+                          f"runtime reads version {FORMAT_VERSION} (contract v3, state per layer): "
                           f"re-export the checkpoint with `ctrt export CHECKPOINT "
                           f"{engine_dir}`")
     try:

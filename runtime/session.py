@@ -288,8 +288,7 @@ class Session:
         """Host copies of one stream's whole state (memory, partial segment, counts)."""
         row = self.slots.row(stream_id)
         buffers = self.buffers
-        state = {name: self.backend.get_row(buffers.current(name), row)
-                 for name in buffers.row_state}
+        state = {name: buffers.get_row(name, row) for name in buffers.row_state}
         state[FILL_INPUT] = np.array(buffers.fills[row], dtype=np.int32)
         return state
 
@@ -329,7 +328,7 @@ class Session:
             stream_id = self.add_stream()
         row = self.slots.row(stream_id)
         for name in buffers.row_state:  # every state tensor and the fill: nothing old stays
-            self.backend.set_row(buffers.current(name), row, snapshot.state[name])
+            buffers.set_row(name, row, snapshot.state[name])
         buffers.fills[row] = snapshot.state[FILL_INPUT]
         self.positions[stream_id] = snapshot.position
         if snapshot.last_logits is None:

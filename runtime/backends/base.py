@@ -47,6 +47,20 @@ class Backend(ABC):
             self._arenas[key] = self.new_buffer(largest, dtype)
         return self.view(self._arenas[key], shape)
 
+    def allocate_layers(self, spec: TensorSpec, batch: int) -> list[Any]:
+        """A per-layer state tensor (spec [B, N, ...rest]) as one zero-filled layer-major
+        buffer [N, batch, ...rest], returned as its N layers [batch, ...rest]: what the graph
+        tensors X.0 .. X.{N-1} bind (contract v3)."""
+        n_layers = spec.shape[1]
+        whole = self.allocate(TensorSpec(spec.name, spec.dtype,
+                                         (n_layers, spec.shape[0], *spec.shape[2:])), batch)
+        return [self.layer(whole, i) for i in range(n_layers)]
+
+    @abstractmethod
+    def layer(self, buffer: Any, index: int) -> Any:
+        """buffer[index] of a buffer [N, ...]: a contiguous buffer [...] of its own shape that
+        shares the memory (a layer of a layer-major buffer)."""
+
     @abstractmethod
     def new_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
         """A zero-filled buffer of its own."""

@@ -274,6 +274,9 @@ class DeviceBuffers:
     def view(self, buffer: DeviceBuffer, shape: tuple[int, ...]) -> DeviceBuffer:
         return DeviceBuffer(buffer.ptr, shape, buffer.dtype, buffer.owner)
 
+    def layer(self, buffer: DeviceBuffer, index: int) -> DeviceBuffer:
+        return self.row(buffer, index)
+
     def to_host(self, buffer: DeviceBuffer) -> np.ndarray:
         return self.stream.to_host(buffer)
 

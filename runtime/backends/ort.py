@@ -117,6 +117,9 @@ class OrtCpuBackend(Backend):
     def view(self, buffer: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return buffer.reshape(-1)[:int(np.prod(shape))].reshape(shape)
 
+    def layer(self, buffer: np.ndarray, index: int) -> np.ndarray:
+        return buffer[index]
+
     def bind(self, entry: str, feeds: dict[str, np.ndarray], fetches: dict[str, np.ndarray],
              tokens: int | None = None) -> tuple[Any, Any]:
         session = self.sessions[entry]
