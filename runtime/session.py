@@ -295,7 +295,7 @@ class Session:
     @one_thread_at_a_time
     def snapshot(self, stream_id: int, path: str | Path | None = None) -> bytes | None:
         """One stream's full state and last logits as a snapshot (runtime/snapshot.py, format
-        version 2): written to `path` atomically, or returned as bytes when no path is given.
+        version 3): written to `path` atomically, or returned as bytes when no path is given.
         A stream whose commit failed in an earlier feed is committed first, so a snapshot
         always holds a partial segment shorter than L."""
         if self.buffers.fills[self.slots.row(stream_id)] == self.dims.seg_len:

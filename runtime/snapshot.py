@@ -1,29 +1,39 @@
 """Stream snapshots: one stream's whole state in an .npz archive (a file written atomically, or
 bytes), read back only after every check passes. The reader is safe for untrusted bytes.
 
-Format version 2 (an uncompressed numpy .npz: one `<name>.npy` member per array, npy 1.0
+Format version 3 (an uncompressed numpy .npz: one `<name>.npy` member per array, npy 1.0
 headers, little-endian, C order; loaded without pickle):
   __meta__     a 1-D uint8 array holding UTF-8 JSON (version 1: a 0-d unicode array):
                  format          "compressive-rt-stream-snapshot"
-                 format_version  2 (1 is still read)
+                 format_version  3 (1 and 2 are still read)
                  position        tokens the stream had consumed (int in [0, 2**53))
                  config          the engine's model config (manifest "config")
-                 engine          identity of the engine that wrote it: contract_version (the
-                                 manifest's format_version), checkpoint_sha256 (or null when the
-                                 engine was exported from an in-memory model) and the sha256 of
-                                 each graph
-                 last_logits     (version 2) whether the member last_logits is present
-  one array per state tensor, the stream's row of it (its batch axis removed): float32 for
-  mem, cmem, mem_k, mem_v, usage, seg_h, seg_k, seg_v; int32 scalars for mem_len, cmem_len,
-  seg_len.
+                 engine          identity of the engine that wrote it (`engine_identity`):
+                                 contract_version (the manifest's format_version),
+                                 checkpoint_sha256 (or null when the engine was exported from an
+                                 in-memory model), the sha256 of each graph and (from version 3)
+                                 precision (the manifest's "precision")
+                 last_logits     (from version 2) whether the member last_logits is present
+  one array per state tensor, the stream's row of it (its batch axis removed) in logical order,
+  whatever the runtime's buffer layout: float32 [N, ...] for mem, cmem, mem_k, mem_v, usage,
+  seg_h, seg_k, seg_v; int32 scalars for mem_len, cmem_len, seg_len. Every version holds the
+  same arrays (the contract's state_specs without the batch axis).
   last_logits  float32 [V]: the logits after the stream's last token, present exactly when the
                stream had been fed (since it was created, reset or restored without logits), so
                a restored stream continues with the logits an uninterrupted one has.
 
-A snapshot restores only into an engine with the same identity: the cached key/value
-projections in it were computed with that engine's weights. Counts follow from the position
-(every commit appends L slots to mem; once mem is full each commit moves L/c compressed slots
-into cmem), so a snapshot whose counts disagree with its position is refused too.
+Restore compatibility (`check_restore_compatible`, one rule for Session.restore and for moving
+a store's streams to another engine): a snapshot restores into an engine when its engine
+identity equals the engine's, or when both name the same non-null checkpoint_sha256, the same
+config and the same precision; then the graphs and the contract version may differ (a snapshot
+of a contract v2 engine goes into the v3 engine re-exported from its checkpoint: its arrays are
+the same tensors, laid out per layer as they are restored, exactly). The cached key/value
+projections were computed with the checkpoint's weights at that precision, so anything else is
+refused. Identities of versions 1 and 2 record no precision: they count as the export default,
+fp32, unless the caller names the precision of the engine that wrote them. Counts follow from the
+position (every commit appends L slots to mem; once mem is full each commit moves L/c
+compressed slots into cmem), so a snapshot whose counts disagree with its position is refused
+too.
 
 Reading untrusted bytes: before any array data is read, the archive's size is bounded by what
 this engine's state can take, and from the zip directory and each member's npy header every
@@ -61,8 +71,9 @@ from compressive_rt.runtime.zip_directory import (
 )
 
 SNAPSHOT_FORMAT = "compressive-rt-stream-snapshot"
-SNAPSHOT_FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SNAPSHOT_FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+UNRECORDED_PRECISION = "fp32"  # identities before snapshot format 3: the export default
 META = "__meta__"
 LAST_LOGITS = "last_logits"
 META_MAX_BYTES = 1 << 20  # the JSON record: a config and a few hashes need a few KiB
@@ -85,12 +96,46 @@ class StreamSnapshot:
 
 
 def engine_identity(manifest: Manifest) -> dict:
-    """What a snapshot must match to be restored: contract version, checkpoint, graphs."""
+    """Who wrote a snapshot: contract version, checkpoint, graphs, precision (see
+    `check_restore_compatible`)."""
     checkpoint = manifest.data.get("checkpoint") or {}
     return {"contract_version": manifest.data.get("format_version"),
             "checkpoint_sha256": checkpoint.get("sha256"),
             "graphs": {name: entry.get("sha256")
-                       for name, entry in sorted(manifest.data["entry_points"].items())}}
+                       for name, entry in sorted(manifest.data["entry_points"].items())},
+            "precision": manifest.data.get("precision")}
+
+
+def check_restore_compatible(identity: object, config: object, manifest: Manifest,
+                             label: str = "the snapshot",
+                             precision: str | None = None) -> None:
+    """Raise RuntimeInputError unless a snapshot written by the engine `identity` with model
+    config `config` (its __meta__ "engine" and "config") restores into the engine of
+    `manifest`: equal identities, or the same non-null checkpoint_sha256, config and precision
+    (then graphs and contract version may differ). `precision` names the writing engine's
+    precision for an identity that records none (snapshot formats 1 and 2); without it such
+    an identity counts as fp32, the export default. `label` starts the messages."""
+    ours = engine_identity(manifest)
+    if identity == ours:
+        return
+    if not isinstance(identity, dict):
+        raise RuntimeInputError(f"{label} names no engine identity; this engine {_short(ours)}")
+    theirs = f"snapshot engine {_short(identity)}; this engine {_short(ours)}"
+    checkpoint = identity.get("checkpoint_sha256")
+    if checkpoint is None or checkpoint != ours["checkpoint_sha256"]:
+        raise RuntimeInputError(
+            f"{label} was taken with another engine (other weights or graphs; its memory "
+            f"projections do not fit this one) and names "
+            f"{'another checkpoint' if checkpoint else 'no checkpoint'}: {theirs}")
+    if config != manifest.config:
+        raise RuntimeInputError(f"{label} was taken with another model config than this "
+                                f"engine's: {theirs}")
+    written = identity.get("precision") or precision or UNRECORDED_PRECISION
+    if written != ours["precision"]:
+        raise RuntimeInputError(
+            f"{label} was taken with a {written} engine of this checkpoint; this engine is "
+            f"{ours['precision']} (its memory projections differ): restore it into a "
+            f"{written} engine ({theirs})")
 
 
 def _write_archive(f: BinaryIO, manifest: Manifest, state: Mapping[str, np.ndarray],
@@ -106,7 +151,7 @@ def _write_archive(f: BinaryIO, manifest: Manifest, state: Mapping[str, np.ndarr
 
 def encode_snapshot(manifest: Manifest, state: Mapping[str, np.ndarray], position: int,
                     last_logits: np.ndarray | None = None) -> bytes:
-    """One stream's state as snapshot bytes (format version 2)."""
+    """One stream's state as snapshot bytes (format version 3)."""
     buffer = io.BytesIO()
     _write_archive(buffer, manifest, state, position, last_logits)
     return buffer.getvalue()
@@ -317,8 +362,8 @@ def _read_meta(archive: zipfile.ZipFile, info: zipfile.ZipInfo,
     if version not in READABLE_VERSIONS or type(version) is not int:
         raise RuntimeInputError(
             f"{label} has format_version {version!r}; this runtime reads versions "
-            f"{' and '.join(map(str, READABLE_VERSIONS))}: take the snapshot again with this "
-            f"runtime")
+            f"{', '.join(map(str, READABLE_VERSIONS[:-1]))} and {READABLE_VERSIONS[-1]}: take the "
+            f"snapshot again with this runtime")
     if (version == 1) != utf32:
         raise RuntimeInputError(f"{label}: a version {version} snapshot holds its {META} record "
                                 f"as {'uint8 JSON' if version > 1 else 'a unicode string'}")
@@ -338,27 +383,13 @@ def _short(identity: object) -> str:
     graphs = identity.get("graphs")
     graphs = graphs if isinstance(graphs, dict) else {}
     return (f"contract v{identity.get('contract_version')}, checkpoint "
-            f"{str(checkpoint)[:12] if checkpoint else 'not recorded'}, graphs "
+            f"{str(checkpoint)[:12] if checkpoint else 'not recorded'}, "
+            f"{identity.get('precision') or 'precision not recorded'}, graphs "
             + " ".join(f"{name} {str(sha)[:12]}" for name, sha in sorted(graphs.items())))
 
 
 def _check_meta(label: str, meta: dict, manifest: Manifest) -> None:
-    ours = engine_identity(manifest)
-    theirs = meta.get("engine")
-    if not isinstance(theirs, dict) or \
-            theirs.get("contract_version") != ours["contract_version"]:
-        raise RuntimeInputError(
-            f"{label} was written for another engine contract: snapshot engine "
-            f"{_short(theirs)}; this engine {_short(ours)}")
-    if meta.get("config") != manifest.config:
-        raise RuntimeInputError(
-            f"{label} was taken with another model config than this engine's: "
-            f"snapshot engine {_short(theirs)}; this engine {_short(ours)}")
-    if theirs != ours:
-        raise RuntimeInputError(
-            f"{label} was taken with another engine (other weights or graphs; its "
-            f"memory projections do not fit this one): snapshot engine {_short(theirs)}; "
-            f"this engine {_short(ours)}")
+    check_restore_compatible(meta.get("engine"), meta.get("config"), manifest, label)
     position = meta.get("position")
     if type(position) is not int or not 0 <= position < MAX_POSITION:
         raise RuntimeInputError(

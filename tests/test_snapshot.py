@@ -122,7 +122,7 @@ def test_a_bad_tensor_is_refused_and_leaves_the_stream_it_would_replace_untouche
     ({"position": 64 * 10**30}, (), r"in \[0, 2\*\*53\), got 64000000000000000000000000000000"),
     ({"position": 21}, (), "position 21 implies cmem_len 0, mem_len 16, seg_len 5; the "
                           "snapshot holds cmem_len 4"),
-    ({"format_version": 0}, (), "has format_version 0; this runtime reads versions 1 and 2: "
+    ({"format_version": 0}, (), "has format_version 0; this runtime reads versions 1, 2 and 3: "
                                 "take the snapshot again"),
     ({"format_version": 1}, (), "a version 1 snapshot holds its __meta__ record as a unicode "
                                 "string"),
@@ -182,21 +182,22 @@ def test_a_snapshot_from_other_weights_of_the_same_config_is_refused_naming_both
     with pytest.raises(RuntimeInputError, match="taken with another engine") as refused:
         other.restore(path)
     message = str(refused.value)
-    assert f"snapshot engine contract v{FORMAT_VERSION}, checkpoint not recorded, graphs commit " \
-           f"{ours['commit']['sha256'][:12]}" in message
-    assert f"this engine contract v{FORMAT_VERSION}, checkpoint not recorded, graphs commit " \
-           f"{theirs['commit']['sha256'][:12]}" in message
+    assert f"snapshot engine contract v{FORMAT_VERSION}, checkpoint not recorded, fp32, graphs " \
+           f"commit {ours['commit']['sha256'][:12]}" in message
+    assert f"this engine contract v{FORMAT_VERSION}, checkpoint not recorded, fp32, graphs " \
+           f"commit {theirs['commit']['sha256'][:12]}" in message
     assert other.streams == []
 
 
-def test_another_contract_version_is_refused_naming_both(taken, tmp_path):
+def test_another_contract_version_without_a_checkpoint_is_refused_naming_both(taken,
+                                                                              tmp_path):
     engine_dir, path = taken
     with np.load(path, allow_pickle=False) as archive:
         engine = json.loads(archive[META].tobytes())["engine"]
     bad = edited(path, tmp_path, {"engine": {**engine, "contract_version": 99}})
-    with pytest.raises(RuntimeInputError, match="written for another engine contract: "
-                                                "snapshot engine contract v99, .*; this engine "
-                                                f"contract v{FORMAT_VERSION}"):
+    with pytest.raises(RuntimeInputError, match="taken with another engine .* names no "
+                                                "checkpoint: snapshot engine contract v99, .*; "
+                                                f"this engine contract v{FORMAT_VERSION}"):
         Session(engine_dir).restore(bad)
 
 
