@@ -1,14 +1,13 @@
 """Contract v2 data in the native runtime (tests/fixtures/contract_v2, written before contract
-v3): an engine of format 2 is refused with how to re-export it, and a v2 snapshot restores into
-the v3 engine re-exported from its checkpoint exactly (its arrays are the state, in logical
-order), then continues bitwise equal to the Python runtime restoring the same snapshot, and
-within the fp32 rule of an uninterrupted run of the v3 engine."""
+v3; the C API's refusal of its format 2 engine is native/tests/test_c_api.cpp's): a v2 snapshot
+restores into the v3 engine re-exported from its checkpoint exactly (its arrays are the state,
+in logical order), then continues bitwise equal to the Python runtime restoring the same
+snapshot, and within the fp32 rule of an uninterrupted run of the v3 engine."""
 
 from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,8 @@ import pytest
 from support.native import native_library
 from support.rules import fp32_bound
 
-from compressive_rt.benchmarks.launchers.native import NativeEngine, NativeSession
-from compressive_rt.errors import EngineError, RuntimeInputError
+from compressive_rt.benchmarks.launchers.native import NativeSession
+from compressive_rt.errors import RuntimeInputError
 from compressive_rt.runtime.session import Session
 
 pytestmark = [pytest.mark.native, pytest.mark.slow]
@@ -40,15 +39,6 @@ def v3_engine(tmp_path_factory) -> Path:
                                          "sha256": checkpoint_sha256(checkpoint)},
                  verify_segments=20, log=lambda *_: None)
     return out
-
-
-def test_an_engine_of_format_2_is_refused_with_how_to_re_export(tmp_path):
-    engine_dir = tmp_path / "engine_v2"
-    shutil.copytree(V2 / "engine_v2", engine_dir)
-    with pytest.raises(EngineError, match=r"has format_version 2; this runtime reads version 3 "
-                                          r"\(contract v3, state per layer\): re-export the "
-                                          r"checkpoint with `ctrt export CHECKPOINT "):
-        NativeEngine(engine_dir, threads=1, library=native_library())
 
 
 @pytest.mark.parametrize("name", sorted(HISTORIES))
