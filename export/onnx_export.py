@@ -205,6 +205,23 @@ def inline_weight_identities(graph: onnx.ModelProto) -> None:
     graph.graph.value_info.extend(info)
 
 
+def separate_consumed_outputs(graph: onnx.ModelProto) -> None:
+    """Give every graph output that nodes also read (extend's new_k.i / new_v.i: each layer
+    attends over its new keys, contract v3) an Identity of its own, so the nodes read the inner
+    value: the fp16 converter casts an output to fp32 under its own name, which would turn the
+    readers' fp16 input into fp32 (an ill-typed graph)."""
+    read = {name for node in graph.graph.node for name in node.input}
+    consumed = {value.name for value in graph.graph.output} & read
+    if not consumed:
+        return
+    for node in graph.graph.node:
+        node.output[:] = [f"{name}.value" if name in consumed else name for name in node.output]
+        node.input[:] = [f"{name}.value" if name in consumed else name for name in node.input]
+    graph.graph.node.extend(onnx.helper.make_node("Identity", [f"{name}.value"], [name],
+                                                  name=f"{name}.identity")
+                            for name in sorted(consumed))
+
+
 def own_fp32_weights(graph: onnx.ModelProto, fp32_nodes: list) -> None:
     """Give each node kept fp32 its own copy of any weight it shares with other nodes (equal
     weights are deduplicated by the tracer: an untrained model's LayerNorm shift and a linear
@@ -235,6 +252,7 @@ def convert_to_fp16(graph: onnx.ModelProto) -> onnx.ModelProto:
     from onnxconverter_common.float16 import convert_float_to_float16
 
     inline_weight_identities(graph)
+    separate_consumed_outputs(graph)
     to_float = [node.name for node in graph.graph.node if node.op_type == "Cast" and
                 any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)]
     own_fp32_weights(graph, [node for node in graph.graph.node if node.op_type in FP32_OPS])

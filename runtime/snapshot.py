@@ -116,20 +116,20 @@ def check_restore_compatible(identity: object, config: object, manifest: Manifes
     precision for an identity that records none (snapshot formats 1 and 2); without it such
     an identity counts as fp32, the export default. `label` starts the messages."""
     ours = engine_identity(manifest)
+    theirs = f"snapshot engine {_short(identity)}; this engine {_short(ours)}"
+    if config != manifest.config:
+        raise RuntimeInputError(f"{label} was taken with another model config than this "
+                                f"engine's: {theirs}")
     if identity == ours:
         return
     if not isinstance(identity, dict):
-        raise RuntimeInputError(f"{label} names no engine identity; this engine {_short(ours)}")
-    theirs = f"snapshot engine {_short(identity)}; this engine {_short(ours)}"
+        raise RuntimeInputError(f"{label} names no engine identity: {theirs}")
     checkpoint = identity.get("checkpoint_sha256")
     if checkpoint is None or checkpoint != ours["checkpoint_sha256"]:
         raise RuntimeInputError(
             f"{label} was taken with another engine (other weights or graphs; its memory "
             f"projections do not fit this one) and names "
             f"{'another checkpoint' if checkpoint else 'no checkpoint'}: {theirs}")
-    if config != manifest.config:
-        raise RuntimeInputError(f"{label} was taken with another model config than this "
-                                f"engine's: {theirs}")
     written = identity.get("precision") or precision or UNRECORDED_PRECISION
     if written != ours["precision"]:
         raise RuntimeInputError(

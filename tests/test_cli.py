@@ -46,5 +46,5 @@ def test_version_names_the_package_the_contract_the_snapshots_and_sampling():
 
     result = ctrt("--version")
     assert result.returncode == 0
-    assert result.stdout == (f"ctrt {version('compressive-rt')} (engine contract v2, snapshot "
-                             f"format 2, sampling version 2)\n")
+    assert result.stdout == (f"ctrt {version('compressive-rt')} (engine contract v3, snapshot "
+                             f"format 3, sampling version 2)\n")

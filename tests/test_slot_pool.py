@@ -87,9 +87,11 @@ def test_a_call_copies_the_fewer_of_its_rows_and_the_rows_that_sat_out(engine):
     data = {s: tokens(24, 10 + s) for s in streams}
     fed = dict.fromkeys(streams, 0)
     got = {s: [] for s in streams}
-    memory_tensors = len(session.buffers.memory_names)
-    for members, copied in ((streams[:1], [1] * memory_tensors),
-                            (streams[:6], [1] * memory_tensors), (streams, [])):
+    # one copy per layer of each memory tensor (layer-major buffers) and per count
+    memory_buffers = sum(len(layers) for layers in session.buffers.memory[0].values())
+    assert memory_buffers == 4 * 2 + 2  # mem, cmem, mem_k, mem_v of N=2 layers; 2 counts
+    for members, copied in ((streams[:1], [1] * memory_buffers),
+                            (streams[:6], [1] * memory_buffers), (streams, [])):
         backend.copied.clear()
         out = session.feed({s: data[s][fed[s]:fed[s] + 8] for s in members})
         assert backend.copied == copied
@@ -190,7 +192,7 @@ def test_an_engine_of_contract_v1_is_refused_with_the_fix(engine, tmp_path):
     manifest = json.loads((old / "manifest.json").read_text())
     manifest["format_version"] = 1
     (old / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(EngineError, match=r"format_version 1; this runtime reads version 2 "
-                                          r"\(contract v2, batch-first\): re-export the "
+    with pytest.raises(EngineError, match=r"format_version 1; this runtime reads version 3 "
+                                          r"\(contract v3, state per layer\): re-export the "
                                           r"checkpoint with `ctrt export"):
         Session(old)

@@ -36,10 +36,13 @@ NO_GPU_STACK = pytest.mark.skipif(gpu_available(), reason="a GPU stack is presen
 def test_profiles_span_batch_one_to_max_and_tokens_one_to_seg_len():
     profiles = optimization_profiles(entry_points(CONFIG), max_batch=8, opt_batch=2)
     assert profiles["segment"]["tokens"] == ((1, 8), (2, 8), (8, 8))
-    # batch-first, head-major: [B, N, H, C+M, dh]
-    assert profiles["segment"]["mem_k"] == ((1, 2, 4, 20, 8), (2, 2, 4, 20, 8), (8, 2, 4, 20, 8))
+    # per layer, batch-first, head-major: [B, H, C+M, dh]
+    for layer in (0, 1):
+        assert profiles["segment"][f"mem_k.{layer}"] == ((1, 4, 20, 8), (2, 4, 20, 8),
+                                                         (8, 4, 20, 8))
+        assert profiles["extend"][f"seg_k.{layer}"] == ((1, 4, 8, 8), (2, 4, 8, 8), (8, 4, 8, 8))
+    assert "mem_k" not in profiles["segment"] and "mem_k.2" not in profiles["segment"]
     assert profiles["extend"]["tokens"] == ((1, 1), (2, 1), (8, 8))
-    assert profiles["extend"]["seg_k"] == ((1, 2, 4, 8, 8), (2, 2, 4, 8, 8), (8, 2, 4, 8, 8))
     assert set(profiles["extend"]) == set(entry_points(CONFIG)["extend"].input_names)
 
 
