@@ -110,6 +110,9 @@ def _damaged(arrays: dict[str, np.ndarray], damage: str) -> tuple[bytes, str]:
         identity = meta_of(arrays)["engine"]
         identity["graphs"]["extend"] = "0" * 64
         return npz(with_meta(arrays, engine=identity)), "was taken with another engine"
+    if damage == "config":
+        config = {**meta_of(arrays)["config"], "compress_rate": 4}
+        return npz(with_meta(arrays, config=config)), "another model config"
     if damage == "position":
         return npz(with_meta(arrays, position=22)), "position 22 implies"
     if damage == "logits flag":
@@ -125,7 +128,7 @@ def _damaged(arrays: dict[str, np.ndarray], damage: str) -> tuple[bytes, str]:
 
 
 @pytest.mark.parametrize("damage", ["deflated", "extra member", "missing member", "dtype",
-                                    "shape", "big record", "other engine", "position",
+                                    "shape", "big record", "other engine", "config", "position",
                                     "logits flag", "nan", "truncated"])
 def test_a_damaged_or_foreign_snapshot_is_refused_and_changes_nothing(fed, damage):
     session, stream, data = fed

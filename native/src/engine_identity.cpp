@@ -59,17 +59,17 @@ nlohmann::json engine_identity(const Manifest& manifest) {
 void check_restore_compatible(const nlohmann::json& identity, const nlohmann::json& config, const Manifest& manifest,
                               const std::string& label, const std::optional<std::string>& precision) {
   const nlohmann::json ours = engine_identity(manifest);
-  if (identity == ours) return;
-  if (!identity.is_object()) throw InputError(label + " names no engine identity; this engine " + short_identity(ours));
   const std::string theirs = "snapshot engine " + short_identity(identity) + "; this engine " + short_identity(ours);
+  if (config != manifest.config()) {
+    throw InputError(label + " was taken with another model config than this engine's: " + theirs);
+  }
+  if (identity == ours) return;
+  if (!identity.is_object()) throw InputError(label + " names no engine identity: " + theirs);
   const auto checkpoint = identity.value("checkpoint_sha256", nlohmann::json());
   if (checkpoint.is_null() || checkpoint != ours["checkpoint_sha256"]) {
     throw InputError(label + " was taken with another engine (other weights or graphs; its memory projections do "
                      "not fit this one) and names " + (truthy(checkpoint) ? "another checkpoint" : "no checkpoint") +
                      ": " + theirs);
-  }
-  if (config != manifest.config()) {
-    throw InputError(label + " was taken with another model config than this engine's: " + theirs);
   }
   // identities before snapshot format 3 record no precision: the writer's, or the export default
   nlohmann::json written = identity.value("precision", nlohmann::json());

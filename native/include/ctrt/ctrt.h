@@ -209,10 +209,10 @@ CTRT_API ctrt_status ctrt_snapshot_bytes(ctrt_session* session, int64_t stream_i
                                 size_t* size);
 /* Restore into a new stream (stream_id < 0) or over an existing one; *restored gets its id.
  * Every check runs before a slot is taken or a row written: a refused snapshot changes nothing.
- * A snapshot restores when its engine identity is this engine's, or when both name the same
- * checkpoint (not null), model config and precision (a snapshot without a precision, version
- * 1 or 2, counts as fp32): a contract v2 snapshot goes into the v3 engine re-exported from its
- * checkpoint, exactly. */
+ * A snapshot restores when it was taken with this engine's model config and its engine identity
+ * is this engine's, or both name the same checkpoint (not null) and precision (a snapshot
+ * without a precision, version 1 or 2, counts as fp32): a contract v2 snapshot goes into the v3
+ * engine re-exported from its checkpoint, exactly. */
 CTRT_API ctrt_status ctrt_restore(ctrt_session* session, const char* path, int64_t stream_id,
                          int64_t* restored);
 CTRT_API ctrt_status ctrt_restore_bytes(ctrt_session* session, const uint8_t* bytes, size_t size,

@@ -43,10 +43,10 @@ struct StreamSnapshot {
 // The engine a snapshot was taken with: contract version, checkpoint, precision, graphs.
 nlohmann::json engine_identity(const Manifest& manifest);
 // Restore compatibility (runtime/snapshot.py, check_restore_compatible): a snapshot written by
-// engine `identity` with model `config` restores into `manifest`'s engine when the identities
-// are equal, or when both name the same checkpoint (not null), config and precision: graphs and
-// contract version may then differ (a contract v2 snapshot goes into the v3 engine re-exported
-// from its checkpoint: the arrays are the same in every version). An identity without a
+// engine `identity` with model `config` restores into `manifest`'s engine when the config is the
+// engine's and the identities are equal, or both name the same checkpoint (not null) and
+// precision: graphs and contract version may then differ (a contract v2 snapshot goes into the
+// v3 engine re-exported from its checkpoint: the arrays are the same in every version). An identity without a
 // precision (formats 1 and 2) counts as `precision`, or fp32. InputError starting with `label`.
 void check_restore_compatible(const nlohmann::json& identity, const nlohmann::json& config, const Manifest& manifest,
                               const std::string& label, const std::optional<std::string>& precision);
