@@ -78,18 +78,12 @@ Session::Session(std::shared_ptr<const Engine> engine, int max_streams)
   const Dims& d = dims();
   specs_ = state_specs(d);
   const auto& contract = engine_->manifest().contract;
-  // a state tensor has a plane per layer when the graphs take it per layer (`X.{i}`)
-  std::set<std::string> per_layer;
-  for (const auto& [_, entry] : contract) {
-    for (const auto* tensors : {&entry.inputs, &entry.outputs})
-      for (const auto& spec : *tensors)
-        if (split_name(spec.name).layer >= 0) per_layer.insert(split_name(spec.name).base);
-  }
   const int layers = static_cast<int>(d.n_layers);
   auto add_state = [&](const std::string& name, bool two_banks) {
     const TensorSpec& spec = specs_.at(name);
     state_index_[name] = state_.size();
-    state_.push_back(std::make_unique<StateTensor>(name, per_layer.count(name) ? layers : 1, max_streams,
+    // a plane per layer for a tensor the graphs take per layer (`X.{i}`), one for a count
+    state_.push_back(std::make_unique<StateTensor>(name, is_per_layer(name) ? layers : 1, max_streams,
                                                    static_cast<size_t>(spec.row_elements()) * dtype_size(spec.dtype),
                                                    two_banks));
     state_names_.push_back(name);
