@@ -577,8 +577,9 @@ int64_t Session::restore(const uint8_t* bytes, size_t size, std::optional<int64_
 }
 
 int64_t Session::restore_file(const std::string& path, std::optional<int64_t> stream) {
-  // the largest snapshot this engine has, with room for headers and the zip directory
-  size_t bound = (1 << 20) + static_cast<size_t>(dims().vocab_size) * sizeof(float) + (64 << 10);
+  // the largest snapshot this engine has, with room for headers and the zip directory (a
+  // version 1 record is UTF-32: up to 4 MiB)
+  size_t bound = (4 << 20) + static_cast<size_t>(dims().vocab_size) * sizeof(float) + (64 << 10);
   for (const auto& name : state_names_) {
     bound += static_cast<size_t>(specs_.at(name).row_elements()) * dtype_size(specs_.at(name).dtype) + (64 << 10);
   }
