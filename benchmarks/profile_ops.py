@@ -3,7 +3,9 @@
 Exports the default config (`ModelConfig()`, random weights) and runs each graph through ONNX
 Runtime's profiler (SessionOptions.enable_profiling) with full memory (mem_len = M, cmem_len = C)
 and a half-full partial segment, then prints the share of node time per op type (per node the
-median over the runs, so a run preempted on a shared machine does not skew the split).
+median over the runs, so a run preempted on a shared machine does not skew the split) and, for
+extend, per kind of work (CATEGORIES: weight MatMuls, attention MatMuls, Split/Concat, shape
+ops, the rest).
 
     python -m compressive_rt.benchmarks.profile_ops [--threads 2] [--runs 10] [--batch 1]
 
@@ -21,12 +23,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
 from compressive_rt.ct_reference.config import ModelConfig
 from compressive_rt.ct_reference.model import CompressiveTransformer
-from compressive_rt.export.onnx_export import export_graphs, write_graphs
+from compressive_rt.export.onnx_export import export_graphs, weight_matmuls, write_graphs
 from compressive_rt.runtime.contract import entry_points
 
 NUMPY_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
@@ -52,9 +55,27 @@ def contract_inputs(config: ModelConfig, entry: str, batch: int,
     return feeds
 
 
+SHAPE_OPS = {"Unsqueeze", "Reshape", "Squeeze", "Transpose", "Gather", "Shape", "Expand", "Slice",
+             "Cast", "ConstantOfShape", "Range"}
+CATEGORIES = ("weight MatMuls", "attention MatMuls", "Split/Concat", "shape ops", "the rest")
+
+
+def category(op: str, node: str, weight_nodes: set[str]) -> str:
+    """The kind of work of one profiled node: a MatMul by a linear layer's weight (by name,
+    from the graph), another MatMul (attention: scores and reads), a Split/Concat, a shape op."""
+    if op == "MatMul" and node in weight_nodes:
+        return CATEGORIES[0]
+    if op in ("MatMul", "FusedMatMul"):
+        return CATEGORIES[1]
+    if op in ("Split", "Concat"):
+        return CATEGORIES[2]
+    return CATEGORIES[3] if op in SHAPE_OPS else CATEGORIES[4]
+
+
 def op_time_split(graph: Path, feeds: dict[str, np.ndarray], threads: int, runs: int,
-                  profile_dir: Path) -> dict[str, float]:
-    """Microseconds per run spent in each op type: sum over its nodes of the median time."""
+                  profile_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """Microseconds per run spent in each op type and in each of CATEGORIES: sums over the
+    nodes of their median time."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -74,10 +95,14 @@ def op_time_split(graph: Path, feeds: dict[str, np.ndarray], threads: int, runs:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             per_node[event["name"]].append(event["dur"])
             op_of[event["name"]] = event["args"]["op_name"]
+    weight_nodes = set(weight_matmuls(onnx.load(str(graph), load_external_data=False)))
     totals: dict[str, float] = defaultdict(float)
+    kinds: dict[str, float] = defaultdict(float)
     for node, durations in per_node.items():
-        totals[op_of[node]] += float(np.median(durations[1:] or durations))
-    return dict(totals)
+        median = float(np.median(durations[1:] or durations))
+        totals[op_of[node]] += median
+        kinds[category(op_of[node], node.removesuffix("_kernel_time"), weight_nodes)] += median
+    return dict(totals), dict(kinds)
 
 
 def print_split(title: str, split: dict[str, float], top: int) -> None:
@@ -102,8 +127,11 @@ def main() -> None:
         write_graphs(export_graphs(model, out), out)  # <entry>.onnx + weights.bin
         for entry, tokens in (("segment", config.seg_len), ("extend", 1)):
             feeds = contract_inputs(config, entry, args.batch, tokens)
-            split = op_time_split(out / f"{entry}.onnx", feeds, args.threads, args.runs, out)
+            split, kinds = op_time_split(out / f"{entry}.onnx", feeds, args.threads, args.runs,
+                                         out)
             print_split(f"{entry} (batch {args.batch}, T={tokens})", split, args.top)
+            if entry == "extend":
+                print_split(f"{entry} by kind of work", kinds, len(CATEGORIES))
 
 
 if __name__ == "__main__":

@@ -38,10 +38,11 @@ max streams) and binds, for layer i of a call on rows [0, r), the view X[i, :r],
 contiguous. Against separate per-layer buffers the graphs cannot tell (each binds one
 contiguous block either way), and measuring agreed: the default config's extend graph through
 ONNX Runtime with the runtime's session options, 2 threads, 80 runs per variant interleaved run
-by run on a shared, loaded 2-core machine (load average 6-10), medians: b1 9.1 ms with views,
-9.7 ms with separate buffers (contract v2 12.4 ms); b8 19.8 ms and 23.2 ms (v2 32.7 ms): equal
-within the machine's noise. So the layout is one buffer per state tensor (the simpler one:
-one allocation, a stream's layers at one stride).
+by run on a shared, loaded 2-core machine (load average 6-10), medians of two runs: b1 9.1 and
+9.5 ms with views, 9.7 and 14.8 ms with separate buffers (contract v2 12.4 and 16.3 ms); b8 19.8
+and 24.1 ms with views, 23.2 and 44.3 ms separate (v2 32.7 and 37.7 ms). No difference beyond
+the machine's noise, so the layout is one buffer per state tensor (the simpler one: one
+allocation, a stream's layers at one stride).
 
 Every tensor is batch-first within its layer, so one stream's state is one contiguous block of
 each layer's tensor. Keys and values are head-major ([.., H, S, dh]), the layout attention

@@ -5,6 +5,7 @@ checkpoint and refused by any other (tests/fixtures/contract_v2: data written by
 import io
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,31 @@ def test_extend_reads_every_layers_state_in_place(v3_engine):
         graph = onnx.load(str(v3_engine / f"{entry}.onnx"), load_external_data=False)
         assert not [node for node in graph.graph.node
                     if node.op_type == "Split" and state_inputs(graph) & set(node.input)]
+
+
+def test_the_streams_of_a_v2_store_continue_in_the_v3_engine_of_its_checkpoint(v3_engine,
+                                                                                tmp_path):
+    """What moving a `ctrt serve` store to the re-exported engine rests on: each stream's v2
+    snapshot restores and its log tail replays to the state of an uninterrupted v3 run."""
+    texts = json.loads((FIXTURE / "store_texts.json").read_text())
+    shutil.copytree(FIXTURE / "store", tmp_path / "store")
+    with sqlite3.connect(tmp_path / "store" / "streams.sqlite3") as db:
+        snapshots = dict(db.execute("SELECT stream, data FROM snapshots"))
+        tails = {stream: b"".join(tokens for (tokens,) in db.execute(
+            "SELECT tokens FROM wal WHERE stream = ? ORDER BY start", (stream,)))
+            for stream in texts}
+    assert sorted(snapshots) == sorted(texts) and all(tails.values())
+    session = Session(v3_engine, max_streams=2)
+    for stream, text in texts.items():
+        restored = session.restore(snapshots[stream])
+        data = np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int32)
+        assert session.position(restored) + len(tails[stream]) == len(data)
+        assert text.encode().endswith(tails[stream])
+        session.feed({restored: np.frombuffer(tails[stream], dtype=np.uint8)})
+        uninterrupted = session.add_stream()
+        session.feed({uninterrupted: data})
+        want = session.last_logits(uninterrupted)
+        np.testing.assert_allclose(session.last_logits(restored), want, atol=fp32_bound(want),
+                                   rtol=0)
+        session.remove_stream(restored)
+        session.remove_stream(uninterrupted)
