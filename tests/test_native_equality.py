@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.engines import COMPRESS_FNS
 from support.native import native_library, native_tool
 from support.rules import fp32_bound
 
@@ -66,7 +67,7 @@ def worst_differences(python: Session, native: NativeSession, streams, feeds: in
     return worst_logit, scale, worst_state
 
 
-@pytest.mark.parametrize("compress_fn", ["conv", "most_used"])
+@pytest.mark.parametrize("compress_fn", COMPRESS_FNS)
 def test_one_thread_gives_bitwise_equal_logits_and_state(engine, compress_fn):
     _, engine_dir = engine(compress_fn)
     python, native = sessions(engine_dir, threads=1)

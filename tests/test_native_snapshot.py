@@ -1,6 +1,8 @@
-"""The native runtime writes and reads stream snapshots in version 2 (docs/DESIGN.md): a plain
-numpy .npz that numpy reads, and archives written by numpy to the spec restore natively; the
-reader refuses damaged or foreign archives with a message and changes nothing."""
+"""The native runtime writes stream snapshots in version 3 and reads versions 1 to 3
+(docs/DESIGN.md): a plain numpy .npz that numpy reads, and archives written by numpy to the spec
+restore natively; a contract v2 snapshot restores into the v3 engine of its checkpoint as the
+Python runtime restores it; the reader refuses damaged or foreign archives with a message and
+changes nothing."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from support.native import native_library
 
 from compressive_rt.benchmarks.launchers.native import NativeSession
 from compressive_rt.errors import RuntimeInputError
-from compressive_rt.runtime.session import Session
 
 pytestmark = [pytest.mark.native, pytest.mark.slow]
 
@@ -50,7 +51,7 @@ def with_meta(arrays: dict[str, np.ndarray], **changes) -> dict[str, np.ndarray]
     return {**arrays, "__meta__": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
 
 
-def test_a_native_snapshot_is_a_version_2_npz(fed):
+def test_a_native_snapshot_is_a_version_3_npz(fed):
     session, stream, data = fed
     arrays = members(data)
     state = session.stream_state(stream)
@@ -59,8 +60,8 @@ def test_a_native_snapshot_is_a_version_2_npz(fed):
                for info in zipfile.ZipFile(io.BytesIO(data)).infolist())
     meta = meta_of(arrays)
     assert (meta["format"], meta["format_version"], meta["position"], meta["last_logits"]) == \
-        ("compressive-rt-stream-snapshot", 2, 21, True)
-    assert meta["engine"]["contract_version"] == 2
+        ("compressive-rt-stream-snapshot", 3, 21, True)
+    assert (meta["engine"]["contract_version"], meta["engine"]["precision"]) == (3, "fp32")
     assert set(meta["engine"]["graphs"]) == {"segment", "extend", "commit"}
     for name, value in state.items():
         assert arrays[name].dtype == value.dtype
@@ -151,24 +152,28 @@ def test_a_snapshot_of_an_engine_with_other_tensors_is_refused(engine, fed):
         session.restore_bytes(other.snapshot_bytes(stream))
 
 
-def test_a_version_1_snapshot_of_the_python_runtime_is_refused_with_what_to_do(fed, engine,
-                                                                               tmp_path):
-    session, _, _ = fed
-    _, engine_dir = engine("most_used")
-    python = Session(engine_dir, backend="onnxruntime-cpu", threads=1)
-    stream = python.add_stream()
-    python.feed({stream: [5, 6, 7]})
-    python.snapshot(stream, tmp_path / "v1.npz")
-    if meta_of_file(tmp_path / "v1.npz").get("format_version") == 2:
-        restored = session.restore(tmp_path / "v1.npz")  # the Python runtime writes v2 now
-        for name, value in python.stream_state(stream).items():
-            np.testing.assert_array_equal(session.stream_state(restored)[name], value)
-        return
-    with pytest.raises(RuntimeInputError, match="read by the Python runtime"):
-        session.restore(tmp_path / "v1.npz")
+def test_a_version_1_record_is_read_and_restores_without_logits(fed):
+    """Version 1 held its record as a 0-d numpy unicode array and no last logits."""
+    session, stream, data = fed
+    arrays = members(data)
+    meta = {**meta_of(arrays), "format_version": 1}
+    del meta["last_logits"]
+    v1 = {name: value for name, value in arrays.items() if name != "last_logits"}
+    v1["__meta__"] = np.array(json.dumps(meta))
+    restored = session.restore_bytes(npz(v1))
+    assert session.position(restored) == 21
+    for name, value in session.stream_state(stream).items():
+        np.testing.assert_array_equal(session.stream_state(restored)[name], value)
+    with pytest.raises(RuntimeInputError, match="has not been fed"):
+        session.last_logits(restored)
+    v1["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    with pytest.raises(RuntimeInputError, match="a version 1 snapshot holds its __meta__ record as "
+                                                "a unicode string"):
+        session.restore_bytes(npz(v1))
 
 
-def meta_of_file(path) -> dict:
-    with np.load(path, allow_pickle=False) as archive:
-        raw = archive["__meta__"]
-    return json.loads(raw.tobytes().decode() if raw.dtype == np.uint8 else str(raw))
+def test_a_version_beyond_3_is_refused_with_what_to_do(fed):
+    session, _, data = fed
+    with pytest.raises(RuntimeInputError, match="has format_version 4; this runtime reads versions "
+                                                "1, 2 and 3: take the snapshot again"):
+        session.restore_bytes(npz(with_meta(members(data), format_version=4)))

@@ -1,5 +1,7 @@
 #include "ctrt/contract.hpp"
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "ctrt/error.hpp"
@@ -11,6 +13,7 @@ const char* const kMemoryState[7] = {"mem", "cmem", "mem_k", "mem_v", "mem_len",
 const char* const kPartialState[3] = {"seg_h", "seg_k", "seg_v"};
 const char* const kNewRows[3] = {"new_h", "new_k", "new_v"};
 const char* const kOutSuffix = "_out";
+const char* const kPerLayer[8] = {"mem", "cmem", "mem_k", "mem_v", "usage", "seg_h", "seg_k", "seg_v"};
 
 size_t dtype_size(DType dtype) { return dtype == DType::boolean ? 1 : 4; }
 
@@ -65,6 +68,22 @@ int64_t size_field(const nlohmann::json& config, const char* name, int64_t least
 }
 
 }  // namespace
+
+TensorName split_name(const std::string& name) {
+  TensorName out{name, -1, false};
+  const size_t suffix = std::char_traits<char>::length(kOutSuffix);
+  if (out.base.size() > suffix && out.base.compare(out.base.size() - suffix, suffix, kOutSuffix) == 0) {
+    out.base.resize(out.base.size() - suffix);
+    out.out = true;
+  }
+  const size_t dot = out.base.rfind('.');
+  if (dot != std::string::npos && dot + 1 < out.base.size() &&
+      out.base.find_first_not_of("0123456789", dot + 1) == std::string::npos && out.base.size() - dot <= 8) {
+    out.layer = std::stoi(out.base.substr(dot + 1));
+    out.base.resize(dot);
+  }
+  return out;
+}
 
 int64_t checked_product(const std::vector<int64_t>& dims, const std::string& what) {
   int64_t product = 1;
@@ -137,39 +156,73 @@ std::map<std::string, TensorSpec> state_specs(const Dims& dims) {
   return out;
 }
 
-static TensorSpec out_spec(const TensorSpec& spec) {
-  return {spec.name + kOutSuffix, spec.dtype, spec.shape};
+std::string layer_name(const std::string& name, int64_t layer) { return name + "." + std::to_string(layer); }
+
+bool is_per_layer(const std::string& name) {
+  return std::any_of(std::begin(kPerLayer), std::end(kPerLayer), [&](const char* x) { return name == x; }) ||
+         std::any_of(std::begin(kNewRows), std::end(kNewRows), [&](const char* x) { return name == x; });
 }
+
+namespace {
+
+TensorSpec out_spec(const TensorSpec& spec) { return {spec.name + kOutSuffix, spec.dtype, spec.shape}; }
+
+// A tensor [B, N, ...rest] as the graphs take it (runtime/contract.py, per_layer): N tensors
+// `X.{i}` [B, ...rest] in layer order, or the tensor itself (the counts).
+void append_layers(std::vector<TensorSpec>& out, const TensorSpec& spec, int64_t n_layers) {
+  if (!is_per_layer(spec.name)) {
+    out.push_back(spec);
+    return;
+  }
+  std::vector<int64_t> rest = {spec.shape[0]};
+  rest.insert(rest.end(), spec.shape.begin() + 2, spec.shape.end());
+  for (int64_t i = 0; i < n_layers; ++i) out.push_back({layer_name(spec.name, i), spec.dtype, rest});
+}
+
+}  // namespace
 
 std::map<std::string, EntryPoint> entry_points(const Dims& dims) {
   auto state = state_specs(dims);
-  std::vector<TensorSpec> memory;
-  for (const char* name : kMemoryState)
-    if (state.count(name)) memory.push_back(state.at(name));
   const int64_t b = kBatch, t = kTokens, n = dims.n_layers, d = dims.d_model;
   const int64_t heads = dims.n_heads, d_head = dims.d_head();
+  auto layers = [&](std::initializer_list<TensorSpec> specs) {
+    std::vector<TensorSpec> out;
+    for (const auto& spec : specs) append_layers(out, spec, n);
+    return out;
+  };
+  auto present = [&](std::vector<const char*> names) {
+    std::vector<TensorSpec> out;
+    for (const char* name : names)
+      if (state.count(name)) append_layers(out, state.at(name), n);
+    return out;
+  };
+  const std::vector<TensorSpec> memory = present({std::begin(kMemoryState), std::end(kMemoryState)});
+  const std::vector<TensorSpec> usage = present({"usage"});
+  auto append = [](std::vector<TensorSpec>& to, const std::vector<TensorSpec>& specs, bool out) {
+    for (const auto& spec : specs) to.push_back(out ? out_spec(spec) : spec);
+  };
 
   EntryPoint segment{"segment", {{"tokens", DType::int32, {b, dims.seg_len}}}, {}};
-  segment.inputs.insert(segment.inputs.end(), memory.begin(), memory.end());
+  append(segment.inputs, memory, false);
   segment.outputs.push_back({"logits", DType::float32, {b, dims.seg_len, dims.vocab_size}});
-  for (const auto& spec : memory) segment.outputs.push_back(out_spec(spec));
+  append(segment.outputs, memory, true);
 
   EntryPoint extend{"extend", {{"tokens", DType::int32, {b, t}}, state.at("seg_len")}, {}};
-  for (const char* name : {"mem_k", "mem_v", "mem_len", "cmem_len"})
-    if (state.count(name)) extend.inputs.push_back(state.at(name));
-  extend.inputs.push_back(state.at("seg_k"));
-  extend.inputs.push_back(state.at("seg_v"));
-  if (dims.most_used) extend.inputs.push_back(state.at("usage"));
-  extend.outputs = {{"logits", DType::float32, {b, t, dims.vocab_size}},
-                    {"new_h", DType::float32, {b, n, t, d}},
-                    {"new_k", DType::float32, {b, n, heads, t, d_head}},
-                    {"new_v", DType::float32, {b, n, heads, t, d_head}}};
-  if (dims.most_used) extend.outputs.push_back(out_spec(state.at("usage")));
+  append(extend.inputs, present({"mem_k", "mem_v", "mem_len", "cmem_len"}), false);
+  append(extend.inputs, present({"seg_k", "seg_v"}), false);
+  append(extend.inputs, usage, false);
+  extend.outputs = {{"logits", DType::float32, {b, t, dims.vocab_size}}};
+  append(extend.outputs,
+         layers({{"new_h", DType::float32, {b, n, t, d}},
+                 {"new_k", DType::float32, {b, n, heads, t, d_head}},
+                 {"new_v", DType::float32, {b, n, heads, t, d_head}}}),
+         false);
+  append(extend.outputs, usage, true);
 
   EntryPoint commit{"commit", {}, {}};
-  for (const char* name : kPartialState) commit.inputs.push_back(state.at(name));
-  commit.inputs.insert(commit.inputs.end(), memory.begin(), memory.end());
-  for (const auto& spec : memory) commit.outputs.push_back(out_spec(spec));
+  append(commit.inputs, present({std::begin(kPartialState), std::end(kPartialState)}), false);
+  append(commit.inputs, memory, false);
+  append(commit.outputs, memory, true);
   return {{"segment", segment}, {"extend", extend}, {"commit", commit}};
 }
 

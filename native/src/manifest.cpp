@@ -199,8 +199,9 @@ Manifest parse_manifest(const std::string& text, const std::string& engine_dir, 
   }
   if (data.value("format_version", nlohmann::json()) != kManifestFormatVersion) {
     throw EngineError(path + " has format_version " + data.value("format_version", nlohmann::json()).dump() +
-                      "; this runtime reads version 2 (contract v2, batch-first): re-export the "
-                      "checkpoint with `ctrt export CHECKPOINT " + engine_dir + "`");
+                      "; this runtime reads version " + std::to_string(kManifestFormatVersion) +
+                      " (contract v3, state per layer): re-export the checkpoint with `ctrt export "
+                      "CHECKPOINT " + engine_dir + "`");
   }
   if (!data.contains("config") || !data["config"].is_object()) {
     throw EngineError(path + ": config is incomplete (no config object)");

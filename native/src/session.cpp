@@ -9,6 +9,7 @@
 #include "ctrt/error.hpp"
 #include "ctrt/snapshot.hpp"
 #include "engine_impl.hpp"
+#include "state_tensor.hpp"
 
 namespace ctrt {
 
@@ -34,29 +35,17 @@ size_t product(const std::vector<int64_t>& shape, size_t from = 0, size_t to = S
 
 }  // namespace
 
-// One tensor's storage for every row (batch-first): zero-filled, 64-byte aligned.
-struct Session::Buffer {
-  DType dtype;
-  size_t row_bytes;
-  uint8_t* data;
-
-  Buffer(DType type, size_t bytes_per_row, int rows) : dtype(type), row_bytes(bytes_per_row) {
-    const size_t bytes = (row_bytes * static_cast<size_t>(rows) + 63) / 64 * 64;
-    data = static_cast<uint8_t*>(std::aligned_alloc(64, bytes));
-    if (!data) throw std::bad_alloc();
-    std::memset(data, 0, bytes);
-  }
-  ~Buffer() { std::free(data); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  uint8_t* row(int r) const { return data + row_bytes * static_cast<size_t>(r); }
-};
-
-// The IoBinding of one call signature (entry, rows, tokens, banks) and the values it binds:
-// views of the first rows of the session's buffers, built once and reused.
+// The IoBinding of one call signature (entry, rows, tokens, the banks of the planes it binds)
+// and the values it binds: views of the first rows of planes of the session's buffers, built
+// once and reused. `parities` (every memory plane's, in state_ order) tells a hash collision
+// of banks_key_ from a hit.
 struct Session::Binding {
   Ort::IoBinding io;
   std::vector<Ort::Value> values;
+  Entry entry;
+  int batch;
+  int64_t tokens;
+  std::vector<int> parities;
   explicit Binding(Ort::Session& session) : io(session) {}
 };
 
@@ -88,39 +77,55 @@ Session::Session(std::shared_ptr<const Engine> engine, int max_streams)
   }
   const Dims& d = dims();
   specs_ = state_specs(d);
-  for (const char* name : kMemoryState)
-    if (specs_.count(name)) memory_names_.emplace_back(name);
-  row_state_ = memory_names_;
-  for (const char* name : kPartialState) row_state_.emplace_back(name);
-  state_names_ = row_state_;
-  state_names_.emplace_back("seg_len");
-  auto row_buffer = [&](const TensorSpec& spec, int rows) {
-    return std::make_unique<Buffer>(spec.dtype, static_cast<size_t>(spec.row_elements()) * dtype_size(spec.dtype), rows);
+  const auto& contract = engine_->manifest().contract;
+  const int layers = static_cast<int>(d.n_layers);
+  auto add_state = [&](const std::string& name, bool two_banks) {
+    const TensorSpec& spec = specs_.at(name);
+    state_index_[name] = state_.size();
+    // a plane per layer for a tensor the graphs take per layer (`X.{i}`), one for a count
+    state_.push_back(std::make_unique<StateTensor>(name, is_per_layer(name) ? layers : 1, max_streams,
+                                                   static_cast<size_t>(spec.row_elements()) * dtype_size(spec.dtype),
+                                                   two_banks));
+    state_names_.push_back(name);
   };
-  for (int bank = 0; bank < 2; ++bank)
-    for (const auto& name : memory_names_) memory_[bank].push_back(row_buffer(specs_.at(name), max_streams));
-  parity_.assign(memory_names_.size(), 0);
-  for (const char* name : kPartialState) partial_[name] = row_buffer(specs_.at(name), max_streams);
-  for (const auto& name : row_state_) row_swap_[name] = row_buffer(specs_.at(name), 1);
-  seg_len_input_ = row_buffer(specs_.at("seg_len"), max_streams);
-  // scratch shared by segment and extend (one call at a time), sized for T = L: [max, L, ...]
-  const auto& extend = engine_->manifest().contract.at("extend");
-  for (const auto& spec : {extend.inputs[0], extend.outputs[0], extend.outputs[1], extend.outputs[2],
-                           extend.outputs[3]}) {
-    const auto shape = spec.concrete_shape(max_streams, d.seg_len);
-    scratch_[spec.name] = std::make_unique<Buffer>(spec.dtype, product(shape, 1) * dtype_size(spec.dtype), max_streams);
+  for (const char* name : kMemoryState)
+    if (specs_.count(name)) add_state(name, true);
+  for (const char* name : kPartialState) add_state(name, false);
+  state_names_.emplace_back("seg_len");
+  seg_len_input_ = std::make_unique<PlaneBuffer>(1, max_streams, sizeof(int32_t));
+  // scratch shared by segment and extend (one call at a time), sized for T = L: per base name
+  // [planes, max, L, ...] (a plane per layer for extend's per-layer new rows)
+  const auto& extend = contract.at("extend");
+  std::map<std::string, std::pair<int, size_t>> scratch;  // base -> (planes, plane bytes)
+  for (const auto* tensors : {&extend.inputs, &extend.outputs}) {
+    for (const auto& spec : *tensors) {
+      const TensorName name = split_name(spec.name);
+      if (name.out || std::find(spec.shape.begin(), spec.shape.end(), kTokens) == spec.shape.end()) continue;
+      scratch[name.base] = {name.layer >= 0 ? layers : 1,
+                            product(spec.concrete_shape(max_streams, d.seg_len), 1) * dtype_size(spec.dtype)};
+    }
   }
-  for (int j = 0; j < 3; ++j) {
-    const auto& shape = specs_.at(kPartialState[j]).shape;  // [B, ..., L, w]
-    row_writes_.push_back({partial_.at(kPartialState[j]).get(), scratch_.at(kNewRows[j]).get(),
-                           product(shape, 1, shape.size() - 2), static_cast<size_t>(shape.back())});
+  for (const auto& [name, size] : scratch) {
+    scratch_[name] = std::make_unique<PlaneBuffer>(size.first, max_streams, size.second);
   }
-  for (size_t i = 0; i < memory_names_.size(); ++i) {
-    all_memory_.push_back(static_cast<int>(i));
-    if (memory_names_[i] == "usage") usage_only_.push_back(static_cast<int>(i));
+  for (const auto& spec : extend.outputs) {  // new rows [B, outer..., T, width] of each plane
+    const TensorName name = split_name(spec.name);
+    const auto new_rows = std::find_if(std::begin(kNewRows), std::end(kNewRows),
+                                       [&](const char* rows) { return name.base == rows; });
+    if (new_rows == std::end(kNewRows)) continue;
+    const char* partial = kPartialState[new_rows - std::begin(kNewRows)];
+    row_writes_.push_back({state_.at(state_index_.at(partial)).get(), scratch_.at(name.base).get(),
+                           std::max(name.layer, 0), product(spec.shape, 1, spec.shape.size() - 2),
+                           static_cast<size_t>(spec.shape.back())});
   }
-  tokens_in_ = reinterpret_cast<int32_t*>(scratch_.at("tokens")->data);
-  logits_out_ = reinterpret_cast<const float*>(scratch_.at("logits")->data);
+  for (int entry = 0; entry < 3; ++entry) {
+    for (const auto& spec : contract.at(kEntryPoints[entry]).outputs) {
+      const TensorName name = split_name(spec.name);
+      if (name.out) written_[entry].emplace_back(state_index_.at(name.base), std::max(name.layer, 0));
+    }
+  }
+  tokens_in_ = reinterpret_cast<int32_t*>(scratch_.at("tokens")->at(0, 0));
+  logits_out_ = reinterpret_cast<const float*>(scratch_.at("logits")->at(0, 0));
   planned_.reserve(static_cast<size_t>(max_streams));
   call_streams_.reserve(static_cast<size_t>(max_streams));
   feed_index_.reserve(static_cast<size_t>(max_streams));
@@ -141,14 +146,8 @@ int Session::row_of(int64_t stream) const {
   return found->second;
 }
 
-Session::Buffer& Session::current(const std::string& name) {
-  return const_cast<Buffer&>(static_cast<const Session*>(this)->current(name));
-}
-
-const Session::Buffer& Session::current(const std::string& name) const {
-  for (size_t i = 0; i < memory_names_.size(); ++i)
-    if (memory_names_[i] == name) return *memory_[parity_[i]][i];
-  return *partial_.at(name);
+const StateTensor& Session::state_tensor(const std::string& name) const {
+  return *state_.at(state_index_.at(name));
 }
 
 int64_t Session::add_stream() {
@@ -207,18 +206,12 @@ int64_t Session::position(int64_t stream) const {
 }
 
 void Session::clear_row(int row) {
-  for (const auto& name : row_state_) {
-    Buffer& buffer = current(name);
-    std::memset(buffer.row(row), 0, buffer.row_bytes);
-  }
+  for (auto& tensor : state_) tensor->clear_row(row);
   seg_len_[static_cast<size_t>(row)] = 0;
 }
 
 void Session::copy_row(int src, int dst) {
-  for (const auto& name : row_state_) {
-    Buffer& buffer = current(name);
-    std::memcpy(buffer.row(dst), buffer.row(src), buffer.row_bytes);
-  }
+  for (auto& tensor : state_) tensor->copy_row(src, dst);
   const size_t vocab = static_cast<size_t>(dims().vocab_size);
   seg_len_[static_cast<size_t>(dst)] = seg_len_[static_cast<size_t>(src)];
   std::memcpy(&last_logits_rows_[static_cast<size_t>(dst) * vocab],
@@ -226,13 +219,7 @@ void Session::copy_row(int src, int dst) {
 }
 
 void Session::swap_rows(int a, int b) {
-  for (const auto& name : row_state_) {
-    Buffer& buffer = current(name);
-    uint8_t* middle = row_swap_.at(name)->data;
-    std::memcpy(middle, buffer.row(a), buffer.row_bytes);
-    std::memcpy(buffer.row(a), buffer.row(b), buffer.row_bytes);
-    std::memcpy(buffer.row(b), middle, buffer.row_bytes);
-  }
+  for (auto& tensor : state_) tensor->swap_rows(a, b);
   const size_t vocab = static_cast<size_t>(dims().vocab_size);
   std::swap(seg_len_[static_cast<size_t>(a)], seg_len_[static_cast<size_t>(b)]);
   std::swap_ranges(&last_logits_rows_[static_cast<size_t>(a) * vocab],
@@ -353,11 +340,11 @@ void Session::run_tokens(Entry entry, const std::vector<int64_t>& streams, int64
   }
   if (entry == Entry::segment) {
     run_call(Entry::segment, batch, count);
-    flip(all_memory_, batch);
+    flip(Entry::segment, batch);
   } else {
-    std::memcpy(seg_len_input_->data, seg_len_.data(), static_cast<size_t>(batch) * sizeof(int32_t));
+    std::memcpy(seg_len_input_->at(0, 0), seg_len_.data(), static_cast<size_t>(batch) * sizeof(int32_t));
     run_call(Entry::extend, batch, count);
-    if (dims().most_used) flip(usage_only_, batch);
+    flip(Entry::extend, batch);
     write_new_rows(batch, count);
     for (int row = 0; row < batch; ++row) seg_len_[static_cast<size_t>(row)] += static_cast<int32_t>(count);
   }
@@ -378,32 +365,53 @@ void Session::run_tokens(Entry entry, const std::vector<int64_t>& streams, int64
   }
 }
 
-static uint64_t binding_key(Entry entry, int batch, int64_t tokens, const std::vector<int>& parity) {
-  uint64_t banks = 0;
-  for (size_t i = 0; i < parity.size(); ++i) banks |= static_cast<uint64_t>(parity[i]) << i;
-  return static_cast<uint64_t>(entry) | static_cast<uint64_t>(batch) << 2 |
-         static_cast<uint64_t>(tokens) << 18 | banks << 40;
+namespace {
+
+// splitmix64: the Zobrist constant of a memory plane, and the mix of a call's signature
+uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
 }
 
+uint64_t plane_key(size_t tensor, int plane) { return mix(static_cast<uint64_t>(tensor) << 32 | static_cast<uint32_t>(plane)); }
+
+}  // namespace
+
 Session::Binding& Session::binding(Entry entry, int batch, int64_t tokens) {
-  const uint64_t key = binding_key(entry, batch, tokens, parity_);
+  const uint64_t key = mix(static_cast<uint64_t>(entry) | static_cast<uint64_t>(batch) << 2 |
+                           static_cast<uint64_t>(tokens) << 18) ^ banks_key_;
   auto found = bindings_.find(key);
-  if (found != bindings_.end()) return *found->second;
+  if (found != bindings_.end()) {
+    const Binding& bound = *found->second;
+    bool same = bound.entry == entry && bound.batch == batch && bound.tokens == tokens;
+    size_t at = 0;
+    for (const auto& tensor : state_)
+      for (int p = 0; same && p < tensor->planes(); ++p) same = at < bound.parities.size() && bound.parities[at++] == tensor->parity(p);
+    if (same) return *found->second;
+    bindings_.erase(found);  // a collision of the hash: bound again below
+  }
   Engine::Impl& impl = engine_->impl();
   auto made = std::make_unique<Binding>(impl.session(entry));
-  auto buffer_of = [&](const std::string& name) -> const Buffer& {
-    for (size_t i = 0; i < memory_names_.size(); ++i) {
-      if (name == memory_names_[i]) return *memory_[parity_[i]][i];
-      if (name == memory_names_[i] + kOutSuffix) return *memory_[1 - parity_[i]][i];
-    }
-    if (name == "seg_len") return *seg_len_input_;
-    const auto partial = partial_.find(name);
-    return partial != partial_.end() ? *partial->second : *scratch_.at(name);
+  made->entry = entry;
+  made->batch = batch;
+  made->tokens = tokens;
+  for (const auto& tensor : state_)
+    for (int p = 0; p < tensor->planes(); ++p) made->parities.push_back(tensor->parity(p));
+  // rows [0, batch) of one plane: contiguous
+  auto first_row = [&](const std::string& graph_name) -> uint8_t* {
+    const TensorName name = split_name(graph_name);
+    const int plane = std::max(name.layer, 0);
+    if (name.base == "seg_len") return seg_len_input_->at(0, 0);
+    const auto state = state_index_.find(name.base);
+    if (state == state_index_.end()) return scratch_.at(name.base)->at(plane, 0);
+    const StateTensor& tensor = *state_[state->second];
+    return (name.out ? tensor.written(plane) : tensor.current(plane)).at(plane, 0);
   };
   auto bind = [&](const TensorSpec& spec, bool input) {
     const auto shape = spec.concrete_shape(batch, tokens);
-    const Buffer& buffer = buffer_of(spec.name);
-    made->values.push_back(Ort::Value::CreateTensor(impl.host_memory, buffer.data,
+    made->values.push_back(Ort::Value::CreateTensor(impl.host_memory, first_row(spec.name),
                                                     product(shape) * dtype_size(spec.dtype),
                                                     shape.data(), shape.size(), onnx_type(spec.dtype)));
     if (input) made->io.BindInput(spec.name.c_str(), made->values.back());
@@ -449,12 +457,13 @@ void Session::write_new_rows(int batch, int64_t count) {
   for (int pass = 0; pass < 2; ++pass) {
     for (const RowWrite& write : row_writes_) {
       const size_t span = tokens * write.width * sizeof(float);
+      const PlaneBuffer& partial = write.partial->current(write.plane);
+      const uint8_t* fresh = write.fresh->at(write.plane, 0);
       for (int row = 0; row < batch; ++row) {
         const size_t offset = static_cast<size_t>(seg_len_[static_cast<size_t>(row)]);
         for (size_t o = 0; o < write.outer; ++o) {
-          uint8_t* dst = write.partial->row(row) + (o * seg_len + offset) * write.width * sizeof(float);
-          const uint8_t* src =
-              write.fresh->data + ((static_cast<size_t>(row) * write.outer + o) * tokens) * write.width * sizeof(float);
+          uint8_t* dst = partial.at(write.plane, row) + (o * seg_len + offset) * write.width * sizeof(float);
+          const uint8_t* src = fresh + ((static_cast<size_t>(row) * write.outer + o) * tokens) * write.width * sizeof(float);
           if (pass == 0) {
             for (size_t line = 0; line < span; line += 64) __builtin_prefetch(dst + line, 1);
           } else {
@@ -466,31 +475,19 @@ void Session::write_new_rows(int batch, int64_t count) {
   }
 }
 
-// The call on rows [0, batch) succeeded and wrote the other bank. Whichever is fewer moves:
-// its rows are copied back into the current bank, or the rows [batch, k) that sat out are
-// copied into the written bank, which becomes current (one block copy per tensor).
-void Session::flip(const std::vector<int>& memory_indices, int batch) {
+// The call of `entry` on rows [0, batch) succeeded and wrote the other bank of the planes it
+// outputs: each is flipped in (StateTensor::flip: one block copy per plane, whichever is fewer).
+void Session::flip(Entry entry, int batch) {
   const int streams = static_cast<int>(row_streams_.size());
-  for (int i : memory_indices) {
-    const int current = parity_[static_cast<size_t>(i)];
-    Buffer& kept = *memory_[current][static_cast<size_t>(i)];
-    Buffer& written = *memory_[1 - current][static_cast<size_t>(i)];
-    if (batch < streams - batch) {
-      std::memcpy(kept.row(0), written.row(0), written.row_bytes * static_cast<size_t>(batch));
-      continue;
-    }
-    if (batch < streams) {
-      std::memcpy(written.row(batch), kept.row(batch),
-                  kept.row_bytes * static_cast<size_t>(streams - batch));
-    }
-    parity_[static_cast<size_t>(i)] = 1 - current;
+  for (const auto& [tensor, plane] : written_[static_cast<int>(entry)]) {
+    if (state_[tensor]->flip(plane, batch, streams)) banks_key_ ^= plane_key(tensor, plane);
   }
 }
 
 void Session::commit(const std::vector<int64_t>& streams) {
   const int batch = to_front(streams);
   run_call(Entry::commit, batch, 0);
-  flip(all_memory_, batch);
+  flip(Entry::commit, batch);
   std::fill(seg_len_.begin(), seg_len_.begin() + batch, 0);
 }
 
@@ -520,7 +517,7 @@ void Session::read_state(int64_t stream, const std::string& name, void* out, siz
   if (name == "seg_len") {
     std::memcpy(out, &seg_len_[static_cast<size_t>(row)], sizeof(int32_t));
   } else {
-    std::memcpy(out, current(name).row(row), row_bytes);
+    state_tensor(name).read_row(row, static_cast<uint8_t*>(out));
   }
 }
 
@@ -542,7 +539,7 @@ std::vector<uint8_t> Session::snapshot(int64_t stream) {
     RowTensor tensor{spec.dtype, spec.row_shape(), {}};
     tensor.data.resize(static_cast<size_t>(spec.row_elements()) * dtype_size(spec.dtype));
     if (name == "seg_len") std::memcpy(tensor.data.data(), &seg_len_[static_cast<size_t>(row)], sizeof(int32_t));
-    else std::memcpy(tensor.data.data(), current(name).row(row), tensor.data.size());
+    else state_tensor(name).read_row(row, tensor.data.data());
     state[name] = std::move(tensor);
   }
   const float* logits = fed_.count(stream)
@@ -564,9 +561,8 @@ int64_t Session::restore(const uint8_t* bytes, size_t size, std::optional<int64_
   StreamSnapshot snapshot = read_snapshot(bytes, size, engine_->manifest(), expected, source);
   const int64_t id = stream ? *stream : add_stream_unguarded();
   const int row = row_of(id);
-  for (const auto& name : row_state_) {  // every state tensor: nothing of the old stream stays
-    Buffer& buffer = current(name);
-    std::memcpy(buffer.row(row), snapshot.state.at(name).data.data(), buffer.row_bytes);
+  for (auto& tensor : state_) {  // every state tensor: nothing of the old stream stays
+    tensor->write_row(row, snapshot.state.at(tensor->name()).data.data());
   }
   std::memcpy(&seg_len_[static_cast<size_t>(row)], snapshot.state.at("seg_len").data.data(), sizeof(int32_t));
   positions_[id] = snapshot.position;
@@ -581,8 +577,9 @@ int64_t Session::restore(const uint8_t* bytes, size_t size, std::optional<int64_
 }
 
 int64_t Session::restore_file(const std::string& path, std::optional<int64_t> stream) {
-  // the largest snapshot this engine has, with room for headers and the zip directory
-  size_t bound = (1 << 20) + static_cast<size_t>(dims().vocab_size) * sizeof(float) + (64 << 10);
+  // the largest snapshot this engine has, with room for headers and the zip directory (a
+  // version 1 record is UTF-32: up to 4 MiB)
+  size_t bound = (4 << 20) + static_cast<size_t>(dims().vocab_size) * sizeof(float) + (64 << 10);
   for (const auto& name : state_names_) {
     bound += static_cast<size_t>(specs_.at(name).row_elements()) * dtype_size(specs_.at(name).dtype) + (64 << 10);
   }

@@ -93,6 +93,34 @@ std::vector<uint8_t> read_data(zip_t* archive, const Member& member) {
   return std::vector<uint8_t>(all.begin() + static_cast<std::ptrdiff_t>(member.header.header_bytes), all.end());
 }
 
+// a version 1 record: numpy's unicode array, UTF-32LE code points, trailing NULs dropped
+std::string utf8_of_utf32(const std::vector<uint8_t>& data) {
+  std::string out;
+  for (size_t i = 0; i + 4 <= data.size(); i += 4) {
+    const uint32_t c = data[i] | data[i + 1] << 8 | data[i + 2] << 16 | static_cast<uint32_t>(data[i + 3]) << 24;
+    if (c == 0) break;
+    if (c < 0x80) {
+      out += static_cast<char>(c);
+    } else if (c < 0x800) {
+      out += static_cast<char>(0xC0 | c >> 6);
+      out += static_cast<char>(0x80 | (c & 0x3F));
+    } else if (c < 0x10000) {
+      if (c >= 0xD800 && c < 0xE000) throw std::runtime_error("its __meta__ record holds a surrogate code point");
+      out += static_cast<char>(0xE0 | c >> 12);
+      out += static_cast<char>(0x80 | (c >> 6 & 0x3F));
+      out += static_cast<char>(0x80 | (c & 0x3F));
+    } else if (c < 0x110000) {
+      out += static_cast<char>(0xF0 | c >> 18);
+      out += static_cast<char>(0x80 | (c >> 12 & 0x3F));
+      out += static_cast<char>(0x80 | (c >> 6 & 0x3F));
+      out += static_cast<char>(0x80 | (c & 0x3F));
+    } else {
+      throw std::runtime_error("its __meta__ record holds a code point beyond U+10FFFF");
+    }
+  }
+  return out;
+}
+
 std::map<std::string, int64_t> expected_counts(const Dims& dims, int64_t position) {
   const int64_t committed = position / dims.seg_len * dims.seg_len;  // tokens rotated into memory
   std::map<std::string, int64_t> counts = {{"mem_len", std::min(committed, dims.mem_len)},
@@ -104,36 +132,7 @@ std::map<std::string, int64_t> expected_counts(const Dims& dims, int64_t positio
   return counts;
 }
 
-std::string short_identity(const nlohmann::json& identity) {
-  if (!identity.is_object()) return "unknown (" + identity.dump() + ")";
-  const auto checkpoint = identity.value("checkpoint_sha256", nlohmann::json());
-  std::string out = "contract v" + identity.value("contract_version", nlohmann::json()).dump() +
-                    ", checkpoint " +
-                    (checkpoint.is_string() ? checkpoint.get<std::string>().substr(0, 12) : "not recorded") +
-                    ", graphs";
-  const auto graphs = identity.value("graphs", nlohmann::json::object());
-  if (graphs.is_object()) {
-    for (const auto& [name, sha] : graphs.items()) {
-      out += " " + name + " " + (sha.is_string() ? sha.get<std::string>().substr(0, 12) : sha.dump());
-    }
-  }
-  return out;
-}
-
 }  // namespace
-
-nlohmann::json engine_identity(const Manifest& manifest) {
-  const auto& data = manifest.data();
-  nlohmann::json checkpoint = data.value("checkpoint", nlohmann::json::object());
-  if (!checkpoint.is_object()) checkpoint = nlohmann::json::object();
-  nlohmann::json graphs = nlohmann::json::object();
-  for (const auto& [name, entry] : data.at("entry_points").items()) {
-    graphs[name] = entry.value("sha256", nlohmann::json());
-  }
-  return {{"contract_version", data.value("format_version", nlohmann::json())},
-          {"checkpoint_sha256", checkpoint.value("sha256", nlohmann::json())},
-          {"graphs", graphs}};
-}
 
 std::vector<uint8_t> write_snapshot(const Manifest& manifest, const std::vector<std::string>& order,
                                     const std::map<std::string, RowTensor>& state, int64_t position,
@@ -296,6 +295,7 @@ StreamSnapshot read_snapshot(const uint8_t* bytes, size_t size, const Manifest& 
     for (const auto& name : want) wanted += (wanted.empty() ? "" : ", ") + name;
     throw refuse("holds members [" + listed + "], expected [" + wanted + "] (and last_logits when recorded)");
   }
+  bool meta_utf32 = false;
   for (auto& [name, member] : members) {
     try {
       const auto prefix = read_prefix(archive, member.index, std::min<zip_uint64_t>(member.size, 10 + 65535));
@@ -306,22 +306,30 @@ StreamSnapshot read_snapshot(const uint8_t* bytes, size_t size, const Manifest& 
     DType dtype = DType::float32;
     std::vector<int64_t> shape;
     size_t itemsize = 4;
+    std::string descr;
     if (name == kMeta) {
-      if (member.header.descr != "|u1" || member.header.shape.size() != 1) {
-        throw refuse(std::string(kMeta) + " is not a 1-D uint8 array (format version 1 snapshots "
-                     "are read by the Python runtime: restore it there and snapshot again)");
+      // version 2 on: 1-D uint8 UTF-8 JSON; version 1: a 0-d unicode array ('<U{chars}', UTF-32)
+      const auto& header = member.header;
+      const bool utf32 = header.descr.size() > 2 && header.descr.compare(0, 2, "<U") == 0 && header.shape.empty() &&
+                         header.descr.find_first_not_of("0123456789", 2) == std::string::npos && header.descr.size() <= 12;
+      if (!(header.descr == "|u1" && header.shape.size() == 1) && !utf32) {
+        throw refuse(std::string(kMeta) + " must be uint8 JSON of at most 1 MiB, got dtype " + header.descr +
+                     " shape " + shape_text(header.shape));
       }
-      itemsize = 1;
-      shape = member.header.shape;
-      if (static_cast<size_t>(shape[0]) > kMaxMetaBytes) {
-        throw refuse(std::string(kMeta) + " holds " + std::to_string(shape[0]) + " bytes, more than 1 MiB");
+      descr = header.descr;
+      itemsize = utf32 ? 4 * std::stoull(header.descr.substr(2)) : 1;
+      shape = header.shape;
+      if (elements(shape) * itemsize > (utf32 ? 4 : 1) * kMaxMetaBytes) {
+        throw refuse(std::string(kMeta) + " holds " + std::to_string(elements(shape) * itemsize) +
+                     " bytes, more than 1 MiB of JSON");
       }
+      meta_utf32 = utf32;
     } else if (name == kLastLogits) {
       shape = {manifest.dims.vocab_size};
     } else {
       std::tie(dtype, shape) = expected.at(name);
     }
-    const std::string descr = name == kMeta ? "|u1" : descr_of(dtype);
+    if (name != kMeta) descr = descr_of(dtype);
     if (member.header.descr != descr) {
       throw refuse("tensor " + name + " has dtype " + member.header.descr + ", expected " + descr);
     }
@@ -337,8 +345,9 @@ StreamSnapshot read_snapshot(const uint8_t* bytes, size_t size, const Manifest& 
   // the record
   nlohmann::json meta;
   try {
-    const auto text = read_data(archive, members.at(kMeta));
-    meta = nlohmann::json::parse(text.begin(), text.end());
+    const auto data = read_data(archive, members.at(kMeta));
+    const std::string text = meta_utf32 ? utf8_of_utf32(data) : std::string(data.begin(), data.end());
+    meta = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& exc) {  // bad syntax, or a number out of range (1e505)
     throw refuse(std::string("its ") + kMeta + " record is not JSON (" + exc.what() + ")");
   } catch (const std::runtime_error& exc) {
@@ -348,25 +357,17 @@ StreamSnapshot read_snapshot(const uint8_t* bytes, size_t size, const Manifest& 
     throw InputError(source + " is not a compressive-rt stream snapshot");
   }
   const auto version = meta.value("format_version", nlohmann::json());
-  if (version != kSnapshotFormatVersion) {
-    throw refuse("has format_version " + version.dump() + "; the native runtime reads version 2: take "
-                 "the snapshot again with a current runtime");
+  if (!version.is_number_integer() || version.get<int64_t>() < 1 || version.get<int64_t>() > kSnapshotFormatVersion) {
+    throw refuse("has format_version " + version.dump() + "; this runtime reads versions 1, 2 and 3: take the "
+                 "snapshot again with this runtime");
   }
-  const nlohmann::json ours = engine_identity(manifest);
-  const nlohmann::json theirs = meta.value("engine", nlohmann::json());
-  if (!theirs.is_object() || theirs.value("contract_version", nlohmann::json()) != ours["contract_version"]) {
-    throw InputError(where + " was written for another engine contract: snapshot engine " +
-                     short_identity(theirs) + "; this engine " + short_identity(ours));
+  if ((version == 1) != meta_utf32) {
+    throw refuse("a version " + version.dump() + " snapshot holds its " + kMeta + " record as " +
+                 (version == 1 ? "a unicode string" : "uint8 JSON"));
   }
-  if (meta.value("config", nlohmann::json()) != manifest.config()) {
-    throw InputError(where + " was taken with another model config than this engine's: snapshot "
-                     "engine " + short_identity(theirs) + "; this engine " + short_identity(ours));
-  }
-  if (theirs != ours) {
-    throw InputError(where + " was taken with another engine (other weights or graphs; its memory "
-                     "projections do not fit this one): snapshot engine " + short_identity(theirs) +
-                     "; this engine " + short_identity(ours));
-  }
+  if (version == 1) meta["last_logits"] = false;  // version 1 kept no logits
+  check_restore_compatible(meta.value("engine", nlohmann::json()), meta.value("config", nlohmann::json()), manifest,
+                           where, std::nullopt);
   const auto position = meta.value("position", nlohmann::json());
   if (!position.is_number_integer() || position.get<int64_t>() < 0) {
     throw refuse("position must be an integer >= 0, got " + position.dump());

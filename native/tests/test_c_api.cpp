@@ -151,6 +151,16 @@ TEST(HostileManifest, MalformedFieldsAreEngineErrorsNamingTheField) {
                       CTRT_ENGINE_ERROR, "config compress_fn must be a string");
 }
 
+TEST(HostileManifest, AnEngineOfContractV2IsRefusedWithHowToReExport) {
+  // tests/fixtures/contract_v2/engine_v2: the manifest `ctrt export` wrote before contract v3
+  const fs::path dir = fs::temp_directory_path() / ("ctrt_hostile_v2_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::copy(fs::path(CTRT_CONTRACT_V2_FIXTURES) / "engine_v2", dir, fs::copy_options::recursive);
+  expect_open_refused(dir, CTRT_ENGINE_ERROR,
+                      (dir / "manifest.json").string() + " has format_version 2; this runtime reads version 3 (contract "
+                      "v3, state per layer): re-export the checkpoint with `ctrt export CHECKPOINT " + dir.string() + "`");
+}
+
 TEST(HostileManifest, UnknownExtraKeysStayAccepted) {
   const auto dir = edited_engine("extra", [](auto& m) {
     m["entry_points"]["extend"]["nodes"] = 123;

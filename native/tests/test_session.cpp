@@ -96,9 +96,9 @@ TEST(Engine, TamperedWeightsGraphOrManifestAreRefused) {
   {
     std::ifstream in(manifest / "manifest.json");
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const size_t at = text.find("\"format_version\": 2");
+    const size_t at = text.find("\"format_version\": 3");
     ASSERT_NE(at, std::string::npos);
-    text.replace(at, 19, "\"format_version\": 1");
+    text.replace(at, 19, "\"format_version\": 2");
     std::ofstream(manifest / "manifest.json", std::ios::trunc) << text;
   }
   expect_refused(manifest, "re-export the checkpoint");

@@ -1,6 +1,11 @@
-// The engine contract (version 2), as runtime/contract.py defines it: names, shapes and dtypes
+// The engine contract (version 3), as runtime/contract.py defines it: names, shapes and dtypes
 // of every graph input and output. Shapes hold static sizes and two symbolic axes, batch and
 // tokens (extend's new-token count, 1..L). Every tensor is batch-first.
+//
+// A stream's state (state_specs) is what snapshots hold: per-layer tensors [B, N, ...rest] and
+// the counts [B]. The graphs take a per-layer tensor X as N tensors `X.{i}` [B, ...rest]
+// (kPerLayer, layer_name), in layer order, state tensor by state tensor; extend's new rows are
+// `new_h.{i}`, `new_k.{i}`, `new_v.{i}`; the next value of graph tensor X is `X_out`.
 #pragma once
 
 #include <cstdint>
@@ -61,6 +66,20 @@ extern const char* const kMemoryState[7];   // mem, cmem, mem_k, mem_v, mem_len,
 extern const char* const kPartialState[3];  // seg_h, seg_k, seg_v
 extern const char* const kNewRows[3];       // new_h, new_k, new_v: extend's rows of each
 extern const char* const kOutSuffix;        // "_out": a call's next value of state tensor X
+extern const char* const kPerLayer[8];      // the state tensors with a layer axis: taken per layer
+
+// `X.{i}`: layer i of per-layer tensor X as a graph tensor
+std::string layer_name(const std::string& name, int64_t layer);
+bool is_per_layer(const std::string& name);  // kPerLayer and the new rows
+
+// A graph tensor's name split by the contract's naming rule: `X_out` is the next value of X,
+// and `X.{i}` (next value `X.{i}_out`) is layer i's piece of a tensor taken per layer.
+struct TensorName {
+  std::string base;  // X
+  int layer;         // i, or -1 for a tensor taken whole
+  bool out;          // the name ends in kOutSuffix
+};
+TensorName split_name(const std::string& name);
 
 // Every state tensor a stream has, by name (absent tensors of the config are absent).
 std::map<std::string, TensorSpec> state_specs(const Dims& dims);

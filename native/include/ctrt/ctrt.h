@@ -153,7 +153,8 @@ CTRT_API const char* ctrt_onnxruntime_library(void);
 
 CTRT_API ctrt_engine_options ctrt_engine_options_default(void);
 /* Load and check an engine directory (manifest, contract, every hash) and open its graphs;
- * options may be NULL (defaults). On failure *out is NULL and nothing stays loaded. An engine
+ * options may be NULL (defaults). Engines of contract v3 (manifest format_version 3) are read; an
+ * older one is CTRT_ENGINE_ERROR saying to re-export it (`ctrt export CHECKPOINT OUT`). On failure *out is NULL and nothing stays loaded. An engine
  * may be used from any thread; ctrt_session_open on it is safe concurrently. */
 CTRT_API ctrt_status ctrt_engine_open(const char* engine_dir, const ctrt_engine_options* options,
                                       ctrt_engine** out);
@@ -195,17 +196,23 @@ CTRT_API size_t ctrt_state_count(ctrt_session* session);
 /* NULL when out of range; the name stays valid until the session closes */
 CTRT_API const char* ctrt_state_name(ctrt_session* session, size_t index);
 CTRT_API ctrt_status ctrt_state_info(ctrt_session* session, const char* name, ctrt_tensor_info* info);
-/* Copies one stream's row of state tensor `name` (info.bytes bytes) into out. */
+/* Copies one stream's row of state tensor `name` (info.bytes bytes) into out, in logical order
+ * ([n_layers, ...] for a per-layer tensor, whatever the layout of the session's buffers). */
 CTRT_API ctrt_status ctrt_stream_state(ctrt_session* session, int64_t stream_id, const char* name,
                               void* out, size_t bytes);
 
-/* Snapshots in the format of runtime/snapshot.py, version 2. A file is written atomically. */
+/* Snapshots in the format of runtime/snapshot.py: version 3 is written, 1 to 3 are read. A file
+ * is written atomically. */
 CTRT_API ctrt_status ctrt_snapshot(ctrt_session* session, int64_t stream_id, const char* path);
 /* *bytes is allocated by the library: release it with ctrt_free. */
 CTRT_API ctrt_status ctrt_snapshot_bytes(ctrt_session* session, int64_t stream_id, uint8_t** bytes,
                                 size_t* size);
 /* Restore into a new stream (stream_id < 0) or over an existing one; *restored gets its id.
- * Every check runs before a slot is taken or a row written: a refused snapshot changes nothing. */
+ * Every check runs before a slot is taken or a row written: a refused snapshot changes nothing.
+ * A snapshot restores when it was taken with this engine's model config and its engine identity
+ * is this engine's, or both name the same checkpoint (not null) and precision (a snapshot
+ * without a precision, version 1 or 2, counts as fp32): a contract v2 snapshot goes into the v3
+ * engine re-exported from its checkpoint, exactly. */
 CTRT_API ctrt_status ctrt_restore(ctrt_session* session, const char* path, int64_t stream_id,
                          int64_t* restored);
 CTRT_API ctrt_status ctrt_restore_bytes(ctrt_session* session, const uint8_t* bytes, size_t size,

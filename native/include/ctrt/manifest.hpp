@@ -12,7 +12,7 @@
 
 namespace ctrt {
 
-constexpr int kManifestFormatVersion = 2;  // contract v2, batch-first, no per-row masks
+constexpr int kManifestFormatVersion = 3;  // contract v3: state per layer (2: batch-first packed, 1: layer-first)
 
 struct Manifest {
   std::string engine_dir;

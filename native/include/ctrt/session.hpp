@@ -1,7 +1,9 @@
 // ctrt::Session: the lean loop of runtime/session.py in C++. Streams of one engine packed in
-// rows [0, k) of preallocated buffers (a slot pool: a call on r streams binds views of the first
-// r rows); two banks of the memory state (ping-pong: a call reads the current bank and writes
-// the other, which becomes current only when the call succeeded); the partial segment written
+// rows [0, k) of preallocated buffers (a slot pool), stored layer-major as runtime/buffers.py
+// stores them: a tensor the graphs take per layer is [N, max_streams, ...] and a call on r
+// streams binds, for layer i, the first r rows of plane i (contiguous: no copy); two banks of
+// the memory state (ping-pong: a call reads the current bank and writes the other, which
+// becomes current, plane by plane, only when the call succeeded); the partial segment written
 // by row; IoBindings built once per call signature and reused; calls planned by plan_feed.
 //
 // Threads: one thread at a time. A call made while another thread is inside one of the
@@ -30,6 +32,9 @@
 #include "ctrt/sampling.hpp"
 
 namespace ctrt {
+
+class PlaneBuffer;
+class StateTensor;
 
 struct Timing {
   double feed_seconds = 0;    // inside feed, entry to return
@@ -90,14 +95,12 @@ class Session {
   void reset_timing();
   void fail_next_calls(Entry entry, int count);  // tests: Run starts with the terminate flag set
 
-  struct Buffer;
   struct Binding;
 
  private:
   class Guard;
   int row_of(int64_t stream) const;
-  Buffer& current(const std::string& name);
-  const Buffer& current(const std::string& name) const;
+  const StateTensor& state_tensor(const std::string& name) const;
   void clear_row(int row);
   void copy_row(int src, int dst);
   void swap_rows(int a, int b);
@@ -109,7 +112,7 @@ class Session {
   size_t feed_index(int64_t stream) const;
   void run_call(Entry entry, int batch, int64_t tokens);
   Binding& binding(Entry entry, int batch, int64_t tokens);
-  void flip(const std::vector<int>& memory_indices, int batch);
+  void flip(Entry entry, int batch);
   void write_new_rows(int batch, int64_t count);
   void commit(const std::vector<int64_t>& streams);
   int64_t add_stream_unguarded();
@@ -117,30 +120,30 @@ class Session {
 
   std::shared_ptr<const Engine> engine_;
   int max_streams_;
-  std::vector<std::string> memory_names_;  // the engine's memory state, in contract order
-  std::vector<std::string> row_state_;     // memory names, then seg_h, seg_k, seg_v
-  std::vector<std::string> state_names_;   // row_state_ and seg_len
+  std::vector<std::string> state_names_;  // the row state (memory in contract order, then seg_h, seg_k, seg_v) and seg_len
   std::map<std::string, TensorSpec> specs_;
-  // memory_[bank][i] for memory_names_[i]; parity_[i] says which bank is current
-  std::vector<std::unique_ptr<Buffer>> memory_[2];
-  std::vector<int> parity_;
-  std::map<std::string, std::unique_ptr<Buffer>> partial_;   // seg_h, seg_k, seg_v
-  std::map<std::string, std::unique_ptr<Buffer>> scratch_;   // tokens, logits, new_h/k/v: [max, L, ...]
-  std::map<std::string, std::unique_ptr<Buffer>> row_swap_;  // one row per state tensor
-  struct RowWrite {  // extend's new rows of one partial-state tensor
-    const Buffer* partial;
-    const Buffer* fresh;
-    size_t outer, width;  // [B, outer..., L or T, width]
+  // the row state, layer-major (state_tensor.hpp), in state_names_ order; state_index_ by name
+  std::vector<std::unique_ptr<StateTensor>> state_;
+  std::map<std::string, size_t> state_index_;
+  // what each entry point writes of the memory state: (index into state_, plane), flipped in
+  // after the call succeeded
+  std::vector<std::pair<size_t, int>> written_[3];
+  uint64_t banks_key_ = 0;  // the planes' parities, hashed (Zobrist): part of a binding's key
+  std::map<std::string, std::unique_ptr<PlaneBuffer>> scratch_;  // tokens, logits, new rows: [planes, max, L, ...]
+  struct RowWrite {  // extend's new rows of one plane of a partial-state tensor
+    const StateTensor* partial;
+    const PlaneBuffer* fresh;
+    int plane;
+    size_t outer, width;  // a row of the plane: [outer..., L or T, width]
   };
   std::vector<RowWrite> row_writes_;
   // per-feed scratch, allocated once: the decoding path allocates nothing
-  std::vector<int> all_memory_, usage_only_;          // indices into memory_names_
   int32_t* tokens_in_ = nullptr;                      // scratch "tokens" [rows, T]
   const float* logits_out_ = nullptr;                 // scratch "logits" [rows, T, V]
   std::vector<FeedStream> planned_;
   std::vector<std::pair<int64_t, size_t>> feed_index_;  // stream -> its place in the feed
   std::vector<int64_t> call_streams_;
-  std::unique_ptr<Buffer> seg_len_input_;                    // extend's seg_len [max_streams]
+  std::unique_ptr<PlaneBuffer> seg_len_input_;               // extend's seg_len [max_streams]
   std::vector<int32_t> seg_len_;                             // host copy of the partial lengths
   std::vector<float> last_logits_rows_;                      // [max_streams, V]
   std::vector<int64_t> row_streams_;                         // row -> stream, rows [0, k)
