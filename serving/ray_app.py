@@ -72,6 +72,10 @@ HEALTH_CHECK_PERIOD_S, HEALTH_CHECK_TIMEOUT_S = 2, 5  # see build_app
 # its requests would alternate between two replicas for good. Ray is pinned in the extra.
 MULTIPLEXER, MULTIPLEXED_IDS, PUSH_IDS = ("__serve_multiplex_wrapper", "models",
                                            "_push_multiplexed_replica_info")
+# Ray's switch (ray_constants.ENABLE_RAY_CLUSTER, named for Windows and macOS where it is off):
+# "0" keeps a Ray on this machine only, its node IP and its listening sockets on loopback
+RAY_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+ANY_INTERFACE = "[::]"  # what Ray 2.60's replica.py binds its inter-deployment server to
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,19 @@ class RayDeployment:
             raise CtrtError(f"the engine directory {self.engine_dir} does not exist")
 
 
+def keep_replica_on_loopback() -> None:
+    """On a Ray kept on loopback (RAY_SINGLE_MACHINE), bind this Serve replica's
+    inter-deployment gRPC server to 127.0.0.1: Ray 2.60's replica.py binds it to every
+    interface, with no option, once the replica's constructor (the caller) has run."""
+    if os.environ.get(RAY_SINGLE_MACHINE) != "0":
+        return
+    from ray.serve._private import replica
+
+    bind = replica.add_port_to_grpc_server
+    replica.add_port_to_grpc_server = lambda server, address: bind(
+        server, address.replace(ANY_INTERFACE, "127.0.0.1"))
+
+
 class HeldStream:
     """What the multiplexer holds for a stream routed to this replica; evicted, it asks the
     engine to spill the stream."""
@@ -120,6 +137,7 @@ class StreamReplica:
     def __init__(self, deployment: RayDeployment) -> None:
         logging.basicConfig(level=logging.INFO,
                             format="%(levelname)s: %(name)s: %(message)s")
+        keep_replica_on_loopback()
         replica = serve.get_replica_context().replica_id.unique_id  # the stream's holder too
         self.app, self.engine = open_engine(
             deployment.engine_dir, deployment.settings, deployment.store, deployment.backend,
@@ -189,6 +207,7 @@ class StreamRouter:
     already forwarded are answered."""
 
     def __init__(self, replicas: Any, settings: ServeSettings) -> None:
+        keep_replica_on_loopback()
         self.replicas, self.settings = replicas, settings
         self.retry_after_s = settings.retry_after_s
         self.largest_body: int | None = None

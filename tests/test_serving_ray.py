@@ -281,3 +281,29 @@ def test_a_paused_replica_loses_its_streams_to_the_other_within_its_lease(served
             assert answer.status_code == 200, answer.text
             assert answer.json()["position"] == len("held; moved; after")
             assert_close(answer.json()["bits_per_byte"], expected)
+
+
+def test_serve_ray_ends_with_one_line_when_its_application_is_deleted(served):
+    """The module's last test: it deletes the application."""
+    from ray import serve
+
+    from compressive_rt.errors import CtrtError
+    from compressive_rt.serving.ray_app import APP_NAME
+    from compressive_rt.serving.ray_server import watch_until
+
+    failures: list[BaseException] = []
+
+    def watch():
+        try:
+            watch_until(threading.Event())
+        except CtrtError as exc:
+            failures.append(exc)
+
+    watching = threading.Thread(target=watch)
+    watching.start()
+    serve.delete(APP_NAME)
+    watching.join(TIMEOUT_S)
+    assert not watching.is_alive()
+    assert [str(failure) for failure in failures] == [
+        f"the application {APP_NAME!r} was deleted from Serve under this command; the service "
+        f"is down"]
