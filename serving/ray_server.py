@@ -22,6 +22,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -39,6 +40,7 @@ from compressive_rt.serving.ray_app import (
 from compressive_rt.serving.server import listen
 from compressive_rt.serving.stores import describe_store, open_store
 
+EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*: \S")  # a traceback's last line
 WATCH_S = 1.0  # how often the command asks Serve for the application's status
 CONTROLLER_LOST_S = 30  # Ray restarts a dead controller within seconds: longer is gone
 PROXY_ACTOR = "SERVE_PROXY_ACTOR"  # the prefix of Serve's proxies' actor names
@@ -114,7 +116,7 @@ def serve_on_ray(deployment: RayDeployment, address: str | None = None,
         try:
             serve.run(build_app(deployment), name=APP_NAME, route_prefix="/")
         except RuntimeError as exc:  # a deployment that could not start: its replicas' error
-            raise CtrtError(f"the replicas did not start: {one_line(str(exc))}") from None
+            raise CtrtError(f"the replicas did not start: {deploy_failure(exc)}") from None
         per_node = deployment.replicas_per_node or "any number of"
         say(f"ctrt serve --ray: {deployment.engine_dir} as model {settings.model_name!r}, "
             f"{deployment.replicas} replicas ({per_node} per node, {deployment.threads} "
@@ -174,8 +176,24 @@ def stop_proxies() -> None:
             ray.kill(ray.get_actor(actor["name"], namespace="serve"), no_restart=True)
 
 
+def deploy_failure(error: RuntimeError) -> str:
+    """Why the application did not deploy, in one line: a failed deployment's message (its
+    replicas' error), else `serve.run`'s own."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(APP_NAME)
+    except Exception:  # noqa: BLE001 - the controller is gone too: serve.run's message
+        app = None
+    messages = [deployment.message for deployment in app.deployments.values()
+                if deployment.message] if app is not None else []
+    return one_line(messages[0] if messages else str(error))
+
+
 def one_line(message: str) -> str:
-    """A Ray error's message as one line: its last line that names an error, else its first."""
+    """A Ray error's message as one line: the last exception it quotes (`module.Name: what`,
+    a traceback's last line), else its first line."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    named = [line for line in lines if "Error:" in line]
-    return (named[-1] if named else lines[0] if lines else "no message")[:500]
+    raised = [line for line in lines if EXCEPTION_LINE.match(line) and not line.endswith(
+        "Traceback (most recent call last):")]
+    return (raised[-1] if raised else lines[0] if lines else "no message")[:500]

@@ -116,15 +116,15 @@ def test_serve_ray_answers_and_spills_every_stream_at_sigterm(engine_dir, tmp_pa
         redis_server.stop()
 
 
-def start_serve_ray(engine_dir, redis_server, tmp_path):
-    """A started `ctrt serve --ray --host 127.0.0.1` (one replica): (process, URL, its
-    output, its standard error)."""
+def start_serve_ray(engine_dir, redis_server, tmp_path, *options):
+    """A started `ctrt serve --ray --host 127.0.0.1` (one replica, `options` added):
+    (process, URL, its output, its standard error)."""
     port, log, err = free_port(), tmp_path / "serve.log", tmp_path / "serve.err"
     with log.open("wb") as out, err.open("wb") as errors:
         server = subprocess.Popen(
             [str(CTRT), "serve", str(engine_dir), "--ray", "--replicas", "1", "--threads", "1",
              "--store", redis_server.url, "--host", "127.0.0.1", "--port", str(port),
-             "--model-name", "tiny"], stdout=out, stderr=errors)
+             "--model-name", "tiny", *options], stdout=out, stderr=errors)
     return server, f"http://127.0.0.1:{port}", log, err
 
 
@@ -260,6 +260,26 @@ def _identity(engine_dir):
     from compressive_rt.runtime.snapshot import engine_identity
 
     return json.dumps(engine_identity(load_manifest(engine_dir)), sort_keys=True)
+
+
+def test_replicas_that_refuse_to_start_are_a_one_line_error(engine_dir, tmp_path):
+    need_ray()
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine's replicas could start on CUDA")
+    redis_server = RedisServer(tmp_path / "redis").start()
+    # the store and the engine pass the command's own checks; each replica refuses the backend
+    server, _, log, err = start_serve_ray(engine_dir, redis_server, tmp_path,
+                                          "--backend", "onnxruntime-cuda")
+    try:
+        assert server.wait(300) == 2, log.read_text()
+        last = err.read_text().strip().splitlines()[-1]
+        assert last.startswith("error: the replicas did not start: "), last
+        assert "has no CUDAExecutionProvider" in last, last
+    finally:
+        stop(server)
+        redis_server.stop()
 
 
 def test_a_draining_router_answers_503_with_retry_after(engine_dir):
