@@ -53,7 +53,12 @@ from compressive_rt.serving.middleware import (
     body_timeout,
     too_large,
 )
-from compressive_rt.serving.ray_routing import LEASE_POLL_FRACTION, ROUTES, LeaseRouter
+from compressive_rt.serving.ray_routing import (
+    LEASE_POLL_FRACTION,
+    ROUTES,
+    LeaseRouter,
+    keep_replica_on_loopback,
+)
 from compressive_rt.serving.redis_store import is_redis_url
 from compressive_rt.serving.server import open_engine
 from compressive_rt.serving.settings import SETTINGS_FIELDS, ServeSettings, settings_from_strings
@@ -72,10 +77,6 @@ HEALTH_CHECK_PERIOD_S, HEALTH_CHECK_TIMEOUT_S = 2, 5  # see build_app
 # its requests would alternate between two replicas for good. Ray is pinned in the extra.
 MULTIPLEXER, MULTIPLEXED_IDS, PUSH_IDS = ("__serve_multiplex_wrapper", "models",
                                            "_push_multiplexed_replica_info")
-# Ray's switch (ray_constants.ENABLE_RAY_CLUSTER, named for Windows and macOS where it is off):
-# "0" keeps a Ray on this machine only, its node IP and its listening sockets on loopback
-RAY_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-ANY_INTERFACE = "[::]"  # what Ray 2.60's replica.py binds its inter-deployment server to
 
 
 @dataclass(frozen=True)
@@ -103,19 +104,6 @@ class RayDeployment:
             raise CtrtError(f"--threads must be >= 1, got {self.threads}")
         if not Path(self.engine_dir).is_dir():
             raise CtrtError(f"the engine directory {self.engine_dir} does not exist")
-
-
-def keep_replica_on_loopback() -> None:
-    """On a Ray kept on loopback (RAY_SINGLE_MACHINE), bind this Serve replica's
-    inter-deployment gRPC server to 127.0.0.1: Ray 2.60's replica.py binds it to every
-    interface, with no option, once the replica's constructor (the caller) has run."""
-    if os.environ.get(RAY_SINGLE_MACHINE) != "0":
-        return
-    from ray.serve._private import replica
-
-    bind = replica.add_port_to_grpc_server
-    replica.add_port_to_grpc_server = lambda server, address: bind(
-        server, address.replace(ANY_INTERFACE, "127.0.0.1"))
 
 
 class HeldStream:

@@ -16,6 +16,8 @@ about a lease plus a poll after it stopped; the other replicas take its streams 
 at once (its lease has lapsed: redis_store.py's hand-over). A store that cannot be read leaves
 every replica in (the leases are then unknown, not lapsed).
 
+Also here, where requests reach a replica from: `keep_replica_on_loopback`.
+
 Both sides of this live in the ingress's process: the router (on Serve's routing loop) and the
 ingress (StreamRouter, on its own loop) share `ROUTES`, which the router fills.
 """
@@ -33,6 +35,10 @@ from compressive_rt.serving.redis_store import PASSWORD_VARIABLE, PREFIX
 
 log = logging.getLogger("compressive_rt.serving")
 
+# Ray's switch (ray_constants.ENABLE_RAY_CLUSTER, named for Windows and macOS where it is off):
+# "0" keeps a Ray on this machine only, its node IP and its listening sockets on loopback
+RAY_SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+ANY_INTERFACE = "[::]"  # what Ray 2.60's replica.py binds its inter-deployment server to
 LEASE_POLL_FRACTION = 0.25  # how often the router reads the leases, as a part of a lease
 FORWARD = "forward"  # StreamReplica's method that serves a request (the ones watched)
 
@@ -130,3 +136,16 @@ class LeaseRouter(PowerOfTwoChoicesRequestRouter):
         if metadata.call_method == FORWARD:  # the ingress forgets it after the answer's head
             self._routes.sent[metadata.internal_request_id] = replica.replica_id.unique_id
         return replica
+
+
+def keep_replica_on_loopback() -> None:
+    """On a Ray kept on loopback (RAY_SINGLE_MACHINE), bind this Serve replica's
+    inter-deployment gRPC server to 127.0.0.1: Ray 2.60's replica.py binds it to every
+    interface, with no option, once the replica's constructor (the caller) has run."""
+    if os.environ.get(RAY_SINGLE_MACHINE) != "0":
+        return
+    from ray.serve._private import replica
+
+    bind = replica.add_port_to_grpc_server
+    replica.add_port_to_grpc_server = lambda server, address: bind(
+        server, address.replace(ANY_INTERFACE, "127.0.0.1"))

@@ -31,12 +31,8 @@ from collections.abc import Callable
 from compressive_rt.errors import CtrtError
 from compressive_rt.runtime.manifest import load_manifest
 from compressive_rt.runtime.snapshot import engine_identity
-from compressive_rt.serving.ray_app import (
-    APP_NAME,
-    RAY_SINGLE_MACHINE,
-    RayDeployment,
-    build_app,
-)
+from compressive_rt.serving.ray_app import APP_NAME, RayDeployment, build_app
+from compressive_rt.serving.ray_routing import RAY_SINGLE_MACHINE
 from compressive_rt.serving.server import listen
 from compressive_rt.serving.stores import describe_store, open_store
 
