@@ -39,7 +39,8 @@ class Labelled:
 def refused_counter(registry: CollectorRegistry) -> Counter:
     return Counter("ctrt_refused", "Requests and connections refused by a bound (json_depth, "
                    "bodies_in_flight, connections, header_timeout, body_timeout, store_full; "
-                   "the Ray router's: request_too_large, replica_unavailable)", ["bound"],
+                   "the Ray router's: request_too_large, replica_unavailable, replica_lapsed, "
+                   "shutting_down)", ["bound"],
                    registry=registry)
 
 

@@ -37,6 +37,7 @@ import ray
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.config import RequestRouterConfig
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -57,6 +58,12 @@ from compressive_rt.serving.middleware import (
     too_large,
 )
 from compressive_rt.serving.ray_metrics import ROUTER_NAME, gather_metrics
+from compressive_rt.serving.ray_routing import (
+    LEASE_POLL_FRACTION,
+    ROUTES,
+    LeaseRouter,
+    keep_replica_on_loopback,
+)
 from compressive_rt.serving.redis_store import is_redis_url, public_address
 from compressive_rt.serving.server import open_engine
 from compressive_rt.serving.settings import (
@@ -133,6 +140,7 @@ class StreamReplica:
     def __init__(self, deployment: RayDeployment) -> None:
         logging.basicConfig(level=logging.INFO,
                             format="%(levelname)s: %(name)s: %(message)s")
+        keep_replica_on_loopback()
         replica = serve.get_replica_context().replica_id.unique_id  # the stream's holder too
         self.app, self.engine = open_engine(
             deployment.engine_dir, deployment.settings, deployment.store, deployment.backend,
@@ -195,15 +203,39 @@ class StreamReplica:
             self.engine.stop()
 
 
+class ReplicaLapsed(Exception):
+    """The replica a request waits on lost its lease (paused, partitioned) before answering."""
+
+
 class StreamRouter:
-    """The HTTP ingress: forwards each request to a replica, by stream id when it has one."""
+    """The HTTP ingress: forwards each request to a replica, by stream id when it has one
+    (never to a replica whose lease has lapsed: ray_routing.py). At shutdown, `drain` first:
+    from then on every request is 503 with Retry-After, and it returns once the requests
+    already forwarded are answered."""
 
     def __init__(self, replicas: Any, settings: ServeSettings) -> None:
+        keep_replica_on_loopback()
         self.replicas, self.settings = replicas, settings
         self.retry_after_s = settings.retry_after_s
         self.largest_body: int | None = None
         self.budget: BodyBudget | None = None  # the replicas' bound on bodies, here too
         self.metrics = RouterMetrics(ROUTER_NAME)
+        self.draining, self.in_flight = False, 0
+        self.answered = asyncio.Event()  # set whenever no request is in flight
+
+    async def drain(self) -> int:
+        """Refuse new requests (503, Retry-After); wait (at most the grace) for the ones in
+        flight; the number still in flight then."""
+        self.draining = True
+        if self.in_flight:
+            self.answered.clear()
+            try:
+                async with asyncio.timeout(self.settings.grace_s):
+                    await self.answered.wait()
+            except TimeoutError:
+                log.warning("%d requests were still running after the %g s grace",
+                            self.in_flight, self.settings.grace_s)
+        return self.in_flight
 
     async def __call__(self, request: Request) -> Response:
         """The request's answer; one the router gives itself (a refusal, no replica) is
@@ -217,6 +249,19 @@ class StreamRouter:
         return response
 
     async def _answer(self, request: Request) -> Response:
+        if self.draining:
+            return self._unavailable("the service is shutting down; retry after "
+                                     f"{self.retry_after_s} s (on its next start or another "
+                                     f"server of the store)", "shutting_down")
+        self.in_flight += 1
+        try:
+            return await self._call(request)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.answered.set()
+
+    async def _call(self, request: Request) -> Response:
         if request.method == "GET" and app_path(request.scope) == "/metrics":
             return Response(await gather_metrics(REPLICA, self.metrics),
                             media_type=CONTENT_TYPE_LATEST)
@@ -224,7 +269,7 @@ class StreamRouter:
             try:
                 self.largest_body = await self.replicas.body_limit.remote()
             except UNAVAILABLE as exc:
-                return self._unavailable(exc)
+                return self._gone(exc)
             self.budget = BodyBudget(bodies_in_flight(self.settings.max_body_bytes_in_flight,
                                                       self.largest_body), self.metrics)
         declared = request.headers.get("content-length", "")
@@ -260,9 +305,19 @@ class StreamRouter:
                                       request.scope.get("query_string", b""),
                                       list(request.scope["headers"]), bytes(body))
         try:
-            head = await parts.__anext__()
+            head = await self._head(parts)
         except UNAVAILABLE as exc:
-            return self._unavailable(exc)
+            return self._gone(exc)
+        except ReplicaLapsed:
+            # it reached the replica, which may yet apply it: the outcome is unknown (504),
+            # so a retry is safe only with the same Idempotency-Key
+            self.metrics.refused.labels("replica_lapsed").inc()
+            return error_response(ApiError(
+                504, f"the replica this request was sent to stopped answering (its lease "
+                     f"lapsed) before it answered, so whether it was applied is unknown; retry "
+                     f"after {self.retry_after_s} s with the same Idempotency-Key (its streams "
+                     f"continue on another replica from the store)", "server_error",
+                code="replica_lapsed", headers={"Retry-After": str(self.retry_after_s)}))
         except RayTaskError as exc:
             log.error("a replica failed on %s %s: %s", request.method, path, exc)
             error = server_error("the replica failed; see its log")
@@ -274,15 +329,34 @@ class StreamRouter:
         response.raw_headers = list(head.headers)
         return response
 
-    def _unavailable(self, exc: BaseException) -> JSONResponse:
+    async def _head(self, parts: Any) -> Head:
+        """The answer's head; ReplicaLapsed if the replica it was sent to loses its lease
+        first (the request is cancelled there)."""
+        request_id = parts._request_metadata.internal_request_id  # what the router sees
+        first = asyncio.ensure_future(parts.__anext__())
+        try:
+            while True:
+                done, _ = await asyncio.wait({first}, timeout=self.settings.lease_s
+                                             * LEASE_POLL_FRACTION)
+                if done:
+                    return first.result()
+                if ROUTES.sent_to_lapsed(request_id):
+                    first.cancel()
+                    parts.cancel()
+                    raise ReplicaLapsed(request_id)
+        finally:
+            ROUTES.forget(request_id)
+
+    def _gone(self, exc: BaseException) -> JSONResponse:
         log.warning("no replica answered: %s", type(exc).__name__)
-        self.metrics.refused.labels("replica_unavailable").inc()
-        error = ApiError(503, f"the replica serving this request is gone or busy; retry after "
-                              f"{self.retry_after_s} s (its streams continue on another "
-                              f"replica from the store)", "server_error",
-                         code="replica_unavailable",
-                         headers={"Retry-After": str(self.retry_after_s)})
-        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+        return self._unavailable(f"the replica serving this request is gone or busy; retry "
+                                 f"after {self.retry_after_s} s (its streams continue on "
+                                 f"another replica from the store)", "replica_unavailable")
+
+    def _unavailable(self, message: str, code: str) -> JSONResponse:
+        self.metrics.refused.labels(code).inc()
+        return error_response(ApiError(503, message, "server_error", code=code,
+                                       headers={"Retry-After": str(self.retry_after_s)}))
 
     async def _rest(self, parts: Any) -> AsyncIterator[bytes]:
         try:
@@ -331,6 +405,10 @@ def build_app(deployment: RayDeployment) -> Any:
         # thread: 5 s without an answer means a stopped process or a blocked loop. Serve
         # replaces a replica after 3 failed checks in a row: about 15 to 20 s, not minutes
         health_check_period_s=HEALTH_CHECK_PERIOD_S, health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
+        # never to a replica whose lease has lapsed (a paused one): ray_routing.py
+        request_router_config=RequestRouterConfig(
+            request_router_class=LeaseRouter,
+            request_router_kwargs={"store": deployment.store, "lease_s": settings.lease_s}),
         logging_config=NO_SERVE_ACCESS_LOG)
     router = serve.deployment(StreamRouter, name=ROUTER, num_replicas=1,
                               max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},

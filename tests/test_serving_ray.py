@@ -279,3 +279,110 @@ def test_a_replica_killed_mid_traffic_loses_nothing_acknowledged(served, engine_
             assert_close(bits_per_byte, reference.bits_per_byte(text))
             fed = start + len(text)
         assert len(acknowledged[stream]) >= 10
+
+
+def test_a_paused_replica_loses_its_streams_to_the_other_within_its_lease(served, engine_dir):
+    from support.pause import Process, paused
+    from support.redis_and_ray import stream_record
+
+    from compressive_rt.serving.ray_routing import LEASE_POLL_FRACTION
+    from compressive_rt.serving.settings import ServeSettings
+
+    settings = ServeSettings()
+    # the router leaves the replica out a lease (and one poll of the leases) after it stopped;
+    # a request already waiting on it is then 504 (outcome unknown) and retried after
+    # Retry-After with its Idempotency-Key; the other
+    # replica takes each stream from the store at once (one restore of a tiny engine: 3 s
+    # leaves room for a loaded machine). Serve's health check would need >= 15 s to replace it
+    bound_s = settings.lease_s * (1 + LEASE_POLL_FRACTION) + settings.retry_after_s + 3
+    url, held = served.url, {}
+    with httpx.Client(base_url=url, timeout=TIMEOUT_S) as client:
+        for _ in range(30):  # three streams on one replica
+            stream = new_stream(url)
+            answer = client.post(f"/v1/streams/{stream}/append", json={"text": "held; "})
+            assert answer.status_code == 200, answer.text
+            owner = (answer.headers["x-ctrt-replica"], int(answer.headers["x-ctrt-pid"]))
+            held.setdefault(owner, []).append(stream)
+            if len(held[owner]) == 3:
+                break
+    (victim, pid), streams = next((owner, got) for owner, got in held.items() if len(got) == 3)
+    statuses: Counter = Counter()
+    answered: dict = {}
+
+    def until_answered(key, method, path, body=None):
+        # retried with one Idempotency-Key: a 504 (sent to the paused replica, outcome
+        # unknown) may only be retried with it
+        headers = {"Idempotency-Key": f"pause-{key}"} if method == "POST" else {}
+        with httpx.Client(base_url=url, timeout=TIMEOUT_S) as client:
+            for _ in range(20):
+                answer = client.request(method, path, json=body, headers=headers)
+                statuses[answer.status_code] += 1
+                if answer.status_code == 200:
+                    answered[key] = (answer, time.monotonic())
+                    return
+                code = answer.json()["error"]["code"]
+                assert (answer.status_code, code) in {(503, "replica_unavailable"),
+                                                      (504, "replica_lapsed")}, answer.text
+                time.sleep(int(answer.headers["retry-after"]))
+
+    work = [(stream, "POST", f"/v1/streams/{stream}/append", {"text": "moved; "})
+            for stream in streams] + [(f"models {index}", "GET", "/v1/models", None)
+                                      for index in range(4)]
+    with paused(Process(pid)):
+        paused_at = time.monotonic()
+        with ThreadPoolExecutor(len(work)) as pool:
+            for done in [pool.submit(until_answered, *item) for item in work]:
+                done.result(timeout=TIMEOUT_S)
+    took = {key: at - paused_at for key, (_, at) in answered.items()}
+    print(f"rerouted after a pause: {max(took.values()):.2f} s at most (bound {bound_s:.2f} s); "
+          f"statuses {dict(statuses)}")
+    assert set(answered) == {key for key, *_ in work}
+    for key, (answer, _) in answered.items():
+        assert answer.headers["x-ctrt-replica"] != victim
+        assert took[key] < bound_s, took
+    reference = Reference(engine_dir)
+    reference.append(b"held; ")
+    expected = reference.bits_per_byte(b"moved; ")
+    for stream in streams:
+        assert_close(answered[stream][0].json()["bits_per_byte"], expected)
+        assert stream_record(served.redis.url, stream)["holder"] != victim
+    # resumed, the paused replica answers nothing from its stale copies: it refuses (409,
+    # dropping the copy) or takes the stream back from the store
+    expected = reference.bits_per_byte(b"after")  # after "held; moved; " (it fed them)
+    with httpx.Client(base_url=url, timeout=TIMEOUT_S) as client:
+        for stream in streams:
+            for _ in range(5):
+                answer = client.post(f"/v1/streams/{stream}/append", json={"text": "after"})
+                if answer.status_code != 409:
+                    break
+                assert answer.headers["x-ctrt-replica"] == victim
+                assert answer.json()["error"]["code"] == "stream_taken"
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["position"] == len("held; moved; after")
+            assert_close(answer.json()["bits_per_byte"], expected)
+
+
+def test_serve_ray_ends_with_one_line_when_its_application_is_deleted(served):
+    """The module's last test: it deletes the application."""
+    from ray import serve
+
+    from compressive_rt.errors import CtrtError
+    from compressive_rt.serving.ray_app import APP_NAME
+    from compressive_rt.serving.ray_server import watch_until
+
+    failures: list[BaseException] = []
+
+    def watch():
+        try:
+            watch_until(threading.Event())
+        except CtrtError as exc:
+            failures.append(exc)
+
+    watching = threading.Thread(target=watch)
+    watching.start()
+    serve.delete(APP_NAME)
+    watching.join(TIMEOUT_S)
+    assert not watching.is_alive()
+    assert [str(failure) for failure in failures] == [
+        f"the application {APP_NAME!r} was deleted from Serve under this command; the service "
+        f"is down"]

@@ -1,11 +1,16 @@
 """`ctrt serve --ray` as a user runs it: a subprocess that starts its own Ray, serves the API
-through Serve's proxy on 127.0.0.1, and on SIGTERM spills every stream to the Redis store,
-stops Ray and exits 0; and the option errors it gives before starting anything."""
+through Serve's proxy on 127.0.0.1 (every socket it opens on --host), and on SIGTERM drains
+(503 with Retry-After, then connection refused, never 404), spills every stream to the Redis
+store, stops Ray and exits 0; the router's drain; and the option errors it gives before
+starting anything."""
 
 import dataclasses
+import json
 import re
 import subprocess
 import sys
+import threading
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -113,6 +118,27 @@ def test_the_serve_run_arguments_ctrt_prints_rebuild_the_same_deployment(engine_
                                           replicas=5)
 
 
+def test_the_lease_router_as_serve_ships_it_fills_the_ingress_routes(engine_dir, tmp_path):
+    need_ray()
+    from compressive_rt.serving.ray_app import RayDeployment, build_app
+
+    app = build_app(RayDeployment(str(engine_dir), "redis://127.0.0.1:1"))
+    config = app._bound_deployment.init_args[0]._bound_deployment._deployment_config
+    shipped = tmp_path / "router.pickle"
+    shipped.write_bytes(config.request_router_config._serialized_request_router_cls)
+    # in a process of its own, as in the ingress's: Serve pickles the class by value, so the
+    # router is a copy, and what it fills must still be what StreamRouter reads
+    loaded = subprocess.run([sys.executable, "-c", f"""
+from ray import cloudpickle
+from compressive_rt.serving import ray_app, ray_routing
+shipped = cloudpickle.loads(open({str(shipped)!r}, "rb").read())
+router = shipped.__new__(shipped)
+router.initialize_state(store="redis://127.0.0.1:1", lease_s=2.0)
+print(shipped is ray_routing.LeaseRouter, router._routes is ray_app.ROUTES)
+"""], capture_output=True, text=True, timeout=120)
+    assert loaded.stdout.split() == ["False", "True"], loaded.stderr
+
+
 def test_an_unreachable_store_is_refused_before_ray_starts(engine_dir):
     done = ctrt("serve", engine_dir, "--ray", "--store", f"redis://127.0.0.1:{free_port()}",
                 "--port", str(free_port()))
@@ -148,15 +174,21 @@ def test_serve_ray_answers_and_spills_every_stream_at_sigterm(engine_dir, tmp_pa
         redis_server.stop()
 
 
-def serve_one_stream_then_sigterm(engine_dir, redis_server, tmp_path):
-    """(the stream it appended to, the replica that answered, the command's output)."""
-    port, log = free_port(), tmp_path / "serve.log"
-    with log.open("wb") as out:
+def start_serve_ray(engine_dir, redis_server, tmp_path, *options):
+    """A started `ctrt serve --ray --host 127.0.0.1` (one replica, `options` added):
+    (process, URL, its output, its standard error)."""
+    port, log, err = free_port(), tmp_path / "serve.log", tmp_path / "serve.err"
+    with log.open("wb") as out, err.open("wb") as errors:
         server = subprocess.Popen(
             [str(CTRT), "serve", str(engine_dir), "--ray", "--replicas", "1", "--threads", "1",
-             "--store", redis_server.url, "--port", str(port), "--model-name", "tiny"],
-            stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+             "--store", redis_server.url, "--host", "127.0.0.1", "--port", str(port),
+             "--model-name", "tiny", *options], stdout=out, stderr=errors)
+    return server, f"http://127.0.0.1:{port}", log, err
+
+
+def serve_one_stream_then_sigterm(engine_dir, redis_server, tmp_path):
+    """(the stream it appended to, the replica that answered, the command's output)."""
+    server, url, log, err = start_serve_ray(engine_dir, redis_server, tmp_path)
     try:
         wait_ready(server, url, log)
         stream = httpx.post(f"{url}/v1/streams", timeout=60).json()["id"]
@@ -171,10 +203,113 @@ def serve_one_stream_then_sigterm(engine_dir, redis_server, tmp_path):
         server.terminate()
         assert server.wait(180) == 0, log.read_text()
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(60)
-    return stream, replica, log.read_text()
+        stop(server)
+    return stream, replica, log.read_text() + err.read_text()
+
+
+def stop(server):
+    if server.poll() is None:
+        server.kill()
+        server.wait(60)
+
+
+def process_tree(root):
+    """`root` and every process below it."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def listening_addresses(root):
+    """(local address, port, command) of every listening TCP socket of the process tree
+    (/proc/net/tcp*)."""
+    inodes = {}  # socket inode -> the command line of its process
+    for pid in process_tree(root):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:80]
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = fd.readlink().as_posix() if fd.is_symlink() else ""
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = command.decode(errors="replace").strip()
+        except OSError:
+            continue
+    found = []
+    for table, width in [("tcp", 8), ("tcp6", 32)]:
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address, port = fields[1].split(":")
+                raw = bytes.fromhex(address)
+                if width == 8:
+                    host = ".".join(str(b) for b in raw[::-1])
+                else:  # four little-endian 32-bit words
+                    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                    host = ":".join(words[i:i + 2].hex() for i in range(0, 16, 2))
+                found.append((host, int(port, 16), inodes[fields[9]]))
+    return found
+
+
+LOOPBACK = ("127.", "0000:0000:0000:0000:0000:0000:0000:0001",
+            "0000:0000:0000:0000:0000:ffff:7f")
+
+
+def test_serve_ray_listens_on_host_only_and_drains_at_sigterm(engine_dir, tmp_path):
+    need_ray()
+    redis_server = RedisServer(tmp_path / "redis").start()
+    server, url, log, err = start_serve_ray(engine_dir, redis_server, tmp_path)
+    try:
+        wait_ready(server, url, log)
+        sockets = listening_addresses(server.pid)
+        assert sockets, "no listening socket found"
+        outside = [socket for socket in sockets if not socket[0].startswith(LOOPBACK)]
+        assert not outside, f"listening beyond 127.0.0.1: {outside}"
+        stream = httpx.post(f"{url}/v1/streams", timeout=60).json()["id"]
+        statuses, shapes, ended = Counter(), [], threading.Event()
+
+        def load():
+            with httpx.Client(base_url=url, timeout=60) as client:
+                while not ended.is_set():
+                    try:
+                        answer = client.post(f"/v1/streams/{stream}/append", json={"text": "x"})
+                    except httpx.TransportError:
+                        statuses["refused"] += 1
+                        ended.wait(0.01)  # paced: the machine is shared
+                        continue
+                    statuses[answer.status_code] += 1
+                    if answer.status_code == 503:
+                        shapes.append((answer.headers.get("retry-after"),
+                                       answer.json()["error"]["code"]))
+
+        clients = [threading.Thread(target=load) for _ in range(2)]
+        for client in clients:
+            client.start()
+        try:
+            server.terminate()
+            assert server.wait(180) == 0, log.read_text() + err.read_text()
+        finally:
+            ended.set()
+            for client in clients:
+                client.join(60)
+        print(f"during SIGTERM: {dict(statuses)}")
+        assert 404 not in statuses, dict(statuses)
+        assert set(statuses) <= {200, 503, "refused"}, dict(statuses)
+        assert statuses["refused"] >= 1
+        assert all(retry == "1" and code in ("shutting_down", "replica_unavailable")
+                   for retry, code in shapes), shapes
+    finally:
+        stop(server)
+        redis_server.stop()
 
 
 def _identity(engine_dir):
@@ -182,3 +317,48 @@ def _identity(engine_dir):
     from compressive_rt.serving.namespaces import engine_namespace
 
     return engine_namespace(load_manifest(engine_dir))
+
+
+def test_replicas_that_refuse_to_start_are_a_one_line_error(engine_dir, tmp_path):
+    need_ray()
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine's replicas could start on CUDA")
+    redis_server = RedisServer(tmp_path / "redis").start()
+    # the store and the engine pass the command's own checks; each replica refuses the backend
+    server, _, log, err = start_serve_ray(engine_dir, redis_server, tmp_path,
+                                          "--backend", "onnxruntime-cuda")
+    try:
+        assert server.wait(300) == 2, log.read_text()
+        last = err.read_text().strip().splitlines()[-1]
+        assert last.startswith("error: the replicas did not start: "), last
+        assert "has no CUDAExecutionProvider" in last, last
+    finally:
+        stop(server)
+        redis_server.stop()
+
+
+def test_a_draining_router_answers_503_with_retry_after(engine_dir):
+    need_ray()
+    import asyncio
+
+    from starlette.requests import Request
+
+    from compressive_rt.serving.ray_app import StreamRouter
+    from compressive_rt.serving.settings import ServeSettings
+
+    router = StreamRouter(None, ServeSettings(retry_after_s=3))  # no replica is asked
+    scope = {"type": "http", "method": "POST", "path": "/v1/streams/st_a/append",
+             "headers": [], "query_string": b""}
+
+    async def drained():
+        assert await router.drain() == 0  # nothing in flight: at once
+        return await router(Request(scope))
+
+    answer = asyncio.run(drained())
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "3"
+    error = json.loads(answer.body)["error"]
+    assert (error["type"], error["code"]) == ("server_error", "shutting_down")
+    assert error["message"].startswith("the service is shutting down; retry after 3 s")

@@ -2,10 +2,12 @@
 stops it (SIGSTOP) and returns only once the kernel shows every thread of it stopped, and at
 the end of the block resumes it (SIGCONT) and returns once none is. What happens while it is
 paused (another server taking its streams) is thereby done before it runs again, whatever the
-machine's load. For the tests of a holder paused past its claim (and of leases)."""
+machine's load. For the tests of a holder paused past its claim (and of leases), and of a
+Ray replica paused (`Process`: a process by its id)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -41,8 +43,18 @@ def _wait_until(pid: int, stopped: bool) -> None:
         time.sleep(0.001)
 
 
+class Process:
+    """A process known by its id only (a Ray replica's, from its answers' X-Ctrt-Pid)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+
 @contextmanager
-def paused(process: subprocess.Popen) -> Iterator[None]:
+def paused(process: subprocess.Popen | Process) -> Iterator[None]:
     """Every thread of `process` stopped for the duration of the block."""
     process.send_signal(signal.SIGSTOP)
     _wait_until(process.pid, stopped=True)
