@@ -31,7 +31,8 @@ from typing import Any
 
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
 
-from compressive_rt.serving.redis_store import PASSWORD_VARIABLE, PREFIX
+from compressive_rt.serving.redis_namespaces import PREFIX
+from compressive_rt.serving.redis_store import PASSWORD_VARIABLE
 
 log = logging.getLogger("compressive_rt.serving")
 
