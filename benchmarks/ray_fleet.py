@@ -68,7 +68,7 @@ def moving_streams(engine_dir: Path, counts: tuple[int, ...], history: int, thre
         servers = [ServerProcess(engine_dir, work / name, "--store", redis_server.url,
                                  "--streams", str(max(counts)), "--no-access-log",
                                  threads=threads) for name in ("moving_a", "moving_b")]
-        with servers[0].start() as a, servers[1].start() as b:
+        with servers[0] as a, servers[1] as b:
             for count in counts:
                 one_way = _held_by(a.url, count, text[:history])
                 seconds = asyncio.run(_appends([(b.url, s) for s in one_way], "move"))

@@ -5,6 +5,7 @@ are sane: every store measured, a move writes at least the stream's snapshot to 
 the killed replica's streams answer again, both applications answer every completion."""
 
 import json
+from pathlib import Path
 
 import pytest
 from support.rules import need_binary, need_ray
@@ -26,6 +27,16 @@ def test_the_smoke_run_writes_ray_json_and_leaves_nothing(smoke):
     results, out = smoke
     assert json.loads((out / "ray.json").read_text())["profile"] == "smoke"
     assert not list(out.glob(".ray-*"))
+    left = [pid.name for pid in Path("/proc").iterdir() if pid.name.isdigit()
+            and str(out).encode() in _command_line(pid)]
+    assert not left, f"processes of the run still alive: {left}"
+
+
+def _command_line(pid: Path) -> bytes:
+    try:
+        return (pid / "cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
 
 
 def test_every_store_and_fsync_policy_is_measured(smoke):
