@@ -149,8 +149,8 @@ class StateBuffers:
         """The call on rows [0, batch) succeeded and wrote the other bank. Whichever is fewer
         moves: the `batch` written rows are copied back into the current bank, or the
         `rows - batch` rows that sat out are copied into the written bank, which becomes
-        current (one block copy per tensor either way). So a call of one stream among many
-        costs a copy of one stream's state, not of all the others' (per layer)."""
+        current (one block copy per tensor and layer either way). So a call of one stream
+        among many costs a copy of one stream's state, not of all the others'."""
         copy = self.backend.copy_rows
         flipped = False
         for name in names:
@@ -217,7 +217,7 @@ class StateBuffers:
 
     def write_new_rows(self, call: BoundCall, count: int) -> None:
         """extend's new rows into the partial segment of the call's rows, each at its fill
-        (one write per tensor), and the fills grow by count."""
+        (one write per tensor and layer), and the fills grow by count."""
         fills = call.host_fills
         first = int(fills[0])
         offsets = first if len(fills) == 1 or (fills == first).all() else fills
