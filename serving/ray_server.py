@@ -46,6 +46,12 @@ EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*: \S")  # a traceback's last line
 WATCH_S = 1.0  # how often the command asks Serve for the application's status
 CONTROLLER_LOST_S = 30  # Ray restarts a dead controller within seconds: longer is gone
 PROXY_ACTOR = "SERVE_PROXY_ACTOR"  # the prefix of Serve's proxies' actor names
+# Serve's controller kills a proxy that is not ready within 5 s or misses 3 health checks of
+# 10 s; a proxy starting on a loaded machine (its import alone took longer under two CPU
+# burners) was killed before it ran, and serve.start failed. Set, unless the environment sets
+# them, before a Ray whose processes inherit this environment starts (read where they start).
+SERVE_PROXY_PATIENCE = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+                        "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
 
 
 def check_store(deployment: RayDeployment) -> str:
@@ -79,6 +85,12 @@ def bind_ray(host: str) -> dict[str, str]:
     return {}
 
 
+def patient_proxies() -> None:
+    """SERVE_PROXY_PATIENCE into this process's environment, where it does not set them."""
+    for name, value in SERVE_PROXY_PATIENCE.items():
+        os.environ.setdefault(name, value)
+
+
 def is_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -101,6 +113,8 @@ def serve_on_ray(deployment: RayDeployment, address: str | None = None,
     from ray import serve
 
     started_here = address is None and not os.environ.get("RAY_ADDRESS")
+    if started_here:
+        patient_proxies()
     # "local": a Ray of its own even where another runs on this machine (None would join the
     # one in /tmp/ray/ray_current_cluster, and stop its Serve at the end)
     context = ray.init(address="local" if started_here else address, include_dashboard=False,
@@ -111,9 +125,7 @@ def serve_on_ray(deployment: RayDeployment, address: str | None = None,
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        serve.start(proxy_location="HeadOnly",
-                    http_options={"host": settings.host, "port": settings.port},
-                    grpc_options={"port": 0})  # no gRPC port
+        start_serve(settings.host, settings.port)
         try:
             serve.run(build_app(deployment), name=APP_NAME, route_prefix="/")
         except RuntimeError as exc:  # a deployment that could not start: its replicas' error
@@ -146,6 +158,20 @@ def serve_on_ray(deployment: RayDeployment, address: str | None = None,
             signal.signal(sig, handler)
     say("ctrt serve --ray: stopped; every stream is in the store")
     return 0
+
+
+def start_serve(host: str, port: int) -> None:
+    """Serve's controller and its proxy on host:port (no gRPC port); a proxy that does not
+    start is this command's one-line error."""
+    from ray import serve
+    from ray.exceptions import RayError
+
+    try:
+        serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port},
+                    grpc_options={"port": 0})
+    except (RayError, TimeoutError) as exc:
+        raise CtrtError(f"Serve's proxy did not start on {host}:{port}: "
+                        f"{one_line(str(exc))}") from None
 
 
 def watch_until(stop: threading.Event) -> None:

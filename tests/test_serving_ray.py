@@ -212,7 +212,8 @@ def test_a_replica_killed_mid_traffic_loses_nothing_acknowledged(served, engine_
             statuses[answer.status_code] += 1
             if answer.status_code == 200:
                 return answer.json()["position"]
-            assert answer.status_code == 503 and "retry-after" in answer.headers, answer.text
+            assert answer.status_code in (503, 504) and "retry-after" in answer.headers, \
+                answer.text
             time.sleep(float(answer.headers["retry-after"]) / 4)
         raise AssertionError(f"stream {stream} did not answer")
 
@@ -239,7 +240,10 @@ def test_a_replica_killed_mid_traffic_loses_nothing_acknowledged(served, engine_
                             if killed_at and stream == streams[0] and not recovered_at:
                                 recovered_at.append(time.monotonic())
                             break
-                        assert answer.status_code == 503, answer.text
+                        # 503: the replica died under it; 504: the router found the dead
+                        # replica's lease lapsed first (load decides which comes first).
+                        # Either way the outcome is unknown: the store says
+                        assert answer.status_code in (503, 504), answer.text
                         assert int(answer.headers["retry-after"]) >= 1
                         landed = position(client, stream)  # the answer was lost, not the append?
                         if landed == len(history[stream]) + len(text):
@@ -264,7 +268,7 @@ def test_a_replica_killed_mid_traffic_loses_nothing_acknowledged(served, engine_
     for thread in threads:
         thread.join(TIMEOUT_S * 3)
     assert not errors, errors
-    assert set(statuses) <= {200, 503}, statuses
+    assert set(statuses) <= {200, 503, 504}, statuses
     assert recovered_at, "the killed replica's stream never answered again"
     print(f"failover: {recovered_at[0] - killed_at[0]:.2f} s from the kill to the killed "
           f"replica's stream answering again; statuses {dict(statuses)}")

@@ -27,7 +27,10 @@ class RayCluster:
         from ray import serve
         from ray.cluster_utils import Cluster
 
+        from compressive_rt.serving.ray_server import patient_proxies
+
         self.redis = RedisServer(self.work / "redis_ray").start()
+        patient_proxies()  # the nodes below inherit this environment
         try:
             self.cluster = Cluster(initialize_head=True, head_node_args={
                 "num_cpus": 0, "include_dashboard": False,
