@@ -59,6 +59,22 @@ def new_stream(url: str) -> str:
     return answer.json()["id"]
 
 
+def both_replicas_answer(url: str) -> None:
+    """Until requests reach both replicas: a test that kills or pauses one starts from two
+    (Serve replaces a killed replica, which under load takes tens of seconds, and a test
+    that paused the only live one would wait on that instead of on the lease)."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + TIMEOUT_S
+    with httpx.Client(base_url=url, timeout=TIMEOUT_S) as client:
+        while len(seen) < 2:
+            assert time.monotonic() < deadline, f"only {seen} answered in {TIMEOUT_S} s"
+            answer = client.get("/v1/models")  # no stream: the router draws any live replica
+            if answer.status_code == 200:
+                seen.add(answer.headers["x-ctrt-replica"])
+            else:
+                time.sleep(0.2)
+
+
 def test_sixteen_streams_over_two_nodes_equal_a_single_process_run(served, engine_dir):
     url = served.url
 
@@ -188,6 +204,7 @@ def test_a_replica_killed_mid_traffic_loses_nothing_acknowledged(served, engine_
     from compressive_rt.serving.ray_app import APP_NAME, REPLICA
 
     url, clients = served.url, 4
+    both_replicas_answer(url)
     streams = [new_stream(url) for _ in range(clients)]
     history = {stream: b"" for stream in streams}
     acknowledged = {stream: [] for stream in streams}  # (start, text, bits_per_byte)
@@ -300,6 +317,7 @@ def test_a_paused_replica_loses_its_streams_to_the_other_within_its_lease(served
     # leaves room for a loaded machine). Serve's health check would need >= 15 s to replace it
     bound_s = settings.lease_s * (1 + LEASE_POLL_FRACTION) + settings.retry_after_s + 3
     url, held = served.url, {}
+    both_replicas_answer(url)  # the replica-kill test's victim is replaced by now
     with httpx.Client(base_url=url, timeout=TIMEOUT_S) as client:
         for _ in range(30):  # three streams on one replica
             stream = new_stream(url)
